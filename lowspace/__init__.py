@@ -1,0 +1,34 @@
+"""lowspace: latency-aware design-space exploration of LowFormer-style backbones.
+
+The public API (stable names; heavier modules are imported on first use):
+
+    ArchConfig, ConfigError, create_model, load_checkpoint, export_state_dict,
+    count_params, count_macs, measure, deploy
+"""
+from importlib import import_module
+
+from .arch.config import ArchConfig
+from .errors import ConfigError, LowspaceError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "create_model": "lowspace.arch.factory",
+    "load_checkpoint": "lowspace.arch.checkpoint",
+    "export_state_dict": "lowspace.arch.checkpoint",
+    "get_preset": "lowspace.arch.presets",
+    "count_params": "lowspace.cost.count",
+    "count_macs": "lowspace.cost.count",
+    "measure": "lowspace.cost.measure",
+    "deploy": "lowspace.deploy",
+}
+
+__all__ = ["ArchConfig", "ConfigError", "LowspaceError", "__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lowspace' has no attribute {name!r}")

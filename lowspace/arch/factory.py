@@ -1,0 +1,67 @@
+"""``create_model``: a network from a preset name, a YAML path or an ArchConfig, optionally with weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, to_lowspace_keys
+from .config import ArchConfig
+from .model import LowFormer
+from .presets import preset_key, resolve_config
+
+
+def create_model(spec: str | Path | ArchConfig | dict, pretrained: bool | str | Path | None = None,
+                 num_classes: int | None = None, in_chans: int | None = None, resolution: int | None = None,
+                 drop_path_rate: float = 0.0, drop_path_skip: int = 0, init: str = "official") -> LowFormer:
+    """Build a LowFormer-family model.
+
+    Args:
+        spec: preset name (``b1``, ``lowformer_b15``...), YAML path, dict or ArchConfig.
+        pretrained: a weights file (official, timm or lowspace format; .pth/.pt/.safetensors), or True to
+            fetch timm's published ImageNet weights (``timm/lowformer_*.in1k`` on the Hugging Face hub,
+            presets only; needs network access). With a different ``num_classes`` the classifier is left
+            freshly initialized; with a different ``in_chans`` the stem conv is adapted as timm does.
+        num_classes, in_chans, resolution: override the config's values.
+        drop_path_rate, drop_path_skip, init: see :class:`lowspace.arch.model.LowFormer`.
+    """
+    cfg = resolve_config(spec)
+    overrides = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, resolution=resolution).items()
+                 if v is not None}
+    target = cfg.replace(**overrides) if overrides else cfg
+    model = LowFormer(target, drop_path_rate=drop_path_rate, drop_path_skip=drop_path_skip, init=init)
+    if pretrained:
+        state_dict = _pretrained_state_dict(spec, cfg, pretrained)
+        _load_adapted(model, cfg, state_dict)
+    return model
+
+
+def _pretrained_state_dict(spec, cfg: ArchConfig, pretrained) -> dict[str, torch.Tensor]:
+    if pretrained is True:
+        key = preset_key(str(spec)) if isinstance(spec, str) else None
+        if key is None:
+            raise ConfigError("pretrained", True, "published weights exist for presets only; give a weights file")
+        import timm
+        try:
+            ref = timm.create_model(f"lowformer_{key}", pretrained=True)
+        except Exception as err:  # noqa: BLE001 - network / hub failures become one clear message
+            raise CheckpointError(f"could not fetch timm's lowformer_{key} weights ({type(err).__name__}: {err}); "
+                                  "download them elsewhere and pass the file as pretrained=PATH") from None
+        return ref.state_dict()
+    return read_state_dict(pretrained)
+
+
+def _load_adapted(model: LowFormer, source_cfg: ArchConfig, state_dict: dict) -> None:
+    """Load weights made for ``source_cfg`` into ``model``, which may differ in classes / input channels."""
+    ref = LowFormer(source_cfg, init="torch")
+    renamed, _ = to_lowspace_keys(ref, state_dict)
+    if model.cfg.in_chans != source_cfg.in_chans and "stem.conv.conv.weight" in renamed:
+        from timm.models import adapt_input_conv
+        renamed["stem.conv.conv.weight"] = adapt_input_conv(model.cfg.in_chans, renamed["stem.conv.conv.weight"],
+                                                            source_cfg.in_chans)
+    if model.cfg.num_classes != source_cfg.num_classes:
+        renamed = {k: v for k, v in renamed.items() if not k.startswith("head.classifier.")}
+        fresh = {k: v for k, v in model.state_dict().items() if k.startswith("head.classifier.")}
+        renamed.update(fresh)
+    load_checkpoint(model, renamed, strict=True)
