@@ -1,5 +1,137 @@
-"""Placeholder: filled in by its issue."""
+"""``lowspace bench MODEL ...``: params, MACs, latency and throughput of presets, configs and timm models.
+
+Flags follow timm's benchmark.py where they overlap (--batch-size, --img-size, --precision,
+--channels-last, --results-file). Several batch sizes, precisions and backends give one row each.
+"""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..backends import BACKENDS, PRECISIONS
+from ..errors import ConfigError
 
 
-def add_parsers(sub):
-    pass
+def add_parsers(sub) -> None:
+    p = sub.add_parser("bench", help="measure params, MACs, latency and throughput (presets, configs, timm models)",
+                       description=__doc__)
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="preset (b0 ... e3), YAML config path, timm model name (efficientvit_b1), or timm:NAME "
+                        "for timm's model even where a preset has that name (timm:lowformer_b1)")
+    p.add_argument("-b", "--batch-size", type=int, nargs="+", default=[1], metavar="N",
+                   help="batch size(s) (default: 1); e.g. --batch-size 1 200")
+    p.add_argument("--img-size", "--resolution", dest="resolution", type=int, default=None, metavar="PX",
+                   help="input side (default: each model's own)")
+    p.add_argument("--precision", nargs="+", default=["fp32"], metavar="P",
+                   help=f"precision(s): {', '.join(PRECISIONS)} (default: fp32)")
+    p.add_argument("--backend", nargs="+", default=["eager"], metavar="B",
+                   help=f"backend(s): {', '.join(BACKENDS)} (default: eager)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode for compile backends (default: default)")
+    p.add_argument("--deploy", action="store_true", help="time the deployed model (lowspace.deploy: BN folding ...)")
+    p.add_argument("--reparam", action="store_true",
+                   help="re-parameterize re-parameterizable models first (timm's reparameterize_model: FastViT, "
+                        "RepViT ...; no change for LowFormer)")
+    p.add_argument("--timm", action="store_true", help="also run timm's lowformer_* twin of each preset")
+    p.add_argument("--results-file", default=None, metavar="FILE", help="write the rows to FILE (.csv or .json)")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the measurement cache")
+    p.add_argument("--cache-path", default=None, metavar="FILE", help="measurement cache file (default: user cache)")
+    p.add_argument("--isolate", action="store_true", help="measure each row in a fresh process")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-row limit with --isolate")
+    p.add_argument("--no-retry", action="store_true", help="on CUDA OOM do not retry with a halved batch")
+    p.add_argument("--target-spread", type=float, default=0.02, help="stop timing at this spread (default 0.02)")
+    p.add_argument("--max-time", type=float, default=None, metavar="S", help="timing cap per row in seconds")
+    p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
+                   help="time per timed chunk (default: 40 on CUDA, 100 on CPU)")
+    p.add_argument("--no-fvcore", action="store_true", help="skip the fvcore cross-check column (saves time)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _check_names(flag: str, values, allowed) -> None:
+    from ..errors import closest
+    for v in values:
+        if v not in allowed:
+            hint = closest(v, allowed)
+            extra = f" (did you mean {hint!r}?)" if hint else ""
+            raise ConfigError(flag, v, "allowed: " + ", ".join(allowed) + extra)
+
+
+def _fmt(value, spec: str, scale: float = 1.0) -> str:
+    return "-" if value is None else format(value / scale, spec)
+
+
+def results_table(rows) -> Table:
+    """The terminal table of bench rows."""
+    table = Table(title="lowspace bench")
+    cols = ("model", "impl", "params M", "MACs M", "fvcore M", "px", "batch", "prec", "backend", "ms/batch",
+            "p10-p90 ms", "spread", "img/s", "build s", "status")
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("model", "impl", "prec", "backend", "status") else "right",
+                         no_wrap=True)
+    for r in rows:
+        status = r["status"] + (" (cached)" if r.get("cached") else "")
+        if r["status"] == "ok" and r.get("warnings"):
+            status += " !"
+        batch = str(r["batch_size"])
+        if r.get("requested_batch_size") not in (None, r["batch_size"]):
+            batch += f" (of {r['requested_batch_size']})"
+        band = "-" if r["p10_ms"] is None else f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"
+        spread = "-" if r["spread"] is None else f"{r['spread']:.1%}"
+        table.add_row(r["model"], r["implementation"], _fmt(r["params"], ",.2f", 1e6), _fmt(r["macs"], ",.1f", 1e6),
+                      _fmt(r["fvcore_macs"], ",.1f", 1e6), str(r["resolution"]), batch, r["precision"],
+                      r["backend"] + (" cl" if r["channels_last"] else "") + (" deploy" if r["deploy"] else "")
+                      + (" reparam" if r.get("reparam") else ""),
+                      _fmt(r["median_ms"], ".3f"), band, spread, _fmt(r["images_per_s"], ",.0f"),
+                      _fmt(r["build_s"], ".2f"), status)
+    return table
+
+
+def run(args) -> int:
+    from ..cost.bench import bench, device_default, plan, resolve_models, write_results
+    from ..cost.fingerprint import fingerprint_key
+
+    _check_names("--backend", args.backend, BACKENDS)
+    _check_names("--precision", args.precision, PRECISIONS)
+    if args.results_file and not args.results_file.lower().endswith((".csv", ".json")):
+        raise ConfigError("--results-file", args.results_file, "a file name ending in .csv or .json")
+    device = args.device or device_default()
+    specs = resolve_models(args.models, timm_twins=args.timm)
+    jobs = plan(specs, args.batch_size, args.resolution, args.precision, args.backend, device)
+    cache = False if args.no_cache else (args.cache_path or True)
+
+    console = Console(width=max(Console().width, 170))
+    err_console = Console(stderr=True)
+    if args.timm and not any(s.preset for s in specs):
+        err_console.print("note: --timm adds timm's twin of presets only; none of the models is a preset")
+    rows, fingerprints = [], {}
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TimeElapsedColumn(), console=err_console, transient=True,
+                        disable=args.no_progress or not err_console.is_terminal)
+    with progress:
+        task = progress.add_task("bench", total=len(jobs))
+        runs = bench(jobs, device=device, channels_last=args.channels_last, deploy=args.deploy,
+                     fvcore=not args.no_fvcore, cache=cache, reparam=args.reparam, isolate=args.isolate,
+                     timeout_s=args.timeout,
+                     oom_retry=not args.no_retry, target_spread=args.target_spread, max_time_s=args.max_time,
+                     chunk_ms=args.chunk_ms,
+                     compile_mode=args.compile_mode,
+                     on_start=lambda job: progress.update(task, description=job.label))
+        for row, m in runs:
+            rows.append(row)
+            if m.fingerprint:
+                fingerprints[fingerprint_key(m.fingerprint)] = m.fingerprint
+            progress.advance(task)
+    console.print(results_table(rows))
+    for r in rows:
+        if r["status"] != "ok" or r["warnings"]:
+            text = r["error"] or r["warnings"]
+            err_console.print(f"{r['model']} {r['backend']} {r['precision']} b{r['requested_batch_size']}: "
+                              f"{r['status']}: {text}", markup=False, highlight=False)
+    if args.results_file:
+        meta = {"args": {k: v for k, v in vars(args).items() if k != "func"}, "device": device}
+        path = write_results(rows, args.results_file, fingerprints, meta)
+        console.print(f"wrote {len(rows)} rows to {path}")
+    return 1 if any(r["status"] == "error" for r in rows) else 0

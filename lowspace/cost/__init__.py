@@ -1,0 +1,20 @@
+"""The cost engine: parameter and MAC counts (``count``), measured latency / throughput (``measure``), the
+measurement cache (``cache``), the environment fingerprint (``fingerprint``) and bench tables (``bench``).
+
+``lowspace.count_params``, ``lowspace.count_macs`` and ``lowspace.measure`` are the public entry points.
+"""
+from .count import count_all, count_macs, count_params, fvcore_macs
+from .spec import ModelSpec, resolve_spec
+
+__all__ = ["count_all", "count_macs", "count_params", "fvcore_macs", "ModelSpec", "resolve_spec",
+           "Measurement", "MeasurementCache"]
+
+
+def __getattr__(name):  # the measurement side imports lazily (sqlite, multiprocessing, backends)
+    if name == "Measurement":
+        from .measure import Measurement
+        return Measurement
+    if name == "MeasurementCache":
+        from .cache import MeasurementCache
+        return MeasurementCache
+    raise AttributeError(f"module 'lowspace.cost' has no attribute {name!r}")

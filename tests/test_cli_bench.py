@@ -1,0 +1,120 @@
+"""``lowspace bench``: one table for configs, presets and timm models; results files; clear errors."""
+import csv
+import json
+import sys
+
+import types
+
+import pytest
+import torch
+
+from lowspace import ArchConfig
+from lowspace.backends import Runner
+from lowspace.cli import main
+
+TINY = dict(name="tiny", resolution=32, num_classes=10, stem=dict(width=8),
+            stages=[dict(width=16, depth=1, block="lowformer", attention=dict(stride=1)),
+                    dict(width=32, depth=1, block="lowformer", attention=dict(stride=1))],
+            head=dict(widths=[32, 32]))
+QUICK = ["--device", "cpu", "--target-spread", "1000", "--max-time", "0.3", "--chunk-ms", "5", "--no-progress"]
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    ArchConfig.from_dict(TINY).to_yaml(path)
+    return path
+
+
+def test_bench_config_rows_and_csv(tiny_yaml, tmp_path, capsys):
+    out = tmp_path / "rows.csv"
+    rc = main(["bench", str(tiny_yaml), "--batch-size", "1", "2", "--precision", "fp32", "bf16",
+               "--results-file", str(out), *QUICK])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "lowspace bench" in text and "tiny" in text and f"wrote 4 rows to {out}" in text
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["precision"], r["batch_size"]) for r in rows] == [("fp32", "1"), ("fp32", "2"), ("bf16", "1"),
+                                                               ("bf16", "2")]
+    for r in rows:
+        assert r["status"] == "ok" and r["implementation"] == "lowspace" and r["resolution"] == "32"
+        assert r["backend"] == "eager" and int(r["macs"]) < int(r["fvcore_macs"]) and int(r["params"]) > 0
+        assert float(r["median_ms"]) > 0 and float(r["images_per_s"]) > 0
+
+
+def test_bench_preset_with_timm_twin_json_and_cache(tmp_path):
+    out = tmp_path / "rows.json"
+    args = ["bench", "b0", "--timm", "--img-size", "64", "--no-fvcore", "--results-file", str(out), *QUICK]
+    assert main(args) == 0
+    data = json.loads(out.read_text())
+    ours, theirs = data["rows"]
+    assert (ours["model"], ours["implementation"]) == ("b0", "lowspace")
+    assert (theirs["model"], theirs["implementation"]) == ("lowformer_b0", "timm")
+    assert ours["params"] == theirs["params"] == 14_100_472 and ours["macs"] == theirs["macs"]
+    assert ours["fvcore_macs"] is None
+    assert ours["identity"].startswith("arch:") and theirs["identity"] == "timm:lowformer_b0"
+    fp = data["fingerprints"][ours["fingerprint_key"]]
+    assert fp["device_type"] == "cpu" and data["meta"]["args"]["timm"] is True
+    assert not ours["cached"]
+    assert main(args) == 0  # second run: from the cache
+    assert all(r["cached"] for r in json.loads(out.read_text())["rows"])
+    assert main([a for a in args if a != "--timm"] + ["--no-cache"]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert not row["cached"]
+
+
+def _fake_deploy(calls):
+    mod = types.ModuleType("lowspace.deploy")
+
+    def deploy(model, precision="fp16", batch_size=1, resolution=224, backend="cuda_graph", channels_last=True,
+               **options):
+        calls.append(dict(batch_size=batch_size, resolution=resolution))
+        x = torch.randn(batch_size, 3, resolution, resolution)
+        return types.SimpleNamespace(build_s=0.0, info={"fake": True},
+                                     runner=lambda: Runner(lambda: model(x), x, backend, precision))
+
+    mod.deploy = deploy
+    return mod
+
+
+def test_bench_timm_peer_and_deploy(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "lowspace.deploy", _fake_deploy(calls))
+    out = tmp_path / "rows.json"
+    assert main(["bench", "efficientvit_b0", "--img-size", "32", "--deploy", "--no-fvcore", "--results-file",
+                 str(out), *QUICK]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["implementation"] == "timm" and row["deploy"] is True and row["status"] == "ok"
+    assert calls and calls[0]["resolution"] == 32
+
+
+def test_bench_isolated(tiny_yaml, tmp_path):
+    out = tmp_path / "rows.json"
+    assert main(["bench", str(tiny_yaml), "--isolate", "--timeout", "120", "--results-file", str(out), *QUICK]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "ok" and row["median_ms"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["b0", "--backend", "eagr"], "did you mean 'eager'"),
+    (["b0", "--precision", "fp8"], "allowed: fp32, fp16, bf16"),
+    (["efficientvit_bx"], "did you mean 'efficientvit_b"),
+    (["timm:not_a_model"], "not a timm model name"),
+    (["b0", "--backend", "cuda_graph"], "CUDA"),
+    (["b0", "--batch-size", "0"], "batch_size"),
+    (["b0", "--results-file", "out.txt"], ".csv or .json"),
+])
+def test_bad_arguments_give_clear_errors(argv, message, capsys):
+    assert main(["bench", *argv, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lowspace bench: error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_unreadable_config_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stages: [unclosed\n")
+    assert main(["bench", str(bad), "--device", "cpu"]) == 2
+    assert "bad.yaml" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "missing.yaml"), "--device", "cpu"]) == 2
+    assert "no such file" in capsys.readouterr().err

@@ -1,0 +1,349 @@
+"""measure() on CPU: output fields, stopping rule, cache use, OOM / error handling, isolation, deploy hook.
+
+No assertion depends on how fast anything runs: only on what was measured and reported.
+"""
+import json
+import os
+import signal
+import socket
+import statistics
+import sys
+import time
+import types
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lowspace import ArchConfig, ConfigError, LowspaceError
+from lowspace.backends import Runner
+from lowspace.cost.cache import MeasurementCache
+from lowspace.cost.measure import FileLock, Measurement, measure, spread_of
+
+TINY = dict(name="tiny", resolution=32, num_classes=10, stem=dict(width=8),
+            stages=[dict(width=16, depth=1, block="lowformer", attention=dict(stride=1)),
+                    dict(width=32, depth=1, block="lowformer", attention=dict(stride=1))],
+            head=dict(widths=[32, 32]))
+FAST = dict(chunk_ms=2.0, warmup_ms=2.0, max_time_s=0.5, min_chunks=3, max_chunks=8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return ArchConfig.from_dict(TINY)
+
+
+class Small(nn.Module):
+    """A tiny picklable network for isolated runs and failure injection."""
+
+    def __init__(self, fail: str | None = None, max_batch: int | None = None):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fail, self.max_batch = fail, max_batch
+
+    def forward(self, x):
+        if self.max_batch is not None and x.shape[0] > self.max_batch:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (fake: batch {x.shape[0]})")
+        if self.fail == "value":
+            raise ValueError("broken forward")
+        if self.fail == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.fail == "hang":
+            time.sleep(120)
+        return self.conv(x).mean((2, 3))
+
+
+def test_cpu_measurement_fields(tiny):
+    m = measure(tiny, device="cpu", batch_size=2, resolution=32, cache=False, **FAST)
+    assert isinstance(m, Measurement) and m.status == "ok" and m.error is None and not m.cached
+    assert m.p10_ms <= m.median_ms <= m.p90_ms
+    assert m.spread >= 0 and m.build_s > 0 and m.wall_s >= m.build_s
+    assert m.images_per_s == pytest.approx(2 * 1000 / m.median_ms)
+    assert m.batch_size == m.requested_batch_size == 2
+    assert m.iterations >= FAST["min_chunks"] and len(m.chunks_ms) >= FAST["min_chunks"]
+    assert m.protocol == {"device": "cpu", "backend": "eager", "precision": "fp32", "channels_last": False,
+                          "batch_size": 2, "resolution": 32, "in_chans": 3, "compile_mode": None,
+                          "deploy": False, "deploy_options": None, "reparam": False, "cudnn_benchmark": None,
+                          "harness": m.protocol["harness"]}
+    fp = m.fingerprint
+    for key in ("device", "cpu", "torch", "cuda", "cudnn", "timm", "onnxruntime", "python", "torch_threads"):
+        assert key in fp
+    assert fp["device_type"] == "cpu" and fp["torch"] == torch.__version__
+    assert socket.gethostname() not in json.dumps(fp)
+    assert m.name == "tiny" and m.identity == f"arch:{tiny.arch_id}"
+    again = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert again == m
+
+
+def test_cuda_fingerprint_fields_without_a_gpu(monkeypatch):
+    from lowspace.cost import fingerprint as fp_mod
+    props = types.SimpleNamespace(name="Fake H100", major=9, minor=0, total_memory=80 * 2**30,
+                                  multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda idx: props)
+    monkeypatch.setattr(fp_mod, "nvidia_driver", lambda: "580.159.04")
+    fp_mod._fingerprint.cache_clear()
+    try:
+        fp = fp_mod.fingerprint("cuda")
+    finally:
+        fp_mod._fingerprint.cache_clear()
+    assert fp["device"] == "Fake H100" and fp["gpu_capability"] == "9.0" and fp["gpu_memory_gib"] == 80.0
+    assert fp["driver"] == "580.159.04" and fp["device_type"] == "cuda" and fp["cudnn"] == fp_mod.fingerprint()["cudnn"]
+    assert fp_mod.fingerprint_key(fp) != fp_mod.fingerprint_key(fp_mod.fingerprint("cpu"))
+    assert socket.gethostname() not in json.dumps(fp)
+
+
+def test_stopping_rule_target_reached_and_cap_warning(tiny):
+    loose = measure(tiny, cache=False, target_spread=1e9, **FAST)
+    assert len(loose.chunks_ms) == FAST["min_chunks"] and loose.warnings == []
+    assert loose.spread == pytest.approx(spread_of(loose.chunks_ms))
+    strict = measure(tiny, cache=False, target_spread=1e-12, **{**FAST, "max_time_s": 30.0})
+    assert strict.status == "ok" and len(strict.chunks_ms) == FAST["max_chunks"]
+    assert "too noisy" in strict.warnings[0]
+    assert strict.median_ms == pytest.approx(statistics.median(strict.chunks_ms), abs=1e-5)
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event: elapsed times come from a script, so the CUDA branch runs on CPU."""
+
+    script: list = []
+
+    def __init__(self, enable_timing=False):
+        assert enable_timing
+
+    def record(self):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def elapsed_time(self, end):
+        return _FakeEvent.script.pop(0)
+
+
+@pytest.mark.parametrize("totals, chunks, noisy", [
+    ([10, 30, 10, 10, 10, 10, 99], 5, False),  # a disturbance, then a quiet window of 3: stops after chunk 5
+    ([10, 20] * 10, 6, True),                  # never quiet: stops at max_chunks, statistics over all chunks
+])
+def test_cuda_event_timing_branch_and_stopping_rule(monkeypatch, totals, chunks, noisy):
+    from lowspace.cost import measure as measure_mod
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(_FakeEvent, "script", list(totals))
+    runner = Runner(lambda: None, torch.zeros(1), "cuda_graph", "fp32")
+    settings = measure_mod._Settings(target_spread=0.02, chunk_ms=0.01, warmup_ms=0.0, max_time_s=60.0,
+                                     min_chunks=3, max_chunks=6)
+    values, iterations, stats_from, was_noisy = measure_mod._time_runner(runner, torch.device("cuda"), settings)
+    assert len(values) == chunks and was_noisy is noisy
+    calls = iterations // chunks
+    assert values == [t / calls for t in totals[:chunks]]
+    assert stats_from == (chunks if noisy else 3)
+    assert spread_of(values[-stats_from:]) == pytest.approx(10 / 15 if noisy else 0.0)  # (20-10)/median 15
+
+
+def test_resolution_defaults_to_the_config_and_can_be_overridden(tiny):
+    m = measure(tiny, cache=False, **FAST)
+    assert m.protocol["resolution"] == 32
+    m = measure(tiny, resolution=40, cache=False, **FAST)
+    assert m.protocol["resolution"] == 40 and m.identity == f"arch:{tiny.replace(resolution=40).arch_id}"
+
+
+class _RepBranch(nn.Module):
+    """A re-parameterizable block (timm's reparameterize_model calls ``reparameterize()``)."""
+
+    calls = 0
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.extra, self.fused = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 1), False
+
+    def forward(self, x):
+        return self.conv(x) if self.fused else self.conv(x) + self.extra(x)
+
+    def reparameterize(self):
+        _RepBranch.calls += 1
+        self.fused = True
+
+
+class _Rep(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.branch = _RepBranch()
+
+    def forward(self, x):
+        return self.branch(x).mean((2, 3))
+
+
+def test_reparam(tmp_path, monkeypatch):
+    monkeypatch.setattr(_RepBranch, "calls", 0)
+    model = _Rep()
+    m = measure(model, resolution=8, reparam=True, cache=tmp_path / "c.sqlite", cache_key="rep", **FAST)
+    assert m.status == "ok" and m.protocol["reparam"] is True and _RepBranch.calls == 1
+    assert not model.branch.fused  # the caller's module is left as it was (a copy was re-parameterized)
+    plain = measure(model, resolution=8, cache=tmp_path / "c.sqlite", cache_key="rep", **FAST)
+    assert not plain.cached and _RepBranch.calls == 1  # reparam is part of the protocol (the cache key)
+
+
+def test_backends_on_cpu(tiny):
+    for backend in ("torchscript", "onnxruntime"):
+        m = measure(tiny, backend=backend, cache=False, **FAST)
+        assert m.status == "ok", m.error
+        assert m.protocol["backend"] == backend
+    assert m.info["onnx_provider"] == "CPUExecutionProvider"
+
+
+def test_cache_hit_and_no_cache(tiny, tmp_path):
+    cache = MeasurementCache(tmp_path / "c.sqlite")
+    first = measure(tiny, cache=cache, **FAST)
+    second = measure(tiny, cache=cache, **FAST)
+    assert not first.cached and second.cached and second.median_ms == first.median_ms
+    assert len(cache) == 1
+    other = measure(tiny, cache=cache, batch_size=2, **FAST)  # another protocol: a miss
+    assert not other.cached and len(cache) == 2
+    fresh = measure(tiny, cache=False, **FAST)
+    assert not fresh.cached
+    # default location comes from LOWSPACE_CACHE_DIR (set per test by conftest)
+    measure(tiny, **FAST)
+    assert len(MeasurementCache()) == 1
+    assert str(MeasurementCache().path).startswith(os.environ["LOWSPACE_CACHE_DIR"])
+
+
+def test_anonymous_modules_are_not_cached_unless_keyed(tmp_path):
+    cache = MeasurementCache(tmp_path / "c.sqlite")
+    m = measure(Small(), resolution=8, cache=cache, **FAST)
+    assert m.status == "ok" and m.identity is None and len(cache) == 0
+    measure(Small(), resolution=8, cache=cache, cache_key="small-v1", **FAST)
+    assert measure(Small(), resolution=8, cache=cache, cache_key="small-v1", **FAST).cached
+
+
+def test_unusable_cache_file_is_a_warning_not_a_failure(tiny, tmp_path):
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    m = measure(tiny, cache=bad, **FAST)
+    assert m.status == "ok" and any("cache" in w for w in m.warnings)
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(backend="eagr"), "backend"),
+    (dict(precision="fp8"), "precision"),
+    (dict(backend="cuda_graph"), "backend"),
+    (dict(device="tpu:0"), "device"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(resolution=-3), "resolution"),
+    (dict(target_spread=0), "target_spread"),
+    (dict(cache=3), "cache"),
+])
+def test_bad_arguments_raise_clear_errors(tiny, kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        measure(tiny, **{**FAST, **kwargs})
+    assert info.value.path == field
+
+
+def test_unknown_option_names_the_valid_ones(tiny):
+    with pytest.raises(ConfigError, match="did you mean 'warmup_ms'") as info:
+        measure(tiny, warmup=10)
+    assert info.value.path == "measure.warmup" and "target_spread" in str(info.value)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_gpu_is_a_clear_error(tiny):
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        measure(tiny, device="cuda")
+
+
+def test_unknown_timm_name_is_a_clear_error():
+    with pytest.raises(ConfigError, match="efficientvit_b3"):
+        measure("efficientvit_bx", **FAST)
+
+
+def test_oom_status_and_retry_with_smaller_batch():
+    m = measure(Small(max_batch=2), batch_size=8, resolution=8, **FAST)
+    assert m.status == "oom" and "out of memory" in m.error and m.median_ms is None
+    m = measure(Small(max_batch=2), batch_size=8, resolution=8, oom_retry=True, **FAST)
+    assert m.status == "ok" and m.batch_size == 2 and m.requested_batch_size == 8
+    assert m.images_per_s == pytest.approx(2 * 1000 / m.median_ms)
+    assert sum("out of memory" in w for w in m.warnings) == 2  # 8 -> 4 -> 2
+
+
+def test_runtime_failure_is_an_error_result():
+    m = measure(Small(fail="value"), resolution=8, **FAST)
+    assert m.status == "error" and "broken forward" in m.error and "traceback" in m.info
+
+
+def test_build_and_timing_locks_are_held_in_turn(tmp_path):
+    events = []
+
+    class Lock:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            events.append(f"{self.name} enter")
+
+        def __exit__(self, *exc):
+            events.append(f"{self.name} exit")
+
+    measure(Small(), resolution=8, timing_lock=Lock("timing"), build_lock=Lock("build"), **FAST)
+    assert events == ["build enter", "build exit", "timing enter", "timing exit"]
+    with FileLock(tmp_path / "gpu.lock"):  # the file lock works and is re-entrant across calls
+        pass
+    assert measure(Small(), resolution=8, timing_lock=FileLock(tmp_path / "gpu.lock"), **FAST).status == "ok"
+
+
+def _fake_deploy_module(calls):
+    mod = types.ModuleType("lowspace.deploy")
+
+    class Deployed(nn.Module):
+        def __init__(self, model, x):
+            super().__init__()
+            self.model, self.x = model, x
+            self.build_s, self.info = 0.01, {"bn_folded": 3}
+
+        def forward(self, x):
+            return self.model(x)
+
+        def runner(self):
+            return Runner(lambda: self.model(self.x), self.x, "eager", "fp32", info={"fake": True})
+
+    def deploy(model, precision="fp16", batch_size=1, resolution=224, backend="cuda_graph", channels_last=True,
+               **options):
+        calls.append(dict(precision=precision, batch_size=batch_size, resolution=resolution, backend=backend,
+                          channels_last=channels_last, **options))
+        return Deployed(model, torch.randn(batch_size, 3, resolution, resolution))
+
+    mod.deploy = deploy
+    return mod
+
+
+def test_deploy_calls_lowspace_deploy(tiny, monkeypatch):
+    calls = []
+    monkeypatch.setitem(sys.modules, "lowspace.deploy", _fake_deploy_module(calls))
+    m = measure(tiny, batch_size=2, deploy=True, deploy_options={"fold_bn": True}, cache=False, **FAST)
+    assert m.status == "ok", m.error
+    assert calls == [dict(precision="fp32", batch_size=2, resolution=32, backend="eager", channels_last=False,
+                          fold_bn=True)]
+    assert m.protocol["deploy"] is True and m.protocol["deploy_options"] == {"fold_bn": True}
+    assert m.info["deploy"] == {"bn_folded": 3} and m.info["fake"] is True
+
+
+def test_deploy_without_the_deploy_module_is_a_clear_error(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lowspace.deploy", None)  # makes "import lowspace.deploy" fail
+    with pytest.raises(LowspaceError, match="lowspace.deploy"):
+        measure(tiny, deploy=True, cache=False, **FAST)
+
+
+def test_isolated_measurement_crash_and_timeout():
+    # (a successful isolated run is covered by test_cli_bench.py::test_bench_isolated)
+    crashed = measure(Small(fail="kill"), resolution=8, isolate=True, **FAST)
+    assert crashed.status == "error" and "SIGKILL" in crashed.error
+    hung = measure(Small(fail="hang"), resolution=8, isolate=True, timeout_s=2, **FAST)
+    assert hung.status == "error" and "timed out" in hung.error
+
+
+@pytest.mark.gpu
+def test_cuda_graph_measurement_on_gpu(tiny):
+    m = measure("b0", device="cuda", batch_size=1, precision="fp16", channels_last=True, backend="cuda_graph",
+                cache=False)
+    assert m.status == "ok" and m.info.get("graph_checked") is True
+    assert m.fingerprint["device_type"] == "cuda" and m.fingerprint["driver"]
+    big = measure("b0", device="cuda", batch_size=64, backend="cuda_graph", cache=False)
+    assert big.status == "ok" and big.images_per_s > 0
