@@ -1,5 +1,163 @@
-"""Placeholder: filled in by its issue."""
+"""``lowspace train CONFIG --data DATA`` and ``lowspace eval CONFIG --checkpoint PATH --data DATA``.
+
+Both work under torchrun (``torchrun --nproc_per_node N -m lowspace train ...``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
 
 
-def add_parsers(sub):
-    pass
+def _data_args(p, train: bool) -> None:
+    p.add_argument("--data", required=True,
+                   help="fashion_mnist, synthetic, a class-folder root (train/ and val/) or a folder of IDX files")
+    p.add_argument("--classes", default=None, help="use N classes (chosen by --seed) or those listed in a file")
+    if train:
+        p.add_argument("--train-per-class", type=int, default=None, help="at most this many training images per class")
+    p.add_argument("--val-per-class", type=int, default=None, help="at most this many val images per class")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) unreadable images, empty class folders and val classes train lacks")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers for class folders")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="train an architecture with a paper recipe (one process or torchrun)")
+    p.add_argument("config", help="preset name (b0 ... e3) or YAML config path")
+    _data_args(p, train=True)
+    p.add_argument("--recipe", default=None,
+                   help="recipe name (b0, b1, b15, b2, b3, e1, e2, e3) or YAML file (default: the config's recipe)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="total epochs, warmup included (warmup is scaled to match unless --warmup-epochs)")
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--resolution", type=int, default=None, help="train and evaluate at this one resolution")
+    p.add_argument("--batch-size", type=int, default=None, help="images per process per micro-batch")
+    p.add_argument("--accumulation", type=int, default=None, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=None, help="base lr per process (scaled by processes x accumulation)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    p.add_argument("--save-every", type=int, default=None, help="checkpoint every N optimizer steps (0: epoch ends)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (checkpoint first)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--cuda-graph", action="store_true", help="capture the training step in CUDA graphs")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a recipe field (YAML value), e.g. --set mixup_alpha=0 --set resolutions=[96,128]")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_train)
+
+    e = sub.add_parser("eval", help="top-1 / top-5 of a checkpoint on a data set's val split")
+    e.add_argument("config", help="preset name or YAML config path")
+    e.add_argument("--checkpoint", required=True,
+                   help="weights file (lowspace, timm or official; .safetensors/.pth) or a `lowspace train` run directory")
+    _data_args(e, train=False)
+    e.add_argument("--resolution", type=int, default=None, help="eval side (default: the config's)")
+    e.add_argument("--crop-pct", type=float, default=0.95, help="resize to resolution / crop_pct, then center crop")
+    e.add_argument("--batch-size", type=int, default=200)
+    e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    e.add_argument("--seed", type=int, default=0, help="seed of --classes / --val-per-class")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.set_defaults(func=run_eval)
+
+
+def _classes(value):
+    if value is None:
+        return None
+    return int(value) if value.isdigit() else value
+
+
+def _overrides(args) -> dict:
+    out = {}
+    for item in args.set:
+        if "=" not in item:
+            raise ConfigError("--set", item, "FIELD=VALUE, e.g. mixup_alpha=0")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}", value, "a YAML value") from None
+    flags = dict(warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, accumulation=args.accumulation,
+                 base_lr=args.lr, seed=args.seed, save_every_steps=args.save_every, workers=args.workers)
+    out.update({k: v for k, v in flags.items() if v is not None})
+    if args.resolution is not None:
+        out.update(resolutions=[args.resolution], eval_resolution=args.resolution)
+    if args.compile:
+        out["compile"] = True
+    if args.cuda_graph:
+        out["cuda_graph"] = True
+    return out
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_train(args) -> int:
+    from ..arch import resolve_config
+    from ..data import get_dataset
+    from ..train import fit, load_recipe
+
+    cfg = resolve_config(args.config)
+    recipe = load_recipe(args.recipe or cfg.recipe or "b1")
+    overrides = _overrides(args)
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+        if "warmup_epochs" not in overrides:
+            overrides["warmup_epochs"] = round(recipe.warmup_epochs * args.epochs / recipe.epochs, 3)
+    recipe = recipe.replace(**overrides) if overrides else recipe
+    data = get_dataset(args.data, classes=_classes(args.classes), train_per_class=args.train_per_class,
+                       val_per_class=args.val_per_class, seed=recipe.seed, skip_bad=args.skip_bad,
+                       workers=recipe.workers or 1)
+    out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(str(args.config)).stem)
+    if _is_main():
+        print(f"training {cfg.name or args.config} on {data.describe()}; recipe {recipe.name}: {recipe.epochs} epochs "
+              f"({recipe.warmup_epochs:g} warmup), batch {recipe.batch_size} x accumulation {recipe.accumulation}, "
+              f"resolutions {list(recipe.resolutions)}; output {out}")
+        skipped = {k: len(v) for k, v in data.info.items() if k.startswith("skipped") and v}
+        if skipped:
+            print("skipped: " + ", ".join(f"{n} {k.removeprefix('skipped_').replace('_', ' ')}" for k, n in skipped.items()))
+    result = fit(cfg, data, recipe, out, device=args.device, resume=args.resume, max_steps=args.max_steps,
+                 progress=not args.no_progress)
+    if _is_main():
+        state = "stopped (--max-steps)" if result.interrupted else "done"
+        best = f"{result.best_top1:.2f}%" if result.best_top1 is not None else "n/a"
+        last = f"{result.top1:.2f}%" if result.top1 is not None else "n/a"
+        print(f"{state}: {result.steps} steps, {result.epochs_run} epochs, top-1 {last} (best {best}); {out}")
+    return 0
+
+
+def run_eval(args) -> int:
+    from ..arch import LowFormer, load_checkpoint, resolve_config
+    from ..data import get_dataset
+    from ..train import distributed as dist_utils
+    from ..train.checkpoint import find_weights
+    from ..train.evaluate import evaluate_model
+
+    info = dist_utils.setup(args.device)
+    try:
+        data = get_dataset(args.data, classes=_classes(args.classes), val_per_class=args.val_per_class,
+                           seed=args.seed, skip_bad=args.skip_bad, workers=args.workers or 8)
+        cfg = resolve_config(args.config)
+        cfg = cfg.replace(num_classes=data.num_classes, in_chans=data.in_chans)
+        model = LowFormer(cfg, init="torch")
+        weights = find_weights(args.checkpoint)
+        load_checkpoint(model, weights)
+        model.to(info.device)
+        resolution = args.resolution or cfg.resolution
+        result = evaluate_model(model, data, resolution, args.crop_pct, args.batch_size, args.precision,
+                                workers=args.workers if args.workers is not None else 8)
+        result.update(checkpoint=str(weights), data=data.describe())
+    finally:
+        dist_utils.teardown(info)
+    if info.is_main:
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"{cfg.name or args.config} ({weights}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+                  f"loss {result['loss']:.4f}  on {result['images']} images at {resolution} px")
+    return 0

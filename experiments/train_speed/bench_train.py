@@ -1,0 +1,427 @@
+"""Training speed on one GPU: lowspace's training step vs timm's LowFormer trained eagerly, side by side in
+one process, plus Fashion-MNIST proxy runs. Four parts, one per invocation (each well under 5 minutes):
+
+  a  proxy-size step: B1, 64 px, batch 512, 1000 classes. Baseline: timm lowformer_b1, eager, bf16 autocast,
+     channels_last, fused AdamW, one static synthetic batch on the GPU (H100_BASELINE.md's protocol).
+     Ours: the same network (lowspace B1) fed by the GPU-resident loader (uint8 images, augmentation on the
+     GPU) and trained by lowspace.train.step.TrainStep (eager / whole step in a CUDA graph), plus
+     lowspace.train.train_proxy's own throughput. Goal: >= 4x timm eager.
+  b  full-size step: B1, 224 px, batch 256: the same rows plus torch.compile variants. Goal: >= 1.3x.
+  c  one Fashion-MNIST epoch (60k images) at 64 px with B0 through train_proxy. Goal: <= 2 s.
+  d  B0 trained on Fashion-MNIST with the full proxy schedule (FULL_SCHEDULE below): the accuracy curve.
+
+Timing: CUDA events around 5 chunks of --per-chunk steps after --warmup steps (graph capture and
+compilation happen in the warm-up); img/s = batch / median step time; spread = (max - min) / median of the
+chunk times. Ours includes what the proxy really does each step (the loader's gather + augmentation, the lr
+update, gradient clipping by value); timm's baseline does none of it.
+
+    PYTHONPATH=.:/tmp/site python3 experiments/train_speed/bench_train.py --part a --out $OUT/a
+    (see README.md for all four commands)
+
+Writes OUT/part_<x>.json (rows, ratios, environment) and OUT/part_<x>.md; part d also writes
+OUT/curve.csv / curve.json (render the PNG here with render_curve.py).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Part d's schedule ("the full proxy schedule"): 30 epochs at 64 px, batch 256, AdamW lr 2e-3 (1 warmup
+# epoch, cosine to 0), weight decay 0.05, label smoothing 0.1, flip + 12.5% translation, BN re-estimated on
+# 2048 training images before every evaluation of the full 10k test set. The search's default
+# (ProxySchedule()) is the same at 10 epochs; part d runs both.
+FULL_SCHEDULE = dict(epochs=30, resolution=64, batch_size=256, lr=2e-3, warmup_epochs=1.0)
+DEFAULT_SCHEDULE = dict(epochs=10, resolution=64, batch_size=256)
+DEVICE = "cuda"  # --smoke on a machine without a GPU runs everything small on the CPU (a check of this script)
+PRECISION = "bf16"  # fp32 in a CPU smoke run
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def environment() -> dict:
+    env = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
+               cudnn=torch.backends.cudnn.version(), host=platform.node())
+    try:
+        import timm
+        env["timm"] = timm.__version__
+    except ImportError:
+        env["timm"] = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        env.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1))
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            env["driver"] = None
+    return env
+
+
+def measure(step, batch: int, warmup: int, chunks: int, per_chunk: int) -> dict:
+    """Run ``step`` warmup times, then time ``chunks`` x ``per_chunk`` calls with CUDA events."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync()
+    warm_s = time.perf_counter() - t0
+    times = []
+    wall0 = time.perf_counter()
+    for _ in range(chunks):
+        if DEVICE != "cuda":
+            c0 = time.perf_counter()
+            for _ in range(per_chunk):
+                step()
+            times.append((time.perf_counter() - c0) * 1000 / per_chunk)
+            continue
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(per_chunk):
+            step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / per_chunk)
+    wall = (time.perf_counter() - wall0) / (chunks * per_chunk)
+    med = statistics.median(times)
+    return dict(ms_per_step=med, images_per_s=batch / med * 1000, spread=(max(times) - min(times)) / med,
+                wall_ms_per_step=wall * 1000, warmup_s=warm_s, chunks_ms=times)
+
+
+# ------------------------------------------------------------------------------------------ step makers
+def timm_step(name: str, batch: int, res: int, graph: bool = False):
+    """timm's model trained eagerly on one static batch (the baseline), or through our graph step."""
+    import timm
+    from lowspace.train.optim import create_optimizer
+    from lowspace.train.step import TrainStep
+    model = timm.create_model(name, num_classes=1000).to(DEVICE).to(memory_format=torch.channels_last).train()
+    x = torch.randn(batch, 3, res, res, device=DEVICE).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 1000, (batch,), device=DEVICE)
+    if not graph:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=True)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=PRECISION == "bf16"):
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+        return step, {}
+    opt = create_optimizer(model, 1e-3, 0.05, capturable=True)
+    train_step = TrainStep(model, opt, lambda logits, t, _: F.cross_entropy(logits.float(), t),
+                           precision=PRECISION, cuda_graph=True)
+
+    def graph_step():
+        train_step([(x, y)])
+    return graph_step, train_step.info
+
+
+def ours_step(preset: str, batch: int, res: int, mode: str, fast_gn: bool = False, n_images: int = 0):
+    """lowspace's model, GPU-resident loader and TrainStep. mode: eager | graph | compile | compile_graph."""
+    from lowspace.arch import create_model
+    from lowspace.data import Augment, BatchPlan, TensorLoader, TensorSplit
+    from lowspace.train.fastpath import channels_last_groupnorm
+    from lowspace.train.losses import classification_loss
+    from lowspace.train.optim import create_optimizer, set_lr
+    from lowspace.train.step import TrainStep
+    graph = mode in ("graph", "compile_graph")
+    model = create_model(preset, num_classes=1000).to(DEVICE).to(memory_format=torch.channels_last).train()
+    if fast_gn:
+        channels_last_groupnorm(model)
+    n_images = n_images or batch * (64 if res <= 64 else 16)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    images = torch.randint(0, 256, (n_images, 3, res, res), dtype=torch.uint8, device=DEVICE, generator=g)
+    split = TensorSplit(images, torch.randint(0, 1000, (n_images,), device=DEVICE, generator=g))
+    loader = TensorLoader(split, BatchPlan(n_images, batch, seed=0), DEVICE, res, (0.5,) * 3, (0.25,) * 3,
+                          augment=Augment(hflip=0.5, translate=0.125), out_chans=3, channels_last=True)
+    opt = create_optimizer(model, 1e-3, 0.05, capturable=graph)
+    net = torch.compile(model) if mode.startswith("compile") else model
+    train_step = TrainStep(model, opt, lambda logits, t, _: classification_loss(logits, t, "ce", 0.1), net=net,
+                           precision=PRECISION, clip_value=2.0, cuda_graph=graph)
+
+    def batches():
+        epoch = 0
+        while True:
+            yield from loader.epoch(epoch)
+            epoch += 1
+    it = batches()
+
+    def step():
+        x, y = next(it)
+        set_lr(opt, 1e-3)
+        train_step([(x, y)])
+    return step, train_step.info
+
+
+def proxy_api_row(preset: str, batch: int, res: int, n_images: int, epochs: int = 3) -> dict:
+    """train_proxy's own throughput (GPU data, graph step, eval graph) on synthetic 3-channel data."""
+    from lowspace.data import ImageData, TensorSplit
+    from lowspace.train import ProxySchedule, train_proxy
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n_images, 3, res, res), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 1000, (n_images,), generator=g)
+    val = TensorSplit(images[:2048].clone(), labels[:2048].clone())
+    data = ImageData("synthetic-1000", tuple(f"c{i}" for i in range(1000)), TensorSplit(images, labels), val,
+                     in_chans=3, mean=(0.5,) * 3, std=(0.25,) * 3, native_resolution=res)
+    result = train_proxy(preset, data, ProxySchedule(epochs=epochs, resolution=res, batch_size=batch), DEVICE)
+    steady = [r["images_per_s"] for r in result.history[1:]] or [result.images_per_s]
+    return dict(images_per_s=statistics.median(steady), epoch_s=[r["epoch_s"] for r in result.history],
+                cuda_graph=result.info["cuda_graph"], graph_checks=result.info["graph_checks"],
+                capture_s=result.info["capture_s"], eval_s=result.info["eval_s"])
+
+
+def cleanup():
+    gc.collect()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def run_variants(variants: list[tuple[str, callable]], batch: int, args, profile: set[str], out: Path,
+                 part: str) -> list[dict]:
+    rows = []
+    for name, make in variants:
+        row: dict = dict(variant=name, batch=batch)
+        print(f"[{part}] {name} ...", flush=True)
+        try:
+            cleanup()
+            if DEVICE == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t0 = time.perf_counter()
+            step, info = make()
+            row["build_s"] = time.perf_counter() - t0
+            row.update(measure(step, batch, args.warmup, args.chunks, args.per_chunk))
+            if DEVICE == "cuda":
+                row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            row["info"] = {k: v for k, v in info.items() if k in ("cuda_graph", "graph_checks", "capture_s")}
+            if name in profile:
+                row["profile"] = str(profile_steps(step, out / f"profile_{part}_{name}.txt"))
+            del step
+        except Exception as err:  # noqa: BLE001 - one failing variant must not lose the others
+            row["error"] = f"{type(err).__name__}: {err}"
+            row["traceback"] = traceback.format_exc()[-3000:]
+        print(f"[{part}] {name}: {row.get('images_per_s', 0):,.0f} img/s {row.get('error', '')}", flush=True)
+        rows.append(row)
+    cleanup()
+    return rows
+
+
+def profile_steps(step, path: Path, steps: int = 5) -> Path:
+    from torch.profiler import ProfilerActivity, profile
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+    sort = "cuda_time_total" if DEVICE == "cuda" else "cpu_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(prof.key_averages().table(sort_by=sort, row_limit=60))
+    return path
+
+
+def add_ratios(rows: list[dict], baseline: str = "timm_eager") -> None:
+    base = next((r.get("images_per_s") for r in rows if r["variant"] == baseline), None)
+    for r in rows:
+        if base and r.get("images_per_s"):
+            r["vs_timm_eager"] = r["images_per_s"] / base
+
+
+def write(out: Path, part: str, payload: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"part_{part}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    lines = [f"# Part {part}: {payload['title']}", "", f"Goal: {payload['goal']}", ""]
+    if payload.get("rows"):
+        lines += ["| variant | img/s | ms/step | spread | vs timm eager | peak GiB | note |", "|---|---:|---:|---:|---:|---:|---|"]
+        for r in payload["rows"]:
+            note = r.get("error") or (r.get("info") or {}).get("cuda_graph", "")
+            lines.append(f"| {r['variant']} | {r.get('images_per_s', 0):,.0f} | {r.get('ms_per_step', 0):.2f} | "
+                         f"{100 * r.get('spread', 0):.1f}% | {r.get('vs_timm_eager', 0):.2f}x | "
+                         f"{r.get('peak_mem_gib', 0):.1f} | {str(note)[:80]} |")
+    for key in ("results", "summary"):
+        if payload.get(key):
+            lines += ["", "```", json.dumps(payload[key], indent=2, default=str), "```"]
+    lines += ["", "Environment: " + json.dumps(payload["env"])]
+    (out / f"part_{part}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------ parts
+def part_step(args, part: str, res: int, batch: int) -> dict:
+    preset = args.preset
+    variants = [
+        ("timm_eager", lambda: timm_step(f"lowformer_{preset}", batch, res)),
+        ("ours_eager", lambda: ours_step(preset, batch, res, "eager")),
+        ("timm_graph", lambda: timm_step(f"lowformer_{preset}", batch, res, graph=True)),
+        ("ours_graph", lambda: ours_step(preset, batch, res, "graph")),
+        ("ours_graph_fastgn", lambda: ours_step(preset, batch, res, "graph", fast_gn=True)),
+    ]
+    if (part == "b" or args.compile) and not args.smoke:
+        variants += [
+            ("ours_compile", lambda: ours_step(preset, batch, res, "compile")),
+            ("ours_compile_graph", lambda: ours_step(preset, batch, res, "compile_graph")),
+        ]
+    rows = run_variants(variants, batch, args, set(args.profile), args.out, part)
+    if part == "a" and not args.skip_proxy_api:
+        print(f"[{part}] proxy_api ...", flush=True)
+        try:
+            cleanup()
+            row = dict(variant="proxy_api", batch=batch, **proxy_api_row(preset, batch, res, n_images=batch * 32,
+                                                                         epochs=2 if args.smoke else 3))
+        except Exception as err:  # noqa: BLE001
+            row = dict(variant="proxy_api", batch=batch, error=f"{type(err).__name__}: {err}",
+                       traceback=traceback.format_exc()[-3000:])
+        rows.append(row)
+    add_ratios(rows)
+    best = max((r for r in rows if r["variant"] != "timm_eager" and r.get("images_per_s")),
+               key=lambda r: r["images_per_s"], default=None)
+    goal = ">= 4x timm eager" if part == "a" else ">= 1.3x timm eager"
+    return dict(part=part, title=f"training step, {preset.upper()}, {res} px, batch {batch}", goal=goal,
+                rows=rows, summary=dict(best=best and best["variant"], best_vs_timm_eager=best and best.get("vs_timm_eager")),
+                protocol=dict(warmup=args.warmup, chunks=args.chunks, per_chunk=args.per_chunk, precision="bf16",
+                              channels_last=True, optimizer="AdamW (timm: fused; ours: fused + capturable in graphs)"),
+                env=environment())
+
+
+def fashion_mnist(args):
+    from lowspace.data import get_dataset
+    roots = [args.fmnist_root, os.environ.get("LOWSPACE_FASHION_MNIST"), "/usr/share/datasets/fashion-mnist",
+             str(ROOT / ".fmnist"), str(ROOT / "shared"), str(ROOT.parent / "shared")]
+    for root in [r for r in roots if r]:
+        if Path(root, "train-images-idx3-ubyte.gz").is_file() or Path(root, "train-images-idx3-ubyte").is_file():
+            return get_dataset("fashion_mnist", root=root)
+    raise SystemExit("Fashion-MNIST IDX files not found; pass --fmnist-root DIR (looked in " + ", ".join(
+        r for r in roots if r) + ")")
+
+
+def part_c(args) -> dict:
+    from lowspace.train import ProxySchedule, train_proxy
+    data = fashion_mnist(args)
+    if args.smoke:
+        data = data.subset(train_per_class=20, val_per_class=10)
+    rows = []
+    for batch in (256, 512):
+        for fast_gn in (False, True):
+            schedule = ProxySchedule(epochs=3, resolution=32 if args.smoke else 64, batch_size=batch,
+                                     fast_groupnorm=fast_gn)
+            print(f"[c] B0 batch {batch} fast_gn={fast_gn} ...", flush=True)
+            try:
+                cleanup()
+                r = train_proxy("b0", data, schedule, DEVICE)
+                epochs = r.history
+                rows.append(dict(batch=batch, fast_groupnorm=fast_gn, epoch_train_s=[e["epoch_s"] for e in epochs],
+                                 steady_epoch_train_s=min(e["epoch_s"] for e in epochs[1:]),
+                                 epoch_wall_s=[epochs[0]["elapsed_s"]] + [b["elapsed_s"] - a["elapsed_s"]
+                                                                          for a, b in zip(epochs, epochs[1:])],
+                                 images_per_epoch=r.info["train_images"] // len(epochs), top1=r.top1,
+                                 capture_s=r.info["capture_s"], eval_s=r.info["eval_s"], setup_s=r.info["setup_s"],
+                                 cuda_graph=r.info["cuda_graph"], graph_checks=r.info["graph_checks"]))
+            except Exception as err:  # noqa: BLE001
+                rows.append(dict(batch=batch, fast_groupnorm=fast_gn, error=f"{type(err).__name__}: {err}",
+                                 traceback=traceback.format_exc()[-3000:]))
+            print(json.dumps(rows[-1], default=str)[:400], flush=True)
+    ok = [r for r in rows if "steady_epoch_train_s" in r]
+    summary = dict(best_epoch_train_s=min((r["steady_epoch_train_s"] for r in ok), default=None))
+    return dict(part="c", title="one Fashion-MNIST epoch (60k images), B0, 64 px, train_proxy", goal="<= 2 s",
+                rows=[], results=rows, summary=summary, env=environment(),
+                note="epoch_train_s: training steps only (graph capture excluded, reported as capture_s); "
+                     "epoch_wall_s adds BN re-estimation and evaluation of the 10k test images")
+
+
+def part_d(args) -> dict:
+    import csv
+    from lowspace.train import ProxySchedule, train_proxy
+    data = fashion_mnist(args)
+    if args.smoke:
+        data = data.subset(train_per_class=20, val_per_class=10)
+    out: dict = dict(part="d", title="B0 on Fashion-MNIST with the full proxy schedule", goal="accuracy curve",
+                     rows=[], env=environment(), schedules={})
+    curves = []
+    for label, spec in (("full", FULL_SCHEDULE), ("default", DEFAULT_SCHEDULE)):
+        schedule = ProxySchedule(**spec)
+        if args.smoke:
+            schedule = schedule.replace(epochs=2, resolution=32, batch_size=64)
+        print(f"[d] {label}: {schedule.to_dict()}", flush=True)
+
+        def on_epoch(epoch, m, label=label):
+            print(f"[d] {label} epoch {epoch}: top1 {m['top1']:.2f} loss {m['train_loss']:.4f} "
+                  f"{m['images_per_s']:,.0f} img/s", flush=True)
+            return False
+        cleanup()
+        r = train_proxy("b0", data, schedule, DEVICE, on_epoch=on_epoch)
+        out["schedules"][label] = dict(schedule=schedule.to_dict(), top1=r.top1, top5=r.top5, best_top1=r.best_top1,
+                                       train_s=r.train_s, total_s=r.info["total_s"], images_per_s=r.images_per_s,
+                                       info={k: v for k, v in r.info.items() if k != "graph_checks"})
+        curves += [dict(schedule=label, **row) for row in r.history]
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "curve.json").write_text(json.dumps(curves, indent=2) + "\n")
+    with open(args.out / "curve.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(curves[0]))
+        writer.writeheader()
+        writer.writerows(curves)
+    out["summary"] = {k: dict(top1=v["top1"], best_top1=v["best_top1"], total_s=v["total_s"])
+                      for k, v in out["schedules"].items()}
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", required=True, choices=("a", "b", "c", "d"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--preset", default="b1", help="parts a/b: the network (timm lowformer_<preset> vs ours)")
+    p.add_argument("--batch", type=int, default=None, help="parts a/b (default 512 / 256)")
+    p.add_argument("--resolution", type=int, default=None, help="parts a/b (default 64 / 224)")
+    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--chunks", type=int, default=5)
+    p.add_argument("--per-chunk", type=int, default=20)
+    p.add_argument("--compile", action="store_true", help="part a: add the torch.compile variants")
+    p.add_argument("--profile", default="", help="comma-separated variants to profile (kernel table per variant)")
+    p.add_argument("--skip-proxy-api", action="store_true")
+    p.add_argument("--fmnist-root", default=None, help="parts c/d: directory of the Fashion-MNIST IDX files")
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny run to check this script (on the CPU when there is no GPU); numbers mean nothing")
+    args = p.parse_args(argv)
+    args.profile = [v for v in args.profile.split(",") if v]
+    global DEVICE, PRECISION
+    if not torch.cuda.is_available():
+        if not args.smoke:
+            raise SystemExit("needs a CUDA GPU (or --smoke)")
+        DEVICE, PRECISION = "cpu", "fp32"
+    if args.smoke:
+        args.preset, args.warmup, args.chunks, args.per_chunk = "b0", 2, 2, 2
+        args.batch, args.resolution = args.batch or 4, args.resolution or 32
+    torch.backends.cudnn.benchmark = True
+    t0 = time.perf_counter()
+    if args.part in ("a", "b"):
+        res = args.resolution or (64 if args.part == "a" else 224)
+        batch = args.batch or (512 if args.part == "a" else 256)
+        payload = part_step(args, args.part, res, batch)
+    elif args.part == "c":
+        payload = part_c(args)
+    else:
+        payload = part_d(args)
+    payload["wall_s"] = time.perf_counter() - t0
+    payload["command"] = " ".join([Path(sys.executable).name] + sys.argv)
+    write(args.out, args.part, payload)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
