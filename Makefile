@@ -24,6 +24,7 @@ test: install
 
 ## the main job: a small, real latency-aware search end to end on Fashion-MNIST
 demo: install
+	bash experiments/demo/prepare.sh
 	$(BIN)/lowspace search --config experiments/demo/demo.yaml
 
 clean:
