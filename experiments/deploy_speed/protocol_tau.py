@@ -1,0 +1,188 @@
+"""Does a cheap latency protocol rank architectures like the deploy protocol? (Kendall tau)
+
+Cheap protocol: ``deploy(backend="cuda_graph")`` (BN folded, fp16, channels_last, eager kernels captured
+in a CUDA graph; builds in ~1 s). Deploy protocol: ``deploy(backend="compile_cuda_graph")`` with the
+default options (inductor ``tuned`` + CUDA graph; 15-60 s cold, 3-10 s from the on-disk cache). Both on the same
+random architectures, timed side by side by ``bench.py``; MACs and parameter counts are the free baselines.
+
+    # on the GPU machine (architectures from a folder of ArchConfig YAMLs, or generated with a seed):
+    PYTHONPATH=.:/tmp/site python3 experiments/deploy_speed/protocol_tau.py --configs DIR --out $OUT
+    PYTHONPATH=.:/tmp/site python3 experiments/deploy_speed/protocol_tau.py --generate 20 --seed 0 --out $OUT
+    # anywhere, from a bench results.json that holds both protocols' rows:
+    python experiments/deploy_speed/protocol_tau.py --results results.json --out DIR
+
+Writes OUT/tau.json and OUT/tau.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+for p in (str(ROOT), str(HERE)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+CHEAP, DEPLOY = "ours_graph", "ours_deploy"
+
+
+# ------------------------------------------------------------------------------------ architectures
+def random_config(rng: random.Random, name: str):
+    """A random LowFormer-family architecture around the B0-B3 presets (the fallback search space)."""
+    from lowspace import ArchConfig, ConfigError
+    while True:
+        w0 = rng.choice([16, 20, 24, 32])
+        ds_expand = rng.choice([4, 6])
+        d = {
+            "name": name,
+            "stem": {"width": w0, "depth": rng.choice([0, 0, 1])},
+            "stages": [
+                {"width": 2 * w0, "depth": rng.choice([0, 1, 2]), "downsample": {"expand_ratio": ds_expand}},
+                {"width": 4 * w0, "depth": rng.choice([0, 1, 2, 3]), "downsample": {"expand_ratio": ds_expand}},
+            ],
+            "head": {"widths": list(rng.choice([(1536, 1600), (1024, 1280), (2304, 2560)]))},
+        }
+        for width, stride_choices, kernel in ((8 * w0, (1, 2, 2, 4), rng.choice([3, 5])), (16 * w0, (1, 1, 2), 3)):
+            depth = rng.randint(2, 6)
+            d["stages"].append({
+                "width": width, "depth": depth, "block": "lowformer", "downsample": {"expand_ratio": ds_expand},
+                "attention": {"placement": rng.choice(["all", "all", f"last:{rng.randint(1, depth)}"]),
+                              "stride": rng.choice(stride_choices), "kernel_size": kernel,
+                              "upsample": rng.choice(["conv_transpose"] * 3 + ["interpolate"]),
+                              "norm": rng.choice(["groupnorm"] * 3 + ["none"])},
+                "mlp_ratio": rng.choice([0, 2, 4, 4]),
+            })
+        try:
+            return ArchConfig.from_dict(d)
+        except ConfigError:
+            continue
+
+
+def generate(n: int, seed: int, out_dir: Path) -> list[Path]:
+    """Write ``n`` random architectures as YAML files ``rNN.yaml`` into ``out_dir``."""
+    rng = random.Random(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = out_dir / f"r{i:02d}.yaml"
+        random_config(rng, f"random_{seed}_{i:02d}").to_yaml(path)
+        paths.append(path)
+    return paths
+
+
+# ------------------------------------------------------------------------------------ statistics
+def kendall_tau(a: list[float], b: list[float]) -> float:
+    """Kendall's tau-b (scipy's when installed)."""
+    try:
+        from scipy.stats import kendalltau
+        return float(kendalltau(a, b).statistic)
+    except ImportError:
+        pass
+    n, conc, disc, ta, tb = len(a), 0, 0, 0, 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if da == 0 and db == 0:
+                continue
+            if da == 0:
+                ta += 1
+            elif db == 0:
+                tb += 1
+            elif (da > 0) == (db > 0):
+                conc += 1
+            else:
+                disc += 1
+    denom = ((conc + disc + ta) * (conc + disc + tb)) ** 0.5
+    return (conc - disc) / denom if denom else float("nan")
+
+
+def static_costs(config: str, resolution: int = 224) -> dict:
+    """Parameters and MACs (conv + linear + attention matmuls, via torch's FLOP counter) of a config."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lowspace import create_model
+    model = create_model(config).eval()
+    params = sum(p.numel() for p in model.parameters())
+    with torch.no_grad(), torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH), \
+            FlopCounterMode(display=False) as fc:
+        model(torch.randn(1, model.cfg.in_chans, resolution, resolution))
+    return {"params": params, "macs": fc.get_total_flops() // 2}
+
+
+def analyse(results: dict, batch: int, out: Path) -> dict:
+    rows = [r for r in results["rows"] if r.get("status") == "ok" and r["batch"] == batch]
+    by_model: dict[str, dict] = {}
+    for r in rows:
+        by_model.setdefault(r["model"], {"config": r.get("config", r["model"])})[r["variant"]] = r["ms"]
+    models = sorted(m for m, v in by_model.items() if CHEAP in v and DEPLOY in v)
+    if len(models) < 3:
+        raise SystemExit(f"need >= 3 architectures with both {CHEAP} and {DEPLOY} rows at batch {batch}")
+    for m in models:
+        by_model[m].update(static_costs(by_model[m]["config"]))
+    deploy_ms = [by_model[m][DEPLOY] for m in models]
+    report = {
+        "batch": batch, "n": len(models), "cheap": CHEAP, "deploy": DEPLOY,
+        "tau_cheap_vs_deploy": kendall_tau([by_model[m][CHEAP] for m in models], deploy_ms),
+        "tau_macs_vs_deploy": kendall_tau([by_model[m]["macs"] for m in models], deploy_ms),
+        "tau_params_vs_deploy": kendall_tau([by_model[m]["params"] for m in models], deploy_ms),
+        "models": {m: by_model[m] for m in models},
+        "env": results.get("env"),
+    }
+    report["goal_met"] = report["tau_cheap_vs_deploy"] >= 0.9 and len(models) >= 20
+    if len(models) < 20:
+        print(f"note: only {len(models)} architectures; the goal asks for >= 20")
+    report["recommendation"] = (
+        f"search with the cheap protocol ({CHEAP}): it ranks like the deploy protocol (tau >= 0.9)"
+        if report["goal_met"] else
+        f"search with the deploy protocol ({DEPLOY}): the cheap one ranks differently (tau < 0.9)")
+    lines = [f"# Cheap vs deploy latency protocol, batch {batch}, {len(models)} random architectures", "",
+             f"- Kendall tau, cheap ({CHEAP}) vs deploy ({DEPLOY}) ms/batch: **{report['tau_cheap_vs_deploy']:.3f}** "
+             f"(goal >= 0.9: {'met' if report['goal_met'] else 'MISSED'})",
+             f"- baselines: MACs vs deploy {report['tau_macs_vs_deploy']:.3f}, params vs deploy "
+             f"{report['tau_params_vs_deploy']:.3f}",
+             f"- recommendation: {report['recommendation']}", "",
+             "| arch | MMACs | params (M) | cheap ms | deploy ms | deploy/cheap |", "|---|---:|---:|---:|---:|---:|"]
+    for m in sorted(models, key=lambda m: by_model[m][DEPLOY]):
+        v = by_model[m]
+        lines.append(f"| {m} | {v['macs'] / 1e6:,.0f} | {v['params'] / 1e6:.1f} | {v[CHEAP]:.3f} | {v[DEPLOY]:.3f} | "
+                     f"{v[DEPLOY] / v[CHEAP]:.2f} |")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"tau_b{batch}.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / f"tau_b{batch}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:5]))
+    return report
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--configs", help="folder of ArchConfig YAMLs (>= 20)")
+    src.add_argument("--generate", type=int, help="generate this many random architectures")
+    src.add_argument("--results", help="analyse an existing bench results.json (no timing)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batches", default="200")
+    ap.add_argument("--parallel", type=int, default=10)
+    ap.add_argument("--out", default="experiments/deploy_speed/tau")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    if args.results:
+        results = json.loads(Path(args.results).read_text())
+    else:
+        configs = Path(args.configs) if args.configs else out / "configs"
+        if args.generate:
+            generate(args.generate, args.seed, configs)
+        import bench
+        bench.main(["--models", "", "--extra-models", str(configs), "--extra-variants", f"{CHEAP},{DEPLOY}",
+                    "--extra-batches", args.batches, "--parallel", str(args.parallel), "--out", str(out)])
+        results = json.loads((out / "results.json").read_text())
+    for b in args.batches.split(","):
+        analyse(results, int(b), out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Triton kernel: depthwise conv + bias + activation on channels_last tensors, as a torch custom op.
+
+``torch.ops.lowspace.depthwise_conv`` runs the Triton kernel for CUDA tensors and ``F.conv2d`` elsewhere,
+so a module using it still runs (and exports) on CPU. It has a fake implementation, so ``torch.compile``
+keeps it in the graph as one opaque kernel and CUDA graphs capture it.
+
+One program computes a tile of ``BLOCK_P`` output positions (of one image, flattened) x ``BLOCK_C``
+channels: channels are the contiguous (coalesced) axis of channels_last tensors, the k x k taps are
+unrolled, accumulation is in float32. Inputs of any strides are accepted.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+try:  # Triton is optional: without it the op runs its PyTorch fallback.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+TRITON_ACTS = (None, "hardswish", "relu", "relu6", "silu", "gelu")
+_ACT_CODES = {a: i for i, a in enumerate(TRITON_ACTS)}
+
+
+def _torch_act(x, act):
+    from .modules import apply_act
+    return apply_act(act, x)
+
+
+if triton is not None:
+    @triton.jit
+    def _dw_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, HO, WO,
+                   sxn, sxc, sxh, sxw, swc, swy, swx, syn, syc, syh, syw,
+                   STRIDE: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        n_pb = tl.cdiv(HO * WO, BLOCK_P)
+        pid = tl.program_id(0)  # n * n_pb + position block
+        n = pid // n_pb
+        p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)  # flattened output positions
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        pmask = p < HO * WO
+        cmask = c < C
+        oy = p // WO
+        ox = p % WO
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        x_base = x_ptr + n.to(tl.int64) * sxn + c[None, :] * sxc
+        for ky in tl.static_range(K):
+            iy = oy * STRIDE - PAD + ky
+            row_ok = pmask & (iy >= 0) & (iy < H)
+            for kx in tl.static_range(K):
+                ix = ox * STRIDE - PAD + kx
+                m = row_ok & (ix >= 0) & (ix < W)
+                xv = tl.load(x_base + (iy * sxh + ix * sxw)[:, None], mask=m[:, None] & cmask[None, :], other=0.0)
+                wv = tl.load(w_ptr + c * swc + ky * swy + kx * swx, mask=cmask, other=0.0)
+                acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        if ACT == 1:  # hardswish
+            acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
+        elif ACT == 2:  # relu
+            acc = tl.maximum(acc, 0.0)
+        elif ACT == 3:  # relu6
+            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+        elif ACT == 4:  # silu
+            acc = acc / (1.0 + tl.exp(-acc))
+        elif ACT == 5:  # exact gelu
+            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        out = y_ptr + n.to(tl.int64) * syn + (oy * syh + ox * syw)[:, None] + c[None, :] * syc
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+
+
+def _out_size(size: int, k: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - k) // stride + 1
+
+
+def _tiles(n: int, c: int, positions: int) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_C): 64 x 64 tiles, shrunk while the grid would not fill the GPU (~2 programs / SM)."""
+    block_c = min(64, triton.next_power_of_2(c))
+    block_p = min(64, triton.next_power_of_2(positions))
+    while block_p * block_c > 256 and n * triton.cdiv(positions, block_p) * triton.cdiv(c, block_c) < 264:
+        if block_p >= block_c:
+            block_p //= 2
+        else:
+            block_c //= 2
+    return block_p, block_c
+
+
+def _launch(x, weight, bias, stride, padding, act):
+    n, c, h, w = x.shape
+    k = weight.shape[-1]
+    ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+    y = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    block_p, block_c = _tiles(n, c, ho * wo)
+    grid = (n * triton.cdiv(ho * wo, block_p), triton.cdiv(c, block_c))
+    _dw_kernel[grid](x, weight, bias if bias is not None else weight, y, c, h, w, ho, wo,
+                     *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(),
+                     STRIDE=stride, PAD=padding, K=k, HAS_BIAS=bias is not None, ACT=_ACT_CODES[act],
+                     BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return y
+
+
+# Inductor must hand the op the strides seen when tracing (channels_last): with a free layout it may pick
+# NCHW for the producer, and channel-strided loads made the kernel ~5x slower (experiments/deploy_speed).
+_TAGS = tuple(getattr(torch._C.Tag, t) for t in ("needs_exact_strides",) if hasattr(torch._C.Tag, t)) or \
+    (torch._C.Tag.needs_fixed_stride_order,)
+
+
+@torch.library.custom_op("lowspace::depthwise_conv", mutates_args=(), tags=_TAGS)
+def _depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
+                    act: str) -> torch.Tensor:
+    act_ = act or None
+    if x.is_cuda and triton is not None:
+        if x.numel() >= 1 << 20 and not x.is_contiguous(memory_format=torch.channels_last):
+            # Channel-strided loads of a large NCHW input cost ~5x a copy (measured on the H100).
+            x = x.contiguous(memory_format=torch.channels_last)
+        return _launch(x, weight, bias, stride, padding, act_)
+    y = F.conv2d(x, weight, bias, stride, padding, 1, weight.shape[0])
+    return _torch_act(y, act_).contiguous(memory_format=torch.channels_last)
+
+
+@_depthwise_conv.register_fake
+def _(x, weight, bias, stride, padding, act):
+    n, c, h, w = x.shape
+    k = weight.shape[-1]
+    return torch.empty((n, c, _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)),
+                       dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
+                   act: str | None) -> torch.Tensor:
+    """Depthwise conv (weight (C, 1, k, k)) + bias + activation; Triton on CUDA, PyTorch elsewhere."""
+    if act not in _ACT_CODES:
+        return _torch_act(_depthwise_conv(x, weight, bias, stride, padding, ""), act)
+    return _depthwise_conv(x, weight, bias, stride, padding, act or "")

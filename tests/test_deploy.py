@@ -1,0 +1,318 @@
+"""lowspace.deploy: the deployed module computes the eval-mode model's function (fp32, CPU), for every
+preset, random generator configs and every rewrite switch; build cache, errors, ONNX export, Triton kernel."""
+import gc
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lowspace import ArchConfig, ConfigError, create_model
+from lowspace.arch import PRESET_NAMES
+from lowspace.backends import Runner
+from lowspace.deploy import DeployedModel, clear_cache, deploy, export_onnx
+from lowspace.deploy.fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
+
+TOL = 1e-4  # max |deployed - eval model| / max |eval model|, fp32
+
+
+def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random weights everywhere, including BatchNorm statistics and norm affines (so folding is tested)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if name.endswith("running_var"):
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+            elif name.endswith("running_mean"):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.2)
+            elif t.is_floating_point():
+                scale = 0.3 if t.dim() <= 1 else 1.0 / max(1, t[0].numel()) ** 0.5
+                offset = 1.0 if name.endswith("weight") and t.dim() == 1 else 0.0
+                t.copy_(torch.randn(t.shape, generator=g) * scale + offset)
+    return model.eval()
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got - want).abs().max() / want.abs().max()).item()
+
+
+def check_equal(model, resolution, batch=2, **options):
+    d = deploy(model, precision="fp32", batch_size=batch, resolution=resolution, backend="eager", device="cpu",
+               **options)
+    x = torch.randn(batch, model.cfg.in_chans, resolution, resolution, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(x)
+    got = d(x)
+    assert got.shape == want.shape and got.dtype == x.dtype
+    err = rel_err(got, want)
+    assert err <= TOL, (err, options)
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    clear_cache()
+    yield
+    clear_cache()
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_every_preset_deploys_exactly(name):
+    model = randomize(create_model(name, init="torch"), seed=len(name))
+    d = check_equal(model, 64)
+    assert "fold_bn" in d.info["rewrites"] and d.info["check_error"] <= TOL
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in d.module.modules())
+
+
+def random_config(seed: int) -> ArchConfig:
+    """A small random valid architecture exercising the generator's switches."""
+    rng = random.Random(seed)
+    while True:
+        w = rng.choice([8, 12, 16])
+        stages = [{"width": 2 * w, "depth": rng.choice([0, 1]), "block": rng.choice(["fused_mbconv", "mbconv"]),
+                   "downsample": {"stride": 2, "expand_ratio": rng.choice([2, 4]), "kernel_size": rng.choice([3, 5])}}]
+        for i in range(2):
+            stages.append({
+                "width": (4 + 4 * i) * w, "depth": rng.choice([1, 2]), "block": "lowformer",
+                "expand_ratio": rng.choice([2, 4]), "kernel_size": rng.choice([3, 5]),
+                "local": rng.choice(["auto", "fused_mbconv", "mbconv"]),
+                "downsample": {"stride": rng.choice([1, 2]), "block": rng.choice(["fused_mbconv", "mbconv"])},
+                "attention": {"placement": rng.choice(["all", "last:1", [0]]), "stride": rng.choice([1, 2, 4]),
+                              "kernel_size": rng.choice([3, 5]), "heads": rng.choice(["auto", 1, 2]),
+                              "upsample": rng.choice(["conv_transpose", "conv_transpose", "interpolate"]),
+                              "norm": rng.choice(["groupnorm", "none"])},
+                "mlp_ratio": rng.choice([0, 2, 4]),
+            })
+        data = {"stages": stages, "stem": {"width": w, "depth": rng.choice([0, 1])},
+                "resolution": rng.choice([33, 40, 47, 64]), "num_classes": rng.choice([10, 0]),
+                "act": rng.choice(["hardswish", "relu", "silu"]), "mlp_act": rng.choice(["gelu", "gelu_tanh"]),
+                "head": {"widths": rng.choice([[32, 48], [40], []])}}
+        try:
+            return ArchConfig.from_dict(data)
+        except ConfigError:
+            continue
+
+
+CONFIGS = [random_config(s) for s in range(10)]
+
+
+def test_random_configs_cover_the_switches():
+    atts = [st.attention for c in CONFIGS for st in c.stages if st.block == "lowformer"]
+    assert {a.stride for a in atts} == {1, 2, 4}
+    assert {a.upsample for a in atts} == {"conv_transpose", "interpolate"}
+    assert {a.norm for a in atts} == {"groupnorm", "none"}
+    assert 0 in {st.mlp_ratio for c in CONFIGS for st in c.stages if st.block == "lowformer"}
+    assert any(c.resolution % 2 for c in CONFIGS)
+
+
+@pytest.mark.parametrize("seed", range(len(CONFIGS)))
+def test_random_configs_deploy_exactly(seed):
+    cfg = CONFIGS[seed]
+    model = randomize(create_model(cfg, init="torch"), seed=seed)
+    check_equal(model, cfg.resolution)
+
+
+SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subpixel"), dict(conv1x1="linear"),
+            dict(groupnorm="decomposed"), dict(sdpa="math"), dict(triton=True),
+            dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False)]
+
+
+@pytest.mark.parametrize("options", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_every_rewrite_switch_is_exact(options):
+    cfg = ArchConfig.from_dict({
+        "resolution": 45, "num_classes": 7, "stem": {"width": 8, "depth": 1},
+        "stages": [{"width": 16, "depth": 1, "block": "mbconv"},
+                   {"width": 32, "depth": 2, "block": "lowformer", "attention": {"stride": 2, "kernel_size": 5}},
+                   {"width": 48, "depth": 1, "block": "lowformer", "local": "mbconv",
+                    "attention": {"stride": 4}},
+                   {"width": 64, "depth": 1, "block": "lowformer", "attention": {"stride": 1}}],
+        "head": {"widths": [64, 80]}})
+    model = randomize(create_model(cfg, init="torch"), seed=3)
+    options = dict(options)
+    channels_last = options.pop("channels_last", True)
+    d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
+               channels_last=channels_last, **options)
+    x = torch.randn(2, 3, 45, 45)
+    with torch.no_grad():
+        assert rel_err(d(x), model(x)) <= TOL
+    if options.get("upsample") == "subpixel":
+        assert "subpixel_upsample" in d.info["rewrites"]
+    if options.get("fold_bn") is False:
+        assert any(isinstance(m, nn.BatchNorm2d) for m in d.module.modules())
+
+
+def test_fold_bn_matches_conv_then_bn():
+    conv = nn.Conv2d(6, 10, 3, padding=1, bias=True)
+    bn = randomize(nn.Sequential(nn.BatchNorm2d(10)))[0]
+    w, b = fold_bn(conv.weight, conv.bias, bn)
+    x = torch.randn(2, 6, 9, 9)
+    with torch.no_grad():
+        assert rel_err(F.conv2d(x, w, b, padding=1), bn(conv(x))) <= 1e-5
+    assert fold_bn(conv.weight, None, None) == (conv.weight, None)
+
+
+@pytest.mark.parametrize("stride,size", [(1, 7), (2, 7), (2, 6), (4, 5)])
+def test_transposed_conv_rewrites(stride, size):
+    k, p = (3, 1) if stride == 1 else (2 * stride, stride // 2)
+    up = nn.ConvTranspose2d(8, 5, k, stride, p)
+    x = torch.randn(2, 8, size, size)
+    with torch.no_grad():
+        want = up(x)
+        if stride == 1:
+            w, pad = conv_transpose_as_conv(up.weight, p)
+            got = F.conv2d(x, w, up.bias, padding=pad)
+        else:
+            w, b = conv_transpose_as_subpixel(up.weight, up.bias, stride, p)
+            got = F.pixel_shuffle(F.conv2d(x, w, b, padding=1), stride)
+    assert got.shape == want.shape and rel_err(got, want) <= 1e-5
+    if stride > 1:
+        with pytest.raises(ValueError, match="sub-pixel"):
+            conv_transpose_as_subpixel(up.weight, up.bias, stride, p + 1)
+
+
+def test_compile_backend_runner_and_info():
+    model = randomize(create_model(CONFIGS[0], init="torch"))
+    d = deploy(model, precision="fp32", batch_size=2, resolution=40, backend="compile", device="cpu",
+               compile_backend="eager", compile_mode="default")
+    assert isinstance(d, DeployedModel) and isinstance(d, nn.Module)
+    assert d.info["backend"] == "compile" and d.info["precision"] == "fp32" and d.info["compile_mode"] == "default"
+    assert d.build_s > 0 and d.info["cache"] == "miss"
+    runner = d.runner()
+    assert isinstance(runner, Runner) and runner.input.shape == (2, 3, 40, 40)
+    with torch.no_grad():
+        assert rel_err(runner(), model(runner.input)) <= TOL
+        x = torch.randn(3, 3, 40, 40)  # another batch size: the eager module runs it
+        assert rel_err(d(x), model(x)) <= TOL
+
+
+def test_memory_cache_reuses_and_never_mixes_weights():
+    cfg = CONFIGS[1]
+    m1 = randomize(create_model(cfg, init="torch"), seed=1)
+    m2 = randomize(create_model(cfg, init="torch"), seed=2)
+    kw = dict(precision="fp32", batch_size=1, resolution=cfg.resolution, backend="eager", device="cpu")
+    x = torch.randn(1, 3, cfg.resolution, cfg.resolution)
+    d1 = deploy(m1, **kw)
+    d1b = deploy(m1, **kw)
+    assert d1b.info["cache"] == "memory" and d1b._core is d1._core
+    d2 = deploy(m2, **kw)  # d1 is alive: its weights must not change
+    assert d2._core is not d1._core and d2.info["cache"] == "miss"
+    with torch.no_grad():
+        assert rel_err(d1(x), m1(x)) <= TOL and rel_err(d2(x), m2(x)) <= TOL
+    del d1, d1b
+    gc.collect()
+    d3 = deploy(m1, **kw)  # the cached core of m2 is free again only once d2 is gone
+    assert d3.info["cache"] == "miss"
+    del d2, d3
+    gc.collect()
+    d4 = deploy(m2, **kw)
+    assert d4.info["cache"] == "memory (weights reloaded)"
+    with torch.no_grad():
+        assert rel_err(d4(x), m2(x)) <= TOL
+    d5 = deploy(m2, cache=False, **kw)
+    assert d5._core is not d4._core
+
+
+def test_bad_arguments_raise_config_errors():
+    model = create_model(CONFIGS[2])
+    kw = dict(precision="fp32", resolution=40, device="cpu", backend="eager")
+    with pytest.raises(ConfigError, match="fold_bnn.*fold_bn"):
+        deploy(model, fold_bnn=True, **kw)
+    with pytest.raises(ConfigError, match="deploy.upsample"):
+        deploy(model, upsample="nearest", **kw)
+    with pytest.raises(ConfigError, match="deploy.triton"):
+        deploy(model, triton="yes", **kw)
+    with pytest.raises(ConfigError, match="batch_size"):
+        deploy(model, batch_size=0, **kw)
+    with pytest.raises(ConfigError, match="CUDA graphs need a CUDA device"):
+        deploy(model, precision="fp32", resolution=40, device="cpu", backend="cuda_graph")
+    with pytest.raises(ConfigError, match="precision"):
+        deploy(model, precision="fp8", resolution=40, device="cpu", backend="eager")
+
+
+def test_other_modules_get_cast_and_captured_without_rewrites():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4))
+    randomize(net)
+    d = deploy(net, precision="fp32", batch_size=2, resolution=16, backend="eager", device="cpu")
+    x = torch.randn(2, 3, 16, 16)
+    assert d.info["rewrites"] == [] and rel_err(d(x), net(x)) <= TOL
+
+
+def test_deploy_accepts_a_preset_name():
+    d = deploy("b0", precision="fp32", batch_size=1, resolution=32, backend="eager", device="cpu", check=False)
+    assert d.info["resolution"] == 32 and d.info["check_error"] is None
+
+
+def test_onnx_export_matches_torch(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+    cfg = CONFIGS[3]
+    model = randomize(create_model(cfg, init="torch"), seed=4)
+    d = deploy(model, precision="fp32", batch_size=1, resolution=cfg.resolution, backend="eager", device="cpu",
+               upsample="subpixel")
+    path = export_onnx(d, tmp_path / "m.onnx")  # checks onnxruntime vs torch itself, raises if off
+    assert onnx.load(str(path)).opset_import[0].version >= 17
+    import onnxruntime as ort
+    x = torch.randn(3, 3, cfg.resolution, cfg.resolution)  # dynamic batch
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert rel_err(torch.from_numpy(got), model(x)) <= 1e-4
+    with pytest.raises(ConfigError, match="opset"):
+        export_onnx(d, tmp_path / "old.onnx", opset=13)
+
+
+TRITON_SCRIPT = r"""
+import torch, torch.nn.functional as F
+from lowspace.deploy.triton_ops import _launch
+from lowspace.deploy.modules import apply_act
+g = torch.Generator().manual_seed(0)
+for n, c, h, k, s, act, fmt in [(2, 24, 9, 3, 1, "hardswish", 1), (1, 40, 13, 5, 2, None, 1),
+                                (2, 8, 7, 3, 4, "gelu", 0), (1, 70, 6, 7, 1, "silu", 1)]:
+    x = torch.randn(n, c, h, h, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last) if fmt else x
+    w, b = torch.randn(c, 1, k, k, generator=g), torch.randn(c, generator=g)
+    y = _launch(x, w, b, s, k // 2, act)
+    ref = apply_act(act, F.conv2d(x, w, b, s, k // 2, 1, c))
+    assert y.shape == ref.shape and (y - ref).abs().max() < 1e-4, (n, c, h, k, s, act)
+print("ok")
+"""
+
+
+def test_triton_depthwise_kernel_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_triton_op_falls_back_and_traces_on_cpu():
+    from lowspace.deploy.triton_ops import depthwise_conv
+    x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(8, 1, 3, 3), torch.randn(8)
+    want = F.hardswish(F.conv2d(x, w, b, 2, 1, 1, 8))
+    assert rel_err(depthwise_conv(x, w, b, 2, 1, "hardswish"), want) <= 1e-6
+    f = torch.compile(lambda t: depthwise_conv(t, w, b, 2, 1, "gelu_tanh"), backend="eager", fullgraph=True)
+    assert rel_err(f(x), F.gelu(F.conv2d(x, w, b, 2, 1, 1, 8), approximate="tanh")) <= 1e-6
+
+
+# ------------------------------------------------------------------------------------------ GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda_graph", "compile_cuda_graph"])
+def test_gpu_fp16_deploy_matches_fp32_model(backend):
+    model = randomize(create_model("b0", init="torch")).cuda()
+    d = deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend)
+    x = torch.randn(4, 3, 96, 96, device="cuda")
+    with torch.no_grad():
+        want = model(x)
+    got = d(x)
+    assert got.dtype == torch.float32 and rel_err(got, want) <= 3e-2
+    r = d.runner()
+    r.input.copy_(x.half())
+    assert rel_err(r().float(), want) <= 3e-2
+    with torch.no_grad():  # another shape: eager path
+        assert rel_err(d(x[:2]), want[:2]) <= 3e-2
+    assert deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend).build_s < 1.0
