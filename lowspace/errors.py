@@ -31,6 +31,9 @@ class ConfigError(LowspaceError, ValueError):
         where = f"{source}: " if source else ""
         super().__init__(f"{where}{path}: got {value!r}; {allowed}")
 
+    def __reduce__(self):  # picklable, so it crosses into and out of worker processes intact
+        return (type(self), (self.path, self.value, self.allowed, self.source))
+
 
 def closest(name: str, options: Iterable[str]) -> str | None:
     """The option most similar to ``name`` (for 'did you mean' hints), or None."""

@@ -190,3 +190,10 @@ def test_python_construction_validates_and_normalizes():
     assert isinstance(cfg.stages, tuple) and cfg.stages[0].expand_ratio == 6.0
     with pytest.raises(ConfigError):
         ArchConfig(stages=[StageConfig(width=32, depth=1, block="conv")])
+
+
+def test_config_error_survives_pickling():
+    import pickle
+    err = ConfigError("stages.0.width", -1, "must be an integer >= 1", "x.yaml")
+    back = pickle.loads(pickle.dumps(err))
+    assert (back.path, back.value, back.allowed, back.source, str(back)) == (err.path, err.value, err.allowed, err.source, str(err))

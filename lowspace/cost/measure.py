@@ -50,9 +50,10 @@ from ..backends import Runner, check_protocol, prepare
 from ..errors import ConfigError, LowspaceError, unknown_key_error
 from .cache import CacheError, MeasurementCache
 from .fingerprint import fingerprint, fingerprint_key
+from .locks import DeviceGate, FileLock  # noqa: F401 - re-exported for measure(timing_lock=...)
 from .spec import ModelSpec, resolve_spec
 
-__all__ = ["Measurement", "measure", "FileLock", "spread_of", "HARNESS_VERSION"]
+__all__ = ["Measurement", "measure", "FileLock", "DeviceGate", "spread_of", "HARNESS_VERSION"]
 
 # Bumped when the timing method changes in a way that makes older cached numbers incomparable.
 HARNESS_VERSION = 1
@@ -98,33 +99,6 @@ class Measurement:
     def from_dict(cls, data: dict[str, Any]) -> "Measurement":
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
-
-
-class FileLock:
-    """An inter-process lock on a file (``fcntl.flock``); picklable, so it also works with ``isolate``.
-
-    Pass it as ``timing_lock`` so that processes sharing a GPU never time at the same moment.
-    """
-
-    def __init__(self, path: str | Path):
-        self.path = str(path)
-        self._fh = None
-
-    def __enter__(self):
-        import fcntl
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a+")
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        import fcntl
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-        self._fh.close()
-        self._fh = None
-
-    def __getstate__(self):
-        return {"path": self.path, "_fh": None}
 
 
 def spread_of(values: list[float]) -> float:
@@ -284,7 +258,9 @@ def measure(model_or_config: Any, device: str | torch.device = "cpu", batch_size
     result.warnings = notes + result.warnings
     result.measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result.wall_s = time.perf_counter() - start
-    if store is not None and result.status == "ok":
+    # A measurement that missed its spread target is returned but not cached: a noisy moment must not
+    # become the architecture's latency for every later study.
+    if store is not None and result.status == "ok" and result.spread <= settings.target_spread:
         try:
             store.put(identity, protocol, fingerprint_key(fp), result.to_dict())
         except CacheError as err:
