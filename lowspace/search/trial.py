@@ -221,8 +221,9 @@ class TrialPipeline:
         self.schedule = self.engines.make_schedule(proxy)
         self.train_device = resolve_device(config.device)
         self.latency_device = resolve_device(config.protocol.device)
+        self.protocol = config.protocol.resolve(self.latency_device.split(":")[0])
         from ..backends import check_protocol
-        check_protocol(config.protocol.backend, config.protocol.precision, self.latency_device)  # fail before trials
+        check_protocol(self.protocol.backend, self.protocol.precision, self.latency_device)  # fail before trials
         self._data = data
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -284,10 +285,10 @@ class TrialPipeline:
         # latency (and throughput) on the declared protocol
         self._stage(trial, "latency")
         t = time.perf_counter()
-        m = self._measure(cfg, c.protocol.batch_size)
+        m = self._measure(cfg, self.protocol.batch_size)
         timings["latency_s"] = time.perf_counter() - t
         if m.status != "ok":
-            err = TrialFailed(_measure_error(m, c.protocol.batch_size, self.latency_device))
+            err = TrialFailed(_measure_error(m, self.protocol.batch_size, self.latency_device))
             err.stage = "latency"
             raise err
         md = jsonable(m.to_dict())
@@ -297,17 +298,17 @@ class TrialPipeline:
         trial.set_user_attr("protocol", jsonable(m.protocol))
         trial.set_user_attr("fingerprint", jsonable(m.fingerprint))
         self._check_limit(trial, "latency_ms", float(m.median_ms), c.constraints.max_latency_ms, timings, start)
-        if c.protocol.throughput_batch:
+        if self.protocol.throughput_batch:
             t = time.perf_counter()
-            tm = self._measure(cfg, c.protocol.throughput_batch, oom_retry=True)
+            tm = self._measure(cfg, self.protocol.throughput_batch, oom_retry=True)
             timings["throughput_s"] = time.perf_counter() - t
             if tm.status == "ok":
                 trial.set_user_attr("images_per_s", float(tm.images_per_s))
                 trial.set_user_attr("throughput", jsonable({"batch_size": tm.batch_size, "images_per_s": tm.images_per_s,
                                                             "median_ms": tm.median_ms, "cached": tm.cached}))
             else:  # a throughput OOM does not sink the candidate: batch-1 latency is the objective
-                trial.set_user_attr("throughput", {"batch_size": c.protocol.throughput_batch, "status": tm.status,
-                                                   "error": _measure_error(tm, c.protocol.throughput_batch,
+                trial.set_user_attr("throughput", {"batch_size": self.protocol.throughput_batch, "status": tm.status,
+                                                   "error": _measure_error(tm, self.protocol.throughput_batch,
                                                                            self.latency_device)})
 
         # proxy training
@@ -333,7 +334,7 @@ class TrialPipeline:
         return self._values(acc, float(m.median_ms), macs)
 
     def _measure(self, cfg: ArchConfig, batch_size: int, **extra):
-        p = self.config.protocol
+        p = self.protocol
         options = dict(p.options, **extra)
         gate = self._device_gate()
         if gate is not None and "timing_lock" not in options:

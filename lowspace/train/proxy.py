@@ -60,7 +60,8 @@ class ProxySchedule:
     precision, channels_last, cuda_graph, compile: runtime (``auto`` / None: bf16, channels-last and CUDA
         graphs on CUDA; fp32 eager on CPU).
     fast_groupnorm: run the GroupNorm(1, C) pre-norms as a layout-preserving LayerNorm in channels-last
-        (:mod:`.fastpath`; same function).
+        (:mod:`.fastpath`; same function). On by default: on the H100 it made the proxy step 12% faster at
+        64 px (experiments/train_speed, part a) and one Fashion-MNIST epoch 10% faster (part c).
     bn_reestimate_images: before each evaluation, BatchNorm statistics are re-estimated on this many training
         images (unaugmented; 0 = off). Short runs need it: after a few dozen steps the running averages still
         remember their initial values and eval-mode accuracy lags far behind the network's.
@@ -95,7 +96,7 @@ class ProxySchedule:
     channels_last: Optional[bool] = None
     cuda_graph: Optional[bool] = None
     compile: bool = False
-    fast_groupnorm: bool = False
+    fast_groupnorm: bool = True
     drop_path: float = 0.0
     init: str = "official"
     storage_resolution: Optional[int] = None

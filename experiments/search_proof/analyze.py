@@ -1,0 +1,203 @@
+"""Issue 6 on the CPU: turn the committed studies and retraining rows into the tables, plots and numbers of
+experiments/search_proof/README.md. Nothing here is tuned: every figure comes from the committed raw files.
+
+    .venv/bin/python experiments/search_proof/analyze.py
+
+Reads studies/{pareto,random}.db, results/retrain/{rows.jsonl,archs.json} and the bench matrix
+(experiments/bench_presets/results/matrix.json: the peers, and the latency of presets no study timed, on the
+same protocol); latency of every other architecture comes from the studies' own trials. Writes results/summary.json, results/table.csv,
+results/front.html/png (full-schedule accuracy vs measured latency: presets, searched architectures, peers),
+and the Pareto/hypervolume reports of the search under results/pareto/.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+
+from lowspace import ArchConfig  # noqa: E402
+from lowspace.cost.count import count_macs, count_params  # noqa: E402
+from lowspace.report import hypervolume_history, pareto_mask, trials_frame, write_report  # noqa: E402
+from lowspace.report.plots import write_figure  # noqa: E402
+from lowspace.report.stats import kendall_tau, spearman_rho  # noqa: E402
+
+RESULTS = HERE / "results"
+PEER_PROTOCOL = dict(backend="cuda_graph", precision="fp16", batch=200)
+
+
+def load_studies():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies = {}
+    for name in ("pareto", "random"):
+        url = f"sqlite:///{HERE / 'studies' / f'{name}.db'}"
+        studies[name] = optuna.load_study(study_name=name, storage=url)
+    return studies
+
+
+def _finished(study):
+    return [t for t in study.trials if t.state.is_finished() and t.datetime_start and t.datetime_complete]
+
+
+def search_cost(study) -> dict:
+    """Worker seconds per trial by pipeline stage (wall time inside one worker, waits included)."""
+    done = _finished(study)
+    stages: dict[str, float] = {}
+    for t in done:
+        for key, value in (t.user_attrs.get("timings") or {}).items():
+            if key != "total_s":
+                stages[key] = stages.get(key, 0.0) + float(value)
+    complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in done)
+    return dict(trials_finished=len(done), trials_complete=complete,
+                worker_seconds_per_trial_by_stage={k: v / max(1, len(done)) for k, v in sorted(stages.items())})
+
+
+def gpu_cost(studies) -> dict:
+    """Both studies ran at the same time on one GPU (3 workers each): GPU time per trial is the wall time of
+    the joint run divided by all finished trials of both."""
+    done = [t for s in studies.values() for t in _finished(s)]
+    wall_s = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
+    return dict(wall_s=wall_s, trials_finished=len(done), gpu_minutes_per_trial=wall_s / 60 / len(done),
+                trials_per_gpu_hour=len(done) / (wall_s / 3600))
+
+
+def hypervolumes(studies) -> dict:
+    """Final hypervolume of both studies on one normalization: accuracy (max) and latency (min), the
+    reference point being the worst accuracy and latency seen in either study."""
+    frames = {k: trials_frame(s) for k, s in studies.items()}
+    done = {k: f[f["state"] == "COMPLETE"] for k, f in frames.items()}
+    both = pd.concat(done.values())
+    ref = dict(accuracy=float(both["accuracy"].min()), latency=float(both["latency_ms"].max()))
+    out = {}
+    for k, f in done.items():
+        pts = [(-a, lat) for a, lat in zip(f["accuracy"], f["latency_ms"])]
+        hist = hypervolume_history(pts, (-ref["accuracy"], ref["latency"]))
+        out[k] = dict(final=hist[-1] if hist else 0.0, complete_trials=len(f))
+    out["reference_point"] = ref
+    return out
+
+
+def latency_by_arch(studies) -> dict[str, tuple[float, str]]:
+    """arch_id -> (median ms per batch of 200, where it was measured) from the searches' own trials."""
+    out = {}
+    for name, study in studies.items():
+        df = trials_frame(study)
+        for aid, lat in zip(df["arch_id"], df["latency_ms"]):
+            if isinstance(aid, str) and lat == lat and aid not in out:
+                out[aid] = (float(lat), f"{name} study")
+    return out
+
+
+def _matrix_rows() -> list[dict]:
+    path = HERE.parent / "bench_presets" / "results" / "matrix.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text())
+    return rows["rows"] if isinstance(rows, dict) else rows
+
+
+def matrix_latency(preset: str) -> float | None:
+    """The bench matrix's ms per batch of 200 for our build of a preset, on the search's protocol."""
+    for r in _matrix_rows():
+        if (r.get("model"), r.get("implementation"), r.get("backend"), r.get("precision"),
+                r.get("batch_size", r.get("batch")), r.get("status")) == (f"lowformer_{preset}", "lowspace",
+                                                                           "cuda_graph", "fp16", 200, "ok"):
+            return r["median_ms"]
+    return None
+
+
+def peers_rows() -> list[dict]:
+    out = []
+    for r in _matrix_rows():
+        if r.get("family") != "peer" or r.get("status") != "ok":
+            continue
+        if (r.get("backend"), r.get("precision"), r.get("batch_size", r.get("batch"))) != tuple(PEER_PROTOCOL.values()):
+            continue
+        out.append(dict(name=r.get("model"), latency_ms=r.get("median_ms")))
+    return out
+
+
+def main() -> int:
+    RESULTS.mkdir(exist_ok=True)
+    studies = load_studies()
+    rep = write_report(studies["pareto"], RESULTS / "pareto", baseline=studies["random"],
+                       baseline_name="random search", png=True, export=True)
+    write_report(studies["random"], RESULTS / "random", png=True)
+
+    retrain = RESULTS / "retrain"
+    rows = [json.loads(line) for line in (retrain / "rows.jsonl").read_text().splitlines()]
+    archs = json.loads((retrain / "archs.json").read_text())["archs"]
+    full = {r["arch_id"]: r for r in rows if r["schedule"] == "full"}
+    short = {r["arch_id"]: r["top1"] for r in rows if r["schedule"] == "short"}
+    latency = latency_by_arch(studies)
+    table = []
+    for a in archs:
+        aid = a["arch_id"]
+        cfg = ArchConfig.from_dict(a["config"])
+        lat, source = latency.get(aid, (None, None))
+        if lat is None and a["source"] == "preset":
+            lat, source = matrix_latency(a["name"]), "bench matrix"
+        table.append(dict(name=a["name"], source=a["source"], arch_id=aid, params=count_params(cfg),
+                          macs=count_macs(cfg, resolution=cfg.resolution), latency_ms_b200=lat,
+                          latency_source=source, images_per_s=200e3 / lat if lat else None,
+                          short_top1=a["short_top1"] if a["short_top1"] is not None else short.get(aid),
+                          full_top1=full.get(aid, {}).get("top1")))
+    df = pd.DataFrame(table).sort_values("latency_ms_b200")
+    df.to_csv(RESULTS / "table.csv", index=False)
+    df = df.dropna(subset=["full_top1", "latency_ms_b200"])
+
+    # Dominance: a searched architecture with higher full-schedule accuracy at lower measured latency.
+    presets = df[df["source"] == "preset"]
+    searched = df[df["source"] != "preset"]
+    dominating = []
+    for _, s in searched.iterrows():
+        beaten = [p["name"] for _, p in presets.iterrows()
+                  if s["full_top1"] > p["full_top1"] and s["latency_ms_b200"] < p["latency_ms_b200"]]
+        if beaten:
+            dominating.append(dict(name=s["name"], arch_id=s["arch_id"], dominates=beaten))
+
+    calib = df.dropna(subset=["short_top1", "full_top1"])
+    calibration = dict(
+        n=len(calib),
+        kendall_short_vs_full=kendall_tau(list(calib["short_top1"]), list(calib["full_top1"])),
+        spearman_short_vs_full=spearman_rho(list(calib["short_top1"]), list(calib["full_top1"])),
+        kendall_params_vs_full=kendall_tau(list(calib["params"]), list(calib["full_top1"])),
+        spearman_params_vs_full=spearman_rho(list(calib["params"]), list(calib["full_top1"])),
+        kendall_macs_vs_full=kendall_tau(list(calib["macs"]), list(calib["full_top1"])),
+    )
+    summary = dict(hypervolume=hypervolumes(studies), search_cost={k: search_cost(s) for k, s in studies.items()},
+                   gpu_cost=gpu_cost(studies),
+                   calibration=calibration, dominating=dominating,
+                   full_front=[r["name"] for r, keep in zip(df.to_dict("records"),
+                               pareto_mask([(-a, lat) for a, lat in zip(df["full_top1"], df["latency_ms_b200"])]))
+                               if keep],
+                   report_notes=rep.notes)
+    (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+
+    fig = go.Figure()
+    for source, symbol in (("preset", "star"), ("pareto", "circle"), ("random", "x")):
+        part = df[df["source"] == source]
+        fig.add_trace(go.Scatter(x=part["latency_ms_b200"], y=part["full_top1"], mode="markers+text",
+                                 text=part["name"], textposition="top center", name=source,
+                                 marker=dict(symbol=symbol, size=12)))
+    for p in peers_rows():
+        fig.add_vline(x=p["latency_ms"], line_dash="dot", line_color="gray", annotation_text=p["name"],
+                      annotation_textangle=-90, annotation_font_size=9)
+    fig.update_layout(title="Fashion-MNIST top-1 (full proxy: 64 px, 10 epochs) vs H100 latency<br>"
+                            "<sup>batch 200, 224 px, fp16, channels_last, CUDA graph; dotted: peers (timm)</sup>",
+                      xaxis_title="ms per batch of 200 (lower is better)", yaxis_title="top-1 (%)",
+                      width=1100, height=650)
+    write_figure(fig, RESULTS / "front.html", RESULTS / "front.png")
+    print(json.dumps(summary, indent=1, default=str))
+    print(df.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
