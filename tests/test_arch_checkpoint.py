@@ -7,7 +7,7 @@ import torch
 
 from lowspace.arch import CheckpointError, create_model, export_state_dict, load_checkpoint
 from lowspace.arch.checkpoint import detect_format
-from test_arch_model import randomize
+from helpers import randomize
 
 
 def timm_to_official(state_dict, model_with_mlp=True):

@@ -10,24 +10,11 @@ import lowspace
 from lowspace.arch import PRESET_NAMES, create_model, get_preset, load_checkpoint
 from lowspace.arch.model import residual_branches, set_drop_path
 
+from helpers import randomize
+
 # Exact parameter counts and MACs measured from timm (== the official code); a copy of the reference file.
 REFERENCE = json.loads((Path(__file__).parent / "data" / "presets.json").read_text())["presets"]
 PARAMS = {name: entry["params"] for name, entry in REFERENCE.items()}
-
-
-def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights everywhere, BatchNorm running statistics and affine parameters included."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith("running_mean"):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            elif t.is_floating_point():
-                scale = 0.5 if t.dim() <= 1 else 1.0 / max(1, t[0].numel()) ** 0.5
-                t.copy_(torch.randn(t.shape, generator=g) * scale + (1.0 if name.endswith("weight") and t.dim() == 1 else 0.0))
-    return model
 
 
 def test_reference_covers_every_preset():

@@ -17,23 +17,9 @@ from lowspace.backends import Runner
 from lowspace.deploy import DeployedModel, clear_cache, deploy, export_onnx
 from lowspace.deploy.fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
 
+from helpers import randomize
+
 TOL = 1e-4  # max |deployed - eval model| / max |eval model|, fp32
-
-
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random weights everywhere, including BatchNorm statistics and norm affines (so folding is tested)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif name.endswith("running_mean"):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.2)
-            elif t.is_floating_point():
-                scale = 0.3 if t.dim() <= 1 else 1.0 / max(1, t[0].numel()) ** 0.5
-                offset = 1.0 if name.endswith("weight") and t.dim() == 1 else 0.0
-                t.copy_(torch.randn(t.shape, generator=g) * scale + offset)
-    return model.eval()
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -17,7 +17,6 @@ Counts (params, MACs, fvcore) are not computed here (no GPU needed): render.py a
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -29,6 +28,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # the repository root, for lowspace
+
+from lowspace.cost.locks import DeviceGate  # noqa: E402
 
 PRESETS = ["b0", "b1", "b15", "b2", "b3", "e1", "e2", "e3"]
 PEERS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "fastvit_sa12", "fastvit_sa24", "repvit_m1_1",
@@ -75,59 +76,6 @@ def plan(args):
     return jobs
 
 
-# ---------------------------------------------------------------------------------------------- locks
-class _Flock:
-    """A reusable flock context manager (shared or exclusive), picklable."""
-
-    def __init__(self, path, shared=False):
-        self.path, self.shared, self._fh = str(path), shared, None
-
-    def __enter__(self):
-        self._fh = open(self.path, "a+")
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX)
-        return self
-
-    def __exit__(self, *exc):
-        fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-        self._fh.close()
-        self._fh = None
-
-    def __getstate__(self):
-        return {"path": self.path, "shared": self.shared, "_fh": None}
-
-
-class BuildGate:
-    """Builders share the room; a timer first takes the turnstile (no new builders), then the room alone."""
-
-    def __init__(self, directory):
-        self.turnstile = _Flock(Path(directory) / "turnstile.lock")
-        self.room = _Flock(Path(directory) / "room.lock", shared=True)
-
-    def __enter__(self):
-        with self.turnstile:  # wait while a timer is waiting or timing
-            pass
-        self.room.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.room.__exit__(*exc)
-
-
-class TimingGate:
-    def __init__(self, directory):
-        self.turnstile = _Flock(Path(directory) / "turnstile.lock")
-        self.room = _Flock(Path(directory) / "room.lock")
-
-    def __enter__(self):
-        self.turnstile.__enter__()
-        self.room.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.room.__exit__(*exc)
-        self.turnstile.__exit__(*exc)
-
-
 # ---------------------------------------------------------------------------------------------- measuring
 def measure_job(job, args, build_lock=None, timing_lock=None):
     from lowspace.cost.bench import bench_row
@@ -146,7 +94,8 @@ def measure_job(job, args, build_lock=None, timing_lock=None):
 
 def _worker(worker_id, args, lock_dir, jobs_q, results_q):
     import torch  # noqa: F401 - after TORCHINDUCTOR_COMPILE_THREADS is set by the parent
-    build, timing = BuildGate(lock_dir), TimingGate(lock_dir)
+    gate = DeviceGate(Path(lock_dir) / "gpu.lock")  # builders share the GPU; a timer waits to have it alone
+    build, timing = gate.training(), gate.timing()
     while True:
         job = jobs_q.get()
         if job is None:
