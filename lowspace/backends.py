@@ -120,7 +120,7 @@ def prepare(model: nn.Module, example: torch.Tensor, backend: str = "eager", pre
                 return fn(x)
 
         if backend in GRAPH_BACKENDS:
-            runner = _cuda_graph(forward, x, precision, check)
+            runner = capture_cuda_graph(forward, x, precision, check)
         else:
             forward()  # first call: compilation, cudnn autotuning, lazy init
             runner = Runner(forward, x, backend, precision)
@@ -134,7 +134,9 @@ def prepare(model: nn.Module, example: torch.Tensor, backend: str = "eager", pre
     return runner
 
 
-def _cuda_graph(forward: Callable[[], torch.Tensor], x: torch.Tensor, precision: str, check: bool) -> Runner:
+def capture_cuda_graph(forward: Callable[[], torch.Tensor], x: torch.Tensor, precision: str, check: bool) -> Runner:
+    """Capture ``forward`` (which reads the static input ``x``) in a CUDA graph after a warm-up on a side
+    stream; with ``check`` the first replay must match the eager output within the precision's tolerance."""
     stream = torch.cuda.Stream(device=x.device)
     stream.wait_stream(torch.cuda.current_stream(x.device))
     with torch.cuda.stream(stream):

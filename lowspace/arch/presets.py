@@ -13,7 +13,7 @@ PUBLISHED_PRESETS = ("b0", "b1", "b15", "b3", "e1", "e2", "e3")
 _ALIASES = {"b1.5": "b15", "b1_5": "b15"}
 
 
-def _data_dir(env: str, repo_dir: str, packaged: str) -> Path:
+def data_dir(env: str, repo_dir: str, packaged: str) -> Path:
     """A data folder: the env override, the source checkout's folder, or the copy inside an installed wheel."""
     if os.environ.get(env):
         return Path(os.environ[env])
@@ -26,7 +26,7 @@ def _data_dir(env: str, repo_dir: str, packaged: str) -> Path:
 
 def preset_dir() -> Path:
     """Folder holding the preset YAML files (``LOWSPACE_PRESETS`` overrides)."""
-    return _data_dir("LOWSPACE_PRESETS", "lowformer_presets", "_presets")
+    return data_dir("LOWSPACE_PRESETS", "lowformer_presets", "_presets")
 
 
 def preset_key(name: str) -> str | None:

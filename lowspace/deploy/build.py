@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..backends import DTYPES, BackendError, Runner, _cuda_graph, check_protocol, prepare
+from ..backends import DTYPES, BackendError, Runner, capture_cuda_graph, check_protocol, prepare
 from ..errors import ConfigError
 from .modules import Attention, Conv, DeployNet, Norm, rewrite
 from .options import DeployOptions, parse_options, resolve_options
@@ -279,7 +279,7 @@ def _build_core(net, shape, dev, backend, precision, channels_last, opts: Deploy
         return fn(t)
 
     if backend in ("cuda_graph", "compile_cuda_graph"):
-        runner = _cuda_graph(forward, x, precision, check=opts.check)
+        runner = capture_cuda_graph(forward, x, precision, check=opts.check)
         runner.backend = backend
         static_in, replay = runner.input, runner.fn
 

@@ -41,7 +41,7 @@ from typing import Any, Mapping
 import yaml
 
 from ..arch.config import ArchConfig
-from ..arch.presets import _data_dir, get_preset, preset_key, resolve_config
+from ..arch.presets import data_dir, get_preset, preset_key, resolve_config
 from ..errors import ConfigError, unknown_key_error
 from .yamldoc import YamlDoc as _Doc
 
@@ -52,7 +52,7 @@ _SCALARS = (type(None), bool, int, float, str)
 
 def space_dir() -> Path:
     """Folder of the bundled search spaces (``LOWSPACE_SPACES`` overrides)."""
-    return _data_dir("LOWSPACE_SPACES", "search_spaces", "_spaces")
+    return data_dir("LOWSPACE_SPACES", "search_spaces", "_spaces")
 
 
 def builtin_spaces() -> list[str]:
