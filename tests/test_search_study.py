@@ -212,6 +212,8 @@ def test_worker_environments_pin_gpus_or_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     envs = study_mod.worker_environments(3, "auto")
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
+    import os
+    assert all(int(e["LOWSPACE_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 3) for e in envs)
 
 
 def test_errors_are_lowspace_errors():

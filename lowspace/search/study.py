@@ -249,7 +249,11 @@ def run_search(config: SearchConfig, engines: Engines | None = None, data: Any =
 
 
 def worker_environments(n_workers: int, device: str) -> list[dict[str, str]]:
-    """Environment overrides per local worker: one GPU each (round robin), or CPU threads split evenly."""
+    """Environment overrides per local worker: one GPU each (round robin), and CPU threads split evenly.
+
+    Workers sharing a GPU are bound by Python and kernel launches, so each gets its share of the cores
+    instead of every process starting one thread per core.
+    """
     n_gpus = 0
     if device != "cpu":
         try:
@@ -261,15 +265,14 @@ def worker_environments(n_workers: int, device: str) -> list[dict[str, str]]:
     lock_dir = Path(tempfile.gettempdir())
     envs = []
     for i in range(n_workers):
-        env = {"LOWSPACE_WORKER_INDEX": str(i)}
+        env = {"LOWSPACE_WORKER_INDEX": str(i), "OMP_NUM_THREADS": str(threads),
+               "LOWSPACE_NUM_THREADS": str(threads)}
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)
             # workers sharing a GPU take turns timing (their training still runs meanwhile)
             env["LOWSPACE_TIMING_LOCK"] = str(lock_dir / f"lowspace-timing-gpu{i % n_gpus}.lock")
         else:
             env["CUDA_VISIBLE_DEVICES"] = ""
-            env["OMP_NUM_THREADS"] = str(threads)
-            env["LOWSPACE_NUM_THREADS"] = str(threads)
             env["LOWSPACE_TIMING_LOCK"] = str(lock_dir / "lowspace-timing-cpu.lock")
         envs.append(env)
     return envs
