@@ -127,8 +127,8 @@ def main() -> int:
     RESULTS.mkdir(exist_ok=True)
     studies = load_studies()
     rep = write_report(studies["pareto"], RESULTS / "pareto", baseline=studies["random"],
-                       baseline_name="random search", png=True, export=True)
-    write_report(studies["random"], RESULTS / "random", png=True)
+                       baseline_name="random search", png=True, export=True, plotlyjs="cdn")
+    write_report(studies["random"], RESULTS / "random", png=True, plotlyjs="cdn")
 
     retrain = RESULTS / "retrain"
     rows = [json.loads(line) for line in (retrain / "rows.jsonl").read_text().splitlines()]
@@ -193,7 +193,7 @@ def main() -> int:
                             "<sup>batch 200, 224 px, fp16, channels_last, CUDA graph; dotted: peers (timm)</sup>",
                       xaxis_title="ms per batch of 200 (lower is better)", yaxis_title="top-1 (%)",
                       width=1100, height=650)
-    write_figure(fig, RESULTS / "front.html", RESULTS / "front.png")
+    write_figure(fig, RESULTS / "front.html", RESULTS / "front.png", plotlyjs="cdn")
     print(json.dumps(summary, indent=1, default=str))
     print(df.to_string(index=False))
     return 0

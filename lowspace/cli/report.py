@@ -15,6 +15,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--baseline", metavar="STUDY", help="random-search study for the hypervolume comparison")
     p.add_argument("--baseline-study-name")
     p.add_argument("--no-png", action="store_true", help="HTML only")
+    p.add_argument("--cdn", action="store_true",
+                   help="HTML loads plotly.js from its CDN (~10 KB files) instead of embedding it (~5 MB, offline)")
     p.set_defaults(func=run_pareto)
 
     e = sub.add_parser("export", help="write trials' architectures as YAML configs that `lowspace train` reads")
@@ -38,7 +40,8 @@ def run_pareto(args) -> int:
     study = load_study(args.study, args.study_name)
     baseline = load_study(args.baseline, args.baseline_study_name) if args.baseline else None
     out = args.out or f"pareto-{study.study_name}"
-    rep = write_report(study, out, peers=args.peers, baseline=baseline, png=not args.no_png)
+    rep = write_report(study, out, peers=args.peers, baseline=baseline, png=not args.no_png,
+                       plotlyjs="cdn" if args.cdn else True)
     for path in rep.files:
         console.print(f"wrote {path}", highlight=False)
     for name, hv in rep.hypervolume.items():

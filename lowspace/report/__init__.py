@@ -27,12 +27,14 @@ class Report:
 
 
 def write_report(study, out_dir: str | Path, peers: str | Path | None = None, baseline=None,
-                 baseline_name: str = "random baseline", png: bool = True, export: bool = False) -> Report:
+                 baseline_name: str = "random baseline", png: bool = True, export: bool = False,
+                 plotlyjs: bool | str = True) -> Report:
     """Write the study's reports into ``out_dir``.
 
     Files: ``trials.csv`` (every trial), ``pareto.csv``, ``summary.md`` (state counts and the front),
     ``pareto.html``/``.png``, ``hypervolume.html``/``.png`` (with the ``baseline`` study if given), and
-    with ``export`` one YAML per Pareto architecture under ``configs/``.
+    with ``export`` one YAML per Pareto architecture under ``configs/``. ``plotlyjs``: see
+    :func:`~lowspace.report.plots.write_figure`.
     """
     from .export import ExportError
     from .plots import hypervolume_curves, hypervolume_figure, pareto_figure, write_figure
@@ -66,7 +68,8 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
     rep.hypervolume = {k: (v[-1] if v else 0.0) for k, v in curves.items()}
     hv_fig = hypervolume_figure(curves, ref, title=f"Hypervolume ({', '.join(objectives)})")
     for f, stem in ((fig, "pareto"), (hv_fig, "hypervolume")):
-        html, pngp, note = write_figure(f, out / f"{stem}.html", (out / f"{stem}.png") if png else None)
+        html, pngp, note = write_figure(f, out / f"{stem}.html", (out / f"{stem}.png") if png else None,
+                                      plotlyjs=plotlyjs)
         rep.files.append(html)
         if pngp:
             rep.files.append(pngp)

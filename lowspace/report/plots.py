@@ -165,13 +165,16 @@ def find_browser() -> str | None:
     return None
 
 
-def write_figure(fig, html: str | Path, png: str | Path | None = None, scale: float = 2.0) -> tuple[Path, Path | None, str]:
-    """Write the figure as self-contained HTML and, if possible, PNG.
+def write_figure(fig, html: str | Path, png: str | Path | None = None, scale: float = 2.0,
+                 plotlyjs: bool | str = True) -> tuple[Path, Path | None, str]:
+    """Write the figure as HTML and, if possible, PNG.
 
+    ``plotlyjs``: True embeds plotly.js (a self-contained file of about 5 MB, viewable offline); "cdn"
+    loads it from plotly's CDN (about 10 KB, needs a network connection to view).
     Returns (html path, png path or None, a note saying why the PNG was skipped, or "").
     """
     html = Path(html)
-    atomic_write_text(html, fig.to_html(include_plotlyjs=True, full_html=True))
+    atomic_write_text(html, fig.to_html(include_plotlyjs=plotlyjs, full_html=True))
     if png is None:
         return html, None, ""
     png = Path(png)
