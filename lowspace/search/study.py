@@ -34,6 +34,7 @@ from .storage import display_url, normalize_storage, open_storage
 from .trial import Engines, TrialPipeline, summary_line
 
 CONFIG_ATTR = "lowspace_config"
+PROXY_ATTR = "proxy_resolved"   # the proxy schedule with its defaults, so a later change of a default is caught
 
 
 @dataclass
@@ -118,24 +119,46 @@ def create_or_load_study(config: SearchConfig, space: SearchSpace, storage=None,
         study.set_user_attr("mode", config.mode)
         study.set_user_attr("sampler", config.sampler_name)
         study.set_user_attr("lowspace_version", __version__)
+        study.set_user_attr(PROXY_ATTR, _resolved_proxy(config))
     else:
-        _check_compatible(stored, config, name, space)
+        _check_compatible(stored, config, name, space, study.user_attrs.get(PROXY_ATTR))
     if enqueue and config.presets:
         enqueue_points(study, space)
     return study
 
 
-def _check_compatible(stored: dict, config: SearchConfig, name: str, space: SearchSpace) -> None:
+def _check_compatible(stored: dict, config: SearchConfig, name: str, space: SearchSpace,
+                      proxy_resolved: dict | None = None) -> None:
     mine = config.to_dict()
     for key in ("mode", "objectives"):
         if stored.get(key) != mine.get(key):
             raise ConfigError(key, mine.get(key), f"study {name!r} was created with {key} {stored.get(key)!r}; "
                                                   "resume with the same value or pick another --study-name")
     for key in ("protocol", "proxy", "data"):
-        if stored.get(key) != json.loads(json.dumps(mine.get(key), default=str)):
-            raise ConfigError(key, mine.get(key), f"study {name!r} was created with {key} {stored.get(key)!r}; results "
-                                                  "would not be comparable: resume with the same value or pick "
-                                                  "another --study-name")
+        theirs, ours = stored.get(key) or {}, _jsonable(mine.get(key) or {})
+        if key == "proxy" and proxy_resolved is not None:
+            theirs, ours = proxy_resolved, _resolved_proxy(config)
+        changed = sorted(k for k in set(theirs) | set(ours) if k in theirs and theirs.get(k) != ours.get(k))
+        if changed:
+            raise ConfigError(f"{key}.{changed[0]}", ours.get(changed[0]),
+                              f"study {name!r} was created with {key} {theirs!r}; results would not be "
+                              "comparable: resume with the same value or pick another --study-name")
+        # a study made before a setting existed recorded no value for it: say which value the resume uses
+        for k in sorted(set(ours) - set(theirs)):
+            warnings.warn(f"study {name!r} recorded no {key}.{k}; resuming with {key}.{k}={ours[k]!r}", stacklevel=2)
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def _resolved_proxy(config: SearchConfig) -> dict:
+    """The proxy schedule with every default filled in, as recorded in a new study (``proxy_resolved``)."""
+    from .trial import _make_schedule
+    try:
+        return _jsonable(dataclasses.asdict(_make_schedule(dict(config.proxy))))
+    except ConfigError:  # an invalid schedule is reported by the trial pipeline, which builds it too
+        return _jsonable(dict(config.proxy))
 
 
 def enqueue_points(study: optuna.Study, space: SearchSpace) -> list[str]:
