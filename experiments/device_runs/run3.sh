@@ -7,4 +7,4 @@ mkdir -p experiments/search_proof/studies $W/studies
 ( timeout $((T + 75)) python3 -m lowspace search --config experiments/search_proof/random.yaml --timeout $T > $W/studies/random.log 2>&1 ) &
 wait
 cp experiments/search_proof/studies/*.db $W/studies/; save studies
-tail -5 $W/studies/pareto.log $W/studies/random.log
+tail -n 5 $W/studies/pareto.log $W/studies/random.log
