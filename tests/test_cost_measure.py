@@ -357,3 +357,16 @@ def test_cuda_graph_measurement_on_gpu(tiny):
     assert m.fingerprint["device_type"] == "cuda" and m.fingerprint["driver"]
     big = measure("b0", device="cuda", batch_size=64, backend="cuda_graph", cache=False)
     assert big.status == "ok" and big.images_per_s > 0
+
+
+def test_warm_up_measures_b0_once_per_protocol_on_cuda_and_nothing_on_cpu(monkeypatch):
+    from lowspace.cost import measure as measure_mod
+    calls = []
+    monkeypatch.setattr(measure_mod, "measure", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(measure_mod, "_WARM", set())
+    assert measure_mod.warm_up("cpu") == 0.0 and calls == []
+    measure_mod.warm_up("cuda", precisions=("fp16", "fp32"), batch_sizes=(1, 200))
+    assert [(a[0], k["precision"], k["batch_size"], k["cache"]) for a, k in calls] == [
+        ("b0", "fp16", 1, False), ("b0", "fp16", 200, False), ("b0", "fp32", 1, False), ("b0", "fp32", 200, False)]
+    measure_mod.warm_up("cuda", precisions=("fp16",), batch_sizes=(1, 200))  # already warm: nothing to do
+    assert len(calls) == 4

@@ -7,7 +7,9 @@ Which architectures (chosen by rule, never by hand):
     front by latency);
   * --random-picks trials of the random-search study at evenly spaced latency quantiles (an unbiased sample
     for the proxy calibration: the Pareto picks were selected on the short proxy).
-Each gets the short schedule (the one the search used; skipped where the study already has it for the same
+Architectures retrained by an earlier run of this script (rows in --resume that the current picks no longer
+include: the picks of session 1 were made from the studies at 36 trials) stay in, rebuilt from their trial, so
+they are timed with the rest. Each gets the short schedule (the one the search used; skipped where the study already has it for the same
 arch_id) and the full schedule (FULL below). Training runs in --jobs processes sharing the GPU; the latency of
 every architecture is then timed alone, one at a time, on an idle GPU.
 
@@ -32,7 +34,8 @@ PRESETS = ["b0", "b1", "b15", "b3", "e1", "e2", "e3"]
 FULL = dict(epochs=10, resolution=64, batch_size=256, lr=2e-3, warmup_epochs=1.0, fast_groupnorm=False)
 
 
-def pick_archs(pareto_db: str, random_db: str, max_front: int, random_picks: int) -> list[dict]:
+def pick_archs(pareto_db: str, random_db: str, max_front: int, random_picks: int,
+               earlier: list[dict] = ()) -> list[dict]:
     import optuna
 
     from lowspace.arch import get_preset
@@ -60,6 +63,12 @@ def pick_archs(pareto_db: str, random_db: str, max_front: int, random_picks: int
         idx = sorted({round(i * (len(done) - 1) / max(1, random_picks - 1)) for i in range(random_picks)})
         for i in idx:
             add(done[i], "random")
+    studies = {"pareto": pareto, "random": rnd}
+    for name in dict.fromkeys(r["name"] for r in earlier):
+        source = name.rstrip("0123456789")
+        if source in studies and name != source:
+            add(studies[source].trials[int(name[len(source):])], source)
+            out[-1]["earlier"] = True
     # Known short accuracies from the Pareto study (presets were enqueued there) for the same arch_id.
     from lowspace import ArchConfig
     by_id = {}
@@ -105,6 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--random-picks", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=3)
     ap.add_argument("--resume", default=None, help="an earlier rows.jsonl: finished rows are skipped")
+    ap.add_argument("--time-only", action="store_true", help="no training: only time the architectures")
     ap.add_argument("--smoke", action="store_true", help="tiny schedules (a CPU check of the script only)")
     args = ap.parse_args(argv)
     if args.smoke:
@@ -112,7 +122,9 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    archs, short = pick_archs(args.pareto_db, args.random_db, args.max_front, args.random_picks)
+    earlier = [json.loads(line) for line in Path(args.resume).read_text().splitlines()] \
+        if args.resume and Path(args.resume).exists() else []
+    archs, short = pick_archs(args.pareto_db, args.random_db, args.max_front, args.random_picks, earlier)
     if args.smoke:
         short.update(FULL)
     (out / "archs.json").write_text(json.dumps(dict(archs=archs, short=short, full=FULL), indent=1))
@@ -129,6 +141,8 @@ def main(argv=None) -> int:
     jobs = [(a, "full", FULL, args.data_root) for a in archs if (a["arch_id"], "full") not in done]
     jobs += [(a, "short", short, args.data_root) for a in archs
              if a["short_top1"] is None and (a["arch_id"], "short") not in done]
+    if args.time_only:
+        jobs = []
     print(f"{len(archs)} architectures, {len(jobs)} training jobs", flush=True)
     start = time.perf_counter()
     with mp.get_context("spawn").Pool(args.jobs) as pool:
@@ -147,13 +161,15 @@ def main(argv=None) -> int:
     from lowspace.search.settings import SearchConfig
     p = SearchConfig.from_yaml(HERE / "pareto.yaml").protocol
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    from lowspace.cost.measure import warm_up
+    warm_up(device, (p.precision,), (1, p.batch_size), p.backend, p.channels_last)
     cost = []
     for a in archs:
         cfg = ArchConfig.from_dict(a["config"])
         m200 = measure(cfg, device=device, batch_size=p.batch_size, precision=p.precision,
-                       channels_last=p.channels_last, backend=p.backend if device == "cuda" else "eager")
+                       channels_last=p.channels_last, backend=p.backend if device == "cuda" else "eager", cache=False)
         m1 = measure(cfg, device=device, batch_size=1, precision=p.precision, channels_last=p.channels_last,
-                     backend=p.backend if device == "cuda" else "eager")
+                     backend=p.backend if device == "cuda" else "eager", cache=False)
         cost.append(dict(name=a["name"], arch_id=a["arch_id"], source=a["source"], short_top1=a["short_top1"],
                          params=count_params(cfg), macs=count_macs(cfg, resolution=cfg.resolution),
                          latency_ms=m200.median_ms, latency_spread=m200.spread, images_per_s=m200.images_per_s,
