@@ -130,6 +130,7 @@ def test_fit_with_cuda_graph_step(data, tmp_path, drop_path):
     checks = step_info["graph_checks"]
     if drop_path == 0:  # deterministic step: every captured graph was compared with an eager step
         assert checks and all(isinstance(c, (list, tuple)) for c in checks)
-    else:
-        assert all(c == "skipped (stochastic layers)" for c in checks)
+    else:  # rates grow from 0 after warmup: graphs captured at rate 0 are compared, later ones cannot be
+        skipped = [c for c in checks if c == "skipped (stochastic layers)"]
+        assert skipped and all(isinstance(c, (list, tuple)) for c in checks if c not in skipped), checks
     assert result.best_top1 > 40

@@ -3,11 +3,12 @@ experiments/search_proof/README.md. Nothing here is tuned: every figure comes fr
 
     .venv/bin/python experiments/search_proof/analyze.py
 
-Reads studies/{pareto,random}.db, results/retrain/{rows.jsonl,archs.json} and the bench matrix
-(experiments/bench_presets/results/matrix.json: the peers, and the latency of presets no study timed, on the
-same protocol); latency of every other architecture comes from the studies' own trials. Writes results/summary.json, results/table.csv,
-results/front.html/png (full-schedule accuracy vs measured latency: presets, searched architectures, peers),
-and the Pareto/hypervolume reports of the search under results/pareto/.
+Reads studies/{pareto,random}.db, results/retrain/{rows.jsonl,archs.json,cost.json} (cost.json: every
+retrained architecture timed alone on an idle GPU, batch 200 and batch 1, on the search's protocol), the
+deploy benchmark's call 5 (experiments/deploy_speed/runs/call5.json: the presets on the deploy protocol) and
+the bench matrix (experiments/bench_presets/results/matrix.json: the peers on the search's protocol).
+Writes results/summary.json, results/table.csv, results/front.html/png (full-schedule accuracy vs measured
+latency: presets, searched architectures, peers), and the Pareto/hypervolume reports under results/pareto/.
 """
 from __future__ import annotations
 
@@ -58,12 +59,21 @@ def search_cost(study) -> dict:
                 worker_seconds_per_trial_by_stage={k: v / max(1, len(done)) for k, v in sorted(stages.items())})
 
 
-def gpu_cost(studies) -> dict:
-    """Both studies ran at the same time on one GPU (3 workers each): GPU time per trial is the wall time of
-    the joint run divided by all finished trials of both."""
+def gpu_cost(studies, gap_s: float = 300.0) -> dict:
+    """GPU time per trial. The searches ran in several device calls (both studies at once on one GPU, 3
+    workers each, and the Pareto study alone to finish it): the GPU time is the sum of the wall spans of
+    those runs, found as the stretches of trial activity with no gap over ``gap_s``."""
     done = [t for s in studies.values() for t in _finished(s)]
-    wall_s = (max(t.datetime_complete for t in done) - min(t.datetime_start for t in done)).total_seconds()
-    return dict(wall_s=wall_s, trials_finished=len(done), gpu_minutes_per_trial=wall_s / 60 / len(done),
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in done)
+    runs = []
+    for start, end in spans:
+        if runs and (start - runs[-1][1]).total_seconds() <= gap_s:
+            runs[-1][1] = max(runs[-1][1], end)
+        else:
+            runs.append([start, end])
+    wall_s = sum((e - s).total_seconds() for s, e in runs)
+    return dict(runs=[dict(start=str(s), wall_s=(e - s).total_seconds()) for s, e in runs], wall_s=wall_s,
+                trials_finished=len(done), gpu_minutes_per_trial=wall_s / 60 / len(done),
                 trials_per_gpu_hour=len(done) / (wall_s / 3600))
 
 
@@ -102,16 +112,6 @@ def _matrix_rows() -> list[dict]:
     return rows["rows"] if isinstance(rows, dict) else rows
 
 
-def matrix_latency(preset: str) -> float | None:
-    """The bench matrix's ms per batch of 200 for our build of a preset, on the search's protocol."""
-    for r in _matrix_rows():
-        if (r.get("model"), r.get("implementation"), r.get("backend"), r.get("precision"),
-                r.get("batch_size", r.get("batch")), r.get("status")) == (f"lowformer_{preset}", "lowspace",
-                                                                           "cuda_graph", "fp16", 200, "ok"):
-            return r["median_ms"]
-    return None
-
-
 def peers_rows() -> list[dict]:
     out = []
     for r in _matrix_rows():
@@ -120,6 +120,17 @@ def peers_rows() -> list[dict]:
         if (r.get("backend"), r.get("precision"), r.get("batch_size", r.get("batch"))) != tuple(PEER_PROTOCOL.values()):
             continue
         out.append(dict(name=r.get("model"), latency_ms=r.get("median_ms")))
+    return out
+
+
+def deploy_rows() -> dict[str, dict]:
+    """Preset -> {batch: ms} on the deploy protocol (lowspace.deploy, compiled + CUDA graph, fp16), call 5."""
+    path = HERE.parent / "deploy_speed" / "runs" / "call5.json"
+    out: dict[str, dict] = {}
+    if path.exists():
+        for r in json.loads(path.read_text())["rows"]:
+            if r.get("variant") == "ours_deploy" and r.get("status") == "ok":
+                out.setdefault(r["model"], {})[r["batch"]] = r["ms"]
     return out
 
 
@@ -135,17 +146,18 @@ def main() -> int:
     archs = json.loads((retrain / "archs.json").read_text())["archs"]
     full = {r["arch_id"]: r for r in rows if r["schedule"] == "full"}
     short = {r["arch_id"]: r["top1"] for r in rows if r["schedule"] == "short"}
-    latency = latency_by_arch(studies)
+    cost = {c["arch_id"]: c for c in json.loads((retrain / "cost.json").read_text())}
+    deploy = deploy_rows()
     table = []
     for a in archs:
         aid = a["arch_id"]
         cfg = ArchConfig.from_dict(a["config"])
-        lat, source = latency.get(aid, (None, None))
-        if lat is None and a["source"] == "preset":
-            lat, source = matrix_latency(a["name"]), "bench matrix"
-        table.append(dict(name=a["name"], source=a["source"], arch_id=aid, params=count_params(cfg),
-                          macs=count_macs(cfg, resolution=cfg.resolution), latency_ms_b200=lat,
-                          latency_source=source, images_per_s=200e3 / lat if lat else None,
+        c = cost.get(aid, {})
+        d = deploy.get(a["name"], {}) if a["source"] == "preset" else {}
+        table.append(dict(name=a["name"], source=a["source"], picked="session 1" if a.get("earlier") else "final",
+                          arch_id=aid, params=count_params(cfg), macs=count_macs(cfg, resolution=cfg.resolution),
+                          latency_ms_b200=c.get("latency_ms"), images_per_s=c.get("images_per_s"),
+                          latency_ms_b1=c.get("batch1_ms"), deploy_ms_b200=d.get(200), deploy_ms_b1=d.get(1),
                           short_top1=a["short_top1"] if a["short_top1"] is not None else short.get(aid),
                           full_top1=full.get(aid, {}).get("top1")))
     df = pd.DataFrame(table).sort_values("latency_ms_b200")
@@ -171,7 +183,13 @@ def main() -> int:
         spearman_params_vs_full=spearman_rho(list(calib["params"]), list(calib["full_top1"])),
         kendall_macs_vs_full=kendall_tau(list(calib["macs"]), list(calib["full_top1"])),
     )
-    summary = dict(hypervolume=hypervolumes(studies), search_cost={k: search_cost(s) for k, s in studies.items()},
+    in_study = latency_by_arch(studies)
+    ratios = sorted(in_study[r["arch_id"]][0] / r["latency_ms_b200"] for r in df.to_dict("records")
+                    if r["arch_id"] in in_study)
+    summary = dict(hypervolume=hypervolumes(studies),
+                   study_vs_idle_latency=dict(n=len(ratios), median_ratio=ratios[len(ratios) // 2] if ratios else None,
+                                              min_ratio=ratios[0] if ratios else None,
+                                              max_ratio=ratios[-1] if ratios else None), search_cost={k: search_cost(s) for k, s in studies.items()},
                    gpu_cost=gpu_cost(studies),
                    calibration=calibration, dominating=dominating,
                    full_front=[r["name"] for r, keep in zip(df.to_dict("records"),
