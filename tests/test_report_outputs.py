@@ -66,6 +66,17 @@ def test_export_rebuilds_arch_id_and_is_a_trainable_config(lowformer_study, tmp_
         export_trial(lowformer_study, 999, tmp_path)
 
 
+def test_export_pareto_replaces_exports_that_left_the_front(lowformer_study, tmp_path):
+    first = export_pareto(lowformer_study, tmp_path)[0]
+    stale = tmp_path / f"{lowformer_study.study_name}-t9998-0123456789ab.yaml"  # an export from an older front
+    first.rename(stale)
+    mine = tmp_path / f"{lowformer_study.study_name}-t9999-notes.yaml"
+    mine.write_text("# my own notes\n")
+    paths = export_pareto(lowformer_study, tmp_path)
+    assert not stale.exists() and mine.exists()
+    assert sorted(tmp_path.glob("*.yaml")) == sorted([*paths, mine])
+
+
 def test_load_peers_accepts_bench_and_timm_columns(tmp_path):
     csv = tmp_path / "bench.csv"
     pd.DataFrame([{"model": "efficientvit_b1", "batch_size": 1, "median_ms": 2.5, "params": 9.1e6, "macs": 5.2e8},

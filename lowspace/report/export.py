@@ -107,9 +107,21 @@ def pareto_trials(study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.number in numbers]
 
 
-def export_pareto(study, out_dir: str | Path, recipe: str | None = None) -> list[Path]:
-    """Export every Pareto-optimal architecture of a study."""
+def export_pareto(study, out_dir: str | Path, recipe: str | None = None, prune: bool = True) -> list[Path]:
+    """Export every Pareto-optimal architecture of a study.
+
+    ``prune``: remove this study's earlier exports in ``out_dir`` that are no longer on the front (files
+    this function wrote, recognised by name and header), so the folder is the current front.
+    """
     trials = pareto_trials(study)
     if not trials:
         raise ExportError(f"study {study.study_name!r} has no complete, feasible trials to export yet")
-    return export_trials(study, trials, out_dir, recipe=recipe)
+    paths = export_trials(study, trials, out_dir, recipe=recipe)
+    if prune:
+        keep = {p.resolve() for p in paths}
+        prefix = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{study.study_name}-t")
+        header = f"# Exported by `lowspace export` from study {study.study_name!r}"
+        for old in Path(out_dir).glob(f"{prefix}*.yaml"):
+            if old.resolve() not in keep and old.read_text().startswith(header):
+                old.unlink()
+    return paths
