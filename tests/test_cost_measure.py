@@ -370,3 +370,13 @@ def test_warm_up_measures_b0_once_per_protocol_on_cuda_and_nothing_on_cpu(monkey
         ("b0", "fp16", 1, False), ("b0", "fp16", 200, False), ("b0", "fp32", 1, False), ("b0", "fp32", 200, False)]
     measure_mod.warm_up("cuda", precisions=("fp16",), batch_sizes=(1, 200))  # already warm: nothing to do
     assert len(calls) == 4
+
+
+def test_cudnn_benchmark_takes_a_bool_or_an_algorithm_limit():
+    from lowspace.cost.measure import measure
+    from lowspace.errors import ConfigError
+    for bad in (0, -1, "fast", 2.5):
+        with pytest.raises(ConfigError, match="cudnn_benchmark.*integer >= 1"):
+            measure("b0", device="cpu", cudnn_benchmark=bad, cache=False)
+    m = measure("b0", device="cpu", resolution=32, cudnn_benchmark=4, cache=False, max_time_s=0.2)
+    assert m.status == "ok" and m.protocol["cudnn_benchmark"] is None  # CPU: not a cuDNN run

@@ -167,7 +167,7 @@ def measure(model_or_config: Any, device: str | torch.device = "cpu", batch_size
             reparam: bool = False, compile_mode: str | None = None, deploy_options: dict[str, Any] | None = None,
             target_spread: float = 0.02, chunk_ms: float | None = None, warmup_ms: float | None = None,
             max_time_s: float | None = None, min_chunks: int = 5, max_chunks: int = 50,
-            cudnn_benchmark: bool | None = None, oom_retry: bool = False, isolate: bool = False,
+            cudnn_benchmark: bool | int | None = None, oom_retry: bool = False, isolate: bool = False,
             timeout_s: float | None = None, timing_lock: ContextManager | None = None,
             build_lock: ContextManager | None = None, cache_key: str | None = None, **unknown) -> Measurement:
     """Time one forward pass of a network under a protocol; see the module docstring for the method.
@@ -183,7 +183,9 @@ def measure(model_or_config: Any, device: str | torch.device = "cpu", batch_size
             peers such as FastViT / RepViT, as timm's benchmark ``--reparam``; no change for LowFormer).
         cache: True (default location), False, a path, or a :class:`MeasurementCache`.
         target_spread, chunk_ms, warmup_ms, max_time_s, min_chunks, max_chunks: the stopping rule.
-        cudnn_benchmark: cuDNN autotuning on CUDA (default on).
+        cudnn_benchmark: cuDNN autotuning on CUDA (default on); an int N turns it on and tries at most N
+            algorithms per convolution (``torch.backends.cudnn.benchmark_limit``; torch's default is 10):
+            shorter builds for architectures with many new convolution shapes.
         oom_retry: on CUDA OOM, halve the batch until it fits (throughput runs).
         isolate: run in a fresh process; ``timeout_s`` bounds it (then status "error").
         timing_lock: a context manager held during warm-up and timing only (e.g. :class:`FileLock`).
@@ -216,6 +218,9 @@ def measure(model_or_config: Any, device: str | torch.device = "cpu", batch_size
     )
     if cudnn_benchmark is None:
         cudnn_benchmark = dev.type == "cuda"
+    elif not isinstance(cudnn_benchmark, bool) and (not isinstance(cudnn_benchmark, int) or cudnn_benchmark < 1):
+        raise ConfigError("cudnn_benchmark", cudnn_benchmark,
+                          "true, false, or an integer >= 1 (autotuning over at most that many algorithms)")
     protocol = {
         "device": dev.type, "backend": backend, "precision": precision, "channels_last": bool(channels_last),
         "batch_size": batch_size, "resolution": res, "in_chans": spec.in_chans,
@@ -223,7 +228,7 @@ def measure(model_or_config: Any, device: str | torch.device = "cpu", batch_size
                          else None),  # deploy() has its own compile settings, in deploy_options
         "deploy": bool(deploy), "deploy_options": dict(deploy_options or {}) if deploy else None,
         "reparam": bool(reparam),
-        "cudnn_benchmark": bool(cudnn_benchmark) if dev.type == "cuda" else None,
+        "cudnn_benchmark": cudnn_benchmark if dev.type == "cuda" else None,
         "harness": HARNESS_VERSION,
     }
     if deploy:
@@ -246,7 +251,7 @@ def measure(model_or_config: Any, device: str | torch.device = "cpu", batch_size
     args = dict(spec=spec, dev=str(dev), batch_size=batch_size, res=res, precision=precision,
                 channels_last=bool(channels_last), backend=backend, deploy=bool(deploy), reparam=bool(reparam),
                 deploy_options=dict(deploy_options or {}), compile_mode=compile_mode, settings=settings,
-                cudnn_benchmark=bool(cudnn_benchmark), oom_retry=oom_retry, timing_lock=timing_lock,
+                cudnn_benchmark=cudnn_benchmark, oom_retry=oom_retry, timing_lock=timing_lock,
                 build_lock=build_lock)
     if isolate:
         result = _measure_isolated(args, timeout_s)
@@ -311,7 +316,7 @@ def _free(dev: torch.device) -> None:
 
 def _measure_local(spec: ModelSpec, dev: str, batch_size: int, res: int, precision: str, channels_last: bool,
                    backend: str, deploy: bool, reparam: bool, deploy_options: dict, compile_mode: str | None,
-                   settings: _Settings, cudnn_benchmark: bool, oom_retry: bool,
+                   settings: _Settings, cudnn_benchmark: bool | int, oom_retry: bool,
                    timing_lock: ContextManager | None, build_lock: ContextManager | None) -> Measurement:
     device = torch.device(dev)
     notes: list[str] = []
@@ -342,11 +347,13 @@ def _measure_local(spec: ModelSpec, dev: str, batch_size: int, res: int, precisi
 
 def _measure_once(spec: ModelSpec, device: torch.device, bs: int, res: int, precision: str,
                   channels_last: bool, backend: str, deploy: bool, reparam: bool, deploy_options: dict,
-                  compile_mode: str | None, settings: _Settings, cudnn_benchmark: bool,
+                  compile_mode: str | None, settings: _Settings, cudnn_benchmark: bool | int,
                   timing_lock: ContextManager | None, build_lock: ContextManager | None) -> Measurement:
-    saved_benchmark = torch.backends.cudnn.benchmark
+    saved_benchmark, saved_limit = torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = cudnn_benchmark
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+        if not isinstance(cudnn_benchmark, bool):
+            torch.backends.cudnn.benchmark_limit = cudnn_benchmark
     try:
         with build_lock if build_lock is not None else contextlib.nullcontext():
             t0 = time.perf_counter()
@@ -377,7 +384,7 @@ def _measure_once(spec: ModelSpec, device: torch.device, bs: int, res: int, prec
         with timing_lock if timing_lock is not None else contextlib.nullcontext():
             chunks, iterations, stats_from, noisy = _time_runner(runner, device, settings)
     finally:
-        torch.backends.cudnn.benchmark = saved_benchmark
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit = saved_benchmark, saved_limit
     values = chunks[-stats_from:]
     median = statistics.median(values)
     notes = []
