@@ -184,34 +184,41 @@ def speed_table(rows: list[dict], batch: int, metric: str) -> list[str]:
 
 
 def harness_section(results: Path) -> list[str]:
-    path = results / "harness_speed.json"
-    if not path.exists():
+    """One table per harness run (results/harness/*.json: the run's label is the file name)."""
+    paths = sorted((results / "harness").glob("*.json"))
+    if not paths:
         return ["Harness speed: not measured yet (run harness_speed.py)."]
-    h = json.loads(path.read_text())
-    c = h["criteria"]
-    b0, b1 = c["batch_sizes"]
-    lines = [f"Criteria: wall time of measuring batch {b0} and batch {b1} ({c['backend']}, channels_last, "
-             f"{c['img_size']} px), build included, at most {c['max_wall_s']} s; spread at most "
-             f"{c['max_spread']:.0%} for both. **Passed {h['passed']} of {h['trials_n']}**; max wall "
-             f"{h['max_wall_s']:.2f} s (after the first architecture of the process: "
-             f"{(h['max_wall_s_after_first'] or 0):.2f} s). One-off per process, not included: CUDA context "
-             f"{h['cuda_init_s']:.2f} s, imports {h['imports_s']:.2f} s.", "",
-             f"| arch | params M | MACs G | precision | wall s | b{b0} ms | b{b0} spread | b{b0} build s | "
-             f"b{b1} img/s | b{b1} spread | b{b1} build s | pass |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for t in h["trials"]:
-        x, y = t[f"b{b0}"], t[f"b{b1}"]
-        ok = "yes" if t["pass_wall"] and t["pass_spread"] else "no"
-        lines.append(f"| {t['arch']}{' (first)' if t['first_in_process'] else ''} | {t.get('params', 0) / 1e6:.2f} | "
-                     f"{t.get('macs', 0) / 1e9:.3f} | {t['precision']} | {t['wall_s']:.2f} | "
-                     f"{(x['median_ms'] or 0):.3f} | {_pct(x['spread'])} | {(x['build_s'] or 0):.2f} | "
-                     f"{(y['images_per_s'] or 0):,.0f} | {_pct(y['spread'])} | {(y['build_s'] or 0):.2f} | {ok} |")
+    lines: list[str] = []
+    for path in paths:
+        h = json.loads(path.read_text())
+        c = h["criteria"]
+        b0, b1 = c["batch_sizes"]
+        lines += [f"### {path.stem}", "",
+                  f"cuDNN benchmark: {c.get('cudnn_benchmark')} (an integer = at most that many algorithms tried "
+                  f"per convolution; true = torch's default of 10). **Passed {h['passed']} of {h['trials_n']}**; "
+                  f"max wall {h['max_wall_s']:.2f} s. One-off per process, not included: imports "
+                  f"{h['imports_s']:.2f} s, CUDA context {h['cuda_init_s']:.2f} s, warm_up() "
+                  f"{h.get('warm_up_s', 0.0):.2f} s" + ("" if "warm_up_s" in h else
+                                                         " (not called in this run: the first architecture pays it)")
+                  + ".", "",
+                  f"| arch | params M | MACs G | precision | wall s | b{b0} ms | b{b0} spread | b{b0} build s | "
+                  f"b{b1} img/s | b{b1} spread | b{b1} build s | pass |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for t in h["trials"]:
+            x, y = t[f"b{b0}"], t[f"b{b1}"]
+            ok = "yes" if t["pass_wall"] and t["pass_spread"] else "no"
+            first = " (first)" if t["first_in_process"] and "warm_up_s" not in h else ""
+            lines.append(f"| {t['arch']}{first} | {t.get('params', 0) / 1e6:.2f} | "
+                         f"{t.get('macs', 0) / 1e9:.3f} | {t['precision']} | {t['wall_s']:.2f} | "
+                         f"{(x['median_ms'] or 0):.3f} | {_pct(x['spread'])} | {(x['build_s'] or 0):.2f} | "
+                         f"{(y['images_per_s'] or 0):,.0f} | {_pct(y['spread'])} | {(y['build_s'] or 0):.2f} | {ok} |")
+        lines.append("")
     return lines
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", required=True, help="directory with matrix.jsonl (and harness_speed.json)")
+    ap.add_argument("--results", required=True, help="directory with matrix.jsonl (and harness/*.json)")
     ap.add_argument("--out", default=None, help="where to write (default: --results)")
     ap.add_argument("--img-size", type=int, default=224)
     args = ap.parse_args(argv)
