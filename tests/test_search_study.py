@@ -120,6 +120,10 @@ def test_resume_of_a_study_without_resolved_proxy_warns_about_new_keys(tmp_path)
                    engines=search_fakes.fake_engines())
     with pytest.raises(ConfigError, match="proxy.epochs"):
         run_search(_config(tmp_path, n_trials=1, proxy={"epochs": 3}), engines=search_fakes.fake_engines())
+    # data options are recorded as given: one more is a different data set, not a missing record
+    with pytest.raises(ConfigError, match="data.train_fraction"):
+        run_search(_config(tmp_path, n_trials=1, data={"dataset": "fashion_mnist", "train_fraction": 0.5}),
+                   engines=search_fakes.fake_engines())
 
 
 def test_journal_storage(tmp_path):

@@ -138,13 +138,18 @@ def _check_compatible(stored: dict, config: SearchConfig, name: str, space: Sear
         theirs, ours = stored.get(key) or {}, _jsonable(mine.get(key) or {})
         if key == "proxy" and proxy_resolved is not None:
             theirs, ours = proxy_resolved, _resolved_proxy(config)
-        changed = sorted(k for k in set(theirs) | set(ours) if k in theirs and theirs.get(k) != ours.get(k))
+        changed = sorted(k for k in theirs if theirs[k] != ours.get(k))
+        # Settings the study did not record: the protocol is stored whole, so a missing field was added to
+        # lowspace after the study was made; so was a proxy field of a study made before proxy_resolved
+        # existed. Say which value the resume uses. The data options are stored as given: a new one is a change.
+        unrecorded = sorted(set(ours) - set(theirs))
+        if key == "data":
+            changed += unrecorded
         if changed:
             raise ConfigError(f"{key}.{changed[0]}", ours.get(changed[0]),
                               f"study {name!r} was created with {key} {theirs!r}; results would not be "
                               "comparable: resume with the same value or pick another --study-name")
-        # a study made before a setting existed recorded no value for it: say which value the resume uses
-        for k in sorted(set(ours) - set(theirs)):
+        for k in unrecorded:
             warnings.warn(f"study {name!r} recorded no {key}.{k}; resuming with {key}.{k}={ours[k]!r}", stacklevel=2)
 
 
