@@ -27,6 +27,8 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from lowspace.report.stats import kendall_tau  # noqa: E402
+
 CHEAP, DEPLOY = "ours_graph", "ours_deploy"
 
 
@@ -72,32 +74,6 @@ def generate(n: int, seed: int, out_dir: Path) -> list[Path]:
         random_config(rng, f"random_{seed}_{i:02d}").to_yaml(path)
         paths.append(path)
     return paths
-
-
-# ------------------------------------------------------------------------------------ statistics
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b (scipy's when installed)."""
-    try:
-        from scipy.stats import kendalltau
-        return float(kendalltau(a, b).statistic)
-    except ImportError:
-        pass
-    n, conc, disc, ta, tb = len(a), 0, 0, 0, 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ta += 1
-            elif db == 0:
-                tb += 1
-            elif (da > 0) == (db > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = ((conc + disc + ta) * (conc + disc + tb)) ** 0.5
-    return (conc - disc) / denom if denom else float("nan")
 
 
 def static_costs(config: str, resolution: int = 224) -> dict:
