@@ -61,6 +61,11 @@ def describe_trial(study, trial: optuna.trial.FrozenTrial) -> str:
     return "; ".join(parts) + "."
 
 
+def _file_stem(text: str) -> str:
+    """``text`` with every character but letters, digits and ``-_.`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def export_trial(study, trial: optuna.trial.FrozenTrial | int, out_dir: str | Path, recipe: str | None = None,
                  name: str | None = None) -> Path:
     """Write one trial's architecture as ``OUT/<study>-t<N>-<arch_id>.yaml``; returns the path."""
@@ -74,7 +79,7 @@ def export_trial(study, trial: optuna.trial.FrozenTrial | int, out_dir: str | Pa
     cfg = trial_config(trial)
     want = trial.user_attrs.get("arch_id")
     stem = f"{study.study_name}-t{trial.number:04d}-{cfg.arch_id}"
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)
+    safe = _file_stem(stem)
     preset = trial.user_attrs.get("preset")
     if recipe is None:
         recipe = get_preset(preset).recipe if preset else cfg.recipe
@@ -119,7 +124,7 @@ def export_pareto(study, out_dir: str | Path, recipe: str | None = None, prune: 
     paths = export_trials(study, trials, out_dir, recipe=recipe)
     if prune:
         keep = {p.resolve() for p in paths}
-        prefix = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{study.study_name}-t")
+        prefix = _file_stem(f"{study.study_name}-t")
         header = f"# Exported by `lowspace export` from study {study.study_name!r}"
         for old in Path(out_dir).glob(f"{prefix}*.yaml"):
             if old.resolve() not in keep and old.read_text().startswith(header):
