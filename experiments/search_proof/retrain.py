@@ -128,16 +128,12 @@ def main(argv=None) -> int:
     if args.smoke:
         short.update(FULL)
     (out / "archs.json").write_text(json.dumps(dict(archs=archs, short=short, full=FULL), indent=1))
-    done = set()
     rows_path = out / "rows.jsonl"
-    for path in filter(None, [args.resume, str(rows_path)]):
-        if Path(path).exists():
-            for line in Path(path).read_text().splitlines():
-                r = json.loads(line)
-                done.add((r["arch_id"], r["schedule"]))
-                if path != str(rows_path):
-                    with rows_path.open("a") as fh:
-                        fh.write(line + "\n")
+    own = [json.loads(line) for line in rows_path.read_text().splitlines()] if rows_path.exists() else []
+    if earlier and Path(args.resume).resolve() != rows_path.resolve():  # carry the earlier rows over
+        with rows_path.open("a") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in earlier)
+    done = {(r["arch_id"], r["schedule"]) for r in [*earlier, *own]}
     jobs = [(a, "full", FULL, args.data_root) for a in archs if (a["arch_id"], "full") not in done]
     jobs += [(a, "short", short, args.data_root) for a in archs
              if a["short_top1"] is None and (a["arch_id"], "short") not in done]
