@@ -274,6 +274,25 @@ def test_oom_status_and_retry_with_smaller_batch():
     assert sum("out of memory" in w for w in m.warnings) == 2  # 8 -> 4 -> 2
 
 
+def test_an_oom_that_collecting_garbage_cures_is_retried_at_the_same_batch(monkeypatch):
+    # Measurements no longer run a full garbage collection after success (0.2 s each), so an OOM may be
+    # caused by earlier garbage: it is collected and the same batch is tried once more before "oom".
+    import lowspace.cost.measure as measure_module
+    freed = []
+    monkeypatch.setattr(measure_module, "_free", lambda dev: freed.append(dev))
+
+    class OomOnce(Small):
+        def forward(self, x):
+            if not freed:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake: garbage not collected yet)")
+            return super().forward(x)
+
+    m = measure(OomOnce(), batch_size=8, resolution=8, **FAST)
+    assert m.status == "ok" and m.batch_size == 8 and len(freed) == 1 and not m.warnings
+    m = measure(Small(max_batch=2), batch_size=8, resolution=8, **FAST)  # a real OOM stays one
+    assert m.status == "oom" and len(freed) == 3
+
+
 def test_runtime_failure_is_an_error_result():
     m = measure(Small(fail="value"), resolution=8, **FAST)
     assert m.status == "error" and "broken forward" in m.error and "traceback" in m.info
