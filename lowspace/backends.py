@@ -78,6 +78,28 @@ def check_protocol(backend: str, precision: str, device: torch.device | str) -> 
     return dev
 
 
+def check_cudnn_benchmark(name: str, value: Any) -> bool | int:
+    """``value`` if it is a valid cuDNN autotuning setting: True, False, or N >= 1 (at most N algorithms)."""
+    if isinstance(value, bool) or (isinstance(value, int) and value >= 1):
+        return value
+    raise ConfigError(name, value, "true, false, or an integer >= 1 (autotuning over at most that many algorithms)")
+
+
+@contextlib.contextmanager
+def cudnn_autotuning(setting: bool | int):
+    """cuDNN autotuning for the new convolution shapes run inside: on (True; torch tries up to 10 algorithms
+    per convolution), off (False: cuDNN's heuristic choice, builds 2-3x faster) or on over at most N
+    algorithms. Restores the previous ``torch.backends.cudnn`` settings on exit."""
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit
+    torch.backends.cudnn.benchmark = bool(setting)
+    if not isinstance(setting, bool):
+        torch.backends.cudnn.benchmark_limit = setting
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit = saved
+
+
 def autocast_context(device: torch.device, precision: str):
     """Autocast for reduced precision, a null context for fp32."""
     if precision == "fp32":

@@ -288,7 +288,8 @@ def test_an_oom_that_collecting_garbage_cures_is_retried_at_the_same_batch(monke
             return super().forward(x)
 
     m = measure(OomOnce(), batch_size=8, resolution=8, **FAST)
-    assert m.status == "ok" and m.batch_size == 8 and len(freed) == 1 and not m.warnings
+    assert m.status == "ok" and m.batch_size == 8 and len(freed) == 1, (m.warnings, freed)
+    assert not any("out of memory" in w for w in m.warnings)
     m = measure(Small(max_batch=2), batch_size=8, resolution=8, **FAST)  # a real OOM stays one
     assert m.status == "oom" and len(freed) == 3
 
@@ -376,6 +377,12 @@ def test_cuda_graph_measurement_on_gpu(tiny):
     assert m.fingerprint["device_type"] == "cuda" and m.fingerprint["driver"]
     big = measure("b0", device="cuda", batch_size=64, backend="cuda_graph", cache=False)
     assert big.status == "ok" and big.images_per_s > 0
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit
+    heuristic = measure("b0", device="cuda", batch_size=2, precision="fp16", channels_last=True,
+                        backend="cuda_graph", deploy=True, cudnn_benchmark=False, cache=False)
+    assert heuristic.status == "ok" and heuristic.protocol["cudnn_benchmark"] is False
+    assert heuristic.info["deploy"]["cudnn_benchmark"] is False  # deploy() built it without autotuning
+    assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit) == before
 
 
 def test_warm_up_measures_b0_once_per_protocol_on_cuda_and_nothing_on_cpu(monkeypatch):
@@ -399,3 +406,30 @@ def test_cudnn_benchmark_takes_a_bool_or_an_algorithm_limit():
             measure("b0", device="cpu", cudnn_benchmark=bad, cache=False)
     m = measure("b0", device="cpu", resolution=32, cudnn_benchmark=4, cache=False, max_time_s=0.2)
     assert m.status == "ok" and m.protocol["cudnn_benchmark"] is None  # CPU: not a cuDNN run
+
+
+def test_cudnn_autotuning_sets_and_restores_torch_settings():
+    from lowspace.backends import cudnn_autotuning
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit
+    try:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit = False, 10
+        with cudnn_autotuning(3):
+            assert torch.backends.cudnn.benchmark and torch.backends.cudnn.benchmark_limit == 3
+        with pytest.raises(RuntimeError), cudnn_autotuning(True):
+            assert torch.backends.cudnn.benchmark and torch.backends.cudnn.benchmark_limit == 10
+            raise RuntimeError("a failed build")
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit) == (False, 10)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit = saved
+
+
+def test_deploy_measurement_has_one_cudnn_setting():
+    # measure(deploy=True) hands its cudnn_benchmark to deploy(); the same setting in deploy_options is
+    # accepted (and recorded once, in the protocol), a different one is a clear error
+    from lowspace.cost.measure import measure
+    from lowspace.errors import ConfigError
+    with pytest.raises(ConfigError, match="deploy_options.cudnn_benchmark.*cudnn_benchmark=True"):
+        measure("b0", device="cpu", deploy=True, cudnn_benchmark=True, deploy_options={"cudnn_benchmark": False})
+    m = measure("b0", device="cpu", resolution=32, deploy=True, deploy_options={"cudnn_benchmark": False},
+                cache=False, max_time_s=0.2)
+    assert m.status == "ok" and m.protocol["deploy_options"] == {}

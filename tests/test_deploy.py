@@ -209,6 +209,8 @@ def test_bad_arguments_raise_config_errors():
         deploy(model, fold_bnn=True, **kw)
     with pytest.raises(ConfigError, match="deploy.upsample"):
         deploy(model, upsample="nearest", **kw)
+    with pytest.raises(ConfigError, match="deploy.cudnn_benchmark.*integer >= 1"):
+        deploy(model, cudnn_benchmark=0, **kw)
     with pytest.raises(ConfigError, match="deploy.triton"):
         deploy(model, triton="yes", **kw)
     with pytest.raises(ConfigError, match="batch_size"):

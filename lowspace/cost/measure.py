@@ -46,7 +46,7 @@ from typing import Any, Callable, ContextManager
 
 import torch
 
-from ..backends import Runner, check_protocol, prepare
+from ..backends import Runner, check_cudnn_benchmark, check_protocol, cudnn_autotuning, prepare
 from ..errors import ConfigError, LowspaceError, unknown_key_error
 from .cache import CacheError, MeasurementCache
 from .fingerprint import fingerprint, fingerprint_key
@@ -216,11 +216,16 @@ def measure(model_or_config: Any, device: str | torch.device = "cpu", batch_size
         min_chunks=_check_int("min_chunks", min_chunks, 2),
         max_chunks=_check_int("max_chunks", max_chunks, min_chunks),
     )
+    if deploy and "cudnn_benchmark" in (deploy_options or {}):  # one setting, recorded once in the protocol
+        deploy_options = dict(deploy_options)
+        chosen = deploy_options.pop("cudnn_benchmark")
+        if cudnn_benchmark is not None and chosen != cudnn_benchmark:
+            raise ConfigError("deploy_options.cudnn_benchmark", chosen,
+                              f"the same as measure(cudnn_benchmark={cudnn_benchmark!r}), or left out")
+        cudnn_benchmark = chosen
     if cudnn_benchmark is None:
         cudnn_benchmark = dev.type == "cuda"
-    elif not isinstance(cudnn_benchmark, bool) and (not isinstance(cudnn_benchmark, int) or cudnn_benchmark < 1):
-        raise ConfigError("cudnn_benchmark", cudnn_benchmark,
-                          "true, false, or an integer >= 1 (autotuning over at most that many algorithms)")
+    cudnn_benchmark = check_cudnn_benchmark("cudnn_benchmark", cudnn_benchmark)
     protocol = {
         "device": dev.type, "backend": backend, "precision": precision, "channels_last": bool(channels_last),
         "batch_size": batch_size, "resolution": res, "in_chans": spec.in_chans,
@@ -356,12 +361,8 @@ def _measure_once(spec: ModelSpec, device: torch.device, bs: int, res: int, prec
                   channels_last: bool, backend: str, deploy: bool, reparam: bool, deploy_options: dict,
                   compile_mode: str | None, settings: _Settings, cudnn_benchmark: bool | int,
                   timing_lock: ContextManager | None, build_lock: ContextManager | None) -> Measurement:
-    saved_benchmark, saved_limit = torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
-        if not isinstance(cudnn_benchmark, bool):
-            torch.backends.cudnn.benchmark_limit = cudnn_benchmark
-    try:
+    autotuning = cudnn_autotuning(cudnn_benchmark) if device.type == "cuda" else contextlib.nullcontext()
+    with autotuning:
         with build_lock if build_lock is not None else contextlib.nullcontext():
             t0 = time.perf_counter()
             if backend in ("compile", "compile_cuda_graph"):
@@ -374,6 +375,8 @@ def _measure_once(spec: ModelSpec, device: torch.device, bs: int, res: int, prec
                 model = reparameterize_model(model, inplace=spec.module is None)
             construct_s = time.perf_counter() - t0
             if deploy:
+                if device.type == "cuda":
+                    deploy_options = {**deploy_options, "cudnn_benchmark": cudnn_benchmark}
                 deployed = _deploy_fn()(model, precision=precision, batch_size=bs, resolution=res,
                                         backend=backend, channels_last=channels_last, **deploy_options)
                 runner = deployed.runner()
@@ -390,8 +393,6 @@ def _measure_once(spec: ModelSpec, device: torch.device, bs: int, res: int, prec
         info.update(construct_s=round(construct_s, 4), prepare_s=round(build_s - construct_s, 4))
         with timing_lock if timing_lock is not None else contextlib.nullcontext():
             chunks, iterations, stats_from, noisy = _time_runner(runner, device, settings)
-    finally:
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit = saved_benchmark, saved_limit
     values = chunks[-stats_from:]
     median = statistics.median(values)
     notes = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import time
@@ -12,7 +13,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..backends import DTYPES, BackendError, Runner, capture_cuda_graph, check_protocol, prepare
+from ..backends import DTYPES, BackendError, Runner, capture_cuda_graph, check_protocol, cudnn_autotuning, prepare
 from ..errors import ConfigError
 from .modules import Attention, Conv, DeployNet, Norm, rewrite
 from .options import DeployOptions, parse_options, resolve_options
@@ -146,7 +147,9 @@ def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int 
             core = None  # in use with other weights: build a second one
     if core is None:
         check_err = _check_rewrite(model, net, dev, shape) if opts.check else None
-        core = _build_core(_cast(net, precision, channels_last), shape, dev, backend, precision, channels_last, opts)
+        with cudnn_autotuning(opts.cudnn_benchmark) if dev.type == "cuda" else contextlib.nullcontext():
+            core = _build_core(_cast(net, precision, channels_last), shape, dev, backend, precision, channels_last,
+                               opts)
         core.info["check_error"] = check_err
         if key is not None and opts.cache:
             _MEMORY[key] = core
@@ -252,8 +255,7 @@ def _build_core(net, shape, dev, backend, precision, channels_last, opts: Deploy
                             "device": str(dev), "rewrites": describe_rewrites(net, opts),
                             "options": dataclasses.asdict(opts)}
     if dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        info["cudnn_benchmark"] = True
+        info["cudnn_benchmark"] = opts.cudnn_benchmark
     if backend in ("torchscript", "onnxruntime"):
         runner = prepare(net, x, backend, precision, channels_last)
         info.update(runner.info)

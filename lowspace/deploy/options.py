@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from ..backends import check_cudnn_benchmark
 from ..errors import ConfigError, unknown_key_error
 
 UPSAMPLE_REWRITES = ("auto", "conv_transpose", "subpixel")
@@ -36,6 +37,8 @@ class DeployOptions:
         (lowspace's inductor settings, no autotuning) and ``tuned-autotune`` (plus GEMM/conv autotuning).
     compile_backend: torch.compile backend (``inductor``; ``aot_eager`` / ``eager`` for debugging).
     inductor: extra ``torch._inductor.config`` options (dict), applied over the mode's.
+    cudnn_benchmark: cuDNN autotuning while building on CUDA: True (torch's, up to 10 algorithms per
+        convolution), False (cuDNN's heuristic choice: faster builds) or N (at most N algorithms).
     check: compare the built module with the eval-mode model once at build time.
     cache: reuse a module built in this process for the same architecture and protocol, and keep
         inductor's compiled artifacts under ``$LOWSPACE_CACHE_DIR/inductor``.
@@ -51,6 +54,7 @@ class DeployOptions:
     compile_mode: str = "tuned"
     compile_backend: str = "inductor"
     inductor: dict = field(default_factory=dict)
+    cudnn_benchmark: Union[bool, int] = True
     check: bool = True
     cache: bool = True
 
@@ -84,6 +88,8 @@ def parse_options(options: dict[str, Any]) -> DeployOptions:
         elif key == "compile_backend":
             if not isinstance(value, str):
                 raise ConfigError("deploy.compile_backend", value, "a torch.compile backend name, e.g. 'inductor'")
+        elif key == "cudnn_benchmark":
+            check_cudnn_benchmark("deploy.cudnn_benchmark", value)
         elif key == "triton":
             if value not in (True, False, "auto"):
                 raise ConfigError("deploy.triton", value, "True, False or 'auto'")
