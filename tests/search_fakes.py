@@ -78,7 +78,8 @@ def fake_engines(epoch_s: float | None = None, oom_over_params: int | None = Non
                 backend="eager", deploy=False, cache=True, **options):
         CALLS["measure"] += 1
         protocol = dict(device=device, batch_size=batch_size, resolution=resolution or cfg.resolution,
-                        precision=precision, backend=backend, channels_last=channels_last, deploy=deploy)
+                        precision=precision, backend=backend, channels_last=channels_last, deploy=deploy,
+                        cudnn_benchmark=options.get("cudnn_benchmark"))
         if oom_over_params is not None and fake_params(cfg) > oom_over_params:
             return FakeMeasurement(status="oom", median_ms=float("nan"), error="CUDA out of memory (fake)",
                                    protocol=protocol, batch_size=batch_size)

@@ -47,6 +47,10 @@ def test_defaults_by_mode():
     ("sampler: cmaes\n", "allowed: tpe, nsga2, gp, random"),
     ("engines: nothing\n", "module:function"),
     ("early_stopping: {eta: 1}\n", "integer >= 2"),
+    ("protocol: {cudnn_benchmark: 0}\n", "protocol.cudnn_benchmark"),
+    ("protocol: {cudnn_benchmark: fast}\n", "expected bool | int"),
+    ("protocol: {options: {cudnn_benchmark: true}}\n", "use protocol.cudnn_benchmark"),
+    ("protocol: {options: {cache: false}}\n", "protocol.options.cache"),
 ])
 def test_bad_configs_name_file_line_and_key(tmp_path, text, needle):
     path = tmp_path / "search.yaml"

@@ -126,6 +126,21 @@ def test_resume_of_a_study_without_resolved_proxy_warns_about_new_keys(tmp_path)
                    engines=search_fakes.fake_engines())
 
 
+def test_resume_of_a_study_timed_before_cudnn_benchmark_was_recorded(tmp_path):
+    # lowspace used to time trials with cuDNN autotuning without recording it; such a study resumes only
+    # with protocol.cudnn_benchmark: true, not with today's default (false)
+    run_search(_config(tmp_path, n_trials=1), engines=search_fakes.fake_engines())
+    study = load_study(tmp_path / "study.db", "s")
+    stored = study.user_attrs["lowspace_config"]
+    assert stored["protocol"]["cudnn_benchmark"] is False
+    del stored["protocol"]["cudnn_benchmark"]
+    study._storage.set_study_user_attr(study._study_id, "lowspace_config", stored)
+    with pytest.raises(ConfigError, match="protocol.cudnn_benchmark.*'cudnn_benchmark': True"):
+        run_search(_config(tmp_path, n_trials=1), engines=search_fakes.fake_engines())
+    assert run_search(_config(tmp_path, n_trials=2, protocol={"cudnn_benchmark": True}),
+                      engines=search_fakes.fake_engines()).complete == 2
+
+
 def test_journal_storage(tmp_path):
     config = _config(tmp_path, n_trials=2, storage=f"journal:{tmp_path / 'study.log'}")
     assert run_search(config, engines=search_fakes.fake_engines()).complete == 2

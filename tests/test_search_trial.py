@@ -52,6 +52,7 @@ def test_complete_trial_records_everything_as_json():
     assert a["latency_ms"] == pytest.approx(t.values[1])
     assert a["accuracy"] == pytest.approx(t.values[0])
     assert a["protocol"]["device"] == "cpu" and a["protocol"]["batch_size"] == 1
+    assert a["protocol"]["cudnn_benchmark"] is False  # the search's default: cuDNN's heuristic choice
     assert a["fingerprint"]["torch"] == "fake"
     assert a["proxy"]["epochs_run"] == 4 and len(a["proxy"]["history"]) == 4
     assert {"sample_s", "count_s", "latency_s", "train_s", "total_s"} <= set(a["timings"])

@@ -163,9 +163,11 @@ def main(argv=None) -> int:
     for a in archs:
         cfg = ArchConfig.from_dict(a["config"])
         m200 = measure(cfg, device=device, batch_size=p.batch_size, precision=p.precision,
-                       channels_last=p.channels_last, backend=p.backend if device == "cuda" else "eager", cache=False)
+                       channels_last=p.channels_last, backend=p.backend if device == "cuda" else "eager",
+                       cudnn_benchmark=p.cudnn_benchmark, cache=False)
         m1 = measure(cfg, device=device, batch_size=1, precision=p.precision, channels_last=p.channels_last,
-                     backend=p.backend if device == "cuda" else "eager", cache=False)
+                     backend=p.backend if device == "cuda" else "eager", cudnn_benchmark=p.cudnn_benchmark,
+                     cache=False)
         cost.append(dict(name=a["name"], arch_id=a["arch_id"], source=a["source"], short_top1=a["short_top1"],
                          params=count_params(cfg), macs=count_macs(cfg, resolution=cfg.resolution),
                          latency_ms=m200.median_ms, latency_spread=m200.spread, images_per_s=m200.images_per_s,

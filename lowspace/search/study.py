@@ -127,6 +127,10 @@ def create_or_load_study(config: SearchConfig, space: SearchSpace, storage=None,
     return study
 
 
+# Protocol fields whose default changed when they were added: what studies that did not record them used.
+PROTOCOL_BEFORE_RECORDED = {"cudnn_benchmark": True}
+
+
 def _check_compatible(stored: dict, config: SearchConfig, name: str, space: SearchSpace,
                       proxy_resolved: dict | None = None) -> None:
     mine = config.to_dict()
@@ -136,6 +140,8 @@ def _check_compatible(stored: dict, config: SearchConfig, name: str, space: Sear
                                                   "resume with the same value or pick another --study-name")
     for key in ("protocol", "proxy", "data"):
         theirs, ours = stored.get(key) or {}, _jsonable(mine.get(key) or {})
+        if key == "protocol":
+            theirs = {**PROTOCOL_BEFORE_RECORDED, **theirs}
         if key == "proxy" and proxy_resolved is not None:
             theirs, ours = proxy_resolved, _resolved_proxy(config)
         changed = sorted(k for k in theirs if theirs[k] != ours.get(k))

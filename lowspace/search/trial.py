@@ -344,7 +344,7 @@ class TrialPipeline:
             options.setdefault("build_lock", gate.training())
         return self.engines.measure(cfg, device=self.latency_device, batch_size=batch_size, resolution=p.resolution,
                                     precision=p.precision, channels_last=p.channels_last, backend=p.backend,
-                                    deploy=p.deploy, cache=True, **options)
+                                    deploy=p.deploy, cudnn_benchmark=p.cudnn_benchmark, cache=True, **options)
 
     def _train(self, trial, cfg: ArchConfig, latency_ms: float, macs: int):
         schedule = self.schedule
