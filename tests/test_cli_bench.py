@@ -103,6 +103,7 @@ def test_bench_isolated(tiny_yaml, tmp_path):
     (["b0", "--backend", "cuda_graph"], "CUDA"),
     (["b0", "--batch-size", "0"], "batch_size"),
     (["b0", "--results-file", "out.txt"], ".csv or .json"),
+    (["b0", "--cudnn-benchmark", "fast"], "--cudnn-benchmark: got 'fast'"),
 ])
 def test_bad_arguments_give_clear_errors(argv, message, capsys):
     assert main(["bench", *argv, "--device", "cpu"]) == 2

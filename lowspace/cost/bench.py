@@ -26,7 +26,7 @@ __all__ = ["BenchJob", "plan", "bench", "bench_row", "write_results", "read_resu
 
 ROW_FIELDS = (
     "model", "implementation", "identity", "params", "macs", "fvcore_macs", "device", "device_name", "backend",
-    "precision", "channels_last", "deploy", "reparam", "resolution", "batch_size", "requested_batch_size", "status",
+    "precision", "channels_last", "deploy", "reparam", "cudnn_benchmark", "resolution", "batch_size", "requested_batch_size", "status",
     "median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "build_s", "wall_s", "iterations", "cached",
     "warnings", "error", "measured_at", "fingerprint_key",
 )
@@ -88,7 +88,7 @@ def bench_row(spec: ModelSpec, counts: dict[str, Any], m: Measurement) -> dict[s
         "params": counts.get("params"), "macs": counts.get("macs"), "fvcore_macs": counts.get("fvcore_macs"),
         "device": p.get("device"), "device_name": m.fingerprint.get("device"), "backend": p.get("backend"),
         "precision": p.get("precision"), "channels_last": p.get("channels_last"), "deploy": p.get("deploy"),
-        "reparam": p.get("reparam"),
+        "reparam": p.get("reparam"), "cudnn_benchmark": p.get("cudnn_benchmark"),
         "resolution": p.get("resolution"), "batch_size": m.batch_size,
         "requested_batch_size": m.requested_batch_size, "status": m.status, "median_ms": m.median_ms,
         "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "spread": m.spread, "images_per_s": m.images_per_s,
