@@ -396,6 +396,8 @@ def test_warm_up_measures_b0_once_per_protocol_on_cuda_and_nothing_on_cpu(monkey
         ("b0", "fp16", 1, False), ("b0", "fp16", 200, False), ("b0", "fp32", 1, False), ("b0", "fp32", 200, False)]
     measure_mod.warm_up("cuda", precisions=("fp16",), batch_sizes=(1, 200))  # already warm: nothing to do
     assert len(calls) == 4
+    measure_mod.warm_up("cuda", precisions=("fp16",), batch_sizes=(1,), deploy=True, cudnn_benchmark=False)
+    assert len(calls) == 5 and calls[-1][1]["deploy"] is True and calls[-1][1]["cudnn_benchmark"] is False
 
 
 def test_cudnn_benchmark_takes_a_bool_or_an_algorithm_limit():

@@ -61,6 +61,8 @@ def main(argv=None):
     ap.add_argument("--no-warm-up", action="store_true", help="do not call warm_up() before the first architecture")
     ap.add_argument("--cudnn-benchmark-limit", type=int, default=None,
                     help="cuDNN autotuning over at most N algorithms per conv (torch's default: 10); recorded")
+    ap.add_argument("--deploy", action="store_true",
+                    help="time lowspace.deploy's build (the search's default protocol on CUDA) instead of the model")
     ap.add_argument("--no-cudnn-benchmark", action="store_true",
                     help="skip cuDNN autotuning (shorter builds; a different protocol, recorded in the output)")
     args = ap.parse_args(argv)
@@ -75,17 +77,16 @@ def main(argv=None):
         torch.zeros(1, device=args.device)
         torch.cuda.synchronize()
     cuda_init_s = time.perf_counter() - t
-    warm_up_s = 0.0 if args.no_warm_up else warm_up(args.device, tuple(args.precisions), tuple(args.batch_sizes),
-                                                     args.backend, True, args.img_size)
-
     bench = False if args.no_cudnn_benchmark else (args.cudnn_benchmark_limit or True)
+    warm_up_s = 0.0 if args.no_warm_up else warm_up(args.device, tuple(args.precisions), tuple(args.batch_sizes),
+                                                     args.backend, True, args.img_size, args.deploy, bench)
     trials = []
     for i in range(args.n):
         cfg = random_arch(args.seed + i)
         for precision in args.precisions:
             t = time.perf_counter()
             ms = [measure(cfg, device=args.device, batch_size=b, resolution=args.img_size, precision=precision,
-                          channels_last=True, backend=args.backend, cache=False,
+                          channels_last=True, backend=args.backend, deploy=args.deploy, cache=False,
                           cudnn_benchmark=bench) for b in args.batch_sizes]
             wall = time.perf_counter() - t
             ok = all(m.status == "ok" for m in ms)
@@ -117,7 +118,7 @@ def main(argv=None):
     summary = {
         "criteria": {"max_wall_s": args.max_wall_s, "max_spread": args.max_spread,
                      "batch_sizes": args.batch_sizes, "backend": args.backend, "channels_last": True,
-                     "img_size": args.img_size, "cudnn_benchmark": bench},
+                     "img_size": args.img_size, "cudnn_benchmark": bench, "deploy": args.deploy},
         "imports_s": imports_s, "cuda_init_s": cuda_init_s, "warm_up_s": warm_up_s,
         "passed": sum(t["pass_wall"] and t["pass_spread"] for t in trials), "trials_n": len(trials),
         "max_wall_s": max(t["wall_s"] for t in trials),

@@ -195,7 +195,8 @@ def harness_section(results: Path) -> list[str]:
         b0, b1 = c["batch_sizes"]
         lines += [f"### {path.stem}", "",
                   f"cuDNN benchmark: {c.get('cudnn_benchmark')} (an integer = at most that many algorithms tried "
-                  f"per convolution; true = torch's default of 10). **Passed {h['passed']} of {h['trials_n']}**; "
+                  f"per convolution; true = torch's default of 10; false = no autotuning, cuDNN's heuristic "
+                  f"choice). **Passed {h['passed']} of {h['trials_n']}**; "
                   f"max wall {h['max_wall_s']:.2f} s. One-off per process, not included: imports "
                   f"{h['imports_s']:.2f} s, CUDA context {h['cuda_init_s']:.2f} s, warm_up() "
                   f"{h.get('warm_up_s', 0.0):.2f} s" + ("" if "warm_up_s" in h else
@@ -214,6 +215,35 @@ def harness_section(results: Path) -> list[str]:
                          f"{(y['images_per_s'] or 0):,.0f} | {_pct(y['spread'])} | {(y['build_s'] or 0):.2f} | {ok} |")
         lines.append("")
     return lines
+
+
+def harness_agreement(results: Path, min_archs: int = 8) -> list[str]:
+    """How two harness runs of the same architectures rank them (Kendall tau) and their latency ratio, per
+    precision and batch size; for every pair of runs with at least ``min_archs`` architectures in common."""
+    import itertools
+    import statistics
+
+    from lowspace.report.stats import kendall_tau
+    runs = {}
+    for path in sorted((results / "harness").glob("*.json")):
+        h = json.loads(path.read_text())
+        runs[path.stem] = {(t["arch"], t["precision"], b): t[b]["median_ms"]
+                           for t in h["trials"] for b in (f"b{n}" for n in h["criteria"]["batch_sizes"])
+                           if t[b]["median_ms"]}
+    lines = ["| run A | run B | precision | batch | archs | Kendall tau | median ms ratio A / B | min - max |",
+             "|---|---|---|---|---:|---:|---:|---|"]
+    for a, b in itertools.combinations(sorted(runs), 2):
+        groups = sorted({(k[1], k[2]) for k in runs[a].keys() & runs[b].keys()},
+                        key=lambda g: (g[0], int(g[1][1:])))
+        for prec, batch in groups:
+            keys = sorted(k for k in runs[a].keys() & runs[b].keys() if k[1:] == (prec, batch))
+            if len(keys) < min_archs:
+                continue
+            xs, ys = [runs[a][k] for k in keys], [runs[b][k] for k in keys]
+            ratios = [x / y for x, y in zip(xs, ys)]
+            lines.append(f"| {a} | {b} | {prec} | {batch[1:]} | {len(keys)} | {kendall_tau(xs, ys):.3f} | "
+                         f"{statistics.median(ratios):.3f} | {min(ratios):.3f} - {max(ratios):.3f} |")
+    return lines if len(lines) > 2 else []
 
 
 def main(argv=None):
@@ -271,6 +301,10 @@ def main(argv=None):
         "## Latency, batch 1 (ms per image)", "",
         *speed_table(rows, 1, "median_ms"), "",
         "## Harness speed", "", *harness_section(results), "",
+        "### Do the runs rank architectures alike?", "",
+        "Runs of the same random architectures in different processes (the cuDNN autotuning state is per "
+        "process): the autotuned runs against each other show how much autotuning itself varies.", "",
+        *harness_agreement(results), "",
         "## Charts", "",
         "throughput.html / throughput.png (batch 200), latency.html / latency.png (batch 1)."
         + "".join(f"\n\nPNG export of {k} FAILED ({v}); only the HTML was written." for k, v in png_errors.items()),

@@ -283,7 +283,7 @@ _WARM: set[tuple] = set()
 
 def warm_up(device: str | torch.device = "cuda", precisions: tuple[str, ...] = ("fp16",),
             batch_sizes: tuple[int, ...] = (1, 200), backend: str = "cuda_graph", channels_last: bool = True,
-            resolution: int = 224) -> float:
+            resolution: int = 224, deploy: bool = False, cudnn_benchmark: bool | int | None = None) -> float:
     """Pay a process's one-off costs of measuring before the first real measurement; returns seconds spent.
 
     The first network a process times on a GPU also loads the kernels cuDNN tries while autotuning and
@@ -296,11 +296,12 @@ def warm_up(device: str | torch.device = "cuda", precisions: tuple[str, ...] = (
     start = time.perf_counter()
     for precision in precisions:
         for bs in batch_sizes:
-            key = (str(dev), precision, bs, backend, bool(channels_last), resolution)
+            key = (str(dev), precision, bs, backend, bool(channels_last), resolution, deploy, cudnn_benchmark)
             if key in _WARM:
                 continue
             measure("b0", device=dev, batch_size=bs, resolution=resolution, precision=precision,
-                    channels_last=channels_last, backend=backend, cache=False, min_chunks=2, max_time_s=1.0)
+                    channels_last=channels_last, backend=backend, deploy=deploy, cudnn_benchmark=cudnn_benchmark,
+                    cache=False, min_chunks=2, max_time_s=1.0)
             _WARM.add(key)
     return time.perf_counter() - start
 
