@@ -194,6 +194,8 @@ def harness_section(results: Path) -> list[str]:
         c = h["criteria"]
         b0, b1 = c["batch_sizes"]
         lines += [f"### {path.stem}", "",
+                  ("Timed: `lowspace.deploy` builds (the search's default protocol on CUDA). " if c.get("deploy")
+                   else "") +
                   f"cuDNN benchmark: {c.get('cudnn_benchmark')} (an integer = at most that many algorithms tried "
                   f"per convolution; true = torch's default of 10; false = no autotuning, cuDNN's heuristic "
                   f"choice). **Passed {h['passed']} of {h['trials_n']}**; "
@@ -217,22 +219,45 @@ def harness_section(results: Path) -> list[str]:
     return lines
 
 
+def harness_overview(results: Path) -> list[str]:
+    """One line per harness run: protocol, how many architectures passed, wall time range."""
+    import statistics
+    lines = ["| run | timed | cuDNN autotuning | passed (<= 5 s, spread <= 2 %) | wall s min / median / max | "
+             "max spread |", "|---|---|---|---:|---|---:|"]
+    for path in sorted((results / "harness").glob("*.json")):
+        h = json.loads(path.read_text())
+        c, walls = h["criteria"], [t["wall_s"] for t in h["trials"]]
+        spreads = [t[f"b{b}"]["spread"] or 0.0 for t in h["trials"] for b in c["batch_sizes"]]
+        bench = c.get("cudnn_benchmark")
+        tuning = ("off (heuristic)" if bench is False else f"on ({bench} algorithms)"
+                  if isinstance(bench, int) and not isinstance(bench, bool) else "on (10 algorithms)")
+        lines.append(f"| {path.stem} | {'deploy build' if c.get('deploy') else 'model'} | {tuning} | "
+                     f"{h['passed']} / {h['trials_n']} | {min(walls):.2f} / {statistics.median(walls):.2f} / "
+                     f"{max(walls):.2f} | {_pct(max(spreads))} |")
+    return lines
+
+
 def harness_agreement(results: Path, min_archs: int = 8) -> list[str]:
     """How two harness runs of the same architectures rank them (Kendall tau) and their latency ratio, per
-    precision and batch size; for every pair of runs with at least ``min_archs`` architectures in common."""
+    precision and batch size; for every pair of runs of one protocol but the cuDNN setting (backend, deploy,
+    input size) with at least ``min_archs`` architectures in common."""
     import itertools
     import statistics
 
     from lowspace.report.stats import kendall_tau
-    runs = {}
+    runs, protocol = {}, {}
     for path in sorted((results / "harness").glob("*.json")):
         h = json.loads(path.read_text())
+        c = h["criteria"]
+        protocol[path.stem] = (c["backend"], c.get("deploy", False), c["img_size"])
         runs[path.stem] = {(t["arch"], t["precision"], b): t[b]["median_ms"]
                            for t in h["trials"] for b in (f"b{n}" for n in h["criteria"]["batch_sizes"])
                            if t[b]["median_ms"]}
     lines = ["| run A | run B | precision | batch | archs | Kendall tau | median ms ratio A / B | min - max |",
              "|---|---|---|---|---:|---:|---:|---|"]
     for a, b in itertools.combinations(sorted(runs), 2):
+        if protocol[a] != protocol[b]:
+            continue
         groups = sorted({(k[1], k[2]) for k in runs[a].keys() & runs[b].keys()},
                         key=lambda g: (g[0], int(g[1][1:])))
         for prec, batch in groups:
@@ -300,7 +325,7 @@ def main(argv=None):
         *speed_table(rows, 200, "images_per_s"), "",
         "## Latency, batch 1 (ms per image)", "",
         *speed_table(rows, 1, "median_ms"), "",
-        "## Harness speed", "", *harness_section(results), "",
+        "## Harness speed", "", *harness_overview(results), "", *harness_section(results), "",
         "### Do the runs rank architectures alike?", "",
         "Runs of the same random architectures in different processes (the cuDNN autotuning state is per "
         "process): the autotuned runs against each other show how much autotuning itself varies.", "",
