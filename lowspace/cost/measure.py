@@ -5,7 +5,8 @@ How a number is taken:
 1. The network is built directly on the device (random weights) and handed to
    :func:`lowspace.backends.prepare` (or to :func:`lowspace.deploy.deploy` with ``deploy=True``), which
    returns a runner for a static input. Graph-captured backends check their first replay against eager
-   output. On CUDA, ``cudnn.benchmark`` is on (recorded in the protocol).
+   output. On CUDA, cuDNN autotunes new convolution shapes unless ``cudnn_benchmark=False`` (cuDNN's
+   heuristic choice, 2-3x faster builds; the search's default); the setting is recorded in the protocol.
 2. Warm-up: the runner runs (synchronized) for ``warmup_ms``; that also estimates one call's time.
 3. Timing in *chunks* of back-to-back calls sized to about ``chunk_ms`` of device time, timed with CUDA
    events on GPU (wall clock after a synchronize for onnxruntime, whose CUDA work runs on its own stream)
