@@ -180,6 +180,8 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "space.yaml, line 3" in err and "did you mean 'path'" in err and "Traceback" not in err
     assert main(["search", "--space", "demo", "--storage", "study.txt"]) == 2
     assert "expected one of" in capsys.readouterr().err
+    assert main(["search", "--space", "demo", "--cudnn-benchmark", "maybe", "--storage", str(tmp_path / "x.db")]) == 2
+    assert "--cudnn-benchmark: got 'maybe'" in capsys.readouterr().err
     assert main(["pareto", str(tmp_path / "missing.db")]) == 2
     assert "no such study file" in capsys.readouterr().err
     assert main(["search", "--space", "lowformer", "--describe"]) == 0

@@ -66,3 +66,15 @@ def test_bad_configs_name_file_line_and_key(tmp_path, text, needle):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="cannot read the search config"):
         SearchConfig.from_yaml("/nonexistent/search.yaml")
+
+
+def test_cudnn_benchmark_flag_sets_the_protocol_field():
+    from lowspace.cli import build_parser
+    from lowspace.cli.search import config_from_args
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(["search", "--space", "demo", "--cudnn-benchmark", "on"]))
+    assert config.protocol.cudnn_benchmark is True
+    config = config_from_args(parser.parse_args(["search", "--space", "demo", "--cudnn-benchmark", "3"]))
+    assert config.protocol.cudnn_benchmark == 3
+    assert config_from_args(parser.parse_args(["search", "--space", "demo"])).protocol.cudnn_benchmark is False
+

@@ -5,7 +5,7 @@ import argparse
 import sys
 from importlib import import_module
 
-from ..errors import LowspaceError
+from ..errors import ConfigError, LowspaceError
 
 # subcommand -> module under lowspace.cli that defines ``add_parser(subparsers)`` and sets ``func``
 COMMANDS = {
@@ -17,6 +17,19 @@ COMMANDS = {
     "pareto": "report",
     "export": "report",
 }
+
+
+CUDNN_FLAG_HELP = ("cuDNN autotuning on CUDA: on (as timm's benchmark), off (cuDNN's heuristic choice: 2-3x faster "
+                   "builds) or N (at most N algorithms per convolution)")
+
+
+def cudnn_setting(flag: str, text: str) -> bool | int:
+    """The value of a ``--cudnn-benchmark on|off|N`` flag as ``measure(cudnn_benchmark=...)`` takes it."""
+    if text in ("on", "off"):
+        return text == "on"
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
+    raise ConfigError(flag, text, "on, off, or an integer >= 1 (at most that many algorithms)")
 
 
 def build_parser() -> argparse.ArgumentParser:

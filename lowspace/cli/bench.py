@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ..backends import BACKENDS, PRECISIONS
 from ..errors import ConfigError
+from . import CUDNN_FLAG_HELP, cudnn_setting
 
 
 def add_parsers(sub) -> None:
@@ -31,9 +32,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode for compile backends (default: default)")
     p.add_argument("--deploy", action="store_true", help="time the deployed model (lowspace.deploy: BN folding ...)")
-    p.add_argument("--cudnn-benchmark", default="on", metavar="on|off|N",
-                   help="cuDNN autotuning on CUDA: on (default, as timm's benchmark), off (cuDNN's heuristic "
-                        "choice: 2-3x faster builds; the search's default) or N (at most N algorithms per conv)")
+    p.add_argument("--cudnn-benchmark", default="on", metavar="on|off|N", help=CUDNN_FLAG_HELP + " (default: on)")
     p.add_argument("--reparam", action="store_true",
                    help="re-parameterize re-parameterizable models first (timm's reparameterize_model: FastViT, "
                         "RepViT ...; no change for LowFormer)")
@@ -60,14 +59,6 @@ def _check_names(flag: str, values, allowed) -> None:
             hint = closest(v, allowed)
             extra = f" (did you mean {hint!r}?)" if hint else ""
             raise ConfigError(flag, v, "allowed: " + ", ".join(allowed) + extra)
-
-
-def _cudnn_setting(text: str) -> bool | int:
-    if text in ("on", "off"):
-        return text == "on"
-    if text.isdigit() and int(text) >= 1:
-        return int(text)
-    raise ConfigError("--cudnn-benchmark", text, "on, off, or an integer >= 1 (at most that many algorithms)")
 
 
 def _fmt(value, spec: str, scale: float = 1.0) -> str:
@@ -108,7 +99,7 @@ def run(args) -> int:
     _check_names("--precision", args.precision, PRECISIONS)
     if args.results_file and not args.results_file.lower().endswith((".csv", ".json")):
         raise ConfigError("--results-file", args.results_file, "a file name ending in .csv or .json")
-    cudnn_benchmark = _cudnn_setting(args.cudnn_benchmark)
+    cudnn_benchmark = cudnn_setting("--cudnn-benchmark", args.cudnn_benchmark)
     device = args.device or device_default()
     specs = resolve_models(args.models, timm_twins=args.timm)
     jobs = plan(specs, args.batch_size, args.resolution, args.precision, args.backend, device)

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import ConfigError
+from . import CUDNN_FLAG_HELP, cudnn_setting
 
 # flag dest -> dotted search-config key
 _FLAG_KEYS = {
@@ -59,6 +60,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--channels-last", action="store_true", default=None)
     g.add_argument("--deploy", action="store_true", default=None, help="time the deploy rewrite (BN folding, ...)")
     g.add_argument("--throughput-batch", type=int, help="also record images/s at this batch size")
+    g.add_argument("--cudnn-benchmark", metavar="on|off|N", help=CUDNN_FLAG_HELP + " (default: off)")
     g = p.add_argument_group("constraints")
     g.add_argument("--max-latency-ms", type=float)
     g.add_argument("--max-macs", type=float)
@@ -108,6 +110,8 @@ def config_from_args(args):
         overrides["protocol.channels_last"] = True
     if args.deploy:
         overrides["protocol.deploy"] = True
+    if args.cudnn_benchmark is not None:
+        overrides["protocol.cudnn_benchmark"] = cudnn_setting("--cudnn-benchmark", args.cudnn_benchmark)
     if args.no_png:
         overrides["report.png"] = False
     for item in args.set:

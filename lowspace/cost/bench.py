@@ -26,8 +26,8 @@ __all__ = ["BenchJob", "plan", "bench", "bench_row", "write_results", "read_resu
 
 ROW_FIELDS = (
     "model", "implementation", "identity", "params", "macs", "fvcore_macs", "device", "device_name", "backend",
-    "precision", "channels_last", "deploy", "reparam", "cudnn_benchmark", "resolution", "batch_size", "requested_batch_size", "status",
-    "median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "build_s", "wall_s", "iterations", "cached",
+    "precision", "channels_last", "deploy", "reparam", "cudnn_benchmark", "resolution", "batch_size",
+    "requested_batch_size", "status", "median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "build_s", "wall_s", "iterations", "cached",
     "warnings", "error", "measured_at", "fingerprint_key",
 )
 

@@ -48,9 +48,9 @@ class ProtocolSettings:
     architecture's own. throughput_batch: also time this batch size and record images/s (None: skip).
     backend / precision ``auto`` and channels_last / deploy None pick the default protocol for the device
     (:meth:`resolve`). cudnn_benchmark: cuDNN autotuning while a trial's network is built on CUDA. The
-    default, False, times cuDNN's heuristic algorithm choice: a new architecture is measured at batch 1 and
-    200 in 0.7-2.8 s instead of 0.7-7.9 s, and ranks architectures as a second autotuned run does
-    (experiments/bench_presets, harness speed). True (or N: at most N algorithms per convolution) is the
+    default, False, times cuDNN's heuristic algorithm choice: a new architecture is built and timed at
+    batch 1 and 200 in at most 2.8 s on the H100 (up to 8.3 s autotuned), and ranked as a second
+    autotuned run ranks it (experiments/bench_presets, harness speed). True (or N: at most N algorithms per convolution) is the
     protocol of timm's benchmark. options: extra keyword arguments for ``measure`` (e.g. target_spread,
     max_time_s).
     """
