@@ -183,17 +183,20 @@ def speed_table(rows: list[dict], batch: int, metric: str) -> list[str]:
     return lines
 
 
-def harness_section(results: Path) -> list[str]:
-    """One table per harness run (results/harness/*.json: the run's label is the file name)."""
-    paths = sorted((results / "harness").glob("*.json"))
-    if not paths:
+def load_harness_runs(results: Path) -> dict[str, dict]:
+    """The harness runs (results/harness/*.json) by label, the file name, in name order."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted((results / "harness").glob("*.json"))}
+
+
+def harness_section(runs: dict[str, dict]) -> list[str]:
+    """One table per harness run."""
+    if not runs:
         return ["Harness speed: not measured yet (run harness_speed.py)."]
     lines: list[str] = []
-    for path in paths:
-        h = json.loads(path.read_text())
+    for label, h in runs.items():
         c = h["criteria"]
         b0, b1 = c["batch_sizes"]
-        lines += [f"### {path.stem}", "",
+        lines += [f"### {label}", "",
                   ("Timed: `lowspace.deploy` builds (the search's default protocol on CUDA). " if c.get("deploy")
                    else "") +
                   f"cuDNN benchmark: {c.get('cudnn_benchmark')} (an integer = at most that many algorithms tried "
@@ -219,25 +222,24 @@ def harness_section(results: Path) -> list[str]:
     return lines
 
 
-def harness_overview(results: Path) -> list[str]:
+def harness_overview(runs: dict[str, dict]) -> list[str]:
     """One line per harness run: protocol, how many architectures passed, wall time range."""
     import statistics
     lines = ["| run | timed | cuDNN autotuning | passed (<= 5 s, spread <= 2 %) | wall s min / median / max | "
              "max spread |", "|---|---|---|---:|---|---:|"]
-    for path in sorted((results / "harness").glob("*.json")):
-        h = json.loads(path.read_text())
+    for label, h in runs.items():
         c, walls = h["criteria"], [t["wall_s"] for t in h["trials"]]
         spreads = [t[f"b{b}"]["spread"] or 0.0 for t in h["trials"] for b in c["batch_sizes"]]
         bench = c.get("cudnn_benchmark")
         tuning = ("off (heuristic)" if bench is False else f"on ({bench} algorithms)"
                   if isinstance(bench, int) and not isinstance(bench, bool) else "on (10 algorithms)")
-        lines.append(f"| {path.stem} | {'deploy build' if c.get('deploy') else 'model'} | {tuning} | "
+        lines.append(f"| {label} | {'deploy build' if c.get('deploy') else 'model'} | {tuning} | "
                      f"{h['passed']} / {h['trials_n']} | {min(walls):.2f} / {statistics.median(walls):.2f} / "
                      f"{max(walls):.2f} | {_pct(max(spreads))} |")
     return lines
 
 
-def harness_agreement(results: Path, min_archs: int = 8) -> list[str]:
+def harness_agreement(harness_runs: dict[str, dict], min_archs: int = 8) -> list[str]:
     """How two harness runs of the same architectures rank them (Kendall tau) and their latency ratio, per
     precision and batch size; for every pair of runs of one protocol but the cuDNN setting (backend, deploy,
     input size) with at least ``min_archs`` architectures in common."""
@@ -246,11 +248,10 @@ def harness_agreement(results: Path, min_archs: int = 8) -> list[str]:
 
     from lowspace.report.stats import kendall_tau
     runs, protocol = {}, {}
-    for path in sorted((results / "harness").glob("*.json")):
-        h = json.loads(path.read_text())
+    for label, h in harness_runs.items():
         c = h["criteria"]
-        protocol[path.stem] = (c["backend"], c.get("deploy", False), c["img_size"])
-        runs[path.stem] = {(t["arch"], t["precision"], b): t[b]["median_ms"]
+        protocol[label] = (c["backend"], c.get("deploy", False), c["img_size"])
+        runs[label] = {(t["arch"], t["precision"], b): t[b]["median_ms"]
                            for t in h["trials"] for b in (f"b{n}" for n in h["criteria"]["batch_sizes"])
                            if t[b]["median_ms"]}
     lines = ["| run A | run B | precision | batch | archs | Kendall tau | median ms ratio A / B | min - max |",
@@ -306,6 +307,7 @@ def main(argv=None):
     remaining = (results / "remaining.txt").read_text().split() if (results / "remaining.txt").exists() else []
     twin_lines, stats = twin_table(rows)
     ratios = stats["ratios"]
+    harness = load_harness_runs(results)
     lines = [
         "# bench_presets: LowFormer presets (ours and timm's) and peers on one GPU", "",
         f"Device: {fp.get('device')} (driver {fp.get('driver')}, {fp.get('gpu_memory_gib')} GiB), torch "
@@ -325,11 +327,11 @@ def main(argv=None):
         *speed_table(rows, 200, "images_per_s"), "",
         "## Latency, batch 1 (ms per image)", "",
         *speed_table(rows, 1, "median_ms"), "",
-        "## Harness speed", "", *harness_overview(results), "", *harness_section(results), "",
+        "## Harness speed", "", *harness_overview(harness), "", *harness_section(harness), "",
         "### Do the runs rank architectures alike?", "",
         "Runs of the same random architectures in different processes (the cuDNN autotuning state is per "
         "process): the autotuned runs against each other show how much autotuning itself varies.", "",
-        *harness_agreement(results), "",
+        *harness_agreement(harness), "",
         "## Charts", "",
         "throughput.html / throughput.png (batch 200), latency.html / latency.png (batch 1)."
         + "".join(f"\n\nPNG export of {k} FAILED ({v}); only the HTML was written." for k, v in png_errors.items()),
