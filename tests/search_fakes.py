@@ -74,12 +74,10 @@ def fake_engines(epoch_s: float | None = None, oom_over_params: int | None = Non
     def count_macs(cfg, resolution=224):
         return fake_params(cfg) * resolution
 
-    def measure(cfg, device="cpu", batch_size=1, resolution=None, precision="fp32", channels_last=False,
-                backend="eager", deploy=False, cache=True, **options):
+    def measure(cfg, protocol, timing=None, cache=True, **options):
         CALLS["measure"] += 1
-        protocol = dict(device=device, batch_size=batch_size, resolution=resolution or cfg.resolution,
-                        precision=precision, backend=backend, channels_last=channels_last, deploy=deploy,
-                        cudnn_benchmark=options.get("cudnn_benchmark"))
+        batch_size = protocol.batch_size
+        protocol = protocol.record(protocol.resolution or cfg.resolution, cfg.in_chans)
         if oom_over_params is not None and fake_params(cfg) > oom_over_params:
             return FakeMeasurement(status="oom", median_ms=float("nan"), error="CUDA out of memory (fake)",
                                    protocol=protocol, batch_size=batch_size)

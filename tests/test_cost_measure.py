@@ -18,7 +18,9 @@ import torch.nn as nn
 from lowspace import ArchConfig, ConfigError, LowspaceError
 from lowspace.backends import Runner
 from lowspace.cost.cache import MeasurementCache
-from lowspace.cost.measure import FileLock, Measurement, measure, spread_of
+from lowspace.cost import Protocol, Timing
+from lowspace.cost.locks import FileLock
+from lowspace.cost.measure import Measurement, measure, spread_of
 
 TINY = dict(name="tiny", resolution=32, num_classes=10, stem=dict(width=8),
             stages=[dict(width=16, depth=1, block="lowformer", attention=dict(stride=1)),
@@ -64,8 +66,7 @@ def test_cpu_measurement_fields(tiny):
     assert m.iterations >= FAST["min_chunks"] and len(m.chunks_ms) >= FAST["min_chunks"]
     assert m.protocol == {"device": "cpu", "backend": "eager", "precision": "fp32", "channels_last": False,
                           "batch_size": 2, "resolution": 32, "in_chans": 3, "compile_mode": None,
-                          "deploy": False, "deploy_options": None, "reparam": False, "cudnn_benchmark": None,
-                          "harness": m.protocol["harness"]}
+                          "deploy": False, "deploy_options": None, "reparam": False, "cudnn_benchmark": None}
     fp = m.fingerprint
     for key in ("device", "cpu", "torch", "cuda", "cudnn", "timm", "onnxruntime", "python", "torch_threads"):
         assert key in fp
@@ -133,8 +134,7 @@ def test_cuda_event_timing_branch_and_stopping_rule(monkeypatch, totals, chunks,
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     monkeypatch.setattr(_FakeEvent, "script", list(totals))
     runner = Runner(lambda: None, torch.zeros(1), "cuda_graph", "fp32")
-    settings = measure_mod._Settings(target_spread=0.02, chunk_ms=0.01, warmup_ms=0.0, max_time_s=60.0,
-                                     min_chunks=3, max_chunks=6)
+    settings = Timing(target_spread=0.02, chunk_ms=0.01, warmup_ms=0.0, max_time_s=60.0, min_chunks=3, max_chunks=6)
     values, iterations, stats_from, was_noisy = measure_mod._time_runner(runner, torch.device("cuda"), settings)
     assert len(values) == chunks and was_noisy is noisy
     calls = iterations // chunks
@@ -319,9 +319,7 @@ def test_build_and_timing_locks_are_held_in_turn(tmp_path):
     assert measure(Small(), resolution=8, timing_lock=FileLock(tmp_path / "gpu.lock"), **FAST).status == "ok"
 
 
-def _fake_deploy_module(calls):
-    mod = types.ModuleType("lowspace.deploy")
-
+def _fake_deploy(calls):
     class Deployed(nn.Module):
         def __init__(self, model, x):
             super().__init__()
@@ -340,25 +338,19 @@ def _fake_deploy_module(calls):
                           channels_last=channels_last, **options))
         return Deployed(model, torch.randn(batch_size, 3, resolution, resolution))
 
-    mod.deploy = deploy
-    return mod
+    return deploy
 
 
-def test_deploy_calls_lowspace_deploy(tiny, monkeypatch):
+def test_deploy_calls_lowspace_deploy_with_the_protocols_settings(tiny, monkeypatch):
+    from lowspace.cost import measure as measure_mod
     calls = []
-    monkeypatch.setitem(sys.modules, "lowspace.deploy", _fake_deploy_module(calls))
+    monkeypatch.setattr(measure_mod, "_deploy", _fake_deploy(calls))
     m = measure(tiny, batch_size=2, deploy=True, deploy_options={"fold_bn": True}, cache=False, **FAST)
     assert m.status == "ok", m.error
     assert calls == [dict(precision="fp32", batch_size=2, resolution=32, backend="eager", channels_last=False,
-                          fold_bn=True)]
+                          cudnn_benchmark=False, fold_bn=True)]
     assert m.protocol["deploy"] is True and m.protocol["deploy_options"] == {"fold_bn": True}
     assert m.info["deploy"] == {"bn_folded": 3} and m.info["fake"] is True
-
-
-def test_deploy_without_the_deploy_module_is_a_clear_error(tiny, monkeypatch):
-    monkeypatch.setitem(sys.modules, "lowspace.deploy", None)  # makes "import lowspace.deploy" fail
-    with pytest.raises(LowspaceError, match="lowspace.deploy"):
-        measure(tiny, deploy=True, cache=False, **FAST)
 
 
 def test_isolated_measurement_crash_and_timeout():
@@ -390,14 +382,16 @@ def test_warm_up_measures_b0_once_per_protocol_on_cuda_and_nothing_on_cpu(monkey
     calls = []
     monkeypatch.setattr(measure_mod, "measure", lambda *a, **k: calls.append((a, k)))
     monkeypatch.setattr(measure_mod, "_WARM", set())
+    monkeypatch.setattr(measure_mod, "Protocol", lambda **fields: Protocol(**dict(fields, device="cpu",
+                                                                                  backend="eager")))
     assert measure_mod.warm_up("cpu") == 0.0 and calls == []
     measure_mod.warm_up("cuda", precisions=("fp16", "fp32"), batch_sizes=(1, 200))
-    assert [(a[0], k["precision"], k["batch_size"], k["cache"]) for a, k in calls] == [
+    assert [(a[0], a[1].precision, a[1].batch_size, k["cache"]) for a, k in calls] == [
         ("b0", "fp16", 1, False), ("b0", "fp16", 200, False), ("b0", "fp32", 1, False), ("b0", "fp32", 200, False)]
     measure_mod.warm_up("cuda", precisions=("fp16",), batch_sizes=(1, 200))  # already warm: nothing to do
     assert len(calls) == 4
-    measure_mod.warm_up("cuda", precisions=("fp16",), batch_sizes=(1,), deploy=True, cudnn_benchmark=False)
-    assert len(calls) == 5 and calls[-1][1]["deploy"] is True and calls[-1][1]["cudnn_benchmark"] is False
+    measure_mod.warm_up("cuda", precisions=("fp16",), batch_sizes=(1,), deploy=True, cudnn_benchmark=True)
+    assert len(calls) == 5 and calls[-1][0][1].deploy is True and calls[-1][0][1].cudnn_benchmark is True
 
 
 def test_cudnn_benchmark_takes_a_bool_or_an_algorithm_limit():
@@ -425,13 +419,40 @@ def test_cudnn_autotuning_sets_and_restores_torch_settings():
         torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit = saved
 
 
-def test_deploy_measurement_has_one_cudnn_setting():
-    # measure(deploy=True) hands its cudnn_benchmark to deploy(); the same setting in deploy_options is
-    # accepted (and recorded once, in the protocol), a different one is a clear error
-    from lowspace.cost.measure import measure
-    from lowspace.errors import ConfigError
-    with pytest.raises(ConfigError, match="deploy_options.cudnn_benchmark.*cudnn_benchmark=True"):
-        measure("b0", device="cpu", deploy=True, cudnn_benchmark=True, deploy_options={"cudnn_benchmark": False})
-    m = measure("b0", device="cpu", resolution=32, deploy=True, deploy_options={"cudnn_benchmark": False},
-                cache=False, max_time_s=0.2)
-    assert m.status == "ok" and m.protocol["deploy_options"] == {}
+def test_protocol_objects_and_keyword_form_are_one_protocol(tiny):
+    by_keywords = measure(tiny, batch_size=2, resolution=24, cache=False, **FAST)
+    by_objects = measure(tiny, Protocol(batch_size=2, resolution=24), Timing(**FAST), cache=False)
+    assert by_keywords.protocol == by_objects.protocol
+    changed = measure(tiny, Protocol(batch_size=2), Timing(**FAST), batch_size=3, cache=False)  # fields override
+    assert changed.protocol["batch_size"] == 3 and changed.protocol["resolution"] == 32
+    with pytest.raises(ConfigError, match="a lowspace.cost.Protocol"):
+        measure(tiny, "cpu")
+
+
+@pytest.mark.parametrize("fields, path", [
+    (dict(deploy_options={"fold_bn": True}), "deploy_options"),                   # without deploy=True
+    (dict(deploy=True, deploy_options={"cudnn_benchmark": True}), "deploy_options.cudnn_benchmark"),
+    (dict(backend="compile", compile_mode="fastest"), "compile_mode"),
+    (dict(channels_last="yes"), "channels_last"),
+    (dict(cudnn_benchmark=0), "cudnn_benchmark"),
+])
+def test_protocol_rejects_bad_fields(fields, path):
+    with pytest.raises(ConfigError) as info:
+        Protocol(**fields)
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize("fields, path", [
+    (dict(target_spread=0), "target_spread"), (dict(min_chunks=1), "min_chunks"),
+    (dict(min_chunks=5, max_chunks=4), "max_chunks"), (dict(warmup_ms=-1), "warmup_ms"),
+    (dict(max_time_s=0), "max_time_s"),
+])
+def test_timing_rejects_bad_fields(fields, path):
+    with pytest.raises(ConfigError) as info:
+        Timing(**fields)
+    assert info.value.path == path
+
+
+def test_timing_fills_device_defaults_only_where_unset():
+    assert Timing(chunk_ms=5.0).for_device("cpu") == Timing(chunk_ms=5.0, warmup_ms=100.0, max_time_s=10.0)
+    assert Timing().for_device("cuda") == Timing(chunk_ms=40.0, warmup_ms=50.0, max_time_s=3.0)

@@ -52,7 +52,7 @@ def test_complete_trial_records_everything_as_json():
     assert a["latency_ms"] == pytest.approx(t.values[1])
     assert a["accuracy"] == pytest.approx(t.values[0])
     assert a["protocol"]["device"] == "cpu" and a["protocol"]["batch_size"] == 1
-    assert a["protocol"]["cudnn_benchmark"] is False  # the search's default: cuDNN's heuristic choice
+    assert (a["protocol"]["backend"], a["protocol"]["precision"]) == ("eager", "fp32")  # "auto" on CPU
     assert a["fingerprint"]["torch"] == "fake"
     assert a["proxy"]["epochs_run"] == 4 and len(a["proxy"]["history"]) == 4
     assert {"sample_s", "count_s", "latency_s", "train_s", "total_s"} <= set(a["timings"])
@@ -189,6 +189,20 @@ def test_pareto_halving_stops_dominated_candidates():
     assert t.state == TrialState.PRUNED
     assert t.user_attrs["status"] == "stopped" and "halving" in t.user_attrs["reason"]
     assert t.user_attrs["proxy"]["epochs_run"] == 1
+
+
+def test_protocol_settings_map_onto_the_cost_protocol_and_timing():
+    from lowspace.cost import Protocol, Timing
+    from lowspace.errors import ConfigError
+    config = _config(protocol={"batch_size": 4, "resolution": 48, "cudnn_benchmark": 3,
+                               "options": {"target_spread": 0.1, "reparam": True, "isolate": True}})
+    pipe = TrialPipeline(load_space("demo"), config, engines=search_fakes.fake_engines())
+    assert pipe.protocol == Protocol(device="cpu", batch_size=4, resolution=48, reparam=True, cudnn_benchmark=3)
+    assert pipe.timing == Timing(target_spread=0.1) and pipe.run_options == {"isolate": True}
+    with pytest.raises(ConfigError, match="did you mean 'warmup_ms'") as info:
+        TrialPipeline(load_space("demo"), _config(protocol={"options": {"warmup": 5}}),
+                      engines=search_fakes.fake_engines())
+    assert info.value.path == "protocol.options.warmup"
 
 
 def test_jsonable_and_accuracy_helpers():

@@ -85,7 +85,7 @@ def measure_job(job, args, build_lock=None, timing_lock=None):
     m = measure(spec, device=args.device, batch_size=job["batch"], resolution=args.img_size,
                 precision=job["precision"], channels_last=True, backend=job["backend"], cache=False,
                 oom_retry=True, reparam=not args.no_reparam, target_spread=args.target_spread,
-                build_lock=build_lock, timing_lock=timing_lock)
+                cudnn_benchmark=True, build_lock=build_lock, timing_lock=timing_lock)
     row = bench_row(spec, {}, m)
     row.update(model=job["label"], job=job["key"], family=job["family"], preset=job["preset"],
                spec=job["spec"], info=m.info, chunks_ms=m.chunks_ms)

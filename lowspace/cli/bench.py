@@ -32,7 +32,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode for compile backends (default: default)")
     p.add_argument("--deploy", action="store_true", help="time the deployed model (lowspace.deploy: BN folding ...)")
-    p.add_argument("--cudnn-benchmark", default="on", metavar="on|off|N", help=CUDNN_FLAG_HELP + " (default: on)")
+    p.add_argument("--cudnn-benchmark", default=None, metavar="on|off|N", help=CUDNN_FLAG_HELP + " (default: off)")
     p.add_argument("--reparam", action="store_true",
                    help="re-parameterize re-parameterizable models first (timm's reparameterize_model: FastViT, "
                         "RepViT ...; no change for LowFormer)")
@@ -43,7 +43,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--isolate", action="store_true", help="measure each row in a fresh process")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-row limit with --isolate")
     p.add_argument("--no-retry", action="store_true", help="on CUDA OOM do not retry with a halved batch")
-    p.add_argument("--target-spread", type=float, default=0.02, help="stop timing at this spread (default 0.02)")
+    p.add_argument("--target-spread", type=float, default=None, help="stop timing at this spread (default 0.02)")
     p.add_argument("--max-time", type=float, default=None, metavar="S", help="timing cap per row in seconds")
     p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
                    help="time per timed chunk (default: 40 on CUDA, 100 on CPU)")
@@ -91,18 +91,33 @@ def results_table(rows) -> Table:
     return table
 
 
+def _protocol_and_timing(args):
+    """The base protocol (the first precision, backend and batch size; plan() varies them) and timing."""
+    from ..cost import Protocol, Timing
+    from ..cost.bench import device_default
+    protocol = Protocol(device=args.device or device_default(), backend=args.backend[0],
+                        precision=args.precision[0], channels_last=args.channels_last,
+                        batch_size=args.batch_size[0],
+                        resolution=args.resolution, deploy=args.deploy, reparam=args.reparam,
+                        compile_mode=args.compile_mode,
+                        **({} if args.cudnn_benchmark is None else
+                           {"cudnn_benchmark": cudnn_setting("--cudnn-benchmark", args.cudnn_benchmark)}))
+    timing = {"target_spread": args.target_spread, "max_time_s": args.max_time, "chunk_ms": args.chunk_ms}
+    timing = Timing(**{k: v for k, v in timing.items() if v is not None})
+    return protocol, timing
+
+
 def run(args) -> int:
-    from ..cost.bench import bench, device_default, plan, resolve_models, write_results
+    from ..cost.bench import bench, plan, resolve_models, write_results
     from ..cost.fingerprint import fingerprint_key
 
     _check_names("--backend", args.backend, BACKENDS)
     _check_names("--precision", args.precision, PRECISIONS)
     if args.results_file and not args.results_file.lower().endswith((".csv", ".json")):
         raise ConfigError("--results-file", args.results_file, "a file name ending in .csv or .json")
-    cudnn_benchmark = cudnn_setting("--cudnn-benchmark", args.cudnn_benchmark)
-    device = args.device or device_default()
+    protocol, timing = _protocol_and_timing(args)
     specs = resolve_models(args.models, timm_twins=args.timm)
-    jobs = plan(specs, args.batch_size, args.resolution, args.precision, args.backend, device)
+    jobs = plan(specs, protocol, args.batch_size, args.precision, args.backend)
     cache = False if args.no_cache else (args.cache_path or True)
 
     console = Console(width=max(Console().width, 170))
@@ -115,13 +130,9 @@ def run(args) -> int:
                         disable=args.no_progress or not err_console.is_terminal)
     with progress:
         task = progress.add_task("bench", total=len(jobs))
-        runs = bench(jobs, device=device, channels_last=args.channels_last, deploy=args.deploy,
-                     fvcore=not args.no_fvcore, cache=cache, reparam=args.reparam, isolate=args.isolate,
-                     timeout_s=args.timeout,
-                     oom_retry=not args.no_retry, target_spread=args.target_spread, max_time_s=args.max_time,
-                     chunk_ms=args.chunk_ms,
-                     compile_mode=args.compile_mode, cudnn_benchmark=cudnn_benchmark,
-                     on_start=lambda job: progress.update(task, description=job.label))
+        runs = bench(jobs, timing, fvcore=not args.no_fvcore, on_start=lambda job: progress.update(
+            task, description=job.label), cache=cache, isolate=args.isolate, timeout_s=args.timeout,
+            oom_retry=not args.no_retry)
         for row, m in runs:
             rows.append(row)
             if m.fingerprint:
@@ -134,7 +145,7 @@ def run(args) -> int:
             err_console.print(f"{r['model']} {r['backend']} {r['precision']} b{r['requested_batch_size']}: "
                               f"{r['status']}: {text}", markup=False, highlight=False)
     if args.results_file:
-        meta = {"args": {k: v for k, v in vars(args).items() if k != "func"}, "device": device}
+        meta = {"args": {k: v for k, v in vars(args).items() if k != "func"}, "device": protocol.device}
         path = write_results(rows, args.results_file, fingerprints, meta)
         console.print(f"wrote {len(rows)} rows to {path}")
     return 1 if any(r["status"] == "error" for r in rows) else 0

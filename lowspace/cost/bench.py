@@ -14,12 +14,12 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
-from ..backends import check_protocol
 from ..errors import ConfigError, LowspaceError
 from ..io import atomic_path, atomic_write_json
 from .count import count_all
 from .fingerprint import fingerprint_key
 from .measure import Measurement, measure
+from .protocol import Protocol, Timing
 from .spec import TIMM_PREFIX, ModelSpec, resolve_spec
 
 __all__ = ["BenchJob", "plan", "bench", "bench_row", "write_results", "read_results", "ROW_FIELDS"]
@@ -27,25 +27,23 @@ __all__ = ["BenchJob", "plan", "bench", "bench_row", "write_results", "read_resu
 ROW_FIELDS = (
     "model", "implementation", "identity", "params", "macs", "fvcore_macs", "device", "device_name", "backend",
     "precision", "channels_last", "deploy", "reparam", "cudnn_benchmark", "resolution", "batch_size",
-    "requested_batch_size", "status", "median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "build_s", "wall_s", "iterations", "cached",
-    "warnings", "error", "measured_at", "fingerprint_key",
+    "requested_batch_size", "status", "median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "build_s", "wall_s",
+    "iterations", "cached", "warnings", "error", "measured_at", "fingerprint_key",
 )
 
 
 @dataclass(frozen=True)
 class BenchJob:
-    """One measurement of a bench run."""
+    """One measurement of a bench run: a network under a protocol (resolution filled in)."""
 
     spec: ModelSpec
-    resolution: int
-    batch_size: int
-    precision: str
-    backend: str
+    protocol: Protocol
 
     @property
     def label(self) -> str:
-        return (f"{self.spec.name} [{self.spec.implementation}] {self.backend} {self.precision} "
-                f"b{self.batch_size} {self.resolution}px")
+        p = self.protocol
+        return (f"{self.spec.name} [{self.spec.implementation}] {p.backend} {p.precision} "
+                f"b{p.batch_size} {p.resolution}px")
 
 
 def resolve_models(models: Sequence[Any], timm_twins: bool = False) -> list[ModelSpec]:
@@ -61,22 +59,16 @@ def resolve_models(models: Sequence[Any], timm_twins: bool = False) -> list[Mode
     return specs
 
 
-def plan(specs: Sequence[ModelSpec], batch_sizes: Sequence[int] = (1,), resolution: int | None = None,
-         precisions: Sequence[str] = ("fp32",), backends: Sequence[str] = ("eager",),
-         device: str = "cpu") -> list[BenchJob]:
-    """Every (network, precision, backend, batch) job, after checking each protocol is valid on ``device``."""
-    for b in batch_sizes:
-        if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-            raise ConfigError("batch_size", b, "integers >= 1")
-    if resolution is not None and (not isinstance(resolution, int) or resolution < 1):
-        raise ConfigError("resolution", resolution, "a positive integer")
-    for backend, precision in itertools.product(backends, precisions):
-        check_protocol(backend, precision, device)
+def plan(specs: Sequence[ModelSpec], protocol: Protocol, batch_sizes: Sequence[int] = (1,),
+         precisions: Sequence[str] = ("fp32",), backends: Sequence[str] = ("eager",)) -> list[BenchJob]:
+    """Every (network, precision, backend, batch) job: ``protocol`` with those fields replaced, each
+    combination validated before anything runs."""
+    variants = [protocol.replace(precision=precision, backend=backend, batch_size=bs)
+                for precision, backend, bs in itertools.product(precisions, backends, batch_sizes)]
     jobs = []
     for spec in specs:
-        res = spec.default_resolution if resolution is None else resolution
-        for precision, backend, bs in itertools.product(precisions, backends, batch_sizes):
-            jobs.append(BenchJob(spec, res, bs, precision, backend))
+        res = spec.default_resolution if protocol.resolution is None else protocol.resolution
+        jobs.extend(BenchJob(spec, v.replace(resolution=res)) for v in variants)
     return jobs
 
 
@@ -98,20 +90,19 @@ def bench_row(spec: ModelSpec, counts: dict[str, Any], m: Measurement) -> dict[s
     }
 
 
-def bench(jobs: Iterable[BenchJob], device: str = "cpu", channels_last: bool = False, deploy: bool = False,
-          fvcore: bool = True, on_start: Callable[[BenchJob], None] | None = None,
-          **measure_kwargs) -> Iterator[tuple[dict[str, Any], Measurement]]:
-    """Measure every job; yields (row, measurement). Counts are computed once per network and resolution."""
+def bench(jobs: Iterable[BenchJob], timing: Timing | None = None, fvcore: bool = True,
+          on_start: Callable[[BenchJob], None] | None = None,
+          **run_options) -> Iterator[tuple[dict[str, Any], Measurement]]:
+    """Measure every job; yields (row, measurement). Counts are computed once per network and resolution.
+    ``run_options`` go to :func:`~lowspace.cost.measure.measure` (cache, oom_retry, isolate, ...)."""
     counts: dict[tuple[int, int], dict[str, Any]] = {}
     for job in jobs:
         if on_start is not None:
             on_start(job)
-        key = (id(job.spec), job.resolution)
+        key = (id(job.spec), job.protocol.resolution)
         if key not in counts:
-            counts[key] = count_all(job.spec, job.resolution, fvcore=fvcore)
-        m = measure(job.spec, device=device, batch_size=job.batch_size, resolution=job.resolution,
-                    precision=job.precision, channels_last=channels_last, backend=job.backend, deploy=deploy,
-                    **measure_kwargs)
+            counts[key] = count_all(job.spec, job.protocol.resolution, fvcore=fvcore)
+        m = measure(job.spec, job.protocol, timing, **run_options)
         yield bench_row(job.spec, counts[key], m), m
 
 

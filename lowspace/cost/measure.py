@@ -1,40 +1,21 @@
-"""Latency and throughput under a declared protocol, with adaptive repeats, OOM handling and a cache.
+"""Latency and throughput of a network under a :class:`~lowspace.cost.protocol.Protocol`, with adaptive
+repeats, OOM handling and a cache. docs/measurement.md describes the method; in short:
 
-How a number is taken:
+1. The network is built on the device (random weights) and prepared by its backend (or deployed, with
+   ``deploy=True``); graph-captured backends check their first replay against the eager output.
+2. Warm-up for ``warmup_ms``, which also estimates one call's time.
+3. Timing in chunks of back-to-back calls sized to about ``chunk_ms``, until the spread of the last
+   ``min_chunks`` chunk values is within ``target_spread`` (or a cap is reached, with a warning).
 
-1. The network is built directly on the device (random weights) and handed to
-   :func:`lowspace.backends.prepare` (or to :func:`lowspace.deploy.deploy` with ``deploy=True``), which
-   returns a runner for a static input. Graph-captured backends check their first replay against eager
-   output. On CUDA, cuDNN autotunes new convolution shapes unless ``cudnn_benchmark=False`` (cuDNN's
-   heuristic choice, 2-3x faster builds; the search's default); the setting is recorded in the protocol.
-2. Warm-up: the runner runs (synchronized) for ``warmup_ms``; that also estimates one call's time.
-3. Timing in *chunks* of back-to-back calls sized to about ``chunk_ms`` of device time, timed with CUDA
-   events on GPU (wall clock after a synchronize for onnxruntime, whose CUDA work runs on its own stream)
-   and ``time.perf_counter`` on CPU. A chunk's value is its mean time per call.
-4. *Spread* = (max - min) / median over the last ``min_chunks`` chunk values. Timing stops as soon as the
-   spread is at most ``target_spread`` (default 2%); median / p10 / p90 / spread are then those of that
-   window. If ``max_chunks`` or ``max_time_s`` is reached first, they are computed over every chunk and a
-   warning says the machine is too noisy for the target.
-
-``median_ms`` is milliseconds per batch; ``images_per_s = batch_size * 1000 / median_ms``.
-
-A CUDA out-of-memory error gives ``status="oom"`` (with ``oom_retry`` the batch is halved until it fits,
-as timm's benchmark does; the batch used is ``batch_size``, the one asked ``requested_batch_size``).
-Any other failure while building or running gives ``status="error"`` with the message. Invalid
-arguments (unknown backend, precision, device, model name) raise :class:`~lowspace.errors.ConfigError`
-before anything runs. ``isolate=True`` runs the measurement in a fresh process (``spawn``): a crash there
-becomes ``status="error"`` and leaves this process untouched.
-
-Successful measurements of networks with a known identity (our configs, timm names, LowFormer modules)
-are cached by (identity, protocol, environment fingerprint); see :mod:`lowspace.cost.cache`.
+A CUDA out-of-memory error gives ``status="oom"`` (with ``oom_retry`` the batch is halved until it fits);
+any other failure while building or running gives ``status="error"``. Invalid arguments raise
+:class:`~lowspace.errors.ConfigError` before anything runs. ``isolate=True`` measures in a fresh process.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import gc
-import importlib
-import math
 import multiprocessing
 import signal
 import statistics
@@ -43,25 +24,19 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Any, ContextManager
 
+import numpy as np
 import torch
 
-from ..backends import Runner, check_cudnn_benchmark, check_protocol, cudnn_autotuning, prepare
-from ..errors import ConfigError, LowspaceError, unknown_key_error
-from .cache import CacheError, MeasurementCache
+from ..backends import Runner, cudnn_autotuning, prepare
+from ..errors import ConfigError, unknown_key_error
+from .cache import CacheError, MeasurementCache, protocol_key
 from .fingerprint import fingerprint, fingerprint_key
-from .locks import DeviceGate, FileLock  # noqa: F401 - re-exported for measure(timing_lock=...)
+from .protocol import COMPILE_BACKENDS, PROTOCOL_FIELDS, TIMING_FIELDS, Protocol, Timing, split_fields
 from .spec import ModelSpec, resolve_spec
 
-__all__ = ["Measurement", "measure", "warm_up", "FileLock", "DeviceGate", "spread_of", "HARNESS_VERSION"]
-
-# Bumped when the timing method changes in a way that makes older cached numbers incomparable.
-HARNESS_VERSION = 1
-
-# Defaults per device type: (chunk_ms, warmup_ms, max_time_s)
-_DEFAULTS = {"cuda": (40.0, 50.0, 3.0), "cpu": (100.0, 100.0, 10.0)}
-
+__all__ = ["Measurement", "measure", "resolve_protocol", "warm_up", "spread_of", "RUN_OPTIONS"]
 
 @dataclass
 class Measurement:
@@ -105,48 +80,7 @@ class Measurement:
 def spread_of(values: list[float]) -> float:
     """(max - min) / median: the spread used for the stopping rule and reported."""
     med = statistics.median(values)
-    return (max(values) - min(values)) / med if med > 0 else math.inf
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
-# ==================================================================== argument checks
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(name, value, f"an integer >= {low}")
-    return value
-
-
-def _check_positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ConfigError(name, value, "a positive number")
-    return float(value)
-
-
-@dataclass
-class _Settings:
-    target_spread: float
-    chunk_ms: float
-    warmup_ms: float
-    max_time_s: float
-    min_chunks: int
-    max_chunks: int
-
-
-def _deploy_fn() -> Callable:
-    try:
-        module = importlib.import_module("lowspace.deploy")
-    except ModuleNotFoundError as err:
-        if err.name in ("lowspace.deploy", "lowspace"):
-            raise LowspaceError("deploy=True needs lowspace.deploy (the deploy module, issue 8), which this "
-                                "installation does not have yet; measure with deploy=False") from None
-        raise
-    return module.deploy
+    return (max(values) - min(values)) / med if med > 0 else float("inf")
 
 
 def _open_cache(cache) -> MeasurementCache | None:
@@ -161,149 +95,116 @@ def _open_cache(cache) -> MeasurementCache | None:
     raise ConfigError("cache", cache, "True, False, a path or a MeasurementCache")
 
 
+def _deploy(model, **kwargs):
+    from ..deploy import deploy
+    return deploy(model, **kwargs)
+
+
+RUN_OPTIONS = ("cache", "oom_retry", "isolate", "timeout_s", "timing_lock", "build_lock", "cache_key")
+
+
+def resolve_protocol(protocol: Protocol | None = None, timing: Timing | None = None, where: str = "measure",
+                     **fields) -> tuple[Protocol, Timing]:
+    """``protocol`` and ``timing`` (defaults where None) with keyword ``fields`` applied to the one that
+    owns each; an unknown name is a ConfigError at ``where.NAME`` naming the valid ones."""
+    if protocol is not None and not isinstance(protocol, Protocol):
+        raise ConfigError("protocol", protocol, "a lowspace.cost.Protocol, or keyword arguments such as "
+                                                "device='cuda', batch_size=200")
+    if timing is not None and not isinstance(timing, Timing):
+        raise ConfigError("timing", timing, "a lowspace.cost.Timing, or keyword arguments such as "
+                                            "target_spread=0.02")
+    protocol_fields, timing_fields, unknown = split_fields(fields)
+    if unknown:
+        raise unknown_key_error(where, next(iter(unknown)), PROTOCOL_FIELDS + TIMING_FIELDS + RUN_OPTIONS)
+    protocol = Protocol(**protocol_fields) if protocol is None else protocol.replace(**protocol_fields)
+    timing = Timing(**timing_fields) if timing is None else dataclasses.replace(timing, **timing_fields)
+    return protocol, timing
+
+
 # ==================================================================== public entry point
-def measure(model_or_config: Any, device: str | torch.device = "cpu", batch_size: int = 1,
-            resolution: int | None = None, precision: str = "fp32", channels_last: bool = False,
-            backend: str = "eager", deploy: bool = False, cache: bool | str | Path | MeasurementCache = True, *,
-            reparam: bool = False, compile_mode: str | None = None, deploy_options: dict[str, Any] | None = None,
-            target_spread: float = 0.02, chunk_ms: float | None = None, warmup_ms: float | None = None,
-            max_time_s: float | None = None, min_chunks: int = 5, max_chunks: int = 50,
-            cudnn_benchmark: bool | int | None = None, oom_retry: bool = False, isolate: bool = False,
+def measure(model_or_config: Any, protocol: Protocol | None = None, timing: Timing | None = None, *,
+            cache: bool | str | Path | MeasurementCache = True, oom_retry: bool = False, isolate: bool = False,
             timeout_s: float | None = None, timing_lock: ContextManager | None = None,
-            build_lock: ContextManager | None = None, cache_key: str | None = None, **unknown) -> Measurement:
-    """Time one forward pass of a network under a protocol; see the module docstring for the method.
+            build_lock: ContextManager | None = None, cache_key: str | None = None, **fields) -> Measurement:
+    """Time one forward pass of a network under a protocol.
+
+    ``measure("b1", device="cuda", batch_size=200, precision="fp16", channels_last=True,
+    backend="cuda_graph")`` builds the :class:`Protocol` (and :class:`Timing`) from keyword arguments;
+    ``measure(cfg, protocol, timing, batch_size=1)`` starts from given objects and changes single fields.
 
     Args:
         model_or_config: ArchConfig, dict, preset name, YAML path, timm model name (``timm:NAME`` forces
-            timm), or an ``nn.Module`` (measured as given, moved to ``device``).
-        device, batch_size, resolution (None: the network's own), precision (fp32 | fp16 | bf16),
-            channels_last, backend (eager | cuda_graph | compile | compile_cuda_graph | torchscript |
-            onnxruntime), compile_mode: the protocol (see :mod:`lowspace.backends`).
-        deploy: time ``lowspace.deploy.deploy(model, ...)`` (BN folding etc.) with ``deploy_options``.
-        reparam: first apply timm's ``reparameterize_model`` (the inference form of re-parameterizable
-            peers such as FastViT / RepViT, as timm's benchmark ``--reparam``; no change for LowFormer).
+            timm), or an ``nn.Module`` (measured as given, moved to the device).
+        protocol, timing: see :mod:`lowspace.cost.protocol`; ``fields`` are their field names.
         cache: True (default location), False, a path, or a :class:`MeasurementCache`.
-        target_spread, chunk_ms, warmup_ms, max_time_s, min_chunks, max_chunks: the stopping rule.
-        cudnn_benchmark: cuDNN autotuning on CUDA (default on); an int N turns it on and tries at most N
-            algorithms per convolution (``torch.backends.cudnn.benchmark_limit``; torch's default is 10):
-            shorter builds for architectures with many new convolution shapes.
         oom_retry: on CUDA OOM, halve the batch until it fits (throughput runs).
         isolate: run in a fresh process; ``timeout_s`` bounds it (then status "error").
-        timing_lock: a context manager held during warm-up and timing only (e.g. :class:`FileLock`).
-        build_lock: a context manager held while building (model, backend preparation, compilation);
-            with a shared build lock and an exclusive timing lock, several processes can compile at
-            once while no one builds when one of them times.
+        timing_lock: a context manager held during warm-up and timing only.
+        build_lock: a context manager held while building (model, backend preparation, compilation).
         cache_key: identity to cache an anonymous ``nn.Module`` under.
     """
     start = time.perf_counter()
-    if unknown:  # options often come from YAML protocol settings: name the bad key and the valid ones
-        import inspect
-        valid = [n for n in inspect.signature(measure).parameters if n not in ("model_or_config", "unknown")]
-        raise unknown_key_error("measure", next(iter(unknown)), valid)
-    dev = check_protocol(backend, precision, device)
-    batch_size = _check_int("batch_size", batch_size, 1)
+    protocol, timing = resolve_protocol(protocol, timing, **fields)
+    timing = timing.for_device(protocol.device_type)
     spec = resolve_spec(model_or_config)
-    res = spec.default_resolution if resolution is None else _check_int("resolution", resolution, 1)
-    if deploy_options is not None and not isinstance(deploy_options, dict):
-        raise ConfigError("deploy_options", deploy_options, "a dict of keyword arguments for deploy()")
-    if compile_mode is not None and backend not in ("compile", "compile_cuda_graph"):
-        compile_mode = None
-    chunk_d, warm_d, time_d = _DEFAULTS["cuda" if dev.type == "cuda" else "cpu"]
-    settings = _Settings(
-        target_spread=_check_positive("target_spread", target_spread),
-        chunk_ms=_check_positive("chunk_ms", chunk_d if chunk_ms is None else chunk_ms),
-        warmup_ms=float(warm_d if warmup_ms is None else warmup_ms),
-        max_time_s=_check_positive("max_time_s", time_d if max_time_s is None else max_time_s),
-        min_chunks=_check_int("min_chunks", min_chunks, 2),
-        max_chunks=_check_int("max_chunks", max_chunks, min_chunks),
-    )
-    if deploy and "cudnn_benchmark" in (deploy_options or {}):  # one setting, recorded once in the protocol
-        deploy_options = dict(deploy_options)
-        chosen = deploy_options.pop("cudnn_benchmark")
-        if cudnn_benchmark is not None and chosen != cudnn_benchmark:
-            raise ConfigError("deploy_options.cudnn_benchmark", chosen,
-                              f"the same as measure(cudnn_benchmark={cudnn_benchmark!r}), or left out")
-        cudnn_benchmark = chosen
-    if cudnn_benchmark is None:
-        cudnn_benchmark = dev.type == "cuda"
-    cudnn_benchmark = check_cudnn_benchmark("cudnn_benchmark", cudnn_benchmark)
-    protocol = {
-        "device": dev.type, "backend": backend, "precision": precision, "channels_last": bool(channels_last),
-        "batch_size": batch_size, "resolution": res, "in_chans": spec.in_chans,
-        "compile_mode": ((compile_mode or "default") if backend in ("compile", "compile_cuda_graph") and not deploy
-                         else None),  # deploy() has its own compile settings, in deploy_options
-        "deploy": bool(deploy), "deploy_options": dict(deploy_options or {}) if deploy else None,
-        "reparam": bool(reparam),
-        "cudnn_benchmark": cudnn_benchmark if dev.type == "cuda" else None,
-        "harness": HARNESS_VERSION,
-    }
-    if deploy:
-        _deploy_fn()  # fail early and clearly if the deploy module is missing
-    fp = fingerprint(dev)
-    identity = cache_key or spec.identity(res)
+    resolution = spec.default_resolution if protocol.resolution is None else protocol.resolution
+    record = protocol.record(resolution, spec.in_chans)
+    fp = fingerprint(protocol.device)
+    identity = cache_key or spec.identity(resolution)
     store = _open_cache(cache) if identity is not None else None
     notes: list[str] = []
     if store is not None:
         try:
-            record = store.get(identity, protocol, fingerprint_key(fp))
+            hit = store.get(identity, record, fingerprint_key(fp))
         except CacheError as err:
             notes.append(f"cache not used: {err}")
-            store, record = None, None
-        if record is not None and record.get("status") == "ok":
-            hit = Measurement.from_dict(record)
-            hit.cached = True
-            return hit
+            store, hit = None, None
+        if hit is not None and hit.get("status") == "ok":
+            return dataclasses.replace(Measurement.from_dict(hit), cached=True)
 
-    args = dict(spec=spec, dev=str(dev), batch_size=batch_size, res=res, precision=precision,
-                channels_last=bool(channels_last), backend=backend, deploy=bool(deploy), reparam=bool(reparam),
-                deploy_options=dict(deploy_options or {}), compile_mode=compile_mode, settings=settings,
-                cudnn_benchmark=cudnn_benchmark, oom_retry=oom_retry, timing_lock=timing_lock,
-                build_lock=build_lock)
-    if isolate:
-        result = _measure_isolated(args, timeout_s)
-    else:
-        result = _measure_local(**args)
-    result.protocol, result.fingerprint = protocol, fp
+    args = dict(spec=spec, protocol=protocol, timing=timing, resolution=resolution, oom_retry=oom_retry,
+                timing_lock=timing_lock, build_lock=build_lock)
+    result = _measure_isolated(args, timeout_s) if isolate else _measure_local(**args)
+    result.protocol, result.fingerprint = record, fp
     result.name, result.identity = spec.name, identity
-    result.requested_batch_size = batch_size
+    result.requested_batch_size = protocol.batch_size
     result.warnings = notes + result.warnings
     result.measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     result.wall_s = time.perf_counter() - start
     # A measurement that missed its spread target is returned but not cached: a noisy moment must not
     # become the architecture's latency for every later study.
-    if store is not None and result.status == "ok" and result.spread <= settings.target_spread:
+    if store is not None and result.status == "ok" and result.spread <= timing.target_spread:
         try:
-            store.put(identity, protocol, fingerprint_key(fp), result.to_dict())
+            store.put(identity, record, fingerprint_key(fp), result.to_dict())
         except CacheError as err:
             result.warnings.append(f"not cached: {err}")
     return result
 
 
-_WARM: set[tuple] = set()
+_WARM: set[str] = set()
 
 
 def warm_up(device: str | torch.device = "cuda", precisions: tuple[str, ...] = ("fp16",),
             batch_sizes: tuple[int, ...] = (1, 200), backend: str = "cuda_graph", channels_last: bool = True,
-            resolution: int = 224, deploy: bool = False, cudnn_benchmark: bool | int | None = None) -> float:
+            resolution: int = 224, deploy: bool = False, cudnn_benchmark: bool | int = False) -> float:
     """Pay a process's one-off costs of measuring before the first real measurement; returns seconds spent.
 
-    The first network a process times on a GPU also loads the kernels cuDNN tries while autotuning and
-    creates the cuBLAS / cuDNN handles (seconds, once per precision): measuring the B0 preset once under the
-    same protocol takes that cost out of the first architecture's time. A no-op on CPU and on repeats.
+    The first network a process times on a GPU also loads cuDNN's kernels and creates the cuBLAS / cuDNN
+    handles (seconds, once per precision): timing the B0 preset once under the same protocol takes that
+    cost out of the first architecture's time. A no-op on CPU and on repeats.
     """
-    dev = torch.device(device)
-    if dev.type != "cuda":
+    if torch.device(device).type != "cuda":
         return 0.0
     start = time.perf_counter()
     for precision in precisions:
-        for bs in batch_sizes:
-            key = (str(dev), precision, bs, backend, bool(channels_last), resolution, deploy, cudnn_benchmark)
-            if key in _WARM:
-                continue
-            measure("b0", device=dev, batch_size=bs, resolution=resolution, precision=precision,
-                    channels_last=channels_last, backend=backend, deploy=deploy, cudnn_benchmark=cudnn_benchmark,
-                    cache=False, min_chunks=2, max_time_s=1.0)
-            _WARM.add(key)
+        for batch_size in batch_sizes:
+            protocol = Protocol(device=str(device), backend=backend, precision=precision, channels_last=channels_last,
+                                batch_size=batch_size, resolution=resolution, deploy=deploy,
+                                cudnn_benchmark=cudnn_benchmark)
+            key = protocol_key({**protocol.record(resolution, 0), "device": protocol.device})
+            if key not in _WARM:
+                measure("b0", protocol, Timing(min_chunks=2, max_time_s=1.0), cache=False)
+                _WARM.add(key)
     return time.perf_counter() - start
 
 
@@ -324,20 +225,16 @@ def _free(dev: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _measure_local(spec: ModelSpec, dev: str, batch_size: int, res: int, precision: str, channels_last: bool,
-                   backend: str, deploy: bool, reparam: bool, deploy_options: dict, compile_mode: str | None,
-                   settings: _Settings, cudnn_benchmark: bool | int, oom_retry: bool,
+def _measure_local(spec: ModelSpec, protocol: Protocol, timing: Timing, resolution: int, oom_retry: bool,
                    timing_lock: ContextManager | None, build_lock: ContextManager | None) -> Measurement:
-    device = torch.device(dev)
+    device = torch.device(protocol.device)
     notes: list[str] = []
-    bs = batch_size
+    bs = protocol.batch_size
     collected = False  # memory held by earlier measurements' garbage cycles has been collected
     while True:
         failure = None
         try:
-            result = _measure_once(spec, device, bs, res, precision, channels_last, backend, deploy, reparam,
-                                   deploy_options, compile_mode, settings, cudnn_benchmark, timing_lock,
-                                   build_lock)
+            result = _measure_once(spec, protocol.replace(batch_size=bs), timing, resolution, timing_lock, build_lock)
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - every runtime failure becomes a result, never a crash
@@ -359,57 +256,61 @@ def _measure_local(spec: ModelSpec, dev: str, batch_size: int, res: int, precisi
         return Measurement(status=status, batch_size=bs, error=message[:2000], warnings=notes, info=info)
 
 
-def _measure_once(spec: ModelSpec, device: torch.device, bs: int, res: int, precision: str,
-                  channels_last: bool, backend: str, deploy: bool, reparam: bool, deploy_options: dict,
-                  compile_mode: str | None, settings: _Settings, cudnn_benchmark: bool | int,
+def _build(spec: ModelSpec, p: Protocol, resolution: int) -> tuple[Runner, dict[str, Any]]:
+    """The runner of the network under protocol ``p`` and what the build reported."""
+    device = torch.device(p.device)
+    t0 = time.perf_counter()
+    if p.backend in COMPILE_BACKENDS:
+        # a fresh dynamo state per model: otherwise shared forward code objects hit the recompile
+        # limit after a few models and silently fall back to eager
+        torch._dynamo.reset()
+    model = spec.build(device)
+    if p.reparam:
+        from timm.utils.model import reparameterize_model
+        model = reparameterize_model(model, inplace=spec.module is None)
+    construct_s = time.perf_counter() - t0
+    if p.deploy:
+        deployed = _deploy(model, precision=p.precision, batch_size=p.batch_size, resolution=resolution,
+                           backend=p.backend, channels_last=p.channels_last, cudnn_benchmark=p.cudnn_benchmark,
+                           **p.deploy_options)
+        runner = deployed.runner()
+        deploy_info = dict(getattr(deployed, "info", {}) or {})
+        info = {k: v for k, v in runner.info.items() if k not in deploy_info}
+        info["deploy"] = deploy_info
+    else:
+        example = torch.randn(p.batch_size, spec.in_chans, resolution, resolution, device=device)
+        runner = prepare(model, example, p.backend, p.precision, p.channels_last, p.compile_mode)
+        info = dict(runner.info)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    build_s = time.perf_counter() - t0
+    info.update(construct_s=round(construct_s, 4), prepare_s=round(build_s - construct_s, 4), build_s=build_s)
+    return runner, info
+
+
+def _measure_once(spec: ModelSpec, p: Protocol, timing: Timing, resolution: int,
                   timing_lock: ContextManager | None, build_lock: ContextManager | None) -> Measurement:
-    autotuning = cudnn_autotuning(cudnn_benchmark) if device.type == "cuda" else contextlib.nullcontext()
-    with autotuning:
+    cuda = p.device_type == "cuda"
+    with cudnn_autotuning(p.cudnn_benchmark) if cuda else contextlib.nullcontext():
         with build_lock if build_lock is not None else contextlib.nullcontext():
-            t0 = time.perf_counter()
-            if backend in ("compile", "compile_cuda_graph"):
-                # a fresh dynamo state per model: otherwise shared forward code objects hit the recompile
-                # limit after a few models and silently fall back to eager
-                torch._dynamo.reset()
-            model = spec.build(device)
-            if reparam:
-                from timm.utils.model import reparameterize_model
-                model = reparameterize_model(model, inplace=spec.module is None)
-            construct_s = time.perf_counter() - t0
-            if deploy:
-                if device.type == "cuda":
-                    deploy_options = {**deploy_options, "cudnn_benchmark": cudnn_benchmark}
-                deployed = _deploy_fn()(model, precision=precision, batch_size=bs, resolution=res,
-                                        backend=backend, channels_last=channels_last, **deploy_options)
-                runner = deployed.runner()
-                deploy_info = dict(getattr(deployed, "info", {}) or {})
-                info = {k: v for k, v in runner.info.items() if k not in deploy_info}
-                info["deploy"] = deploy_info
-            else:
-                example = torch.randn(bs, spec.in_chans, res, res, device=device)
-                runner = prepare(model, example, backend, precision, channels_last, compile_mode)
-                info = dict(runner.info)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            build_s = time.perf_counter() - t0
-        info.update(construct_s=round(construct_s, 4), prepare_s=round(build_s - construct_s, 4))
+            runner, info = _build(spec, p, resolution)
         with timing_lock if timing_lock is not None else contextlib.nullcontext():
-            chunks, iterations, stats_from, noisy = _time_runner(runner, device, settings)
+            chunks, iterations, stats_from, noisy = _time_runner(runner, torch.device(p.device), timing)
     values = chunks[-stats_from:]
     median = statistics.median(values)
+    p10, p90 = np.percentile(values, [10, 90]).tolist()
     notes = []
     if noisy:
-        notes.append(f"spread {spread_of(values):.1%} above the target {settings.target_spread:.1%} after "
+        notes.append(f"spread {spread_of(values):.1%} above the target {timing.target_spread:.1%} after "
                      f"{len(chunks)} chunks / {iterations} calls: the machine is too noisy for this target "
                      "(the numbers use every chunk)")
-    return Measurement(status="ok", median_ms=median, p10_ms=_percentile(values, 0.1),
-                       p90_ms=_percentile(values, 0.9), spread=spread_of(values),
-                       images_per_s=bs * 1000.0 / median if median > 0 else None, batch_size=bs,
-                       build_s=build_s, iterations=iterations, chunks_ms=[round(v, 6) for v in chunks],
+    return Measurement(status="ok", median_ms=median, p10_ms=p10, p90_ms=p90, spread=spread_of(values),
+                       images_per_s=p.batch_size * 1000.0 / median if median > 0 else None, batch_size=p.batch_size,
+                       build_s=info.pop("build_s"), iterations=iterations, chunks_ms=[round(v, 6) for v in chunks],
                        info=info, warnings=notes)
 
 
-def _time_runner(runner: Runner, device: torch.device, s: _Settings) -> tuple[list[float], int, int, bool]:
+def _time_runner(runner: Runner, device: torch.device, s: Timing) -> tuple[list[float], int, int, bool]:
     """Warm up, then time chunks until the spread target or a cap. Returns (chunk values in ms per call,
     calls timed, how many trailing chunks the statistics use, whether the cap was hit)."""
     cuda = device.type == "cuda"
@@ -460,7 +361,7 @@ def _child(conn, args: dict) -> None:
         result = _measure_local(**args).to_dict()
     except BaseException as err:  # noqa: BLE001 - report everything to the parent
         result = Measurement(status="error", error=f"{type(err).__name__}: {err}",
-                             batch_size=args.get("batch_size", 1)).to_dict()
+                             batch_size=args["protocol"].batch_size).to_dict()
     conn.send(result)
     conn.close()
 
@@ -472,7 +373,7 @@ def _measure_isolated(args: dict, timeout_s: float | None) -> Measurement:
     try:
         proc.start()
     except Exception as err:  # noqa: BLE001 - e.g. an unpicklable module or lock
-        return Measurement(status="error", batch_size=args["batch_size"],
+        return Measurement(status="error", batch_size=args["protocol"].batch_size,
                            error=f"could not start the isolated process: {type(err).__name__}: {err}")
     sender.close()
     result, timed_out = None, False
@@ -488,7 +389,7 @@ def _measure_isolated(args: dict, timeout_s: float | None) -> Measurement:
     if timed_out:
         proc.kill()
         proc.join()
-        return Measurement(status="error", batch_size=args["batch_size"],
+        return Measurement(status="error", batch_size=args["protocol"].batch_size,
                            error=f"isolated measurement timed out after {timeout_s} s and was killed")
     proc.join()
     if result is None:
@@ -499,6 +400,6 @@ def _measure_isolated(args: dict, timeout_s: float | None) -> Measurement:
                 how = f"signal {signal.Signals(-code).name}"
             except ValueError:
                 how = f"signal {-code}"
-        return Measurement(status="error", batch_size=args["batch_size"],
+        return Measurement(status="error", batch_size=args["protocol"].batch_size,
                            error=f"isolated measurement process died ({how}) before reporting a result")
     return Measurement.from_dict(result)

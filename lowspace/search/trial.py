@@ -112,6 +112,20 @@ def load_engines(spec: str | None) -> Engines:
     return engines
 
 
+def measurement_protocol(settings, device: str):
+    """The search's protocol settings (``auto`` fields resolved) as the cost engine's (Protocol, Timing,
+    other measure() options); bad values raise ConfigError before any trial runs."""
+    from ..cost.measure import RUN_OPTIONS, resolve_protocol
+    from ..cost.protocol import Protocol
+    base = Protocol(device=device, backend=settings.backend, precision=settings.precision,
+                    channels_last=settings.channels_last, batch_size=settings.batch_size,
+                    resolution=settings.resolution, deploy=settings.deploy, cudnn_benchmark=settings.cudnn_benchmark)
+    options = dict(settings.options)
+    run_options = {k: options.pop(k) for k in list(options) if k in RUN_OPTIONS}
+    protocol, timing = resolve_protocol(base, None, where="protocol.options", **options)
+    return protocol, timing, run_options
+
+
 # ==================================================================== helpers
 def resolve_device(spec: str) -> str:
     """``auto`` -> ``cuda`` if a GPU is visible, else ``cpu``."""
@@ -221,9 +235,8 @@ class TrialPipeline:
         self.schedule = self.engines.make_schedule(proxy)
         self.train_device = resolve_device(config.device)
         self.latency_device = resolve_device(config.protocol.device)
-        self.protocol = config.protocol.resolve(self.latency_device.split(":")[0])
-        from ..backends import check_protocol
-        check_protocol(self.protocol.backend, self.protocol.precision, self.latency_device)  # fail before trials
+        self.settings = config.protocol.resolve(self.latency_device.split(":")[0])
+        self.protocol, self.timing, self.run_options = measurement_protocol(self.settings, self.latency_device)
         self._data = data
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -298,17 +311,17 @@ class TrialPipeline:
         trial.set_user_attr("protocol", jsonable(m.protocol))
         trial.set_user_attr("fingerprint", jsonable(m.fingerprint))
         self._check_limit(trial, "latency_ms", float(m.median_ms), c.constraints.max_latency_ms, timings, start)
-        if self.protocol.throughput_batch:
+        if self.settings.throughput_batch:
             t = time.perf_counter()
-            tm = self._measure(cfg, self.protocol.throughput_batch, oom_retry=True)
+            tm = self._measure(cfg, self.settings.throughput_batch, oom_retry=True)
             timings["throughput_s"] = time.perf_counter() - t
             if tm.status == "ok":
                 trial.set_user_attr("images_per_s", float(tm.images_per_s))
                 trial.set_user_attr("throughput", jsonable({"batch_size": tm.batch_size, "images_per_s": tm.images_per_s,
                                                             "median_ms": tm.median_ms, "cached": tm.cached}))
             else:  # a throughput OOM does not sink the candidate: batch-1 latency is the objective
-                trial.set_user_attr("throughput", {"batch_size": self.protocol.throughput_batch, "status": tm.status,
-                                                   "error": _measure_error(tm, self.protocol.throughput_batch,
+                trial.set_user_attr("throughput", {"batch_size": self.settings.throughput_batch, "status": tm.status,
+                                                   "error": _measure_error(tm, self.settings.throughput_batch,
                                                                            self.latency_device)})
 
         # proxy training
@@ -334,17 +347,15 @@ class TrialPipeline:
         return self._values(acc, float(m.median_ms), macs)
 
     def _measure(self, cfg: ArchConfig, batch_size: int, **extra):
-        p = self.protocol
-        options = dict(p.options, **extra)
+        options = dict(self.run_options, **extra)
         gate = self._device_gate()
         if gate is not None and "timing_lock" not in options:
             options["timing_lock"] = gate.timing()
             # building (graph capture, cuDNN autotuning) runs GPU work too: like training, it must not
             # overlap another worker's timing
             options.setdefault("build_lock", gate.training())
-        return self.engines.measure(cfg, device=self.latency_device, batch_size=batch_size, resolution=p.resolution,
-                                    precision=p.precision, channels_last=p.channels_last, backend=p.backend,
-                                    deploy=p.deploy, cudnn_benchmark=p.cudnn_benchmark, cache=True, **options)
+        return self.engines.measure(cfg, self.protocol.replace(batch_size=batch_size), self.timing, cache=True,
+                                    **options)
 
     def _train(self, trial, cfg: ArchConfig, latency_ms: float, macs: int):
         schedule = self.schedule
