@@ -20,12 +20,10 @@ _LAZY = {
     "count_params": "lowspace.cost.count",
     "count_macs": "lowspace.cost.count",
     "measure": "lowspace.cost.measure",
+    "deploy": "lowspace.runtime",
 }
-# ``lowspace.deploy`` is the deploy package, which is callable: ``lowspace.deploy(model, ...)`` builds a
-# deployed model and ``lowspace.deploy.export_onnx`` etc. stay reachable.
-_LAZY_MODULES = {"deploy": "lowspace.deploy"}
 
-__all__ = ["ArchConfig", "ConfigError", "LowspaceError", "__version__", *_LAZY, *_LAZY_MODULES]
+__all__ = ["ArchConfig", "ConfigError", "LowspaceError", "__version__", *_LAZY]
 
 
 def __getattr__(name):
@@ -33,6 +31,4 @@ def __getattr__(name):
         value = getattr(import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
-    if name in _LAZY_MODULES:
-        return import_module(_LAZY_MODULES[name])
     raise AttributeError(f"module 'lowspace' has no attribute {name!r}")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lowspace import ArchConfig
-from lowspace.backends import Runner
+from lowspace.runtime import Runner
 from lowspace.cli import main
 
 TINY = dict(name="tiny", resolution=32, num_classes=10, stem=dict(width=8),
@@ -64,7 +64,7 @@ def test_bench_preset_with_timm_twin_json_and_cache(tmp_path):
 
 
 def _fake_deploy(calls):
-    mod = types.ModuleType("lowspace.deploy")
+    mod = types.ModuleType("lowspace.runtime")
 
     def deploy(model, precision="fp16", batch_size=1, resolution=224, backend="cuda_graph", channels_last=True,
                **options):
@@ -79,7 +79,7 @@ def _fake_deploy(calls):
 
 def test_bench_timm_peer_and_deploy(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setitem(sys.modules, "lowspace.deploy", _fake_deploy(calls))
+    monkeypatch.setitem(sys.modules, "lowspace.runtime", _fake_deploy(calls))
     out = tmp_path / "rows.json"
     assert main(["bench", "efficientvit_b0", "--img-size", "32", "--deploy", "--no-fvcore", "--results-file",
                  str(out), *QUICK]) == 0

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from lowspace import ArchConfig, ConfigError, LowspaceError
-from lowspace.backends import Runner
+from lowspace.runtime import Runner
 from lowspace.cost.cache import MeasurementCache
 from lowspace.cost import Protocol, Timing
 from lowspace.cost.locks import FileLock
@@ -405,7 +405,7 @@ def test_cudnn_benchmark_takes_a_bool_or_an_algorithm_limit():
 
 
 def test_cudnn_autotuning_sets_and_restores_torch_settings():
-    from lowspace.backends import cudnn_autotuning
+    from lowspace.runtime import cudnn_autotuning
     saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit
     try:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.benchmark_limit = False, 10

@@ -1,4 +1,4 @@
-"""lowspace.deploy: the deployed module computes the eval-mode model's function (fp32, CPU), for every
+"""lowspace.runtime.deploy: the deployed module computes the eval-mode model's function (fp32, CPU), for every
 preset, random generator configs and every rewrite switch; build cache, errors, ONNX export, Triton kernel."""
 import gc
 import os
@@ -13,9 +13,8 @@ import torch.nn.functional as F
 
 from lowspace import ArchConfig, ConfigError, create_model
 from lowspace.arch import PRESET_NAMES
-from lowspace.backends import Runner
-from lowspace.deploy import DeployedModel, clear_cache, deploy, export_onnx
-from lowspace.deploy.fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
+from lowspace.runtime import DeployedModel, Runner, clear_cache, deploy, export_onnx
+from lowspace.runtime._fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
 
 from helpers import randomize
 
@@ -255,8 +254,8 @@ def test_onnx_export_matches_torch(tmp_path):
 
 TRITON_SCRIPT = r"""
 import torch, torch.nn.functional as F
-from lowspace.deploy.triton_ops import _launch
-from lowspace.deploy.modules import apply_act
+from lowspace.runtime._triton import _launch
+from lowspace.runtime._modules import apply_act
 g = torch.Generator().manual_seed(0)
 for n, c, h, k, s, act, fmt in [(2, 24, 9, 3, 1, "hardswish", 1), (1, 40, 13, 5, 2, None, 1),
                                 (2, 8, 7, 3, 4, "gelu", 0), (1, 70, 6, 7, 1, "silu", 1)]:
@@ -278,7 +277,7 @@ def test_triton_depthwise_kernel_in_interpreter():
 
 
 def test_triton_op_falls_back_and_traces_on_cpu():
-    from lowspace.deploy.triton_ops import depthwise_conv
+    from lowspace.runtime._triton import depthwise_conv
     x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
     w, b = torch.randn(8, 1, 3, 3), torch.randn(8)
     want = F.hardswish(F.conv2d(x, w, b, 2, 1, 1, 8))

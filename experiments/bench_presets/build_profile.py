@@ -1,7 +1,7 @@
 """Where the build time of a never-seen architecture goes (issue 3's 5 s harness target), on the GPU.
 
 For each random architecture of ``harness_speed.random_arch`` and each batch size, the steps of
-``lowspace.backends.prepare(..., backend="cuda_graph")`` are timed one by one: building the network, the first
+``lowspace.runtime.prepare(..., backend="cuda_graph")`` are timed one by one: building the network, the first
 eager forward (cuDNN autotuning of its new convolution shapes), the next two forwards, the graph capture and
 the checked first replay. The first forward is also broken down per leaf module (synchronized hooks), so the
 cost of each convolution's first call can be set against its shape and whether the process had seen that
@@ -40,7 +40,7 @@ def _conv_key(module, x, bs):
 
 def profile_arch(cfg, bs, precision, seen, device):
     import torch
-    from lowspace.backends import autocast_context
+    from lowspace.runtime import autocast_context
     from lowspace.cost.spec import resolve_spec
 
     sync = lambda: torch.cuda.synchronize(device)  # noqa: E731

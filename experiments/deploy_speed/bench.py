@@ -219,12 +219,12 @@ def _job(row: dict, model_name: str, batch: int, resolution: int, do_profile: bo
     before = dict(counters["inductor"])
     t0 = time.perf_counter()
     if impl == "timm":
-        from lowspace.backends import prepare
+        from lowspace.runtime import prepare
         runner = prepare(model, x, backend, precision, channels_last=True, compile_mode=options.get("compile_mode"))
         build_s = time.perf_counter() - t0
         info = dict(runner.info)
     else:
-        from lowspace.deploy import clear_cache, deploy
+        from lowspace.runtime import clear_cache, deploy
         clear_cache()
         d = deploy(model, precision=precision, batch_size=batch, resolution=resolution, backend=backend,
                    device=device, **options)
@@ -252,7 +252,7 @@ def _job(row: dict, model_name: str, batch: int, resolution: int, do_profile: bo
             row["profile"] = profile_runner(d._core.uncaptured)
             row["profile"]["note"] = "profiled before graph capture"
     if impl == "ours":
-        from lowspace.deploy import clear_cache
+        from lowspace.runtime import clear_cache
         clear_cache()
 
 
@@ -266,10 +266,10 @@ def warm_build(model_name: str, variant: str, batch: int, resolution: int, devic
     before = dict(counters["inductor"])
     t0 = time.perf_counter()
     if impl == "timm":
-        from lowspace.backends import prepare
+        from lowspace.runtime import prepare
         prepare(model, x, backend, precision, channels_last=True, compile_mode=options.get("compile_mode"))
     else:
-        from lowspace.deploy import deploy
+        from lowspace.runtime import deploy
         # Same torch.compile call as compile_cuda_graph (same cache entries), without our graph capture.
         deploy(model, precision=precision, batch_size=batch, resolution=resolution, backend="compile", device=device,
                **options)
@@ -511,7 +511,7 @@ def micro_dwconv() -> list[dict]:
     import torch.nn.functional as F
     from triton.testing import do_bench
 
-    from lowspace.deploy.triton_ops import _launch
+    from lowspace.runtime._triton import _launch
     rows = []
     for n, c, h, k, s in [(200, 1024, 7, 3, 1), (200, 128, 14, 5, 2), (200, 256, 7, 3, 1), (200, 1024, 14, 3, 1),
                           (1, 1024, 7, 3, 1), (1, 128, 14, 5, 2), (200, 2048, 7, 3, 1)]:

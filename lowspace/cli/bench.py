@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..backends import BACKENDS, PRECISIONS
+from ..runtime import BACKENDS, PRECISIONS
 from ..errors import ConfigError
 from . import CUDNN_FLAG_HELP, cudnn_setting
 

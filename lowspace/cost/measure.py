@@ -29,7 +29,7 @@ from typing import Any, ContextManager
 import numpy as np
 import torch
 
-from ..backends import Runner, cudnn_autotuning, prepare
+from ..runtime import Runner, cudnn_autotuning, prepare
 from ..errors import ConfigError, unknown_key_error
 from .cache import CacheError, MeasurementCache, protocol_key
 from .fingerprint import fingerprint, fingerprint_key
@@ -96,7 +96,7 @@ def _open_cache(cache) -> MeasurementCache | None:
 
 
 def _deploy(model, **kwargs):
-    from ..deploy import deploy
+    from ..runtime import deploy
     return deploy(model, **kwargs)
 
 

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..backends import check_cudnn_benchmark, check_protocol
+from ..runtime import check_cudnn_benchmark, check_protocol
 from ..errors import ConfigError
 
 __all__ = ["Protocol", "Timing", "COMPILE_BACKENDS", "COMPILE_MODES"]

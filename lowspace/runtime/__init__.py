@@ -1,26 +1,17 @@
-"""The fast inference path: ``deploy(model, ...)`` returns a :class:`DeployedModel`.
+"""Running models fast: execution backends and the deploy path.
 
-Exact rewrites (BatchNorm folding, channels-last attention, optional sub-pixel upsampling, 1x1 convs as
-matmuls, a Triton depthwise kernel), reduced precision by casting, and capture by CUDA graphs and/or
-torch.compile; see :class:`DeployOptions` for the switches and ``experiments/deploy_speed`` for speeds.
-
-``lowspace.deploy`` is both this package and the function: the package is callable, so
-``lowspace.deploy(model, ...)`` works whichever of the two an earlier import bound to the name.
+``deploy(model, ...)`` copies a model, rewrites it for inference (exactly), casts it and compiles and/or
+captures it for one static input; ``prepare(model, example, backend, ...)`` gives a timing runner for any
+module without rewrites. ``export_onnx`` writes either as ONNX. See ``docs/runtime.md``.
 """
-import sys
-import types
+from ._backends import (BACKENDS, PRECISIONS, BackendError, Runner, autocast_context, capture_cuda_graph,
+                        check_cudnn_benchmark, check_protocol, cudnn_autotuning, prepare)
+from ._deploy import DeployedModel, cache_dir, clear_cache, deploy, inductor_options
+from ._onnx import export_onnx
+from ._options import DeployOptions, parse_options
 
-from .build import DeployedModel, cache_dir, clear_cache, deploy, inductor_options
-from .onnx import export_onnx
-from .options import DeployOptions, parse_options
-
-__all__ = ["deploy", "DeployedModel", "DeployOptions", "parse_options", "export_onnx", "clear_cache", "cache_dir",
-           "inductor_options"]
-
-
-class _CallablePackage(types.ModuleType):
-    def __call__(self, *args, **kwargs) -> DeployedModel:
-        return deploy(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+__all__ = [
+    "deploy", "DeployedModel", "DeployOptions", "parse_options", "clear_cache", "cache_dir", "inductor_options",
+    "export_onnx", "prepare", "Runner", "BackendError", "BACKENDS", "PRECISIONS", "check_protocol",
+    "check_cudnn_benchmark", "cudnn_autotuning", "autocast_context", "capture_cuda_graph",
+]

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError, LowspaceError
+from ..errors import ConfigError, LowspaceError
 
 BACKENDS = ("eager", "cuda_graph", "compile", "compile_cuda_graph", "torchscript", "onnxruntime")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -211,24 +211,13 @@ def onnx_providers(device: torch.device) -> list[str]:
     return [p for p in wanted if p in available] + ["CPUExecutionProvider"]
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17) -> Path:
-    """Export ``model`` to ONNX (legacy TorchScript exporter, constant folding, dynamic batch)."""
-    import warnings
-    path = Path(path)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), opset_version=opset, dynamo=False,
-                          input_names=["input"], output_names=["output"], do_constant_folding=True,
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-    return path
-
-
 def _onnxruntime(model: nn.Module, x: torch.Tensor) -> Runner:
     import numpy as np
     import onnxruntime as ort
     providers = onnx_providers(x.device)
     tmp = tempfile.TemporaryDirectory(prefix="lowspace-onnx-")
-    path = export_onnx(model, x.contiguous(), Path(tmp.name) / "model.onnx")
+    from ._onnx import write_onnx
+    path = write_onnx(model, x.contiguous(), Path(tmp.name) / "model.onnx")
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(str(path), opts, providers=providers)

@@ -13,10 +13,10 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..backends import DTYPES, BackendError, Runner, capture_cuda_graph, check_protocol, cudnn_autotuning, prepare
+from ._backends import DTYPES, BackendError, Runner, capture_cuda_graph, check_protocol, cudnn_autotuning, prepare
 from ..errors import ConfigError
-from .modules import Attention, Conv, DeployNet, Norm, rewrite
-from .options import DeployOptions, parse_options, resolve_options
+from ._modules import Attention, Conv, DeployNet, Norm, rewrite
+from ._options import DeployOptions, parse_options, resolve_options
 
 COMPILE_BACKENDS = ("compile", "compile_cuda_graph")
 # lowspace's inductor settings for the ``tuned`` modes (measured on the H100, experiments/deploy_speed).
@@ -81,7 +81,7 @@ class DeployedModel(nn.Module):
         core.holders.add(self)
 
     def runner(self) -> Runner:
-        """A :class:`lowspace.backends.Runner` on the static input (one forward per call), for timing."""
+        """A :class:`~lowspace.runtime.Runner` on the static input (one forward per call), for timing."""
         r = self._core.runner
         return Runner(r.fn, r.input, r.backend, r.precision, self.build_s, dict(self.info), keepalive=self._core)
 
@@ -107,10 +107,10 @@ def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int 
         precision: ``fp32``, ``fp16`` or ``bf16``; weights and activations are cast (no autocast).
         batch_size, resolution: the static input the build is specialized and captured for.
         backend: ``eager``, ``cuda_graph``, ``compile``, ``compile_cuda_graph`` (CUDA graphs need CUDA), or
-            ``torchscript`` / ``onnxruntime`` (lowspace.backends' runners on the rewritten module).
+            ``torchscript`` / ``onnxruntime`` (runners on the rewritten module).
         channels_last: run in the channels_last memory format.
         device: where to run; default the model's device (a config: CUDA if available).
-        **options: see :class:`~lowspace.deploy.options.DeployOptions` (fold_bn, fuse_attention, upsample,
+        **options: see :class:`~lowspace.runtime.DeployOptions` (fold_bn, fuse_attention, upsample,
             conv1x1, sdpa, groupnorm, triton, compile_mode, compile_backend, inductor, check, cache).
     """
     start = time.perf_counter()
@@ -125,8 +125,8 @@ def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int 
         device = p.device if p is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     dev = check_protocol(backend, precision, device)
     opts = resolve_options(opts, batch_size, dev.type)
-    in_chans = _in_chans(model)
-    shape = (batch_size, in_chans, resolution, resolution)
+    channels = in_chans(model)
+    shape = (batch_size, channels, resolution, resolution)
     key = _cache_key(model, precision, shape, backend, channels_last, dev, opts)
 
     net = _build_net(model, opts, dev)  # float32: checked before the cast
@@ -175,13 +175,14 @@ def _is_lowformer(model: nn.Module) -> bool:
     return isinstance(model, LowFormer)
 
 
-def _in_chans(model: nn.Module) -> int:
+def in_chans(model: nn.Module) -> int:
+    """Input channels of ``model``: its config's, else those of its first 4-D (conv) weight."""
     if _is_lowformer(model):
         return model.cfg.in_chans
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first is None:
+    weight = next((p for p in model.parameters() if p.dim() == 4), None)
+    if weight is None:
         raise ConfigError("model", type(model).__name__, "a module whose first layer is a Conv2d")
-    return first.in_channels
+    return weight.shape[1]
 
 
 def _cache_key(model, precision, shape, backend, channels_last, dev, opts: DeployOptions):

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 from ..arch.blocks import (ClassifierHead, ConvMlp, ConvNormAct, FusedMBConv, LowFormerAttention, LowFormerBlock,
                            MBConv)
-from .fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
-from .options import DeployOptions
+from ._fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
+from ._options import DeployOptions
 
 _ACTS = {
     None: lambda x: x,

@@ -1,44 +1,52 @@
-"""ONNX export of a deployed model (opset >= 17), checked against torch with onnxruntime on CPU."""
+"""ONNX export (opset >= 17, dynamic batch), checked against torch with onnxruntime on the CPU."""
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from ..backends import BackendError, export_onnx as _export
 from ..errors import ConfigError
+from ._backends import BackendError
 
 
 def export_onnx(model: nn.Module, path: str | Path, resolution: int | None = None, opset: int = 17,
                 check: bool = True, tolerance: float = 1e-4) -> Path:
-    """Export the float32 form of a :class:`DeployedModel` (or any module) to ONNX with a dynamic batch.
+    """Write the float32 form of a :class:`~lowspace.runtime.DeployedModel` (or any module) as ONNX.
 
-    The deployed network is exported as rewritten (BN folded, attention rewrites), in float32 on the CPU.
-    With ``check`` the file is run with onnxruntime's CPU provider on a random batch of 2 and compared with
-    torch: the max absolute difference must stay within ``tolerance`` x the logits' scale, else
-    :class:`lowspace.backends.BackendError`.
+    A deployed model is exported as rewritten (BatchNorm folded, attention rewrites), in float32 on the
+    CPU, with a dynamic batch axis; ``resolution`` defaults to the deployed one (else 224). With ``check``
+    the file is run by onnxruntime's CPU provider on a random batch of 2: the max absolute difference from
+    torch must stay within ``tolerance`` x the output's scale, else :class:`~lowspace.runtime.BackendError`.
     """
     if opset < 17:
         raise ConfigError("opset", opset, "an ONNX opset >= 17")
-    from .build import DeployedModel
-    info = getattr(model, "info", {}) if isinstance(model, DeployedModel) else {}
+    from ._deploy import DeployedModel, in_chans
+    info = model.info if isinstance(model, DeployedModel) else {}
     net = model.module if isinstance(model, DeployedModel) else model
     net = copy.deepcopy(net).eval().float().cpu().to(memory_format=torch.contiguous_format)
-    for m in net.modules():  # the Triton path is CUDA-only; ONNX gets the plain conv
-        if hasattr(m, "triton"):
-            m.triton = False
     res = resolution or info.get("resolution") or 224
-    in_chans = next(m for m in net.modules() if isinstance(m, nn.Conv2d) or hasattr(m, "groups")).weight.shape[1]
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, in_chans, res, res, generator=gen)
-    path = _export(net, x, path, opset=opset)
+    x = torch.randn(2, in_chans(net), res, res, generator=torch.Generator().manual_seed(0))
+    path = write_onnx(net, x, path, opset)
     if check:
         err = onnx_error(path, net, x)
         if not err <= tolerance:
             raise BackendError(f"onnxruntime output differs from torch (max rel. error {err:.2e} > {tolerance:g})")
-    return Path(path)
+    return path
+
+
+def write_onnx(net: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17) -> Path:
+    """Trace ``net`` on ``example`` into ``path`` (TorchScript-based exporter, constant folding, dynamic
+    batch); input and output are named ``input`` and ``output``."""
+    path = Path(path)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (example,), str(path), opset_version=opset, dynamo=False,
+                          input_names=["input"], output_names=["output"], do_constant_folding=True,
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    return path
 
 
 def onnx_error(path: str | Path, net: nn.Module, x: torch.Tensor) -> float:

@@ -1,11 +1,11 @@
-"""The switches of :func:`lowspace.deploy.deploy`, validated in one place."""
+"""The switches of :func:`lowspace.runtime.deploy`, validated in one place."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from ..backends import check_cudnn_benchmark
+from ._backends import check_cudnn_benchmark
 from ..errors import ConfigError, unknown_key_error
 
 UPSAMPLE_REWRITES = ("auto", "conv_transpose", "subpixel")
@@ -18,7 +18,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass(frozen=True)
 class DeployOptions:
-    """Which rewrites :func:`~lowspace.deploy.deploy` applies; every one keeps the function exact.
+    """Which rewrites :func:`~lowspace.runtime.deploy` applies; every one keeps the function exact.
 
     fold_bn: fold every eval-mode BatchNorm into the conv before it (conv bias included).
     fuse_attention: attention in channels-last friendly form: a stride-1 transposed conv becomes a plain

@@ -24,7 +24,7 @@ _ACT_CODES = {a: i for i, a in enumerate(TRITON_ACTS)}
 
 
 def _torch_act(x, act):
-    from .modules import apply_act
+    from ._modules import apply_act
     return apply_act(act, x)
 
 

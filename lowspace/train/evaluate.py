@@ -22,7 +22,7 @@ def _autocast(device: torch.device, precision: str):
 class Evaluator:
     """Computes top-1, top-5 and mean cross-entropy of ``model`` over a stream of ``(images, labels)``.
 
-    With ``cuda_graph`` every full-size batch shape gets a captured forward (``lowspace.backends``, checked
+    With ``cuda_graph`` every full-size batch shape gets a captured forward (``lowspace.runtime``, checked
     against eager once) that stays valid while training updates the weights in place; short batches run
     eagerly. Sums are all-reduced over processes when distributed.
     """
@@ -40,7 +40,7 @@ class Evaluator:
             key = (tuple(x.shape), x.dtype)
             runner = self.runners.get(key)
             if runner is None and len(self.runners) < 4:
-                from ..backends import BackendError, prepare
+                from ..runtime import BackendError, prepare
                 try:
                     runner = prepare(self.model, x, backend="cuda_graph", precision=self.precision)
                     self.runners[key] = runner
