@@ -1,8 +1,6 @@
 """``lowspace bench``: one table for configs, presets and timm models; results files; clear errors."""
 import csv
 import json
-import sys
-
 import types
 
 import pytest
@@ -64,8 +62,6 @@ def test_bench_preset_with_timm_twin_json_and_cache(tmp_path):
 
 
 def _fake_deploy(calls):
-    mod = types.ModuleType("lowspace.runtime")
-
     def deploy(model, precision="fp16", batch_size=1, resolution=224, backend="cuda_graph", channels_last=True,
                **options):
         calls.append(dict(batch_size=batch_size, resolution=resolution))
@@ -73,13 +69,12 @@ def _fake_deploy(calls):
         return types.SimpleNamespace(build_s=0.0, info={"fake": True},
                                      runner=lambda: Runner(lambda: model(x), x, backend, precision))
 
-    mod.deploy = deploy
-    return mod
+    return deploy
 
 
 def test_bench_timm_peer_and_deploy(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setitem(sys.modules, "lowspace.runtime", _fake_deploy(calls))
+    monkeypatch.setattr("lowspace.cost.measure._deploy", _fake_deploy(calls))
     out = tmp_path / "rows.json"
     assert main(["bench", "efficientvit_b0", "--img-size", "32", "--deploy", "--no-fvcore", "--results-file",
                  str(out), *QUICK]) == 0

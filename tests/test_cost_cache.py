@@ -170,3 +170,33 @@ def test_device_gate_times_only_on_an_idle_device(tmp_path):
     assert timed.wait(10)
     t.join()
     trainer.join(10)
+
+
+def test_source_hash_follows_the_files_that_shape_a_measurement(tmp_path):
+    from lowspace.cost.fingerprint import source_hash
+    (tmp_path / "arch").mkdir()
+    (tmp_path / "arch" / "model.py").write_text("WIDTH = 8\n")
+    (tmp_path / "cost").mkdir()
+    (tmp_path / "cost" / "measure.py").write_text("REPEATS = 5\n")
+    (tmp_path / "cost" / "count.py").write_text("X = 1\n")
+    before = source_hash(tmp_path)
+    (tmp_path / "cost" / "count.py").write_text("X = 2\n")  # counting does not shape a latency
+    assert source_hash.__wrapped__(tmp_path) == before
+    (tmp_path / "arch" / "model.py").write_text("WIDTH = 16\n")
+    assert source_hash.__wrapped__(tmp_path) != before
+    assert len(source_hash()) == 16 and source_hash() != before
+
+
+def test_a_new_lowspace_version_or_source_never_reuses_a_cached_measurement(tmp_path, monkeypatch):
+    from lowspace.cost import fingerprint as fp_mod
+    from lowspace.cost.measure import measure
+    quick = dict(resolution=32, cache=tmp_path / "c.sqlite", chunk_ms=2.0, warmup_ms=2.0, max_time_s=0.5,
+                 min_chunks=3, target_spread=1e9)
+    first = measure("b0", **quick)
+    assert first.fingerprint["lowspace_source"] == fp_mod.source_hash() and first.fingerprint["lowspace"]
+    assert measure("b0", **quick).cached
+    monkeypatch.setattr(fp_mod, "source_hash", lambda: "edited-source")
+    assert not measure("b0", **quick).cached
+    monkeypatch.setattr(fp_mod, "__version__", "99.0")
+    again = measure("b0", **quick)
+    assert not again.cached and again.fingerprint["lowspace"] == "99.0"

@@ -1,7 +1,9 @@
 """The environment a speed number was measured in (no hostnames, nothing identifying a person).
 
 Two measurements are comparable, and a cached one reusable, only when their fingerprints are equal:
-device model, driver, torch / CUDA / cuDNN / timm / onnxruntime versions, Python, CPU model and threads.
+device model, driver, torch / CUDA / cuDNN / timm / onnxruntime versions, Python, CPU model and threads,
+and the lowspace version with a hash of the source files that shape a measurement (:func:`source_hash`),
+so numbers taken by older code are never reused.
 """
 from __future__ import annotations
 
@@ -18,7 +20,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["fingerprint", "fingerprint_key"]
+from .. import __version__
+
+__all__ = ["fingerprint", "fingerprint_key", "source_hash", "MEASUREMENT_SOURCES"]
+
+# The parts of lowspace (relative to the package folder) whose code shapes a measured number: the model
+# definition, the runtime that prepares and runs it, and the measurement itself.
+MEASUREMENT_SOURCES = ("arch", "runtime", "cost/measure.py", "cost/protocol.py", "cost/spec.py")
 
 
 def _version(dist: str) -> str | None:
@@ -106,10 +114,26 @@ def _fingerprint(device_type: str, index: int | None, threads: int) -> str:
     return json.dumps(fp, sort_keys=True)
 
 
+@lru_cache(maxsize=None)
+def source_hash(root: Path | None = None) -> str:
+    """A short hash of every Python file under :data:`MEASUREMENT_SOURCES` (names and contents) in the
+    lowspace package folder, or in ``root``; parts that do not exist are skipped."""
+    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
+    digest = hashlib.sha256()
+    for part in MEASUREMENT_SOURCES:
+        path = root / part
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
     """The environment fingerprint for measurements on ``device`` (a plain, JSON-able dict)."""
     dev = torch.device(device)
-    return json.loads(_fingerprint(dev.type, dev.index, torch.get_num_threads()))
+    fp = json.loads(_fingerprint(dev.type, dev.index, torch.get_num_threads()))
+    fp.update(lowspace=__version__, lowspace_source=source_hash())
+    return fp
 
 
 def fingerprint_key(fp: dict[str, Any]) -> str:
