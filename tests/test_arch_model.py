@@ -74,7 +74,8 @@ def test_drop_path_schedule_matches_official_counts():
         assert len(residual_branches(create_model(name))) == n
     model = create_model("b3")
     rates = set_drop_path(model, 0.1, skip=2)
-    assert rates[:2] == [0.0, 0.0] and rates[-1] == pytest.approx(0.1) and rates[2] == pytest.approx(0.1 * 3 / 39)
+    # the official numbering restarts after the skipped branches: 37 active, the first at 0.1 / 37
+    assert rates[:2] == [0.0, 0.0] and rates[-1] == pytest.approx(0.1) and rates[2] == pytest.approx(0.1 / 37)
     assert residual_branches(model)[-1].drop_prob == pytest.approx(0.1)
 
 

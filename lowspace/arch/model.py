@@ -137,11 +137,12 @@ def residual_branches(model: LowFormer) -> list[DropPath]:
 
 
 def set_drop_path(model: LowFormer, rate: float, skip: int = 0) -> list[float]:
-    """Linear-by-index drop-path rates: branch i (of N) gets ``rate * (i + 1) / N``; the first ``skip`` get 0.
-    Returns the rates. Training may rescale them over time (the official schedule)."""
+    """Linear-by-index drop-path rates, as the official code: the first ``skip`` branches get 0, and branch i
+    of the N that remain gets ``rate * (i + 1) / N``. Returns the rates. Training may rescale them over time
+    (the official schedule)."""
     branches = residual_branches(model)
-    n = len(branches)
-    rates = [0.0 if i < skip else rate * (i + 1) / n for i in range(n)]
+    n = len(branches) - skip
+    rates = [0.0 if i < skip else rate * (i - skip + 1) / n for i in range(len(branches))]
     for branch, p in zip(branches, rates):
         branch.drop_prob = p
     return rates
