@@ -135,43 +135,6 @@ def test_writer_killed_inside_a_transaction_loses_only_that_transaction(tmp_path
     assert len(cache) == 2
 
 
-def _hold_training(path, started, release):
-    from lowspace.cost.locks import DeviceGate
-    with DeviceGate(path).training():
-        started.set()
-        release.wait(10)
-
-
-def test_device_gate_times_only_on_an_idle_device(tmp_path):
-    """A measurement waits for a running training on the same device, and trainings may overlap."""
-    import multiprocessing as mp
-    import threading
-    from lowspace.cost.locks import DeviceGate
-
-    ctx = mp.get_context("spawn")
-    path = str(tmp_path / "gpu0.lock")
-    started, release = ctx.Event(), ctx.Event()
-    trainer = ctx.Process(target=_hold_training, args=(path, started, release))
-    trainer.start()
-    assert started.wait(30)
-    gate = DeviceGate(path)
-    with gate.training():  # a second training runs beside the first
-        pass
-    timed = threading.Event()
-
-    def time_it():
-        with gate.timing():
-            timed.set()
-
-    t = threading.Thread(target=time_it)
-    t.start()
-    assert not timed.wait(1.0)  # blocked while the other process trains
-    release.set()
-    assert timed.wait(10)
-    t.join()
-    trainer.join(10)
-
-
 def test_source_hash_follows_the_files_that_shape_a_measurement(tmp_path):
     from lowspace.cost.fingerprint import source_hash
     (tmp_path / "arch").mkdir()

@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # the repository root, for lowspace
 
-from lowspace.cost.locks import DeviceGate  # noqa: E402
+from lowspace.search import DeviceGate  # noqa: E402
 
 PRESETS = ["b0", "b1", "b15", "b2", "b3", "e1", "e2", "e3"]
 PEERS = ["efficientvit_b1", "efficientvit_b2", "efficientvit_b3", "fastvit_sa12", "fastvit_sa24", "repvit_m1_1",

@@ -4,6 +4,7 @@
     config = SearchConfig.from_yaml("experiments/demo/demo.yaml")
     summary = run_search(config)                         # creates or resumes the study
 """
+from ._gate import DeviceGate
 from .halving import HalvingSettings, ParetoHalving, keep_at_rung, rung_epochs
 from .settings import SearchConfig
 from .space import Param, SearchSpace, builtin_spaces, load_space
@@ -17,5 +18,5 @@ __all__ = [
     "open_storage", "load_study", "normalize_storage", "StorageError",
     "create_or_load_study", "enqueue_points", "make_sampler", "make_pruner", "run_search", "run_worker",
     "count_states", "SearchSummary", "TrialPipeline", "TrialFailed", "Engines", "default_engines",
-    "HalvingSettings", "ParetoHalving", "keep_at_rung", "rung_epochs",
+    "HalvingSettings", "ParetoHalving", "keep_at_rung", "rung_epochs", "DeviceGate",
 ]

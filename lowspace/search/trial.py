@@ -372,7 +372,7 @@ class TrialPipeline:
         path = os.environ.get("LOWSPACE_TIMING_LOCK")
         if not path:
             return None
-        from ..cost.locks import DeviceGate
+        from ._gate import DeviceGate
         return DeviceGate(path)
 
     def _stopper(self, trial, latency_ms: float, macs: int, schedule):
