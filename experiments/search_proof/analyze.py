@@ -25,7 +25,8 @@ import plotly.graph_objects as go  # noqa: E402
 
 from lowspace import ArchConfig  # noqa: E402
 from lowspace.cost.count import count_macs, count_params  # noqa: E402
-from lowspace.report import hypervolume_history, pareto_mask, trials_frame, write_report  # noqa: E402
+from lowspace.pareto import hypervolume_history, pareto_mask  # noqa: E402
+from lowspace.report import trials_frame, write_report  # noqa: E402
 from lowspace.report.plots import write_figure  # noqa: E402
 from lowspace.report.stats import kendall_tau, spearman_rho  # noqa: E402
 

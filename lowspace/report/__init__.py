@@ -1,4 +1,4 @@
-"""Reports of a study: Pareto computation and hypervolume, plots, tables, export of architectures."""
+"""Reports of a study: tables, the Pareto front and hypervolume history as plots, export of architectures."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,12 +6,10 @@ from pathlib import Path
 
 from ..io import atomic_write_text
 from .export import export_pareto, export_trial, export_trials, pareto_trials, trial_config
-from .pareto import hypervolume, hypervolume_history, nondominated_ranks, pareto_mask
 from .tables import load_peers, markdown_table, pareto_frame, study_objectives, trials_frame, write_csv
 
 __all__ = ["Report", "write_report", "export_pareto", "export_trial", "export_trials", "pareto_trials",
-           "trial_config", "hypervolume", "hypervolume_history", "nondominated_ranks", "pareto_mask", "load_peers",
-           "markdown_table", "pareto_frame", "study_objectives", "trials_frame", "write_csv"]
+           "trial_config", "load_peers", "markdown_table", "pareto_frame", "study_objectives", "trials_frame", "write_csv"]
 
 SUMMARY_COLUMNS = ("number", "preset", "arch_id", "accuracy", "latency_ms", "images_per_s", "params", "macs",
                    "epochs_run", "time_total_s")

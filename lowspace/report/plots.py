@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, atomic_write_text
-from .pareto import hypervolume_history
+from ..pareto import hypervolume_history
 from .tables import objective_matrix, candidates
 
 _PRESET_COLOR = "#d62728"

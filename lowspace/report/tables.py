@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..errors import ConfigError
 from ..io import atomic_write_text
-from .pareto import pareto_mask
+from ..pareto import pareto_mask
 
 _ATTR_COLUMNS = ("status", "arch_id", "preset", "point", "accuracy", "latency_ms", "images_per_s", "params", "macs",
                  "duplicate_of", "reason", "error", "failed_stage", "worker")

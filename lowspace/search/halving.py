@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..report.pareto import nondominated_ranks
+from ..pareto import nondominated_ranks
 
 RUNGS_ATTR = "rungs"
 

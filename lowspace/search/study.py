@@ -388,7 +388,7 @@ class ProgressReporter:
         best = max(trials, key=lambda t: t.user_attrs.get("accuracy") or float("-inf"))
         text = f"best acc {best.user_attrs['accuracy']:.4g} (#{best.number}, {best.user_attrs.get('latency_ms', 0):.3g} ms)"
         if self.config.mode != "constrained":
-            from ..report.pareto import pareto_mask
+            from ..pareto import pareto_mask
             pts = [(-t.user_attrs["accuracy"], t.user_attrs.get("latency_ms", 0.0)) for t in trials
                    if t.user_attrs.get("accuracy") is not None]
             text += f", front {int(pareto_mask(pts).sum())}"
