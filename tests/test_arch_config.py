@@ -145,7 +145,7 @@ def test_wrong_type_names_path():
     ({"stages__2__attention__placement": [0, 7]}, "stages.2.attention.placement.1", "0..4"),
     ({"stages__2__attention__heads": 3}, "stages.2.attention.heads", "do not divide"),
     ({"stages__2__attention__head_dim": 7}, "stages.2.attention.head_dim", "does not divide"),
-    ({"stages__2__kernel_size": 4}, "stages.2.kernel_size", "odd"),
+    ({"stages__2__kernel_size": 4}, "stages.2.kernel_size", "1, 3, 5, 7, 9"),
     ({"stages__0__downsample__stride": 3}, "stages.0.downsample.stride", "1, 2"),
     ({"stages__0__downsample": None}, "stages.0.downsample", "keeps the width"),
     ({"stages__2__expand_ratio": 0}, "stages.2.expand_ratio", "> 0"),
@@ -153,6 +153,15 @@ def test_wrong_type_names_path():
     ({"resolution": 4}, "resolution", "between 8"),
     ({"head__widths": [1, 2, 3]}, "head.widths", "at most two"),
     ({"stages": []}, "stages", "at least one"),
+    ({"num_classes": 10**12}, "num_classes", "between 0 and 1000000"),
+    ({"num_classes": 2**63}, "num_classes", "between 0 and 1000000"),
+    ({"stages__2__mlp_ratio": 0.001}, "stages.2.mlp_ratio", "rounds to 0 hidden channels"),
+    ({"stages__2__attention__placement": "all\n"}, "stages.2.attention.placement", "surrounding whitespace"),
+    ({"stages__2__attention__placement": "last:0"}, "stages.2.attention.placement", "between 1 and 64"),
+    ({"stages__2__attention__heads": "auto "}, "stages.2.attention.heads", "an integer or 'auto'"),
+    ({"stages__2__width": 10**6}, "stages.2.width", "between 1 and 8192"),
+    ({"head__dropout": float("nan")}, "head.dropout", "NaN"),
+    ({"resolution": 224.0}, "resolution", "expected an integer"),
 ])
 def test_bad_values_raise_config_error(changes, path, fragment):
     err = _error(_b1(**changes))
@@ -184,16 +193,19 @@ def test_yaml_errors_name_the_file(tmp_path):
     assert "cannot read" in str(pytest.raises(ConfigError, ArchConfig.from_yaml, missing).value)
 
 
+def test_yaml_text_errors_name_the_line(tmp_path):
+    text = get_preset("b1").to_yaml().replace("kernel_size: 5", "kernel_size: 4", 1)
+    err = pytest.raises(ConfigError, ArchConfig.from_yaml, text).value
+    line = text[:text.index("kernel_size: 4")].count("\n") + 1
+    assert err.path.endswith("kernel_size") and f"<config>, line {line}:" in str(err)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert str(pytest.raises(ConfigError, ArchConfig.from_yaml, empty).value) == f"{empty}: empty file"
+
+
 def test_python_construction_validates_and_normalizes():
     from lowspace.arch import StageConfig
     cfg = ArchConfig(stages=[StageConfig(width=32, depth=1, expand_ratio=6)])
     assert isinstance(cfg.stages, tuple) and cfg.stages[0].expand_ratio == 6.0
     with pytest.raises(ConfigError):
         ArchConfig(stages=[StageConfig(width=32, depth=1, block="conv")])
-
-
-def test_config_error_survives_pickling():
-    import pickle
-    err = ConfigError("stages.0.width", -1, "must be an integer >= 1", "x.yaml")
-    back = pickle.loads(pickle.dumps(err))
-    assert (back.path, back.value, back.allowed, back.source, str(back)) == (err.path, err.value, err.allowed, err.source, str(err))
