@@ -246,7 +246,7 @@ def harness_agreement(harness_runs: dict[str, dict], min_archs: int = 8) -> list
     import itertools
     import statistics
 
-    from lowspace.report.stats import kendall_tau
+    from scipy.stats import kendalltau
     runs, protocol = {}, {}
     for label, h in harness_runs.items():
         c = h["criteria"]
@@ -267,7 +267,7 @@ def harness_agreement(harness_runs: dict[str, dict], min_archs: int = 8) -> list
                 continue
             xs, ys = [runs[a][k] for k in keys], [runs[b][k] for k in keys]
             ratios = [x / y for x, y in zip(xs, ys)]
-            lines.append(f"| {a} | {b} | {prec} | {batch[1:]} | {len(keys)} | {kendall_tau(xs, ys):.3f} | "
+            lines.append(f"| {a} | {b} | {prec} | {batch[1:]} | {len(keys)} | {kendalltau(xs, ys).statistic:.3f} | "
                          f"{statistics.median(ratios):.3f} | {min(ratios):.3f} - {max(ratios):.3f} |")
     return lines if len(lines) > 2 else []
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from lowspace.report.stats import kendall_tau  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     a = [studies["autotuned"][k] for k in common]
     ratios = [x / y for x, y in zip(h, a)]
     lines += ["", f"Architectures both studies sampled: {len(common)}. Kendall tau of their batch-200 latency, "
-              f"heuristic vs autotuned: **{kendall_tau(h, a):.3f}**; latency ratio heuristic / autotuned: median "
+              f"heuristic vs autotuned: **{kendalltau(h, a).statistic:.3f}**; latency ratio heuristic / autotuned: median "
               f"{statistics.median(ratios):.3f}, range {min(ratios):.3f} - {max(ratios):.3f}."]
     (db.parent / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -27,7 +27,7 @@ for p in (str(ROOT), str(HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from lowspace.report.stats import kendall_tau  # noqa: E402
+from scipy.stats import kendalltau  # noqa: E402
 
 CHEAP, DEPLOY = "ours_graph", "ours_deploy"
 
@@ -103,9 +103,9 @@ def analyse(results: dict, batch: int, out: Path) -> dict:
     deploy_ms = [by_model[m][DEPLOY] for m in models]
     report = {
         "batch": batch, "n": len(models), "cheap": CHEAP, "deploy": DEPLOY,
-        "tau_cheap_vs_deploy": kendall_tau([by_model[m][CHEAP] for m in models], deploy_ms),
-        "tau_macs_vs_deploy": kendall_tau([by_model[m]["macs"] for m in models], deploy_ms),
-        "tau_params_vs_deploy": kendall_tau([by_model[m]["params"] for m in models], deploy_ms),
+        "tau_cheap_vs_deploy": float(kendalltau([by_model[m][CHEAP] for m in models], deploy_ms).statistic),
+        "tau_macs_vs_deploy": float(kendalltau([by_model[m]["macs"] for m in models], deploy_ms).statistic),
+        "tau_params_vs_deploy": float(kendalltau([by_model[m]["params"] for m in models], deploy_ms).statistic),
         "models": {m: by_model[m] for m in models},
         "env": results.get("env"),
     }

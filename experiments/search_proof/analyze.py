@@ -23,12 +23,13 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 
+from scipy.stats import kendalltau, spearmanr  # noqa: E402
+
 from lowspace import ArchConfig  # noqa: E402
 from lowspace.cost.count import count_macs, count_params  # noqa: E402
 from lowspace.pareto import hypervolume_history, pareto_mask  # noqa: E402
 from lowspace.report import trials_frame, write_report  # noqa: E402
 from lowspace.report.plots import write_figure  # noqa: E402
-from lowspace.report.stats import kendall_tau, spearman_rho  # noqa: E402
 
 RESULTS = HERE / "results"
 PEER_PROTOCOL = dict(backend="cuda_graph", precision="fp16", batch=200)
@@ -178,11 +179,11 @@ def main() -> int:
     calib = df.dropna(subset=["short_top1", "full_top1"])
     calibration = dict(
         n=len(calib),
-        kendall_short_vs_full=kendall_tau(list(calib["short_top1"]), list(calib["full_top1"])),
-        spearman_short_vs_full=spearman_rho(list(calib["short_top1"]), list(calib["full_top1"])),
-        kendall_params_vs_full=kendall_tau(list(calib["params"]), list(calib["full_top1"])),
-        spearman_params_vs_full=spearman_rho(list(calib["params"]), list(calib["full_top1"])),
-        kendall_macs_vs_full=kendall_tau(list(calib["macs"]), list(calib["full_top1"])),
+        kendall_short_vs_full=float(kendalltau(list(calib["short_top1"]), list(calib["full_top1"])).statistic),
+        spearman_short_vs_full=float(spearmanr(list(calib["short_top1"]), list(calib["full_top1"])).statistic),
+        kendall_params_vs_full=float(kendalltau(list(calib["params"]), list(calib["full_top1"])).statistic),
+        spearman_params_vs_full=float(spearmanr(list(calib["params"]), list(calib["full_top1"])).statistic),
+        kendall_macs_vs_full=float(kendalltau(list(calib["macs"]), list(calib["full_top1"])).statistic),
     )
     in_study = latency_by_arch(studies)
     ratios = sorted(in_study[r["arch_id"]][0] / r["latency_ms_b200"] for r in df.to_dict("records")
