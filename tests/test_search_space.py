@@ -187,6 +187,11 @@ def test_type_errors_of_choices_are_caught_on_load():
     ("base: b1\nparams: {}\n", "params"),
     ("base: b1\nparams:\n  a: {choices: [1, 2], path: stages.2.depth\n", "not valid YAML"),
     ("base: b1\nparms: {}\n", "did you mean 'params'"),
+    ("base: b1\nparams:\n  a: {choices: [1, .nan], path: stages.2.depth}\n", "line 3: got '.nan'; NaN"),
+    ("base: b1\nbase: b2\nparams: {}\n", "line 2: got 'base'; duplicate key"),
+    ('base: b1\nparams:\n  a: {choices: [all, "none\\n"], path: stages.3.attention.placement}\n',
+     "surrounding whitespace"),
+    ("", "empty document"),
 ])
 def test_bad_space_files_give_clear_errors(text, needle):
     err = _error(text)
@@ -213,6 +218,14 @@ def test_point_errors():
     assert "inactive" in str(_error(base + "points:\n  p: {a: none, s: 1}\n"))
     assert "missing s" in str(_error(base + "points:\n  p: {a: all}\n"))
     assert "one of" in str(_error(base + "points:\n  p: {a: some}\n"))
+
+
+def test_binary_space_file_names_file_and_line(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_bytes(b"base: b1\nparams: \x89PNG\n")
+    with pytest.raises(ConfigError) as info:
+        load_space(path)
+    assert str(info.value).startswith(f"{path}, line 2: not UTF-8 text")
 
 
 def test_unknown_space_name_lists_bundled_spaces():

@@ -42,8 +42,8 @@ import yaml
 
 from ..arch.config import ArchConfig
 from ..arch.presets import data_dir, get_preset, preset_key, resolve_config
+from ..config import YamlDocument, parse_yaml, read_yaml
 from ..errors import ConfigError, unknown_key_error
-from .yamldoc import YamlDoc as _Doc
 
 SPACE_KEYS = ("name", "description", "base", "recipe", "params", "points")
 PARAM_KEYS = ("choices", "low", "high", "step", "log", "type", "path", "paths", "when", "description")
@@ -287,13 +287,19 @@ class SearchSpace:
     @classmethod
     def load(cls, spec: str | Path) -> "SearchSpace":
         """A space from a bundled name (``lowformer``, ``wide``, ``demo``), a YAML path or YAML text."""
-        text, source = _read_space(spec)
-        return cls.from_text(text, source)
+        if isinstance(spec, str) and "\n" in spec:
+            return cls.from_text(spec)
+        return cls.from_document(read_yaml(_space_path(spec), what="space"))
 
     @classmethod
     def from_text(cls, text: str, source: str | None = None) -> "SearchSpace":
-        doc = _Doc(text, source, kind="space")
-        data = doc.data
+        """A space from YAML text (``source`` names it in errors)."""
+        return cls.from_document(parse_yaml(text, source, what="space"))
+
+    @classmethod
+    def from_document(cls, doc: YamlDocument) -> "SearchSpace":
+        """A space from a loaded YAML document; errors name its file, line and key."""
+        data, source = doc.data, doc.source
         if not isinstance(data, Mapping):
             raise doc.error([], type(data).__name__, "a search space is a mapping with keys: " + ", ".join(SPACE_KEYS))
         doc.check_keys([], data, SPACE_KEYS)
@@ -306,7 +312,7 @@ class SearchSpace:
         if recipe is not None and not isinstance(recipe, str):
             raise doc.error(["recipe"], recipe, "a recipe name (string), e.g. b1")
         space = cls(name=name, base=base.replace(name=None, notes=None, recipe=recipe), params=params,
-                    recipe=recipe, description=data.get("description"), source=source, text=text)
+                    recipe=recipe, description=data.get("description"), source=source, text=doc.text)
         space.points = _parse_points(doc, data.get("points"), space)
         return space
 
@@ -391,24 +397,19 @@ class SearchSpace:
 
 
 # ==================================================================== parsing helpers
-def _read_space(spec: str | Path) -> tuple[str, str | None]:
-    if isinstance(spec, str) and "\n" in spec:
-        return spec, None
+def _space_path(spec: str | Path) -> Path:
+    """The file of a space: ``spec`` itself, or the bundled space of that name."""
     path = Path(spec)
     if not path.exists() and not path.suffix:
         candidate = space_dir() / f"{spec}.yaml"
         if candidate.exists():
-            path = candidate
-        else:
-            names = builtin_spaces()
-            raise ConfigError("space", str(spec), "a YAML file path or a bundled space: " + (", ".join(names) or "none"))
-    try:
-        return path.read_text(), str(path)
-    except OSError as err:
-        raise ConfigError("space", str(spec), f"cannot read the space file ({err.strerror})") from None
+            return candidate
+        names = builtin_spaces()
+        raise ConfigError("space", str(spec), "a YAML file path or a bundled space: " + (", ".join(names) or "none"))
+    return path
 
 
-def _parse_base(doc: _Doc, base) -> ArchConfig:
+def _parse_base(doc: YamlDocument, base) -> ArchConfig:
     if base is None:
         raise doc.error(["base"], None, "a base config is required: a preset name, a config YAML path or a mapping")
     if isinstance(base, Mapping):
@@ -430,7 +431,7 @@ def _parse_base(doc: _Doc, base) -> ArchConfig:
     raise doc.error(["base"], base, "a preset name, a config YAML path or a mapping")
 
 
-def _parse_targets(doc: _Doc, where: list, spec: dict, base: ArchConfig) -> tuple[tuple[str, float | None], ...]:
+def _parse_targets(doc: YamlDocument, where: list, spec: dict, base: ArchConfig) -> tuple[tuple[str, float | None], ...]:
     if "path" in spec and "paths" in spec:
         raise doc.error(where + ["paths"], spec["paths"], "give either 'path' or 'paths', not both")
     raw = spec.get("path", spec.get("paths"))
@@ -460,7 +461,7 @@ def _parse_targets(doc: _Doc, where: list, spec: dict, base: ArchConfig) -> tupl
     return tuple(out)
 
 
-def _parse_params(doc: _Doc, raw, base: ArchConfig) -> tuple[Param, ...]:
+def _parse_params(doc: YamlDocument, raw, base: ArchConfig) -> tuple[Param, ...]:
     if not isinstance(raw, Mapping) or not raw:
         raise doc.error(["params"], raw, "a mapping of parameter name -> {choices | low/high, path | paths, when}")
     params: list[Param] = []
@@ -568,7 +569,7 @@ def _parse_when(doc, where, raw, earlier: list[Param]) -> tuple[Condition, ...]:
     return tuple(out)
 
 
-def _probe(doc: _Doc, where: list, p: Param, base: ArchConfig) -> None:
+def _probe(doc: YamlDocument, where: list, p: Param, base: ArchConfig) -> None:
     """Write each choice (or range end) alone onto the base: a type error at the target field is the space's
     fault and is reported now; errors elsewhere depend on other parameters and surface in trials."""
     if p.kind == "categorical":
@@ -600,7 +601,7 @@ def _same_field(err_path: str, target: str) -> bool:
     return all(x == y or y == "*" for x, y in zip(a, b))
 
 
-def _parse_points(doc: _Doc, raw, space: SearchSpace) -> dict[str, dict[str, Any]]:
+def _parse_points(doc: YamlDocument, raw, space: SearchSpace) -> dict[str, dict[str, Any]]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
