@@ -16,6 +16,7 @@ COMMANDS = {
     "search": "search",
     "pareto": "report",
     "export": "report",
+    "calibrate": "calibrate",
 }
 
 

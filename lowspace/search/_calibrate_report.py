@@ -1,0 +1,320 @@
+"""A calibration's numbers from its rows, and the files it writes: summary.json / summary.md, archs.csv,
+the tau-vs-cost plot (HTML, PNG where kaleido works) and the search-config snippet of the recommendation."""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import yaml
+
+from ._calibrate_stats import Agreement, Candidate, KnobEffect, agreement, knob_effects, recommend
+from .calibrate import CalibrationResult, Plan, ScheduleSummary
+
+
+@dataclass
+class Summary:
+    """Accuracies and costs by schedule, and what follows from them."""
+
+    top1: dict[str, dict[str, dict[int, float]]]  # schedule -> arch_id -> seed -> top-1
+    gpu_s: dict[str, dict[str, dict[int, float]]]
+    full: ScheduleSummary
+    candidates: list[ScheduleSummary]
+    baselines: dict[str, Agreement]
+    recommended: str | None
+    message: str
+    knobs: list[KnobEffect]
+    notes: list[str]
+
+
+def collect(plan: Plan, rows: list[dict]) -> tuple[dict, dict]:
+    """top-1 and GPU-seconds by schedule, architecture and seed, from the planned runs' successful rows (a run
+    recorded twice counts once: the last row)."""
+    wanted = {job.key: job for job in plan.jobs()}
+    top1: dict[str, dict[str, dict[int, float]]] = {s.name: {} for s in plan.schedules}
+    gpu: dict[str, dict[str, dict[int, float]]] = {s.name: {} for s in plan.schedules}
+    for row in rows:
+        job = wanted.get(row.get("key"))
+        if job is None or row.get("status") != "ok" or row.get("top1") is None:
+            continue
+        top1[job.schedule].setdefault(job.arch_id, {})[job.seed] = float(row["top1"])
+        gpu[job.schedule].setdefault(job.arch_id, {})[job.seed] = float(row.get("gpu_s") or math.nan)
+    return top1, gpu
+
+
+def _mean(values) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return fmean(values) if values else math.nan
+
+
+def _none(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else v
+
+
+def summarize(plan: Plan, rows: list[dict]) -> Summary:
+    """Every statistic of the calibration from the rows found so far (see ``docs/calibration.md``)."""
+    s = plan.settings
+    top1, gpu = collect(plan, rows)
+    notes: list[str] = []
+    full = top1["full"]
+    ref = {a: _mean(seeds.values()) for a, seeds in full.items()}
+    full_gpu = {a: _mean(seeds.values()) for a, seeds in gpu["full"].items()}
+    seed_a, seed_b = s.full_seeds
+    both = [a.arch_id for a in plan.archs if seed_a in full.get(a.arch_id, {}) and seed_b in full.get(a.arch_id, {})]
+    ceiling = None
+    if len(both) >= 3:
+        ceiling = agreement([full[a][seed_a] for a in both], [full[a][seed_b] for a in both], s.resamples, s.seed)
+    else:
+        notes.append(f"seed ceiling not measured: {len(both)} architectures have both full-schedule seeds (need 3)")
+    if len(both) < len(ref):
+        notes.append(f"{len(ref) - len(both)} architectures have one full-schedule seed only; their reference "
+                     f"is that seed")
+    full_summary = ScheduleSummary("full", plan.full.overrides, plan.full.options,
+                                   sum(len(v) for v in full.values()), len(both), _none(_mean(ref.values())),
+                                   _none(_mean(full_gpu.values())), 1.0 if full_gpu else None, ceiling)
+    candidates = [_candidate(plan, c, top1[c.name], gpu[c.name], ref, full_gpu) for c in plan.candidates]
+    baselines = _baselines(plan, ref)
+    ceiling_tau = ceiling.tau if ceiling else math.nan
+    pick = recommend([Candidate(c.name, c.agreement.tau if c.agreement else math.nan,
+                                c.cost_share if c.cost_share is not None else math.nan) for c in candidates],
+                     ceiling_tau, s.target, s.max_cost_share)
+    knobs = knob_effects({c.name: c.options for c in plan.candidates},
+                         {c.name: c.agreement.tau for c in candidates if c.agreement})
+    message = _message(plan, candidates, ceiling, pick.name if pick else None, knobs)
+    missing = len(plan.archs) - len(ref)
+    if missing:
+        notes.append(f"{missing} of {len(plan.archs)} architectures have no full-schedule result yet")
+    return Summary(top1, gpu, full_summary, candidates, baselines, pick.name if pick else None, message, knobs, notes)
+
+
+def _candidate(plan: Plan, sched, top1: dict, gpu: dict, ref: dict, full_gpu: dict) -> ScheduleSummary:
+    s = plan.settings
+    archs = [a.arch_id for a in plan.archs if a.arch_id in top1 and a.arch_id in ref]
+    acc = {a: _mean(top1[a].values()) for a in archs}
+    cost = {a: _mean(gpu[a].values()) for a in archs}
+    agree = agreement([acc[a] for a in archs], [ref[a] for a in archs], s.resamples, s.seed) if len(archs) >= 3 \
+        else None
+    share = math.nan
+    paired = [a for a in archs if math.isfinite(cost[a]) and math.isfinite(full_gpu.get(a, math.nan))]
+    if paired:
+        share = _mean(cost[a] for a in paired) / _mean(full_gpu[a] for a in paired)
+    return ScheduleSummary(sched.name, sched.overrides, sched.options, sum(len(v) for v in top1.values()), len(archs),
+                           _none(_mean(acc.values())), _none(_mean(cost.values())), _none(share), agree)
+
+
+def _baselines(plan: Plan, ref: dict) -> dict[str, Agreement]:
+    s = plan.settings
+    archs = [a.arch_id for a in plan.archs if a.arch_id in ref and a.arch_id in plan.costs]
+    if len(archs) < 3:
+        return {}
+    return {key: agreement([float(plan.costs[a][key]) for a in archs], [ref[a] for a in archs], s.resamples, s.seed)
+            for key in ("params", "macs")}
+
+
+def _message(plan: Plan, candidates: list[ScheduleSummary], ceiling: Agreement | None, pick: str | None,
+             knobs: list[KnobEffect]) -> str:
+    s = plan.settings
+    if ceiling is None:
+        return "no recommendation yet: the seed ceiling needs both full-schedule seeds (re-run to finish)"
+    if pick is not None:
+        c = next(c for c in candidates if c.name == pick)
+        return (f"recommended: {pick} (Kendall tau {c.agreement.tau:.2f} [{c.agreement.tau_low:.2f}, "
+                f"{c.agreement.tau_high:.2f}] vs the full schedule over {c.archs} architectures = "
+                f"{c.agreement.tau / ceiling.tau:.0%} of the seed ceiling {ceiling.tau:.2f}, at "
+                f"{c.cost_share:.0%} of the full schedule's GPU time)")
+    if ceiling.tau <= 0:
+        text = (f"no recommendation: the seed ceiling is {ceiling.tau:.2f}: two seeds of the full schedule do "
+                f"not rank these architectures alike, so no short schedule can be judged against it")
+    else:
+        text = (f"no candidate reaches {s.target:.0%} of the seed ceiling (tau >= {s.target * ceiling.tau:.2f}) "
+                f"within {s.max_cost_share:.0%} of the full schedule's GPU time")
+        ranked = [c for c in candidates if c.agreement and math.isfinite(c.agreement.tau)]
+        if ranked:
+            best = max(ranked, key=lambda c: c.agreement.tau)
+            share = f"{best.cost_share:.0%}" if best.cost_share is not None else "?"
+            text += f"; the best is {best.name} (tau {best.agreement.tau:.2f}, {share} of the GPU time)"
+    if knobs:
+        k = knobs[0]
+        text += f"; the knob that moved tau most: {k.label} ({k.low} -> {k.high}: {k.delta:+.2f})"
+    return text
+
+
+# ==================================================================== files
+def write_outputs(plan: Plan, summary: Summary, out: Path, runs: dict[str, int]) -> CalibrationResult:
+    """Write summary.json, summary.md, archs.csv, the plot and the snippet; return the result object."""
+    from ..io import atomic_write_json, atomic_write_text
+    files = [out / "rows.jsonl", out / "archs.json"]
+    notes = list(summary.notes)
+    snippet = None
+    if summary.recommended is not None:
+        snippet = out / "recommended.yaml"
+        atomic_write_text(snippet, snippet_text(plan, summary))
+        files.append(snippet)
+    atomic_write_json(out / "summary.json", _summary_json(plan, summary, runs))
+    atomic_write_text(out / "summary.md", _summary_md(plan, summary, runs))
+    _write_archs_csv(plan, summary, out / "archs.csv")
+    files += [out / "summary.json", out / "summary.md", out / "archs.csv"]
+    plotted = [c for c in summary.candidates if c.agreement and c.cost_share is not None]
+    if plotted:
+        html, png, note = write_plot(plan, summary, out / "calibration.html",
+                                     out / "calibration.png" if plan.settings.png else None)
+        files += [p for p in (html, png) if p is not None]
+        if note:
+            notes.append(note)
+    return CalibrationResult(out, len(plan.archs), summary.full, summary.candidates, summary.baselines,
+                             summary.recommended, summary.message, summary.knobs, snippet, files, notes, runs)
+
+
+def snippet_text(plan: Plan, summary: Summary) -> str:
+    """The ``proxy:`` section of a search config that uses the recommended schedule."""
+    pick = next(c for c in plan.candidates if c.name == summary.recommended)
+    stats = next(c for c in summary.candidates if c.name == pick.name)
+    proxy = {**plan.source.proxy, **plan.settings.full}
+    proxy.update({k: v for k, v in pick.options.items() if plan.full.options.get(k) != v})
+    a = stats.agreement
+    head = (f"# lowspace calibrate {plan.source.path}: schedule {pick.name}, Kendall tau {a.tau:.2f} "
+            f"[{a.tau_low:.2f}, {a.tau_high:.2f}] against the full schedule over {a.n} architectures\n"
+            f"# (seed ceiling {summary.full.agreement.tau:.2f}), {stats.cost_share:.0%} of its GPU time per run.\n")
+    return head + yaml.safe_dump({"proxy": proxy}, sort_keys=False, default_flow_style=False)
+
+
+def _summary_json(plan: Plan, summary: Summary, runs: dict[str, int]) -> dict[str, Any]:
+    s = plan.settings
+    return dict(source=plan.source.path, space=plan.source.space.name, data=plan.data_spec,
+                settings={k: v for k, v in asdict(s).items() if k not in ("source",)},
+                archs=len(plan.archs), full=summary.full.to_dict(),
+                candidates=[c.to_dict() for c in summary.candidates],
+                baselines={k: v.to_dict() for k, v in summary.baselines.items()},
+                recommended=summary.recommended, message=summary.message,
+                knobs=[dict(knob=k.knob, label=k.label, delta=k.delta, low=k.low, high=k.high) for k in summary.knobs],
+                runs=runs, notes=summary.notes)
+
+
+def _fmt(v, spec: str = ".2f") -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)
+
+
+def _interval(a: Agreement | None, which: str) -> str:
+    if a is None:
+        return "-"
+    point, low, high = (getattr(a, which), getattr(a, which + "_low"), getattr(a, which + "_high"))
+    return f"{_fmt(point)} [{_fmt(low)}, {_fmt(high)}]"
+
+
+def _summary_md(plan: Plan, summary: Summary, runs: dict[str, int]) -> str:
+    s = plan.settings
+    lines = [f"# Proxy calibration: {plan.source.path}", "",
+             f"{len(plan.archs)} architectures of space `{plan.source.space.name}`; validation: "
+             f"{plan.data_spec['val_per_class']} training images per class held out (seed {s.seed}); "
+             f"full schedule seeds {list(s.full_seeds)}, candidate seeds {list(s.candidate_seeds)}; "
+             f"{s.resamples} bootstrap resamples, 95 % intervals.", "",
+             f"**{summary.message}**", "",
+             "| schedule | overrides | archs | mean top-1 | Kendall tau [95 %] | Spearman rho [95 %] | GPU s / run "
+             "| cost share |", "|:--|:--|--:|--:|--:|--:|--:|--:|"]
+    f = summary.full
+    lines.append(f"| full (seed ceiling) | - | {f.archs} | {_fmt(f.mean_top1)} | {_interval(f.agreement, 'tau')} | "
+                 f"{_interval(f.agreement, 'rho')} | {_fmt(f.gpu_s, '.1f')} | 100 % |")
+    for c in sorted(summary.candidates, key=lambda c: c.cost_share if c.cost_share is not None else math.inf):
+        over = ", ".join(f"{k}={v}" for k, v in c.overrides.items())
+        mark = " **(recommended)**" if c.name == summary.recommended else ""
+        lines.append(f"| {c.name}{mark} | {over} | {c.archs} | {_fmt(c.mean_top1)} | {_interval(c.agreement, 'tau')} "
+                     f"| {_interval(c.agreement, 'rho')} | {_fmt(c.gpu_s, '.1f')} | {_fmt(c.cost_share, '.0%')} |")
+    for key, a in summary.baselines.items():
+        lines.append(f"| #{key} (baseline) | - | {a.n} | - | {_interval(a, 'tau')} | {_interval(a, 'rho')} | 0 | 0 % |")
+    if summary.knobs:
+        lines += ["", "One-knob comparisons (largest tau change per knob):", ""]
+        lines += [f"- {k.label}: {k.low} -> {k.high}, tau {k.delta:+.2f}" for k in summary.knobs]
+    lines += ["", f"Runs: {runs}"]
+    if summary.notes:
+        lines += [""] + [f"- note: {n}" for n in summary.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _write_archs_csv(plan: Plan, summary: Summary, path: Path) -> None:
+    from ..io import atomic_path
+    s = plan.settings
+    cols = ["name", "arch_id", "source", "params", "macs"] + [f"full_seed{k}" for k in s.full_seeds] + ["full_mean"]
+    cols += [c.name for c in plan.candidates]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(cols)
+        for arch in plan.archs:
+            cost = plan.costs.get(arch.arch_id, {})
+            full = summary.top1["full"].get(arch.arch_id, {})
+            row = [arch.name, arch.arch_id, arch.source, cost.get("params"), cost.get("macs")]
+            row += [full.get(k) for k in s.full_seeds] + [_none(_mean(full.values()))]
+            row += [_none(_mean(summary.top1[c.name].get(arch.arch_id, {}).values())) for c in plan.candidates]
+            writer.writerow(["" if v is None else v for v in row])
+
+
+def tau_cost_figure(plan: Plan, summary: Summary):
+    """Kendall tau (with its interval) against cost share per candidate, the seed ceiling as a band, the
+    target as a dashed line, #params / MACs as dotted reference lines."""
+    import plotly.graph_objects as go
+    s = plan.settings
+    cands = [c for c in summary.candidates if c.agreement and c.cost_share is not None]
+    fig = go.Figure()
+    ceiling = summary.full.agreement
+    if ceiling is not None and math.isfinite(ceiling.tau):
+        if math.isfinite(ceiling.tau_low):
+            fig.add_hrect(y0=ceiling.tau_low, y1=ceiling.tau_high, fillcolor="green", opacity=0.12, line_width=0)
+        fig.add_hline(y=ceiling.tau, line_color="green",
+                      annotation_text=f"seed ceiling {ceiling.tau:.2f}", annotation_position="top left")
+        fig.add_hline(y=s.target * ceiling.tau, line_dash="dash", line_color="green",
+                      annotation_text=f"target {s.target:.0%} of ceiling", annotation_position="bottom left")
+    for key, a in summary.baselines.items():
+        if math.isfinite(a.tau):
+            fig.add_hline(y=a.tau, line_dash="dot", line_color="gray",
+                          annotation_text=f"#{key}: {a.tau:.2f}", annotation_position="bottom right")
+    fig.add_vline(x=100 * s.max_cost_share, line_dash="dash", line_color="gray",
+                  annotation_text=f"cost cap {s.max_cost_share:.0%}")
+    for picked in (False, True):
+        group = [c for c in cands if (c.name == summary.recommended) == picked]
+        if not group:
+            continue
+        taus = [c.agreement.tau for c in group]
+        fig.add_trace(go.Scatter(
+            x=[100 * c.cost_share for c in group], y=taus, mode="markers+text", text=[c.name for c in group],
+            textposition="top center", name="recommended" if picked else "candidate schedules",
+            marker=dict(size=14 if picked else 9, symbol="star" if picked else "circle",
+                        color="crimson" if picked else "royalblue"),
+            error_y=dict(type="data", symmetric=False,
+                         array=[_gap(c.agreement.tau_high - c.agreement.tau) for c in group],
+                         arrayminus=[_gap(c.agreement.tau - c.agreement.tau_low) for c in group]),
+            hovertext=[f"{c.name}: tau {_interval(c.agreement, 'tau')}, rho {_interval(c.agreement, 'rho')}, "
+                       f"{c.gpu_s:.1f} GPU s / run, {c.archs} archs" for c in group], hoverinfo="text"))
+    fig.update_layout(title=f"Short schedules vs the full schedule: {plan.source.space.name}, {len(plan.archs)} "
+                            f"architectures", xaxis_title="GPU time per run (% of the full schedule)",
+                      yaxis_title="Kendall tau vs the full schedule (95 % bootstrap interval)",
+                      template="plotly_white", width=900, height=560)
+    return fig
+
+
+def _gap(v: float) -> float:
+    return max(0.0, v) if math.isfinite(v) else 0.0
+
+
+def write_plot(plan: Plan, summary: Summary, html: Path, png: Path | None) -> tuple[Path, Path | None, str]:
+    """Write the figure (HTML with plotly.js inline; PNG through kaleido, else a note why not)."""
+    from ..report.plots import write_figure
+    return write_figure(tau_cost_figure(plan, summary), html, png)
+
+
+def result_table(result: CalibrationResult) -> list[dict[str, Any]]:
+    """One plain row per schedule (the CLI prints it)."""
+    rows = []
+    for c in [result.full, *sorted(result.candidates, key=lambda c: c.cost_share if c.cost_share is not None
+                                   else math.inf)]:
+        a = c.agreement
+        rows.append(dict(schedule="full (ceiling)" if c.name == "full" else c.name, archs=c.archs,
+                         top1=_fmt(c.mean_top1), tau=_interval(a, "tau"), rho=_interval(a, "rho"),
+                         gpu_s=_fmt(c.gpu_s, ".1f"), share=_fmt(c.cost_share, ".0%"),
+                         recommended=c.name == result.recommended))
+    for key, a in result.baselines.items():
+        rows.append(dict(schedule=f"#{key}", archs=a.n, top1="-", tau=_interval(a, "tau"), rho=_interval(a, "rho"),
+                         gpu_s="0", share="0%", recommended=False))
+    return rows
+
