@@ -13,7 +13,7 @@ from lowspace.report import plots
 from lowspace.report.tables import load_peers
 from lowspace.search.settings import SearchConfig
 from lowspace.search.storage import load_study
-from lowspace.search.study import run_search
+from lowspace.search import run_search
 
 
 def _study(tmp_path, name="s", mode="pareto", n=6, space="demo", **kw):

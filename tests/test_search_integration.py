@@ -7,7 +7,7 @@ from lowspace.arch import ArchConfig
 from lowspace.report import export_pareto
 from lowspace.search.settings import SearchConfig
 from lowspace.search.storage import load_study
-from lowspace.search.study import run_search
+from lowspace.search import run_search
 
 pytestmark = pytest.mark.slow
 

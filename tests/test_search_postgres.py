@@ -9,7 +9,7 @@ import pytest
 import search_fakes
 from lowspace.search.settings import SearchConfig
 from lowspace.search.storage import StorageError, load_study, open_storage
-from lowspace.search.study import count_states, run_search
+from lowspace.search import count_states, run_search
 from test_search_study import TESTS, check_kill_recovery, run_killing_one_worker
 
 pytestmark = pytest.mark.postgres

@@ -9,7 +9,7 @@ import yaml
 from lowspace.arch import get_preset
 from lowspace.errors import ConfigError
 from lowspace.search.space import SearchSpace, builtin_spaces, load_space
-from lowspace.search.study import enqueue_points
+from lowspace.search import enqueue_points
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -9,10 +9,10 @@ import pytest
 from optuna.trial import TrialState
 
 import search_fakes
-from lowspace.errors import ConfigError, LowspaceError
+from lowspace.errors import ConfigError
 from lowspace.search.settings import SearchConfig
 from lowspace.search.storage import StorageError, load_study, normalize_storage, open_storage
-from lowspace.search.study import count_states, run_search
+from lowspace.search import count_states, run_search
 
 TESTS = Path(__file__).resolve().parent
 
@@ -114,7 +114,7 @@ def test_resume_compares_the_proxy_with_its_defaults_filled_in(tmp_path):
 def test_resume_of_a_study_without_resolved_proxy_warns_about_new_keys(tmp_path):
     run_search(_config(tmp_path, n_trials=1), engines=search_fakes.fake_engines())
     study = load_study(tmp_path / "study.db", "s")
-    study._storage.set_study_user_attr(study._study_id, "proxy_resolved", None)  # as written by older lowspace
+    study.set_user_attr("proxy_resolved", None)  # as written by older lowspace
     with pytest.warns(UserWarning, match="recorded no proxy.lr; resuming with proxy.lr=0.5"):
         run_search(_config(tmp_path, n_trials=1, proxy={"epochs": 2, "lr": 0.5}),
                    engines=search_fakes.fake_engines())
@@ -134,7 +134,7 @@ def test_resume_of_a_study_timed_before_cudnn_benchmark_was_recorded(tmp_path):
     stored = study.user_attrs["lowspace_config"]
     assert stored["protocol"]["cudnn_benchmark"] is False
     del stored["protocol"]["cudnn_benchmark"]
-    study._storage.set_study_user_attr(study._study_id, "lowspace_config", stored)
+    study.set_user_attr("lowspace_config", stored)
     with pytest.raises(ConfigError, match="protocol.cudnn_benchmark.*'cudnn_benchmark': True"):
         run_search(_config(tmp_path, n_trials=1), engines=search_fakes.fake_engines())
     assert run_search(_config(tmp_path, n_trials=2, protocol={"cudnn_benchmark": True}),
@@ -159,10 +159,30 @@ def test_constrained_and_random_modes_run(tmp_path):
     assert load_study(tmp_path / "study.db", "r").user_attrs["sampler"] == "random"
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "gp"])
-def test_other_samplers(tmp_path, sampler):
-    config = _config(tmp_path, sampler=sampler, n_trials=3, study_name=sampler)
-    assert run_search(config, engines=search_fakes.fake_engines()).complete == 3
+def test_nsga2_breeds_a_second_generation(tmp_path):
+    # population max(8, n_trials // 4) = 8: trials after the first eight are bred from it
+    config = _config(tmp_path, sampler="nsga2", n_trials=11, study_name="nsga2")
+    assert run_search(config, engines=search_fakes.fake_engines()).complete == 11
+    study = load_study(tmp_path / "study.db", "nsga2")
+    generations = [t.system_attrs.get("NSGAIISampler:generation") for t in study.trials]
+    assert max(g for g in generations if g is not None) >= 1
+
+
+@pytest.mark.slow  # fits a Gaussian process per trial
+def test_gp_sampler_proposes_after_its_start_up_trials(tmp_path, monkeypatch):
+    import optuna
+    proposals = []
+    real = optuna.samplers.GPSampler.sample_relative
+
+    def spy(self, study, trial, search_space):
+        params = real(self, study, trial, search_space)
+        proposals.append(bool(params))
+        return params
+
+    monkeypatch.setattr(optuna.samplers.GPSampler, "sample_relative", spy)
+    config = _config(tmp_path, sampler="gp", n_trials=7, study_name="gp")  # 4 start-up trials
+    assert run_search(config, engines=search_fakes.fake_engines()).complete == 7
+    assert sum(proposals) >= 2  # the model proposed the last trials
 
 
 def test_bad_storage_urls_give_clear_errors(tmp_path):
@@ -234,6 +254,7 @@ def run_killing_one_worker(config: SearchConfig, study_name: str, storage) -> tu
     return result["summary"], victim.number
 
 
+@pytest.mark.slow  # worker processes, one killed with SIGKILL
 def test_local_workers_one_killed_mid_trial(tmp_path, monkeypatch):
     """`--workers 2` on the SQLite default: a worker killed mid-trial; heartbeat fails it, a worker retries it."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
@@ -248,20 +269,15 @@ def test_local_workers_one_killed_mid_trial(tmp_path, monkeypatch):
 
 
 def test_worker_environments_pin_gpus_or_cpu(monkeypatch):
-    from lowspace.search import study as study_mod
-    envs = study_mod.worker_environments(3, "cpu")
+    from lowspace.search._launch import worker_environments
+    envs = worker_environments(3, "cpu")
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["", "", ""]
     assert all(int(e["OMP_NUM_THREADS"]) >= 1 for e in envs)
     import torch
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    envs = study_mod.worker_environments(3, "auto")
+    envs = worker_environments(3, "auto")
     assert [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "1", "0"]
-    import os
     assert all(int(e["LOWSPACE_NUM_THREADS"]) == max(1, (os.cpu_count() or 1) // 3) for e in envs)
-
-
-def test_errors_are_lowspace_errors():
-    assert issubclass(StorageError, LowspaceError)
 
 
 def test_bad_protocol_and_missing_data_fail_before_any_trial(tmp_path):

@@ -136,7 +136,7 @@ def run(args) -> int:
     from rich.console import Console
 
     from ..search.space import load_space
-    from ..search.study import run_search
+    from ..search import run_search
     from ..search.storage import load_study
 
     console = Console(stderr=True)

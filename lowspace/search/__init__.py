@@ -9,8 +9,10 @@ from .halving import HalvingSettings, ParetoHalving, keep_at_rung, rung_epochs
 from .settings import SearchConfig
 from .space import Param, SearchSpace, builtin_spaces, load_space
 from .storage import StorageError, load_study, normalize_storage, open_storage
-from .study import (SearchSummary, count_states, create_or_load_study, enqueue_points, make_pruner, make_sampler,
-                    run_search, run_worker)
+from ._launch import run_search
+from ._loop import SearchSummary, count_states, run_worker
+from ._samplers import make_pruner, make_sampler
+from ._setup import create_or_load_study, enqueue_points
 from .trial import Engines, TrialFailed, TrialPipeline, default_engines
 
 __all__ = [

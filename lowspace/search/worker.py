@@ -11,7 +11,7 @@ import sys
 
 from ..errors import LowspaceError
 from .settings import SearchConfig
-from .study import run_worker
+from ._loop import run_worker
 from .trial import summary_line
 
 
