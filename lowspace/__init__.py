@@ -5,12 +5,15 @@ The public API (stable names; heavier modules are imported on first use):
     ArchConfig, ConfigError, create_model, load_checkpoint, export_state_dict,
     count_params, count_macs, measure, deploy
 """
-from importlib import import_module
+from importlib import import_module, metadata
 
 from .arch.config import ArchConfig
 from .errors import ConfigError, LowspaceError
 
-__version__ = "0.1.0"
+try:
+    __version__ = metadata.version("lowspace")
+except metadata.PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "create_model": "lowspace.arch.factory",
