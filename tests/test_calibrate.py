@@ -149,6 +149,18 @@ def test_validation_is_held_out_from_the_training_images_never_the_test_split():
     assert set(again.val.images[:, 0, 0, 0].tolist()) == val_ids
 
 
+def test_runs_are_keyed_by_the_data_they_see_not_by_how_it_was_named(tmp_path):
+    a = make_plan(tiny(tmp_path, data=SYNTHETIC))
+    same = make_plan(tiny(tmp_path, data=dict(reversed(list(SYNTHETIC.items())))))
+    other_split = make_plan(tiny(tmp_path, val_per_class=5))
+    other_images = make_plan(tiny(tmp_path, data={**SYNTHETIC, "noise": 0.5}))
+    keys = [j.key for j in a.jobs()]
+    assert [j.key for j in same.jobs()] == keys
+    assert not set(keys) & {j.key for j in other_split.jobs()}
+    assert not set(keys) & {j.key for j in other_images.jobs()}
+    assert run.data_identity(run.load_data(SYNTHETIC), 8, 0) == a.data_key  # 48 images per class: 8 held out
+
+
 # ==================================================================== rows, resume, summary
 def fake_rows(plan, top1, gpu_s=lambda job: 10.0 if job.schedule == "full" else 1.0):
     return [dict(key=j.key, arch=j.arch, arch_id=j.arch_id, schedule=j.schedule, seed=j.seed, status="ok",

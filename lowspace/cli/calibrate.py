@@ -97,5 +97,6 @@ def run(args) -> int:
     console.print(f"files in {result.out}/: " + ", ".join(p.name for p in result.files), highlight=False)
     left = result.runs.get("left", 0)
     if left:
-        console.print(f"{left} runs not started (time limit): re-run the same command to continue", highlight=False)
+        how = "re-run the same command" if settings.train else "run without --report-only"
+        console.print(f"{left} runs not done yet: {how} to continue", highlight=False)
     return 0

@@ -148,11 +148,13 @@ def write_outputs(plan: Plan, summary: Summary, out: Path, runs: dict[str, int])
     from ..io import atomic_write_json, atomic_write_text
     files = [out / "rows.jsonl", out / "archs.json"]
     notes = list(summary.notes)
-    snippet = None
+    snippet = out / "recommended.yaml"
     if summary.recommended is not None:
-        snippet = out / "recommended.yaml"
         atomic_write_text(snippet, snippet_text(plan, summary))
         files.append(snippet)
+    else:
+        snippet.unlink(missing_ok=True)  # a recommendation of earlier rows no longer holds
+        snippet = None
     atomic_write_json(out / "summary.json", _summary_json(plan, summary, runs))
     atomic_write_text(out / "summary.md", _summary_md(plan, summary, runs))
     _write_archs_csv(plan, summary, out / "archs.csv")
@@ -164,6 +166,7 @@ def write_outputs(plan: Plan, summary: Summary, out: Path, runs: dict[str, int])
         files += [p for p in (html, png) if p is not None]
         if note:
             notes.append(note)
+    files = [p for p in files if p.exists()]
     return CalibrationResult(out, len(plan.archs), summary.full, summary.candidates, summary.baselines,
                              summary.recommended, summary.message, summary.knobs, snippet, files, notes, runs)
 

@@ -8,12 +8,13 @@ import math
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LowspaceError
 
 
 # ==================================================================== adapters to the other engines
@@ -77,6 +78,19 @@ def validation_split(data, per_class: int, seed: int):
     rest = [i for i in range(len(labels)) if i not in held_set]
     info = dict(data.info, validation=dict(source="train", per_class=per_class, seed=seed, images=len(held)))
     return replace(data, train=data.train.select(rest), val=data.train.select(held), info=info)
+
+
+def data_identity(data, per_class: int, seed: int) -> str:
+    """A short hash of the images, labels and held-out split a run sees, whatever path they were read from
+    (so rows stay valid when the data set moves)."""
+    digest = hashlib.sha256(json.dumps([data.name, list(data.classes), data.in_chans, per_class, seed]).encode())
+    digest.update(bytes(str(data.train.label_list()), "ascii"))
+    images = getattr(data.train, "images", None)
+    if images is not None:
+        digest.update(images.contiguous().cpu().numpy().tobytes())
+    else:
+        digest.update("\n".join(str(Path(p).relative_to(data.train.root)) for p, _ in data.train.samples).encode())
+    return digest.hexdigest()[:16]
 
 
 def class_counts(data) -> list[int]:
@@ -150,7 +164,7 @@ class RowStore:
 _STATE: dict[str, Any] = {}
 
 
-def _init_worker(devices: list[str], counter, threads: int, data_spec: dict, store: str) -> None:
+def _init_worker(devices: list[str], counter, threads: int, data_spec: dict, store: str, shared_by: int) -> None:
     """Pin this worker process to a device (round robin over ``devices``) and a share of the CPU threads."""
     import torch
     with counter.get_lock():
@@ -160,7 +174,7 @@ def _init_worker(devices: list[str], counter, threads: int, data_spec: dict, sto
     torch.set_num_threads(max(1, threads))
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    _STATE.update(device=device, data_spec=data_spec, store=RowStore(store))
+    _STATE.update(device=device, data_spec=data_spec, store=RowStore(store), shared_by=shared_by)
 
 
 def _worker_data(spec: dict):
@@ -184,7 +198,8 @@ def run_job(job: Job, device: str | None = None, data=None, data_spec: dict | No
         data = _worker_data(data_spec or _STATE["data_spec"])
     cuda = device.startswith("cuda")
     row = dict(key=job.key, arch=job.arch, arch_id=job.arch_id, config=job.config, schedule=job.schedule,
-               schedule_config=job.options, seed=job.seed, device=device, lowspace_version=__version__,
+               schedule_config=job.options, seed=job.seed, device=device,
+               runs_sharing_device=_STATE.get("shared_by", 1), lowspace_version=__version__,
                data=data.describe(), validation=data.info.get("validation"))
     try:
         if cuda:
@@ -256,7 +271,8 @@ def run_jobs(jobs: Iterable[Job], store: RowStore, devices: list[str], workers: 
     pending = list(reversed(jobs))
     running: set[Future] = set()
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(devices, ctx.Value("i", 0), threads, data_spec, str(store.path))) as pool:
+                             initargs=(devices, ctx.Value("i", 0), threads, data_spec, str(store.path),
+                                       math.ceil(workers / len(devices)))) as pool:
         try:
             while pending or running:
                 while pending and len(running) < workers and not out_of_time():
@@ -265,7 +281,11 @@ def run_jobs(jobs: Iterable[Job], store: RowStore, devices: list[str], workers: 
                     break
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    record(future.result())
+                    try:
+                        record(future.result())
+                    except BrokenProcessPool as err:
+                        raise LowspaceError(f"a training worker process died ({err}); the finished runs are "
+                                            f"kept: re-run to continue") from None
         except BaseException:
             for future in running:
                 future.cancel()

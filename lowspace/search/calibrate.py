@@ -362,12 +362,12 @@ def make_plan(settings: CalibrationSettings) -> Plan:
         or max(1, smallest // 6)
     if held >= smallest:
         raise ConfigError("val_per_class", held, f"fewer than the {smallest} training images of the smallest class")
+    data_key = run.data_identity(data, held, settings.seed)
     data = run.validation_split(data, held, settings.seed)
     per_class = min(run.class_counts(data))
     full = Schedule("full", dict(settings.full), full_opts)
     candidates = plan_schedules(settings, full_opts, per_class)
     data_spec = dict(data=data_options, val_per_class=held, split_seed=settings.seed)
-    data_key = json.dumps(data_spec, sort_keys=True, default=str)
     return Plan(settings, source, archs, full, candidates, data_spec, data_key, per_class, data)
 
 
