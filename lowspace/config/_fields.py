@@ -45,7 +45,7 @@ class Constraint:
         high = ("<=", self.le) if self.le is not None else ("<", self.lt) if self.lt is not None else None
         if low and high and low[0] == ">=" and high[0] == "<=":
             return f"between {_num(low[1])} and {_num(high[1])}"
-        parts = [f"{op} {_num(v)}" for op, v in (low, high) if op]
+        parts = [f"{op} {_num(v)}" for op, v in (bound for bound in (low, high) if bound)]
         return " and ".join(parts)
 
     @property

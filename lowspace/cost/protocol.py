@@ -2,18 +2,20 @@
 
 ``Protocol`` fixes how the network runs (device, backend, precision, memory format, batch, resolution,
 deploy path, cuDNN autotuning); ``Timing`` fixes how long and how precisely it is timed. Both are frozen
-and validated when built, so a bad value is a :class:`~lowspace.errors.ConfigError` before anything runs.
+:class:`lowspace.config.Config` dataclasses, validated when built, so a bad value is a
+:class:`~lowspace.errors.ConfigError` before anything runs.
 ``lowspace bench``, the search's trials and :func:`lowspace.measure` all take these two objects;
 docs/measurement.md explains every field.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..runtime import check_cudnn_benchmark, check_protocol
+from ..config import Config, option
 from ..errors import ConfigError
+from ..runtime import BACKENDS, PRECISIONS, check_protocol
 
 __all__ = ["Protocol", "Timing", "COMPILE_BACKENDS", "COMPILE_MODES"]
 
@@ -24,27 +26,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 _DEVICE_TIMING = {"cuda": (40.0, 50.0, 3.0), "cpu": (100.0, 100.0, 10.0)}
 
 
-def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(name, value, f"an integer >= {low}")
-    return value
-
-
-def _check_number(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or not (value >= 0 if allow_zero else value > 0):
-        raise ConfigError(name, value, "a number >= 0" if allow_zero else "a positive number")
-    return float(value)
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(name, value, "true or false")
-    return value
-
-
 @dataclass(frozen=True)
-class Protocol:
+class Protocol(Config):
     """How a network is run while it is timed.
 
     Args:
@@ -63,54 +46,33 @@ class Protocol:
     """
 
     device: str = "cpu"
-    backend: str = "eager"
-    precision: str = "fp32"
+    backend: str = option("eager", choices=BACKENDS)
+    precision: str = option("fp32", choices=PRECISIONS)
     channels_last: bool = False
-    batch_size: int = 1
-    resolution: int | None = None
+    batch_size: int = option(1, ge=1)
+    resolution: int | None = option(None, ge=1)
     deploy: bool = False
-    deploy_options: dict[str, Any] = field(default_factory=dict)
+    deploy_options: dict[str, Any] = option(default_factory=dict)
     reparam: bool = False
-    compile_mode: str | None = None
-    cudnn_benchmark: bool | int = False
+    compile_mode: str | None = option(None, choices=COMPILE_MODES)
+    cudnn_benchmark: bool | int = option(False, ge=1)
 
-    def __post_init__(self):
-        dev = check_protocol(self.backend, self.precision, self.device)
-        self._set("device", str(dev))
-        _check_bool("channels_last", self.channels_last)
-        _check_bool("deploy", self.deploy)
-        _check_bool("reparam", self.reparam)
-        _check_int("batch_size", self.batch_size, 1)
-        if self.resolution is not None:
-            _check_int("resolution", self.resolution, 1)
-        check_cudnn_benchmark("cudnn_benchmark", self.cudnn_benchmark)
-        self._check_deploy_options()
-        if self.compile_mode is not None and self.compile_mode not in COMPILE_MODES:
-            raise ConfigError("compile_mode", self.compile_mode, "allowed: " + ", ".join(COMPILE_MODES))
+    def validate(self) -> None:
+        self._set("device", str(check_protocol(self.backend, self.precision, self.device)))
+        if self.deploy_options and not self.deploy:
+            raise ConfigError("deploy_options", self.deploy_options, "only with deploy=True")
+        if "cudnn_benchmark" in self.deploy_options:
+            raise ConfigError("deploy_options.cudnn_benchmark", self.deploy_options["cudnn_benchmark"],
+                              "set it once, as the protocol's cudnn_benchmark")
         if self.backend not in COMPILE_BACKENDS or self.deploy:  # deploy() takes its own compile settings
             self._set("compile_mode", None)
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
 
-    def _check_deploy_options(self) -> None:
-        options = self.deploy_options
-        if not isinstance(options, dict) or not all(isinstance(k, str) for k in options):
-            raise ConfigError("deploy_options", options, "a dict of keyword arguments for deploy()")
-        if options and not self.deploy:
-            raise ConfigError("deploy_options", options, "only with deploy=True")
-        if "cudnn_benchmark" in options:
-            raise ConfigError("deploy_options.cudnn_benchmark", options["cudnn_benchmark"],
-                              "set it once, as the protocol's cudnn_benchmark")
-        self._set("deploy_options", dict(options))
-
     @property
     def device_type(self) -> str:
         return self.device.split(":")[0]
-
-    def replace(self, **changes) -> "Protocol":
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
 
     def record(self, resolution: int, in_chans: int) -> dict[str, Any]:
         """The protocol as it travels with a number (and keys the cache): concrete resolution, the input
@@ -127,47 +89,40 @@ class Protocol:
 
 
 @dataclass(frozen=True)
-class Timing:
+class Timing(Config):
     """When the clock stops: warm up, then time chunks of back-to-back calls until the spread of the last
     ``min_chunks`` chunk values is at most ``target_spread``, or a cap is reached.
 
     Args:
         target_spread: stop when (max - min) / median of the last ``min_chunks`` chunks is at most this.
         min_chunks: the window the spread is taken over (at least 2).
-        max_chunks: stop after this many chunks.
+        max_chunks: stop after this many chunks (at least ``min_chunks``).
         chunk_ms: time per chunk (None: 40 on CUDA, 100 on CPU).
         warmup_ms: warm-up time (None: 50 on CUDA, 100 on CPU).
         max_time_s: stop timing after this long (None: 3 on CUDA, 10 on CPU).
     """
 
-    target_spread: float = 0.02
-    min_chunks: int = 5
-    max_chunks: int = 50
-    chunk_ms: float | None = None
-    warmup_ms: float | None = None
-    max_time_s: float | None = None
+    target_spread: float = option(0.02, gt=0)
+    min_chunks: int = option(5, ge=2)
+    max_chunks: int = option(50, ge=2)
+    chunk_ms: float | None = option(None, gt=0)
+    warmup_ms: float | None = option(None, ge=0)
+    max_time_s: float | None = option(None, gt=0)
 
-    def __post_init__(self):
-        _check_number("target_spread", self.target_spread)
-        _check_int("min_chunks", self.min_chunks, 2)
-        _check_int("max_chunks", self.max_chunks, self.min_chunks)
-        for name in ("chunk_ms", "max_time_s"):
-            if getattr(self, name) is not None:
-                _check_number(name, getattr(self, name))
-        if self.warmup_ms is not None:
-            _check_number("warmup_ms", self.warmup_ms, allow_zero=True)
+    def validate(self) -> None:
+        if self.max_chunks < self.min_chunks:
+            raise ConfigError("max_chunks", self.max_chunks, f"an integer >= min_chunks ({self.min_chunks})")
 
     def for_device(self, device_type: str) -> "Timing":
         """A copy with the device-dependent defaults filled in."""
         chunk_ms, warmup_ms, max_time_s = _DEVICE_TIMING["cuda" if device_type == "cuda" else "cpu"]
-        return dataclasses.replace(
-            self, chunk_ms=chunk_ms if self.chunk_ms is None else self.chunk_ms,
-            warmup_ms=warmup_ms if self.warmup_ms is None else self.warmup_ms,
-            max_time_s=max_time_s if self.max_time_s is None else self.max_time_s)
+        return self.replace(chunk_ms=chunk_ms if self.chunk_ms is None else self.chunk_ms,
+                            warmup_ms=warmup_ms if self.warmup_ms is None else self.warmup_ms,
+                            max_time_s=max_time_s if self.max_time_s is None else self.max_time_s)
 
 
-PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(Protocol))
-TIMING_FIELDS = tuple(f.name for f in dataclasses.fields(Timing))
+PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(Protocol) )
+TIMING_FIELDS = tuple(f.name for f in dataclasses.fields(Timing) )
 
 
 def split_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
