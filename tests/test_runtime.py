@@ -1,5 +1,6 @@
-"""lowspace.runtime.deploy: the deployed module computes the eval-mode model's function (fp32, CPU), for every
-preset, random generator configs and every rewrite switch; build cache, errors, ONNX export, Triton kernel."""
+"""lowspace.runtime: the deployed module computes the eval-mode model's function (fp32, CPU), for every preset,
+random generator configs and every rewrite switch; the blocks' reparameterize(); build cache, errors, ONNX export,
+Triton kernel."""
 import gc
 import os
 import random
@@ -11,9 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import lowspace
 from lowspace import ArchConfig, ConfigError, create_model
-from lowspace.arch import PRESET_NAMES
-from lowspace.runtime import DeployedModel, Runner, clear_cache, deploy, export_onnx
+from lowspace.arch import PRESET_NAMES, LowFormer
+from lowspace.arch.blocks import inference_rewrites
+from lowspace.runtime import DeployedModel, DeployOptions, Runner, clear_cache, deploy, export_onnx, reparameterize
 from lowspace.runtime._fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
 
 from helpers import randomize
@@ -45,12 +48,42 @@ def _fresh_cache():
     clear_cache()
 
 
-@pytest.mark.parametrize("name", PRESET_NAMES)
+def presets_b3_slow():
+    return [pytest.param(n, marks=pytest.mark.slow) if n == "b3" else n for n in PRESET_NAMES]
+
+
+@pytest.mark.parametrize("name", presets_b3_slow())
 def test_every_preset_deploys_exactly(name):
     model = randomize(create_model(name, init="torch"), seed=len(name))
     d = check_equal(model, 64)
     assert "fold_bn" in d.info["rewrites"] and d.info["check_error"] <= TOL
     assert not any(isinstance(m, nn.BatchNorm2d) for m in d.module.modules())
+    assert type(d.module) is LowFormer and d.module.cfg == model.cfg  # the model's own classes, rewritten
+
+
+def test_public_names():
+    assert lowspace.deploy is lowspace.runtime.deploy and callable(lowspace.deploy)
+    assert not hasattr(lowspace.runtime, "__call__")
+    with pytest.raises(ModuleNotFoundError):
+        __import__("lowspace.deploy")
+    with pytest.raises(ModuleNotFoundError):
+        __import__("lowspace.backends")
+
+
+def test_timm_reparameterize_model_walks_our_blocks():
+    from timm.models import reparameterize_model
+    model = randomize(create_model(SWITCH_CFG, init="torch"), seed=9)
+    fused = reparameterize_model(model)  # a copy; every block's reparameterize() with the default options
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert all(m.stride != (1, 1) for m in fused.modules() if isinstance(m, nn.ConvTranspose2d))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+    x = torch.randn(2, 3, 45, 45)
+    with torch.no_grad():
+        want = model(x)
+        assert rel_err(fused(x), want) <= TOL
+        reparameterize(fused, DeployOptions(conv1x1="linear"))  # a second pass adds rewrites, never re-folds
+        assert rel_err(fused(x), want) <= TOL
+    assert inference_rewrites(fused) == ["fold_bn", "fuse_attention", "conv1x1_as_linear"]
 
 
 def random_config(seed: int) -> ArchConfig:
@@ -101,6 +134,14 @@ def test_random_configs_deploy_exactly(seed):
     check_equal(model, cfg.resolution)
 
 
+# Every attention stride (1, 2, 4), MBConv and FusedMBConv locals, a two-layer head.
+SWITCH_CFG = ArchConfig.from_dict({
+    "resolution": 45, "num_classes": 7, "stem": {"width": 8, "depth": 1},
+    "stages": [{"width": 16, "depth": 1, "block": "mbconv"},
+               {"width": 32, "depth": 2, "block": "lowformer", "attention": {"stride": 2, "kernel_size": 5}},
+               {"width": 48, "depth": 1, "block": "lowformer", "local": "mbconv", "attention": {"stride": 4}},
+               {"width": 64, "depth": 1, "block": "lowformer", "attention": {"stride": 1}}],
+    "head": {"widths": [64, 80]}})
 SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subpixel"), dict(conv1x1="linear"),
             dict(groupnorm="decomposed"), dict(sdpa="math"), dict(triton=True),
             dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False)]
@@ -108,15 +149,7 @@ SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subp
 
 @pytest.mark.parametrize("options", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_every_rewrite_switch_is_exact(options):
-    cfg = ArchConfig.from_dict({
-        "resolution": 45, "num_classes": 7, "stem": {"width": 8, "depth": 1},
-        "stages": [{"width": 16, "depth": 1, "block": "mbconv"},
-                   {"width": 32, "depth": 2, "block": "lowformer", "attention": {"stride": 2, "kernel_size": 5}},
-                   {"width": 48, "depth": 1, "block": "lowformer", "local": "mbconv",
-                    "attention": {"stride": 4}},
-                   {"width": 64, "depth": 1, "block": "lowformer", "attention": {"stride": 1}}],
-        "head": {"widths": [64, 80]}})
-    model = randomize(create_model(cfg, init="torch"), seed=3)
+    model = randomize(create_model(SWITCH_CFG, init="torch"), seed=3)
     options = dict(options)
     channels_last = options.pop("channels_last", True)
     d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
@@ -124,8 +157,11 @@ def test_every_rewrite_switch_is_exact(options):
     x = torch.randn(2, 3, 45, 45)
     with torch.no_grad():
         assert rel_err(d(x), model(x)) <= TOL
-    if options.get("upsample") == "subpixel":
-        assert "subpixel_upsample" in d.info["rewrites"]
+    expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear", "groupnorm": "groupnorm_decomposed",
+                "sdpa": "sdpa_math", "triton": "triton_depthwise", "fuse_attention": "fuse_attention"}
+    for name, value in options.items():
+        if name in expected:
+            assert (expected[name] in d.info["rewrites"]) == (value not in (False, "conv_transpose")), name
     if options.get("fold_bn") is False:
         assert any(isinstance(m, nn.BatchNorm2d) for m in d.module.modules())
 
@@ -255,7 +291,7 @@ def test_onnx_export_matches_torch(tmp_path):
 TRITON_SCRIPT = r"""
 import torch, torch.nn.functional as F
 from lowspace.runtime._triton import _launch
-from lowspace.runtime._modules import apply_act
+from lowspace.arch.blocks import make_act
 g = torch.Generator().manual_seed(0)
 for n, c, h, k, s, act, fmt in [(2, 24, 9, 3, 1, "hardswish", 1), (1, 40, 13, 5, 2, None, 1),
                                 (2, 8, 7, 3, 4, "gelu", 0), (1, 70, 6, 7, 1, "silu", 1)]:
@@ -263,12 +299,13 @@ for n, c, h, k, s, act, fmt in [(2, 24, 9, 3, 1, "hardswish", 1), (1, 40, 13, 5,
     x = x.contiguous(memory_format=torch.channels_last) if fmt else x
     w, b = torch.randn(c, 1, k, k, generator=g), torch.randn(c, generator=g)
     y = _launch(x, w, b, s, k // 2, act)
-    ref = apply_act(act, F.conv2d(x, w, b, s, k // 2, 1, c))
+    ref = make_act(act)(F.conv2d(x, w, b, s, k // 2, 1, c))
     assert y.shape == ref.shape and (y - ref).abs().max() < 1e-4, (n, c, h, k, s, act)
 print("ok")
 """
 
 
+@pytest.mark.slow
 def test_triton_depthwise_kernel_in_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -282,8 +319,10 @@ def test_triton_op_falls_back_and_traces_on_cpu():
     w, b = torch.randn(8, 1, 3, 3), torch.randn(8)
     want = F.hardswish(F.conv2d(x, w, b, 2, 1, 1, 8))
     assert rel_err(depthwise_conv(x, w, b, 2, 1, "hardswish"), want) <= 1e-6
-    f = torch.compile(lambda t: depthwise_conv(t, w, b, 2, 1, "gelu_tanh"), backend="eager", fullgraph=True)
-    assert rel_err(f(x), F.gelu(F.conv2d(x, w, b, 2, 1, 1, 8), approximate="tanh")) <= 1e-6
+    f = torch.compile(lambda t: depthwise_conv(t, w, b, 2, 1, "gelu"), backend="eager", fullgraph=True)
+    assert rel_err(f(x), F.gelu(F.conv2d(x, w, b, 2, 1, 1, 8))) <= 1e-6
+    with pytest.raises(ValueError, match="gelu_tanh"):
+        depthwise_conv(x, w, b, 2, 1, "gelu_tanh")
 
 
 # ------------------------------------------------------------------------------------------ GPU

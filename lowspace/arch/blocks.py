@@ -1,32 +1,120 @@
-"""Building blocks of LowFormer-family networks.
+"""Building blocks of LowFormer-family networks, each with its exact inference rewrite.
 
 Args used throughout:
     in_channels / out_channels: channel counts.
     kernel_size: odd kernel of the spatial conv (padding kernel_size // 2, so size -> ceil(size / stride)).
     stride: 1 or 2.
     expand_ratio: hidden width = round(expand_ratio * in_channels) (on the *input* width, as upstream).
-    act: activation name (see :data:`lowspace.arch.config.ACTIVATIONS`).
+    act: activation name, a key of :data:`ACT_LAYERS`.
     bias: whether the first conv(s) of a block carry a bias. LowFormer's local convs do (even before a
         BatchNorm); stem, stage and downsample blocks do not.
     residual: add the input to the output (requires in == out channels and stride 1).
+
+Every block with an inference form has ``reparameterize(options=None)``: it rewrites the block in place
+(BatchNorm folding, the attention's channels-last form, ...) so that its eval-mode function stays the same
+up to float rounding. It changes only the block's own layers; :func:`lowspace.runtime.reparameterize`
+(and timm's ``reparameterize_model``, with the default options) visits every block, parents first.
+``options`` is a :class:`lowspace.runtime.DeployOptions`; see ``docs/runtime.md`` for each switch.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
+from torch.nn.utils import skip_init
+
+from ..runtime._fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
+from ..runtime._options import DeployOptions
+
+# The activations by name (the one table: blocks, rewrites and the Triton kernel's fallback use it).
+ACT_LAYERS = {
+    "hardswish": nn.Hardswish, "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, "gelu": nn.GELU,
+    "gelu_tanh": functools.partial(nn.GELU, approximate="tanh"),
+}
 
 
 def make_act(name: str | None) -> nn.Module:
     """An activation module by name; ``None`` gives Identity."""
-    if name is None:
-        return nn.Identity()
-    table = {
-        "hardswish": nn.Hardswish, "relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU,
-        "gelu": nn.GELU, "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    }
-    return table[name]()
+    return nn.Identity() if name is None else ACT_LAYERS[name]()
+
+
+def act_name(module: nn.Module) -> str | None:
+    """The name under which :func:`make_act` builds ``module`` (None for Identity)."""
+    if isinstance(module, nn.Identity):
+        return None
+    for name, factory in ACT_LAYERS.items():
+        ref = factory()
+        if type(ref) is type(module) and getattr(ref, "approximate", None) == getattr(module, "approximate", None):
+            return name
+    raise TypeError(f"unsupported activation {type(module).__name__}")
+
+
+def _options(options: DeployOptions | None) -> DeployOptions:
+    return DeployOptions() if options is None else options
+
+
+def _conv_like(conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None, **geometry) -> nn.Conv2d:
+    """A Conv2d holding ``weight`` and ``bias``, with ``conv``'s stride, padding and groups unless given."""
+    kw = {**dict(stride=conv.stride, padding=conv.padding, groups=conv.groups), **geometry}
+    out = skip_init(nn.Conv2d, weight.shape[1] * kw["groups"], weight.shape[0], tuple(weight.shape[2:]),
+                    bias=bias is not None, device=weight.device, dtype=weight.dtype, **kw)
+    out.weight = nn.Parameter(weight.detach(), requires_grad=conv.weight.requires_grad)
+    if bias is not None:
+        out.bias = nn.Parameter(bias.detach(), requires_grad=conv.weight.requires_grad)
+    return out
+
+
+class Conv1x1Linear(nn.Module):
+    """A 1x1 stride-1 conv computed as a matmul over the channels of the NHWC view (a view for
+    channels_last input), which a compiler fuses with the epilogue that follows."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1), requires_grad=conv.weight.requires_grad)
+        self.bias = conv.bias
+
+    @staticmethod
+    def applies(conv: nn.Module) -> bool:
+        return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+                and conv.groups == 1)
+
+    def forward(self, x):
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+def pointwise(conv: nn.Module, options: DeployOptions) -> nn.Module:
+    """``conv`` as a :class:`Conv1x1Linear` where ``options.conv1x1 == "linear"`` and it is a plain 1x1 conv."""
+    return Conv1x1Linear(conv) if options.conv1x1 == "linear" and Conv1x1Linear.applies(conv) else conv
+
+
+class DepthwiseConvAct(nn.Module):
+    """Depthwise conv + bias + activation as one Triton kernel on CUDA (``lowspace.runtime``'s kernel; an
+    activation the kernel lacks runs after it); on other devices, and while exporting to ONNX, conv2d
+    followed by the activation."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        from ..runtime._triton import TRITON_ACTS
+        self.weight, self.bias = conv.weight, conv.bias
+        self.stride, self.padding = conv.stride[0], conv.padding[0]
+        self.act = act
+        name = act_name(act)
+        self.kernel_act = name if name in TRITON_ACTS else None
+
+    @staticmethod
+    def applies(conv: nn.Module) -> bool:
+        return (isinstance(conv, nn.Conv2d) and conv.groups == conv.out_channels == conv.in_channels
+                and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1])
+
+    def forward(self, x):
+        if x.is_cuda and not torch.onnx.is_in_onnx_export():
+            from ..runtime._triton import depthwise_conv
+            y = depthwise_conv(x, self.weight, self.bias, self.stride, self.padding, self.kernel_act)
+            return y if self.kernel_act is not None else self.act(y)
+        return self.act(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.weight.shape[0]))
 
 
 class ConvNormAct(nn.Module):
@@ -42,6 +130,27 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x):
         return self.act(self.bn(self.conv(x)))
+
+    @torch.no_grad()
+    def fold_norm(self) -> None:
+        """Fold the BatchNorm (eval-mode statistics) into the conv, which gains a bias; no-op without one."""
+        if isinstance(self.bn, nn.BatchNorm2d):
+            self.conv = _conv_like(self.conv, *fold_bn(self.conv.weight, self.conv.bias, self.bn))
+            self.bn = nn.Identity()
+
+    @torch.no_grad()
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        """Fold the BatchNorm (``fold_bn``); then, with no norm left, a 1x1 conv may become a matmul
+        (``conv1x1``) and a depthwise conv one Triton kernel with its activation (``triton``)."""
+        options = _options(options)
+        if options.fold_bn:
+            self.fold_norm()
+        if isinstance(self.bn, nn.BatchNorm2d):
+            return
+        if options.triton is True and DepthwiseConvAct.applies(self.conv):
+            self.conv, self.act = DepthwiseConvAct(self.conv, self.act), nn.Identity()
+        else:
+            self.conv = pointwise(self.conv, options)
 
 
 class FusedMBConv(nn.Module):
@@ -62,6 +171,10 @@ class FusedMBConv(nn.Module):
     def forward(self, x):
         y = self.conv2(self.conv1(x))
         return x + self.drop_path(y) if self.residual else y
+
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        """Drop path goes (its convs rewrite themselves)."""
+        self.drop_path = nn.Identity()
 
 
 class MBConv(nn.Module):
@@ -84,6 +197,8 @@ class MBConv(nn.Module):
         y = self.project(self.dw(self.expand(x)))
         return x + self.drop_path(y) if self.residual else y
 
+    reparameterize = FusedMBConv.reparameterize
+
 
 CONV_BLOCK_TYPES = {"fused_mbconv": FusedMBConv, "mbconv": MBConv}
 
@@ -93,6 +208,16 @@ def conv_block(kind: str, *args, **kwargs) -> nn.Module:
     return CONV_BLOCK_TYPES[kind](*args, **kwargs)
 
 
+def _sdpa(q, k, v, kernel: str) -> torch.Tensor:
+    if kernel == "auto":
+        return F.scaled_dot_product_attention(q, k, v)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backend = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+               "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}[kernel]
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v)
+
+
 class LowFormerAttention(nn.Module):
     """Attention over a strided, depthwise-projected copy of the feature map.
 
@@ -100,6 +225,9 @@ class LowFormerAttention(nn.Module):
     head_dim channels laid out per head as [q | k | v]). The merged heads are brought back to full
     resolution and to ``channels`` by a dense transposed conv (the output projection folded in) or by a
     1x1 conv and bilinear interpolation, then cropped to the input size (odd sizes).
+
+    Inference switches (set by :meth:`reparameterize`): ``channels_last_qkv`` reads Q, K and V as views of
+    the NHWC layout; ``sdpa`` picks the attention kernel (``auto``: PyTorch's choice).
     """
 
     def __init__(self, channels, heads, head_dim, stride=1, kernel_size=3, upsample="conv_transpose"):
@@ -115,14 +243,23 @@ class LowFormerAttention(nn.Module):
             self.up = nn.ConvTranspose2d(attn_width, channels, 3, 1, 1)
         else:
             self.up = nn.ConvTranspose2d(attn_width, channels, 2 * stride, stride, stride // 2)
+        self.channels_last_qkv = False
+        self.sdpa = "auto"
 
     def attend(self, qkv: torch.Tensor) -> torch.Tensor:
         """Multi-head attention on a (N, 3*A, h, w) map laid out per head as [q|k|v]; returns (N, A, h, w)."""
         n, _, h, w = qkv.shape
+        width = self.heads * self.head_dim
+        if self.channels_last_qkv:
+            # NHWC view: channel = head * 3d + {q, k, v} * d + e; for channels_last input these are views.
+            t = qkv.permute(0, 2, 3, 1).reshape(n, h * w, self.heads, 3, self.head_dim)
+            q, k, v = (u.transpose(1, 2) for u in t.unbind(3))
+            o = _sdpa(q, k, v, self.sdpa)
+            return o.transpose(1, 2).reshape(n, h, w, width).permute(0, 3, 1, 2)
         t = qkv.reshape(n, self.heads, 3 * self.head_dim, h * w).transpose(-1, -2)
         q, k, v = t.split(self.head_dim, dim=-1)
-        o = F.scaled_dot_product_attention(q, k, v)
-        return o.transpose(-1, -2).reshape(n, self.heads * self.head_dim, h, w)
+        o = _sdpa(q, k, v, self.sdpa)
+        return o.transpose(-1, -2).reshape(n, width, h, w)
 
     def forward(self, x):
         height, width = x.shape[-2:]
@@ -130,6 +267,67 @@ class LowFormerAttention(nn.Module):
         if self.interpolate and o.shape[-2:] != (height, width):
             o = F.interpolate(o, size=(height, width), mode="bilinear", align_corners=False)
         return o[..., :height, :width]
+
+    @torch.no_grad()
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        """``fuse_attention``: Q/K/V as channels-last views, the projection's folded bias moved into the
+        QKV conv, a stride-1 transposed conv as a plain conv; ``upsample="subpixel"``: a strided transposed
+        conv as a 3x3 conv and pixel shuffle; ``conv1x1``, ``sdpa`` as everywhere."""
+        options = _options(options)
+        self.sdpa = options.sdpa
+        if options.fold_bn:
+            self.proj.fold_norm()
+        if options.fuse_attention:
+            self.channels_last_qkv = True
+            self._move_proj_bias()
+        self.qkv = pointwise(self.qkv, options)
+        self.up = self._inference_up(options)
+
+    def _move_proj_bias(self) -> None:
+        # qkv(dw(x) + b) = qkv(dw(x)) + W_qkv b: the 1x1 conv absorbs the (folded) projection's bias.
+        dw = self.proj.conv
+        if not (isinstance(self.proj.bn, nn.Identity) and isinstance(dw, nn.Conv2d) and dw.bias is not None
+                and isinstance(self.qkv, nn.Conv2d)):
+            return
+        w = self.qkv.weight
+        bias = w.flatten(1).double() @ dw.bias.double()
+        if self.qkv.bias is not None:
+            bias = bias + self.qkv.bias.double()
+        self.qkv = _conv_like(self.qkv, w, bias.to(w.dtype))
+        self.proj.conv = _conv_like(dw, dw.weight, None)
+
+    def _inference_up(self, options: DeployOptions) -> nn.Module:
+        up = self.up
+        if not isinstance(up, nn.ConvTranspose2d):
+            return pointwise(up, options)
+        stride, padding = up.stride[0], up.padding[0]
+        if options.fuse_attention and stride == 1:
+            weight, pad = conv_transpose_as_conv(up.weight, padding)
+            return _conv_like(up, weight, up.bias, stride=1, padding=pad, groups=1)
+        if options.upsample == "subpixel" and stride > 1:
+            weight, bias = conv_transpose_as_subpixel(up.weight, up.bias, stride, padding)
+            return nn.Sequential(_conv_like(up, weight, bias, stride=1, padding=1, groups=1), nn.PixelShuffle(stride))
+        return up
+
+
+class GroupNorm1(nn.GroupNorm):
+    """GroupNorm with one group (normalizes over C, H and W). ``decomposed``: written as mean / variance
+    ops in float32 that a compiler fuses freely (set by :meth:`reparameterize` with ``groupnorm``)."""
+
+    def __init__(self, channels: int):
+        super().__init__(1, channels)
+        self.decomposed = False
+
+    def forward(self, x):
+        if not self.decomposed:
+            return super().forward(x)
+        xf = x.float()
+        var, mean = torch.var_mean(xf, dim=(1, 2, 3), keepdim=True, correction=0)
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        return (y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]).to(x.dtype)
+
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        self.decomposed = _options(options).groupnorm == "decomposed"
 
 
 class ConvMlp(nn.Module):
@@ -144,6 +342,11 @@ class ConvMlp(nn.Module):
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
 
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        """``conv1x1="linear"``: both convs as matmuls."""
+        options = _options(options)
+        self.fc1, self.fc2 = pointwise(self.fc1, options), pointwise(self.fc2, options)
+
 
 class LowFormerBlock(nn.Module):
     """``x + Attn(norm(x))``, ``x + MLP(GN(x))`` (when mlp_ratio > 0), ``x + Local(x)``.
@@ -157,11 +360,12 @@ class LowFormerBlock(nn.Module):
         super().__init__()
         self.attn_norm = self.attn = self.mlp_norm = self.mlp = None
         if attention is not None:
+            attention = dict(attention)
             prenorm = attention.pop("norm", "groupnorm")
-            self.attn_norm = nn.GroupNorm(1, channels) if prenorm == "groupnorm" else nn.Identity()
+            self.attn_norm = GroupNorm1(channels) if prenorm == "groupnorm" else nn.Identity()
             self.attn = LowFormerAttention(channels, **attention)
             if mlp_ratio > 0:
-                self.mlp_norm = nn.GroupNorm(1, channels)
+                self.mlp_norm = GroupNorm1(channels)
                 self.mlp = ConvMlp(channels, round(channels * mlp_ratio), mlp_act)
         self.local = conv_block(local, channels, channels, kernel_size, 1, expand_ratio, act, bias=True)
         self.drop_path_attn = DropPath(0.0) if self.attn is not None else None
@@ -174,6 +378,14 @@ class LowFormerBlock(nn.Module):
         if self.mlp is not None:
             x = x + self.drop_path_mlp(self.mlp(self.mlp_norm(x)))
         return x + self.drop_path_local(self.local(x))
+
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        """Drop paths go (the branches rewrite themselves)."""
+        self.drop_path_local = nn.Identity()
+        if self.attn is not None:
+            self.drop_path_attn = nn.Identity()
+        if self.mlp is not None:
+            self.drop_path_mlp = nn.Identity()
 
 
 class ClassifierHead(nn.Module):
@@ -197,11 +409,31 @@ class ClassifierHead(nn.Module):
         self.classifier = nn.Linear(width, num_classes) if num_classes > 0 else nn.Identity()
 
     def reset(self, num_classes: int) -> None:
-        ref = next(self.parameters())
-        self.classifier = (nn.Linear(self.num_features, num_classes).to(ref.device, ref.dtype)
-                           if num_classes > 0 else nn.Identity())
+        ref = next(self.parameters(), None)
+        factory = {} if ref is None else dict(device=ref.device, dtype=ref.dtype)
+        self.classifier = nn.Linear(self.num_features, num_classes, **factory) if num_classes > 0 else nn.Identity()
 
     def forward(self, x, pre_logits: bool = False):
         x = self.conv(x).mean((2, 3))
         x = self.dropout(self.act(self.norm(self.fc(x))))
         return x if pre_logits else self.classifier(x)
+
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        """Dropout goes (the conv rewrites itself)."""
+        self.dropout = nn.Identity()
+
+
+def inference_rewrites(model: nn.Module) -> list[str]:
+    """Names of the inference rewrites present in ``model`` (as :meth:`reparameterize` left it)."""
+    mods = list(model.modules())
+    attns = [m for m in mods if isinstance(m, LowFormerAttention)]
+    found = {
+        "fold_bn": not any(isinstance(m, nn.BatchNorm2d) for m in mods),
+        "fuse_attention": any(a.channels_last_qkv for a in attns),
+        "subpixel_upsample": any(isinstance(m, nn.PixelShuffle) for m in mods),
+        "conv1x1_as_linear": any(isinstance(m, Conv1x1Linear) for m in mods),
+        "triton_depthwise": any(isinstance(m, DepthwiseConvAct) for m in mods),
+        "groupnorm_decomposed": any(isinstance(m, GroupNorm1) and m.decomposed for m in mods),
+    }
+    out = [name for name, present in found.items() if present]
+    return out + sorted({f"sdpa_{a.sdpa}" for a in attns if a.sdpa != "auto"})

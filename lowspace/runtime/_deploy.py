@@ -1,4 +1,5 @@
-"""``deploy``: rewrite, cast, compile and capture a LowFormer for one inference protocol, with a build cache."""
+"""``deploy``: copy, reparameterize, cast, compile and capture a model for one inference protocol, with a build
+cache."""
 from __future__ import annotations
 
 import collections
@@ -15,11 +16,10 @@ import torch.nn as nn
 
 from ._backends import DTYPES, BackendError, Runner, capture_cuda_graph, check_protocol, cudnn_autotuning, prepare
 from ..errors import ConfigError
-from ._modules import Attention, Conv, DeployNet, Norm, rewrite
 from ._options import DeployOptions, parse_options, resolve_options
 
 COMPILE_BACKENDS = ("compile", "compile_cuda_graph")
-# lowspace's inductor settings for the ``tuned`` modes (measured on the H100, experiments/deploy_speed).
+# lowspace's inductor settings for the ``tuned`` modes (chosen in experiments/deploy_speed).
 TUNED_INDUCTOR = {"conv_1x1_as_mm": True}
 TUNED_AUTOTUNE = {**TUNED_INDUCTOR, "max_autotune": True, "coordinate_descent_tuning": False,
                   "max_autotune_gemm_backends": "TRITON,ATEN", "max_autotune_conv_backends": "ATEN"}
@@ -63,7 +63,8 @@ class DeployedModel(nn.Module):
     """An inference-only module computing the same function as the eval-mode model.
 
     Attributes:
-        module: the rewritten eager network (in the deployed precision and memory format).
+        module: the reparameterized eager network (a copy of the model, in the deployed precision and
+            memory format).
         build_s: seconds this :func:`deploy` call took (near zero on a cache hit).
         info: what was applied: rewrites, backend, precision, compile settings, cache hit, check error.
 
@@ -98,7 +99,9 @@ class DeployedModel(nn.Module):
 
 def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int = 224, backend: str = "cuda_graph",
            channels_last: bool = True, device: str | torch.device | None = None, **options) -> DeployedModel:
-    """Build the fast inference form of ``model`` for one protocol.
+    """Build the fast inference form of ``model`` for one protocol: copy it, reparameterize the copy
+    (:func:`reparameterize`), cast it, then compile and/or capture it for one static input. A build is
+    checked against the eval-mode model and kept in a per-process cache; see ``docs/runtime.md``.
 
     Args:
         model: a lowspace ``LowFormer`` (any training state; its eval-mode function is deployed), or
@@ -107,7 +110,7 @@ def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int 
         precision: ``fp32``, ``fp16`` or ``bf16``; weights and activations are cast (no autocast).
         batch_size, resolution: the static input the build is specialized and captured for.
         backend: ``eager``, ``cuda_graph``, ``compile``, ``compile_cuda_graph`` (CUDA graphs need CUDA), or
-            ``torchscript`` / ``onnxruntime`` (runners on the rewritten module).
+            ``torchscript`` / ``onnxruntime`` (runners on the reparameterized module).
         channels_last: run in the channels_last memory format.
         device: where to run; default the model's device (a config: CUDA if available).
         **options: see :class:`~lowspace.runtime.DeployOptions` (fold_bn, fuse_attention, upsample,
@@ -191,13 +194,25 @@ def _cache_key(model, precision, shape, backend, channels_last, dev, opts: Deplo
     return (model.cfg.arch_id, precision, shape, backend, channels_last, str(dev), opts.key())
 
 
+@torch.no_grad()
+def reparameterize(model: nn.Module, options: DeployOptions | None = None) -> nn.Module:
+    """Rewrite ``model`` in place for inference: every submodule with a ``reparameterize(options)`` method
+    (lowspace's blocks) calls it, parents before their children, as timm's ``reparameterize_model`` walks.
+    The eval-mode function stays the same up to float rounding. Returns ``model``."""
+    for child in model.children():
+        if hasattr(child, "reparameterize"):
+            child.reparameterize(options)
+        reparameterize(child, options)
+    return model
+
+
 def _build_net(model: nn.Module, opts: DeployOptions, dev) -> nn.Module:
-    if _is_lowformer(model):
-        net = rewrite(model, opts)
-    else:
-        import copy
-        net = copy.deepcopy(model).eval().requires_grad_(False)
-    return net.to(dev)
+    """A float32 inference copy of ``model`` on ``dev``, reparameterized if it is a lowspace model."""
+    import copy
+    net = copy.deepcopy(model).eval().float().to(dev).requires_grad_(False)
+    for p in net.parameters():
+        p.grad = None
+    return reparameterize(net, opts) if _is_lowformer(net) else net
 
 
 def _cast(net: nn.Module, precision: str, channels_last: bool) -> nn.Module:
@@ -253,7 +268,7 @@ def _build_core(net, shape, dev, backend, precision, channels_last, opts: Deploy
     x = torch.randn(shape, generator=gen).to(device=dev, dtype=dtype).contiguous(memory_format=fmt)
     info: dict[str, Any] = {"backend": backend, "precision": precision, "precision_mode": "cast",
                             "batch_size": shape[0], "resolution": shape[-1], "channels_last": channels_last,
-                            "device": str(dev), "rewrites": describe_rewrites(net, opts),
+                            "device": str(dev), "rewrites": describe_rewrites(net),
                             "options": dataclasses.asdict(opts)}
     if dev.type == "cuda":
         info["cudnn_benchmark"] = opts.cudnn_benchmark
@@ -301,7 +316,7 @@ def _fresh_forward(net: nn.Module) -> Callable:
     """``net``'s forward as a function with a code object of its own.
 
     Dynamo caches compiled code per code object and fails a ``fullgraph`` build once one code object has
-    ``recompile_limit`` (8) entries: compiling ``DeployNet.forward`` for every architecture of a search
+    ``recompile_limit`` (8) entries: compiling the model's ``forward`` for every architecture of a search
     would hit it. A copied code object per build (torch's own trick for nested calls) keeps each graph
     with its deployed model; the function lives in this file, so torch does not wrap it in its shared
     ``inner`` frame, as torch 2.11 does for exec'd code.
@@ -322,25 +337,9 @@ def _raise_recompile_limits() -> None:
             setattr(dyn, name, value)
 
 
-def describe_rewrites(net: nn.Module, opts: DeployOptions) -> list[str]:
-    """Human-readable list of the rewrites present in a built network."""
-    if not isinstance(net, DeployNet):
+def describe_rewrites(net: nn.Module) -> list[str]:
+    """The rewrites present in a built network (none for modules other than lowspace models)."""
+    if not _is_lowformer(net):
         return []
-    convs = [m for m in net.modules() if isinstance(m, Conv)]
-    attns = [m for m in net.modules() if isinstance(m, Attention)]
-    out = []
-    if opts.fold_bn:
-        out.append("fold_bn")
-    if opts.fuse_attention and attns:
-        out.append("fuse_attention")
-    if any(a.shuffle > 1 for a in attns):
-        out.append("subpixel_upsample")
-    if any(c.as_linear for c in convs):
-        out.append("conv1x1_as_linear")
-    if any(c.triton for c in convs):
-        out.append("triton_depthwise")
-    if opts.groupnorm == "decomposed" and any(isinstance(m, Norm) for m in net.modules()):
-        out.append("groupnorm_decomposed")
-    if opts.sdpa != "auto" and attns:
-        out.append(f"sdpa_{opts.sdpa}")
-    return out
+    from ..arch.blocks import inference_rewrites
+    return inference_rewrites(net)

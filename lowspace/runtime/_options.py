@@ -31,8 +31,8 @@ class DeployOptions:
     sdpa: attention kernel: ``auto`` (PyTorch's choice) or one of flash, efficient, cudnn, math.
     groupnorm: ``native`` (F.group_norm) or ``decomposed`` (mean/var ops that a compiler can fuse).
     triton: depthwise convs (+ bias + activation) through lowspace's Triton kernel (CUDA only). ``auto``:
-        on for batch size 1 on CUDA (measured ~10% faster there), off otherwise (slower than cuDNN
-        inside inductor graphs at batch 200 on the H100).
+        on for batch size 1 on CUDA (faster there), off otherwise (slower than cuDNN inside inductor
+        graphs at large batches); experiments/deploy_speed has the measurements.
     compile_mode: mode of ``torch.compile`` for the compile backends: torch's modes, or ``tuned``
         (lowspace's inductor settings, no autotuning) and ``tuned-autotune`` (plus GEMM/conv autotuning).
     compile_backend: torch.compile backend (``inductor``; ``aot_eager`` / ``eager`` for debugging).

@@ -24,8 +24,8 @@ _ACT_CODES = {a: i for i, a in enumerate(TRITON_ACTS)}
 
 
 def _torch_act(x, act):
-    from ._modules import apply_act
-    return apply_act(act, x)
+    from ..arch.blocks import make_act
+    return make_act(act)(x)
 
 
 if triton is not None:
@@ -101,7 +101,8 @@ def _launch(x, weight, bias, stride, padding, act):
 
 
 # Inductor must hand the op the strides seen when tracing (channels_last): with a free layout it may pick
-# NCHW for the producer, and channel-strided loads made the kernel ~5x slower (experiments/deploy_speed).
+# NCHW for the producer, and channel-strided loads made the kernel several times slower
+# (experiments/deploy_speed).
 _TAGS = tuple(getattr(torch._C.Tag, t) for t in ("needs_exact_strides",) if hasattr(torch._C.Tag, t)) or \
     (torch._C.Tag.needs_fixed_stride_order,)
 
@@ -112,7 +113,7 @@ def _depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     act_ = act or None
     if x.is_cuda and triton is not None:
         if x.numel() >= 1 << 20 and not x.is_contiguous(memory_format=torch.channels_last):
-            # Channel-strided loads of a large NCHW input cost ~5x a copy (measured on the H100).
+            # Channel-strided loads of a large NCHW input cost several times a copy.
             x = x.contiguous(memory_format=torch.channels_last)
         return _launch(x, weight, bias, stride, padding, act_)
     y = F.conv2d(x, weight, bias, stride, padding, 1, weight.shape[0])
@@ -129,7 +130,8 @@ def _(x, weight, bias, stride, padding, act):
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
                    act: str | None) -> torch.Tensor:
-    """Depthwise conv (weight (C, 1, k, k)) + bias + activation; Triton on CUDA, PyTorch elsewhere."""
+    """Depthwise conv (weight (C, 1, k, k)) + bias + activation (one of :data:`TRITON_ACTS`); Triton on CUDA,
+    PyTorch elsewhere."""
     if act not in _ACT_CODES:
-        return _torch_act(_depthwise_conv(x, weight, bias, stride, padding, ""), act)
+        raise ValueError(f"activation {act!r}: the kernel has {', '.join(map(str, TRITON_ACTS))}")
     return _depthwise_conv(x, weight, bias, stride, padding, act or "")
