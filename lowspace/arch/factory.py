@@ -1,9 +1,12 @@
-"""``create_model``: a network from a preset name, a YAML path or an ArchConfig, optionally with weights."""
+"""``create_model``: a network from a preset name, a YAML path or an ArchConfig, optionally with weights or as a
+feature extractor."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+import torch.nn as nn
+from timm.models._features import FeatureGetterNet
 
 from ..errors import ConfigError
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, to_lowspace_keys
@@ -14,7 +17,8 @@ from .presets import preset_key, resolve_config
 
 def create_model(spec: str | Path | ArchConfig | dict, pretrained: bool | str | Path | None = None,
                  num_classes: int | None = None, in_chans: int | None = None, resolution: int | None = None,
-                 drop_path_rate: float = 0.0, drop_path_skip: int = 0, init: str = "official") -> LowFormer:
+                 drop_path_rate: float = 0.0, drop_path_skip: int = 0, init: str = "official",
+                 features_only: bool = False, out_indices: int | tuple[int, ...] | None = None) -> nn.Module:
     """Build a LowFormer-family model.
 
     Args:
@@ -25,6 +29,9 @@ def create_model(spec: str | Path | ArchConfig | dict, pretrained: bool | str | 
             freshly initialized; with a different ``in_chans`` the stem conv is adapted as timm does.
         num_classes, in_chans, resolution: override the config's values.
         drop_path_rate, drop_path_skip, init: see :class:`lowspace.arch.model.LowFormer`.
+        features_only: return timm's feature extractor (``FeatureGetterNet``) instead: calling it gives the
+            list of stage outputs ``out_indices`` (default: every stage), its ``feature_info`` their
+            channels and reductions; the stages after the last one and the head are pruned.
     """
     cfg = resolve_config(spec)
     overrides = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, resolution=resolution).items()
@@ -34,7 +41,16 @@ def create_model(spec: str | Path | ArchConfig | dict, pretrained: bool | str | 
     if pretrained:
         state_dict = _pretrained_state_dict(spec, cfg, pretrained)
         _load_adapted(model, cfg, state_dict)
-    return model
+    return feature_extractor(model, out_indices) if features_only else model
+
+
+def feature_extractor(model: LowFormer, out_indices: int | tuple[int, ...] | None = None) -> FeatureGetterNet:
+    """timm's ``FeatureGetterNet`` around ``model`` (pruned in place): returns the stage outputs
+    ``out_indices`` (an int n: the last n; default: all) as a list."""
+    indices = tuple(range(len(model.stages))) if out_indices is None else out_indices
+    net = FeatureGetterNet(model, out_indices=indices)
+    net.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
+    return net
 
 
 def _pretrained_state_dict(spec, cfg: ArchConfig, pretrained) -> dict[str, torch.Tensor]:

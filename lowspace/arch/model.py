@@ -1,12 +1,38 @@
-"""The LowFormer-family network built from an :class:`ArchConfig`."""
+"""The LowFormer-family network built from an :class:`ArchConfig`, with timm's model interface."""
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
+from timm.models._features import feature_take_indices
 
+from ..errors import ConfigError
 from .blocks import ClassifierHead, ConvNormAct, FusedMBConv, LowFormerBlock, MBConv, conv_block
 from .config import ArchConfig, validate
+
+# Evaluation as in the paper: bicubic resize to size / crop_pct, centre crop.
+EVAL_CROP_PCT = 0.95
+EVAL_INTERPOLATION = "bicubic"
+
+
+def pretrained_cfg_for(cfg: ArchConfig) -> dict:
+    """timm-style ``pretrained_cfg`` of a model of ``cfg``: what data pipelines need to feed it.
+
+    ``input_size`` is (in_chans, resolution, resolution); mean / std are ImageNet's for 3 channels and,
+    for any other channel count, ImageNet's averaged over RGB in every channel (a grey image normalized
+    like the luminance of an ImageNet one); evaluation crops ``crop_pct`` 0.95 with bicubic resizing.
+    """
+    if cfg.in_chans == 3:
+        mean, std = tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD)
+    else:
+        mean = (round(sum(IMAGENET_DEFAULT_MEAN) / 3, 4),) * cfg.in_chans
+        std = (round(sum(IMAGENET_DEFAULT_STD) / 3, 4),) * cfg.in_chans
+    return dict(input_size=(cfg.in_chans, cfg.resolution, cfg.resolution), interpolation=EVAL_INTERPOLATION,
+                crop_pct=EVAL_CROP_PCT, crop_mode="center", mean=mean, std=std, num_classes=cfg.num_classes,
+                first_conv="stem.conv.conv", classifier="head.classifier")
 
 
 class Stage(nn.Module):
@@ -35,8 +61,28 @@ class Stem(nn.Module):
         return self.blocks(self.conv(x))
 
 
+def _block(st, act: str, mlp_act: str, with_attention: bool) -> nn.Module:
+    """One block of stage ``st`` (at the stage's width; a lowformer block with or without attention)."""
+    if st.block != "lowformer":
+        return conv_block(st.block, st.width, st.width, st.kernel_size, 1, st.expand_ratio, act, residual=True)
+    attention = None
+    if with_attention:
+        heads, head_dim = st.attention_heads()
+        a = st.attention
+        attention = dict(heads=heads, head_dim=head_dim, stride=a.stride, kernel_size=a.kernel_size,
+                         upsample=a.upsample, norm=a.norm)
+    return LowFormerBlock(st.width, st.local_block(), st.expand_ratio, st.kernel_size, act, attention,
+                          st.mlp_ratio, mlp_act)
+
+
 class LowFormer(nn.Module):
-    """A LowFormer-family classifier.
+    """A LowFormer-family classifier with timm's model interface.
+
+    ``forward_features`` / ``forward_head`` / ``forward_intermediates`` / ``prune_intermediate_layers`` /
+    ``reset_classifier`` / ``feature_info`` / ``pretrained_cfg`` behave as in ``timm.models.lowformer``:
+    intermediates and ``feature_info`` are the outputs of the stages (not the stem), so timm's feature
+    extractors work on this model. ``cfg`` always describes the current network (classifier resets and
+    pruning update it).
 
     Args:
         cfg: the architecture (validated again here).
@@ -59,7 +105,7 @@ class LowFormer(nn.Module):
         self.stem = Stem(ConvNormAct(cfg.in_chans, stem_cfg.width, 3, 2, act=act), stem_blocks)
 
         channels, reduction = stem_cfg.width, 2
-        self.feature_info = [dict(num_chs=channels, reduction=reduction, module="stem")]
+        self.feature_info = []
         stages = []
         for i, st in enumerate(cfg.stages):
             downsample = None
@@ -68,21 +114,7 @@ class LowFormer(nn.Module):
                 downsample = conv_block(ds.block, channels, st.width, ds.kernel_size, ds.stride, ds.expand_ratio, act)
                 reduction *= ds.stride
             attn_blocks = set(st.attention_blocks())
-            blocks = []
-            for j in range(st.depth):
-                if st.block == "lowformer":
-                    attention = None
-                    if j in attn_blocks:
-                        heads, head_dim = st.attention_heads()
-                        a = st.attention
-                        attention = dict(heads=heads, head_dim=head_dim, stride=a.stride, kernel_size=a.kernel_size,
-                                         upsample=a.upsample, norm=a.norm)
-                    blocks.append(LowFormerBlock(st.width, st.local_block(), st.expand_ratio, st.kernel_size, act,
-                                                 attention, st.mlp_ratio, cfg.mlp_act))
-                else:
-                    blocks.append(conv_block(st.block, st.width, st.width, st.kernel_size, 1, st.expand_ratio, act,
-                                             residual=True))
-            stages.append(Stage(downsample, blocks))
+            stages.append(Stage(downsample, [_block(st, act, cfg.mlp_act, j in attn_blocks) for j in range(st.depth)]))
             channels = st.width
             self.feature_info.append(dict(num_chs=channels, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
@@ -91,7 +123,17 @@ class LowFormer(nn.Module):
         init_weights(self, init)
         set_drop_path(self, drop_path_rate, drop_path_skip)
 
-    # ----------------------------------------------------------------- timm-style interface
+    @property
+    def pretrained_cfg(self) -> dict:
+        """See :func:`pretrained_cfg_for`."""
+        return pretrained_cfg_for(self.cfg)
+
+    @property
+    def head_hidden_size(self) -> int:
+        """Width of the pooled pre-logits features (``forward_head(x, pre_logits=True)``)."""
+        return self.head.num_features
+
+    # ----------------------------------------------------------------- timm's interface
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's feature map."""
         return self.stages(self.stem(x))
@@ -103,21 +145,58 @@ class LowFormer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps of the stem and of every stage (for detection / segmentation necks);
-        ``feature_info`` gives their channels and reductions."""
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs for detection / segmentation necks, as timm.
+
+        Args:
+            indices: stages to return: the last n for an int, these (negative from the end) for a list,
+                all for None.
+            norm: no effect (LowFormer has no final norm).
+            stop_early: do not run the stages after the last one asked for.
+            output_fmt: ``NCHW`` only.
+            intermediates_only: return the list alone instead of ``(final features, list)``.
+        """
+        if output_fmt != "NCHW":
+            raise ConfigError("output_fmt", output_fmt, "'NCHW' (LowFormer's feature maps)")
+        take, last = feature_take_indices(len(self.stages), indices)
+        stages = self.stages[:last + 1] if stop_early else self.stages
         x = self.stem(x)
-        out = [x]
-        for stage in self.stages:
+        intermediates = []
+        for i, stage in enumerate(stages):
             x = stage(x)
-            out.append(x)
-        return out
+            if i in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop what the intermediates ``indices`` do not need: the stages after the last one and (with
+        ``prune_head``, or when stages go) the head's layers, leaving average pooling. Returns the
+        indices as absolute stage numbers; ``cfg`` becomes that of the pruned network."""
+        take, last = feature_take_indices(len(self.stages), indices)
+        cut = last < len(self.stages) - 1
+        if not (prune_head or cut):
+            return take
+        self.stages = self.stages[:last + 1]
+        self.num_features = self.feature_info[last]["num_chs"]
+        cfg = self.cfg
+        self.cfg = cfg.replace(stages=tuple(cfg.stages[:last + 1]), num_classes=0,
+                               head=dataclasses.replace(cfg.head, widths=()))
+        ref = next(self.stem.parameters())
+        self.head = ClassifierHead(self.num_features, (), 0, cfg.head.dropout, cfg.act).to(ref.device, ref.dtype)
+        self.num_classes = 0
+        return take
 
     def get_classifier(self) -> nn.Module:
         return self.head.classifier
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0: none, the model returns features)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` (0: none, the model returns the pooled features).
+        ``global_pool``: None (keep) or ``avg``, the only pooling of LowFormer's head."""
+        if global_pool not in (None, "avg"):
+            raise ConfigError("global_pool", global_pool, "None or 'avg' (LowFormer's head pools by mean)")
         self.num_classes = num_classes
         self.head.reset(num_classes)
         self.cfg = self.cfg.replace(num_classes=num_classes)
@@ -130,7 +209,8 @@ def residual_branches(model: LowFormer) -> list[DropPath]:
     for stage in model.stages:
         for block in stage.blocks:
             if isinstance(block, LowFormerBlock):
-                out += [block.drop_path_local] + [d for d in (block.drop_path_attn, block.drop_path_mlp) if d is not None]
+                others = (block.drop_path_attn, block.drop_path_mlp)
+                out += [block.drop_path_local] + [d for d in others if d is not None]
             elif isinstance(block.drop_path, DropPath):
                 out.append(block.drop_path)
     return out

@@ -23,7 +23,7 @@ def describe(spec, resolution: int | None = None) -> dict:
     with torch.device("meta"):
         model = LowFormer(cfg, init="torch")
         x = torch.empty(1, cfg.in_chans, cfg.resolution, cfg.resolution)
-        maps = model.forward_intermediates(x)
+        maps = [model.stem(x), *model.forward_intermediates(x, intermediates_only=True)]
     rows = []
     parts = [model.stem, *model.stages]
     for shape, part, fmap in zip(feature_shapes(cfg), parts, maps):
