@@ -1,4 +1,5 @@
-"""Checkpoint interop: official, timm and lowspace formats in; timm format out."""
+"""Checkpoint interop: official, timm and lowspace formats in (read through timm's loader and filter, EMA
+weights preferred); timm format out; clear one-line errors."""
 import pickle
 
 import pytest
@@ -11,7 +12,7 @@ from helpers import randomize
 
 
 def timm_to_official(state_dict, model_with_mlp=True):
-    """Rename timm keys to the official repository's naming (LOWFORMER.md section 6.10), as its checkpoints use."""
+    """Rename timm keys to the official repository's naming, as its published checkpoints use."""
     out = {}
     for k, v in state_dict.items():
         if k.startswith("stem."):
@@ -54,7 +55,8 @@ def test_official_checkpoint_loads(name, with_mlp):
 
 def test_official_opseq_head_variant():
     ref = randomize(timm.create_model("lowformer_b0")).eval()
-    official = {k.replace("head.op_list.", "head.opseq.op_list."): v for k, v in timm_to_official(ref.state_dict()).items()}
+    official = {k.replace("head.op_list.", "head.opseq.op_list."): v
+                for k, v in timm_to_official(ref.state_dict()).items()}
     ours = create_model("b0")
     load_checkpoint(ours, official)
     assert torch.allclose(_logits(ours), _logits(ref), atol=1e-5)
@@ -77,19 +79,34 @@ def test_files_and_export_to_timm(tmp_path, suffix):
     assert torch.allclose(_logits(third), _logits(ours), atol=1e-6)
 
 
-def test_ddp_prefix_and_wrappers():
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "_orig_mod.module."])
+def test_ddp_and_compile_prefixes_and_wrappers(prefix):
     ours = randomize(create_model("b0"), seed=2)
-    wrapped = {"model": {"module." + k: v for k, v in ours.state_dict().items()}}
+    wrapped = {"model": {prefix + k: v for k, v in ours.state_dict().items()}}
     fresh = create_model("b0")
     assert load_checkpoint(fresh, wrapped).ok
     assert torch.allclose(_logits(fresh), _logits(ours), atol=1e-6)
 
 
+@pytest.mark.parametrize("ema_key", ["state_dict_ema", "model_ema"])
+def test_ema_weights_are_preferred_in_files_and_dicts(tmp_path, ema_key):
+    raw, ema = randomize(create_model("e1"), seed=1), randomize(create_model("e1"), seed=2)
+    checkpoint = {"state_dict": raw.state_dict(), ema_key: ema.state_dict(), "epoch": 3}
+    path = tmp_path / "train.pth"
+    torch.save(checkpoint, path)
+    for source in (checkpoint, path):
+        model = create_model("e1")
+        load_checkpoint(model, source)
+        assert torch.allclose(_logits(model), _logits(ema), atol=1e-6)
+
+
 def test_mismatch_reports_keys():
     ref = timm.create_model("lowformer_b0", num_classes=10)
     ours = create_model("b0")
-    with pytest.raises(CheckpointError, match=r"wrongly shaped: head\.classifier\.weight checkpoint \(10, 1600\)"):
+    shape_error = r"wrongly shaped: head\.classifier\.weight checkpoint \(10, 1600\)"
+    with pytest.raises(CheckpointError, match=shape_error) as err:
         load_checkpoint(ours, ref.state_dict())
+    assert "\n" not in str(err.value)
     partial = dict(list(ref.state_dict().items())[:-5])
     partial["stages.9.0.extra.weight"] = torch.zeros(1)
     report = load_checkpoint(ours, partial, strict=False)
@@ -114,8 +131,9 @@ def test_unsafe_or_unreadable_files_give_clear_errors(tmp_path):
 
     evil = tmp_path / "evil.pth"
     evil.write_bytes(pickle.dumps({"state_dict": Evil()}))
-    with pytest.raises(CheckpointError, match="cannot be read as weights"):
+    with pytest.raises(CheckpointError, match="cannot be read as weights") as err:
         load_checkpoint(create_model("b0"), evil)
+    assert "\n" not in str(err.value)
     with pytest.raises(CheckpointError, match="no such file"):
         load_checkpoint(create_model("b0"), tmp_path / "absent.pth")
     with pytest.raises(CheckpointError, match="none of the known formats"):

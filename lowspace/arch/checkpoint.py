@@ -5,10 +5,13 @@ Formats (detected from the keys):
 * ``lowspace``: our own module names (``stem.conv.conv.weight``, ``stages.2.blocks.0.attn.qkv.weight``).
 * ``timm``: ``timm.models.lowformer`` names (``stem.0.conv.weight``, ``stages.2.1.attn.main.1.pwise.weight``).
 * ``official``: the authors' code (``backbone.input_stem.op_list...``, ``head.op_list...`` or
-  ``head.opseq...``), optionally wrapped in ``{"state_dict": ...}``. It is renamed to timm names first
-  (LOWFORMER.md section 6.10), then to ours.
+  ``head.opseq...``). timm's own filter (``timm.models.lowformer.checkpoint_filter_fn``) renames it to timm
+  names, then ours apply.
 
-Files are read with ``torch.load(weights_only=True)`` or safetensors: no arbitrary object is unpickled.
+Files are read by ``timm.models.load_state_dict`` (``torch.load(weights_only=True)`` or safetensors: no
+arbitrary object is unpickled). A checkpoint holding several state dicts gives, as in timm, the first of
+``state_dict_ema``, ``model_ema``, ``state_dict``, ``model``: **EMA weights are preferred**. DDP and
+``torch.compile`` prefixes (``module.``, ``_orig_mod.``) are removed (``timm.models.clean_state_dict``).
 """
 from __future__ import annotations
 
@@ -18,6 +21,8 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
+from timm.models import clean_state_dict, load_state_dict
+from timm.models.lowformer import checkpoint_filter_fn
 
 from ..errors import LowspaceError
 from ..io import atomic_save
@@ -137,51 +142,38 @@ def timm_key_map(model: LowFormer) -> dict[str, str]:
     return out
 
 
-def official_to_timm_key(key: str) -> str:
-    """Rename one official LowFormer key to timm's naming (facts from LOWFORMER.md section 6.10)."""
-    key = key.replace("backbone.input_stem.", "stem.").replace("backbone.stages.", "stages.")
-    key = key.replace("head.opseq.", "head.")
-    for old, new in (("head.op_list.0.", "in_conv."), ("head.op_list.2.linear.", "pre_classifier.0."),
-                     ("head.op_list.2.norm.", "pre_classifier.1."), ("head.op_list.3.linear.", "classifier.")):
-        key = key.replace(old, new)
-    key = key.replace(".op_list.", ".")
-    # Attention block = total.0 (context: [attention, MLP] or attention alone) + total.1 (local conv).
-    for old, new in ((".total.0.0.", ".attn."), (".total.0.1.", ".mlp."), (".total.0.", ".attn."),
-                     (".total.1.", ".local."), (".conv_proj.0.", ".conv_proj.conv."),
-                     (".conv_proj.1.", ".conv_proj.norm."), (".pwise.0.", ".pwise.")):
-        key = key.replace(old, new)
-    return key
-
-
 # ---------------------------------------------------------------------------------------------- reading
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a .safetensors or torch file (weights only), unwrapped from common containers."""
+    """The tensors of a .safetensors or torch file (weights only), read by ``timm.models.load_state_dict``
+    (EMA weights first, prefixes removed; see the module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: no such file")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            return load_file(str(path))
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = load_state_dict(str(path), use_ema=True, device="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any reader failure becomes one clear message
-        raise CheckpointError(f"checkpoint {path}: cannot be read as weights ({type(err).__name__}: {err})") from None
-    return unwrap_state_dict(obj, str(path))
+        message = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(f"checkpoint {path}: cannot be read as weights ({type(err).__name__}: {message})"
+                              ) from None
+    return _tensors_only(state_dict, str(path))
 
 
 def unwrap_state_dict(obj, source: str = "state dict") -> dict[str, torch.Tensor]:
-    """Take the tensors out of ``{"state_dict": ...}``, ``{"model": ...}`` and DDP ``module.`` prefixes."""
+    """The tensors of an in-memory checkpoint, chosen and cleaned as :func:`read_state_dict` does a file's."""
     if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model", "state_dict_ema"):
-            if wrapper in obj and isinstance(obj[wrapper], Mapping):
-                obj = obj[wrapper]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        wrapper = next((k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        obj = clean_state_dict(dict(obj[wrapper] if wrapper else obj))
+    return _tensors_only(obj, source)
+
+
+# The containers timm.models.load_state_dict unwraps, in its order of preference (EMA first).
+_WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model")
+
+
+def _tensors_only(state_dict, source: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{source}: expected a mapping of names to tensors")
-    out = {}
-    for k, v in obj.items():
-        out[k[len("module."):] if k.startswith("module.") else k] = v
-    return out
+    return dict(state_dict)
 
 
 def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -204,7 +196,7 @@ def to_lowspace_keys(model: LowFormer, state_dict: Mapping[str, torch.Tensor], f
     if fmt == "lowspace":
         return dict(state_dict), fmt
     if fmt == "official":
-        state_dict = {official_to_timm_key(k): v for k, v in state_dict.items()}
+        state_dict = checkpoint_filter_fn(dict(state_dict), model)
     inverse = {theirs: ours for ours, theirs in _timm_pairs(model)[0].items()}
     return {inverse.get(k, k): v for k, v in state_dict.items()}, fmt
 
