@@ -29,8 +29,8 @@ from typing import Any, ContextManager
 import numpy as np
 import torch
 
-from ..runtime import Runner, cudnn_autotuning, prepare
 from ..errors import ConfigError, unknown_key_error
+from ..runtime import Runner, cudnn_autotuning, prepare
 from .cache import CacheError, MeasurementCache, protocol_key
 from .fingerprint import fingerprint, fingerprint_key
 from .protocol import COMPILE_BACKENDS, PROTOCOL_FIELDS, TIMING_FIELDS, Protocol, Timing, split_fields
@@ -117,7 +117,7 @@ def resolve_protocol(protocol: Protocol | None = None, timing: Timing | None = N
     if unknown:
         raise unknown_key_error(where, next(iter(unknown)), PROTOCOL_FIELDS + TIMING_FIELDS + RUN_OPTIONS)
     protocol = Protocol(**protocol_fields) if protocol is None else protocol.replace(**protocol_fields)
-    timing = Timing(**timing_fields) if timing is None else dataclasses.replace(timing, **timing_fields)
+    timing = Timing(**timing_fields) if timing is None else timing.replace(**timing_fields)
     return protocol, timing
 
 

@@ -23,7 +23,7 @@ PROXY_ATTR = "proxy_resolved"
 PROTOCOL_BEFORE_RECORDED = {"cudnn_benchmark": True}
 
 
-def jsonable(value):
+def stored_form(value):
     """``value`` as it reads back from JSON (tuples become lists, unknown objects their str)."""
     return json.loads(json.dumps(value, default=str))
 
@@ -32,9 +32,9 @@ def resolved_proxy(config: SearchConfig) -> dict:
     """The proxy schedule with every default filled in, as recorded in a new study."""
     from .trial import _make_schedule
     try:
-        return jsonable(dataclasses.asdict(_make_schedule(dict(config.proxy))))
+        return stored_form(dataclasses.asdict(_make_schedule(dict(config.proxy))))
     except ConfigError:  # an invalid schedule is reported by the trial pipeline, which builds it too
-        return jsonable(dict(config.proxy))
+        return stored_form(dict(config.proxy))
 
 
 def check_compatible(stored: dict, config: SearchConfig, name: str, proxy_resolved: dict | None = None) -> None:
@@ -45,7 +45,7 @@ def check_compatible(stored: dict, config: SearchConfig, name: str, proxy_resolv
             raise ConfigError(key, mine.get(key), f"study {name!r} was created with {key} {stored.get(key)!r}; "
                                                   "resume with the same value or pick another --study-name")
     for key in ("protocol", "proxy", "data"):
-        theirs, ours = stored.get(key) or {}, jsonable(mine.get(key) or {})
+        theirs, ours = stored.get(key) or {}, stored_form(mine.get(key) or {})
         if key == "protocol":
             theirs = {**PROTOCOL_BEFORE_RECORDED, **theirs}
         if key == "proxy" and proxy_resolved is not None:

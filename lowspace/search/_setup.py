@@ -7,7 +7,7 @@ import warnings
 import optuna
 
 from .. import __version__
-from ._resume import CONFIG_ATTR, PROXY_ATTR, check_compatible, jsonable, resolved_proxy
+from ._resume import CONFIG_ATTR, PROXY_ATTR, check_compatible, resolved_proxy, stored_form
 from ._samplers import make_pruner, make_sampler
 from .settings import SearchConfig
 from .space import SearchSpace
@@ -54,7 +54,7 @@ def create_or_load_study(config: SearchConfig, space: SearchSpace, storage=None,
 
 
 def _record(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> None:
-    stored = jsonable(config.to_dict())
+    stored = stored_form(config.to_dict())
     stored["storage"] = display_url(normalize_storage(config.storage))
     study.set_user_attr(CONFIG_ATTR, stored)
     study.set_user_attr("space", space.name)

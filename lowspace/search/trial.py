@@ -51,7 +51,11 @@ class TrialFailed(LowspaceError):
 # ==================================================================== engines (the other parts of lowspace)
 @dataclass
 class Engines:
-    """The functions a trial calls; tests pass fakes. Defaults are the real cost and training engines."""
+    """The functions a trial calls; tests pass fakes. Defaults are the real cost and training engines.
+
+    ``measure(config, protocol, timing, **options)`` is called as :func:`lowspace.measure` is, with a
+    :class:`~lowspace.cost.Protocol`, a :class:`~lowspace.cost.Timing` and measure()'s run options.
+    """
 
     count_params: Callable[..., int]
     count_macs: Callable[..., int]
