@@ -83,6 +83,7 @@ def test_bench_timm_peer_and_deploy(tmp_path, monkeypatch):
     assert calls and calls[0]["resolution"] == 32
 
 
+@pytest.mark.slow  # a spawned process
 def test_bench_isolated(tiny_yaml, tmp_path):
     out = tmp_path / "rows.json"
     assert main(["bench", str(tiny_yaml), "--isolate", "--timeout", "120", "--results-file", str(out), *QUICK]) == 0

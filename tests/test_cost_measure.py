@@ -351,6 +351,7 @@ def test_deploy_calls_lowspace_deploy_with_the_protocols_settings(tiny, monkeypa
     assert m.info["deploy"] == {"bn_folded": 3} and m.info["fake"] is True
 
 
+@pytest.mark.slow  # two spawned processes
 def test_isolated_measurement_crash_and_timeout():
     # (a successful isolated run is covered by test_cli_bench.py::test_bench_isolated)
     crashed = measure(Small(fail="kill"), resolution=8, isolate=True, **FAST)

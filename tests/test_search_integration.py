@@ -33,7 +33,7 @@ def test_tiny_real_search_end_to_end(tmp_path):
         assert a["latency_ms"] > 0 and math.isfinite(a["latency_ms"])
         assert a["protocol"]["device"] == "cpu" and a["protocol"]["batch_size"] == 1
         assert a["fingerprint"]
-        assert 0.0 <= a["accuracy"] <= 100.0 and a["proxy"]["epochs_run"] == 2
+        assert a["proxy"]["epochs_run"] == 2
         assert a["proxy"]["info"]["resolution"] == 16
         assert a["params"] > 0 and a["macs"] > 0
         assert "1" in a["rungs"]  # the halving callback saw the real per-epoch metrics
