@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import yaml
 
+from ..config import Config, option
 from ..errors import ConfigError
 from . import _calibrate_run as run
 from ._calibrate_stats import Agreement, KnobEffect
@@ -44,8 +46,8 @@ _SHORT = {run.EPOCHS: "e", run.IMAGES: "n", run.RESOLUTIONS: "r", run.LR: "lr"}
 
 # ==================================================================== settings
 @dataclass
-class CalibrationSettings:
-    """What a calibration does (validated in :meth:`validate`, before any work starts).
+class CalibrationSettings(Config):
+    """What a calibration does (checked when built, before any work starts).
 
     source: a bundled space name, a space YAML, or a search config YAML (its ``space``, ``proxy`` and
         ``data`` are used).
@@ -67,65 +69,37 @@ class CalibrationSettings:
     """
 
     source: str = "lowformer"
-    n_archs: int = 24
-    presets: str = "space"
-    seed: int = 0
-    full_seeds: tuple[int, ...] = (0, 1)
-    candidate_seeds: tuple[int, ...] = (2,)
+    n_archs: int = option(24, ge=MIN_ARCHS, le=10_000)
+    presets: str = option("space", choices=PRESET_CHOICES)
+    seed: int = option(0, ge=0)
+    full_seeds: tuple[int, ...] = option((0, 1), ge=0)
+    candidate_seeds: tuple[int, ...] = option((2,), ge=0)
     default_schedules: bool = True
     schedules: dict[str, dict] = field(default_factory=dict)
     full: dict = field(default_factory=dict)
     data: dict | None = None
-    val_per_class: int | None = None
-    target: float = 0.85
-    max_cost_share: float = 0.2
+    val_per_class: int | None = option(None, ge=1)
+    target: float = option(0.85, gt=0, le=1)
+    max_cost_share: float = option(0.2, gt=0, le=1)
     out: str = "calibration"
-    workers: int = 1
+    workers: int = option(1, ge=1, le=1024)
     device: str = "auto"
-    resamples: int = 2000
-    time_limit_s: float | None = None
+    resamples: int = option(2000, ge=100, le=1_000_000)
+    time_limit_s: float | None = option(None, gt=0)
     train: bool = True
     png: bool = True
 
-    def __post_init__(self):
-        self.full_seeds = tuple(self.full_seeds)
-        self.candidate_seeds = tuple(self.candidate_seeds)
-
     def validate(self) -> None:
-        def integer(name, low):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ConfigError(name, v, f"an integer >= {low}")
-
-        integer("n_archs", MIN_ARCHS)
-        integer("workers", 1)
-        integer("resamples", 100)
-        integer("seed", 0)
-        if self.val_per_class is not None:
-            integer("val_per_class", 1)
-        if self.presets not in PRESET_CHOICES:
-            raise ConfigError("presets", self.presets, "allowed: " + ", ".join(PRESET_CHOICES))
-        if len(set(self.full_seeds)) != 2 or not all(_is_seed(s) for s in self.full_seeds):
-            raise ConfigError("full_seeds", list(self.full_seeds), "two different integer seeds >= 0")
-        if not self.candidate_seeds or not all(_is_seed(s) for s in self.candidate_seeds):
-            raise ConfigError("candidate_seeds", list(self.candidate_seeds), "one or more integer seeds >= 0")
-        for name in ("target", "max_cost_share"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1:
-                raise ConfigError(name, v, "a number in (0, 1]")
-        if self.time_limit_s is not None and not self.time_limit_s > 0:
-            raise ConfigError("time_limit_s", self.time_limit_s, "a number of seconds > 0, or None")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+        if len(set(self.full_seeds)) != 2 or len(self.full_seeds) != 2:
+            raise ConfigError("full_seeds", list(self.full_seeds), "two different seeds")
+        if not self.candidate_seeds:
+            raise ConfigError("candidate_seeds", [], "one or more seeds")
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]{1,2})?", self.device):
             raise ConfigError("device", self.device, "auto, cpu, cuda or cuda:N")
-        for name, overrides in self.schedules.items():
-            if not isinstance(name, str) or not name or name == "full" or not isinstance(overrides, dict):
-                raise ConfigError("schedules", name, "name -> mapping of overrides; 'full' names the full schedule")
+        if "full" in self.schedules:
+            raise ConfigError("schedules.full", self.schedules["full"], "'full' names the full schedule")
         if not self.default_schedules and not self.schedules:
             raise ConfigError("schedules", {}, "at least one candidate schedule (the default grid is off)")
-
-
-def _is_seed(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 # ==================================================================== what to calibrate
