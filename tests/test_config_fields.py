@@ -1,14 +1,19 @@
 """The config mechanism: field types, bounds, choices and cross-field checks, from Python, dicts and YAML."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
+import typing
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 import pytest
 
+from lowspace.arch import ArchConfig
 from lowspace.config import Config, option, parse_dataclass
+from lowspace.config._fields import constraint_of
 from lowspace.errors import ConfigError
+from lowspace.search.settings import SearchConfig
 
 
 @dataclass(frozen=True)
@@ -153,3 +158,28 @@ def test_config_error_survives_pickling():
     back = pickle.loads(pickle.dumps(err))
     assert (back.path, back.value, back.allowed, back.source, str(back)) == (err.path, err.value, err.allowed,
                                                                              err.source, str(err))
+
+
+def _numeric_fields(cls, seen: set):
+    """"Class.field" of every int or float field in a config class tree."""
+    if cls in seen:
+        return
+    seen.add(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        todo = [hints[f.name]]
+        while todo:
+            tp = todo.pop()
+            if dataclasses.is_dataclass(tp):
+                yield from _numeric_fields(tp, seen)
+            elif tp in (int, float):
+                yield f"{cls.__name__}.{f.name}", constraint_of(f)
+            else:
+                todo.extend(a for a in typing.get_args(tp) if a is not Ellipsis)
+
+
+@pytest.mark.parametrize("root", [ArchConfig, SearchConfig])
+def test_every_numeric_field_of_the_configs_is_bounded(root):
+    fields = list(_numeric_fields(root, set()))
+    assert len(fields) > 5
+    assert [name for name, c in fields if not c.bounded] == []

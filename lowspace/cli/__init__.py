@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import MISSING, dataclass
 from importlib import import_module
+from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import ConfigError, LowspaceError
+from ..config import field_info, parse_assignment, parse_value
+from ..errors import NO_VALUE, ConfigError, LowspaceError
 
 # subcommand -> module under lowspace.cli that defines ``add_parser(subparsers)`` and sets ``func``
 COMMANDS = {
@@ -16,11 +19,10 @@ COMMANDS = {
     "search": "search",
     "pareto": "report",
     "export": "report",
-    "calibrate": "calibrate",
 }
 
 
-CUDNN_FLAG_HELP = ("cuDNN autotuning on CUDA: on (as timm's benchmark), off (cuDNN's heuristic choice: 2-3x faster "
+CUDNN_FLAG_HELP = ("cuDNN autotuning on CUDA: on (as timm's benchmark), off (cuDNN's heuristic choice: faster "
                    "builds) or N (at most N algorithms per convolution)")
 
 
@@ -31,6 +33,74 @@ def cudnn_setting(flag: str, text: str) -> bool | int:
     if text.isdigit() and int(text) >= 1:
         return int(text)
     raise ConfigError(flag, text, "on, off, or an integer >= 1 (at most that many algorithms)")
+
+
+# ==================================================================== config flags
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag that sets one config field: ``Flag("--n-trials", "n_trials", ...)`` makes
+    ``--n-trials 20`` mean ``--set n_trials=20``. The value is read as ``--set`` reads it (typed from the
+    config class) unless ``parse`` is given; a ``const`` makes a switch that sets that value."""
+
+    name: str
+    path: str
+    help: str
+    const: Any = NO_VALUE
+    parse: Callable[[str], Any] | None = None
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.name.lstrip("-").replace("-", "_")
+
+
+SET_HELP = "set any config field by its dotted key, value in YAML (e.g. proxy.epochs=2, objectives=[accuracy,latency]); " \
+           "repeatable, applied after the other flags"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_cls, groups: Mapping[str, Sequence[Flag]]) -> None:
+    """Add ``groups`` of flags (title -> flags; "" for the parser's own group) and ``--set`` to ``parser``.
+    Help texts end with the field's allowed values and default, read from the config class."""
+    for title, flags in groups.items():
+        group = parser.add_argument_group(title) if title else parser
+        for flag in flags:
+            info = field_info(config_cls, flag.path)
+            if flag.const is not NO_VALUE:
+                group.add_argument(flag.name, dest=flag.dest, action="store_const", const=flag.const, default=None,
+                                   help=f"{flag.help} [{flag.path}: {_plain(flag.const)}]")
+                continue
+            choices = info.constraint.choices
+            metavar = flag.metavar or ("{" + ",".join(map(str, choices)) + "}" if choices else None)
+            default = "" if info.default is MISSING else f", default {_plain(info.default)}"
+            group.add_argument(flag.name, dest=flag.dest, default=None, metavar=metavar,
+                               help=f"{flag.help} [{flag.path}{default}]")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+
+
+def config_overrides(args: argparse.Namespace, config_cls, groups: Mapping[str, Sequence[Flag]]) -> dict[str, Any]:
+    """The dotted overrides of the flags given on the command line, then of each ``--set``."""
+    out: dict[str, Any] = {}
+    for flags in groups.values():
+        for flag in flags:
+            text = getattr(args, flag.dest)
+            if text is None:
+                continue
+            if flag.const is not NO_VALUE:
+                out[flag.path] = flag.const
+            elif flag.parse is not None:
+                out[flag.path] = flag.parse(text)
+            else:
+                out[flag.path] = parse_value(text, field_info(config_cls, flag.path).type, flag.name)
+    for item in args.set:
+        key, value = parse_assignment(item, config_cls)
+        out[key] = value
+    return out
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "[" + ",".join(map(str, value)) + "]"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def build_parser() -> argparse.ArgumentParser:

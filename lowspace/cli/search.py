@@ -1,35 +1,62 @@
 """``lowspace search``: run (or resume) a latency-aware architecture search.
 
-Reads a search config (``--config FILE``, see :mod:`lowspace.search.settings`) and/or flags; flags win.
+Reads a search config (``--config FILE``, see :mod:`lowspace.search.settings`; without one, the defaults),
+then the flags: each flag below is a shorthand for one config field, and ``--set KEY=VALUE`` sets any field
+by its dotted key (``--set proxy.lr=0.003``); flags and ``--set`` win over the file (docs/config.md).
 Re-running the same command resumes the study. ``--workers N`` starts N local worker processes; workers on
 other machines join through the same ``--storage postgresql+psycopg://...`` URL.
 """
 from __future__ import annotations
 
 import argparse
+from functools import partial
 from pathlib import Path
 
-import yaml
+from . import CUDNN_FLAG_HELP, Flag, add_config_flags, config_overrides, cudnn_setting
 
-from ..errors import ConfigError
-from . import CUDNN_FLAG_HELP, cudnn_setting
 
-# flag dest -> dotted search-config key
-_FLAG_KEYS = {
-    "space": "space", "mode": "mode", "sampler": "sampler", "n_trials": "n_trials", "storage": "storage",
-    "study_name": "study_name", "workers": "workers", "seed": "seed", "out": "out", "device": "device",
-    "timeout": "timeout_s", "max_attempts": "max_attempts", "pruner": "pruner",
-    "latency_device": "protocol.device", "batch_size": "protocol.batch_size",
-    "latency_resolution": "protocol.resolution", "precision": "protocol.precision", "backend": "protocol.backend",
-    "throughput_batch": "protocol.throughput_batch",
-    "max_latency_ms": "constraints.max_latency_ms", "max_macs": "constraints.max_macs",
-    "max_params": "constraints.max_params",
-    "epochs": "proxy.epochs", "proxy_resolution": "proxy.resolution", "proxy_batch_size": "proxy.batch_size",
-    "lr": "proxy.lr", "train_per_class": "proxy.train_per_class",
-    "data": "data.dataset", "early_stopping": "early_stopping.kind", "eta": "early_stopping.eta",
-    "min_epochs": "early_stopping.min_epochs", "heartbeat": "heartbeat.heartbeat_interval",
-    "grace": "heartbeat.grace_period", "max_retry": "heartbeat.max_retry",
-    "peers": "report.peers", "baseline": "report.baseline", "baseline_study_name": "report.baseline_study",
+def _names(text: str) -> list[str]:
+    return [o.strip() for o in text.split(",") if o.strip()]
+
+
+# The common flags, each a shorthand for one search-config field; `--set KEY=VALUE` reaches every other one.
+FLAGS: dict[str, tuple[Flag, ...]] = {
+    "": (
+        Flag("--space", "space", "bundled space (lowformer, wide, demo) or a space YAML path"),
+        Flag("--mode", "mode", "pareto front, constrained single objective, or random baseline"),
+        Flag("--sampler", "sampler", "Optuna sampler (null: tpe, or random for --mode random)"),
+        Flag("--objectives", "objectives", "pareto/random objectives, e.g. accuracy,latency,macs", parse=_names,
+             metavar="LIST"),
+        Flag("--n-trials", "n_trials", "complete trials to reach"),
+        Flag("--storage", "storage", "SQLAlchemy URL, journal:PATH or a .db path (null: ./lowspace.db)"),
+        Flag("--study-name", "study_name", "study name (null: <space>-<mode>)"),
+        Flag("--workers", "workers", "local worker processes, one GPU each (or the CPU)"),
+        Flag("--seed", "seed", "sampler seed (worker i uses seed + i)"),
+        Flag("--out", "out", "write reports (Pareto HTML/PNG, CSV, summary, exported YAML) here when done"),
+        Flag("--device", "device", "proxy training device: auto, cpu, cuda, cuda:N"),
+        Flag("--timeout", "timeout_s", "stop starting trials after this many seconds"),
+        Flag("--no-presets", "presets", "do not enqueue the space's preset points", const=False),
+    ),
+    "latency protocol": (
+        Flag("--latency-device", "protocol.device", "auto, cpu, cuda, cuda:N"),
+        Flag("--backend", "protocol.backend", "eager, cuda_graph, compile, ... (see lowspace bench)"),
+        Flag("--precision", "protocol.precision", "weights and activations while timing"),
+        Flag("--cudnn-benchmark", "protocol.cudnn_benchmark", CUDNN_FLAG_HELP,
+             parse=partial(cudnn_setting, "--cudnn-benchmark"), metavar="on|off|N"),
+    ),
+    "constraints": (
+        Flag("--max-latency-ms", "constraints.max_latency_ms", "reject candidates slower than this"),
+        Flag("--max-macs", "constraints.max_macs", "reject candidates with more MACs (before timing)"),
+        Flag("--max-params", "constraints.max_params", "reject candidates with more parameters (before timing)"),
+    ),
+    "proxy training": (
+        Flag("--data", "data.dataset", "fashion_mnist, synthetic, or a class-folder path"),
+        Flag("--epochs", "proxy.epochs", "proxy training epochs"),
+        Flag("--early-stopping", "early_stopping.kind", "pareto mode's successive halving on proxy epochs"),
+    ),
+    "report": (
+        Flag("--no-png", "report.png", "no PNG plots (HTML only)", const=False),
+    ),
 }
 
 
@@ -37,99 +64,27 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("search", help="run or resume a latency-aware architecture search (Optuna study)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="search config YAML (space, mode, protocol, proxy, data, storage, ...)")
-    p.add_argument("--space", help="bundled space (lowformer, wide, demo) or a space YAML path")
-    p.add_argument("--mode", choices=("pareto", "constrained", "random"))
-    p.add_argument("--sampler", choices=("tpe", "nsga2", "gp", "random"))
-    p.add_argument("--objectives", help="pareto/random objectives, e.g. accuracy,latency,macs")
-    p.add_argument("--n-trials", type=int, help="complete trials to reach (default 50)")
-    p.add_argument("--storage", help="SQLAlchemy URL, journal:PATH or a .db path (default: ./lowspace.db)")
-    p.add_argument("--study-name", help="default: <space>-<mode>")
-    p.add_argument("--workers", type=int, help="local worker processes, one GPU each (or the CPU)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--out", help="write reports (Pareto HTML/PNG, CSV, summary, exported YAML) here when done")
-    p.add_argument("--device", help="proxy training device: auto, cpu, cuda")
-    p.add_argument("--no-presets", action="store_true", help="do not enqueue the space's preset points")
-    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    p.add_argument("--max-attempts", type=int, help="give up after this many trials of any state")
-    g = p.add_argument_group("latency protocol")
-    g.add_argument("--latency-device", help="auto, cpu, cuda (default auto)")
-    g.add_argument("--batch-size", type=int, help="latency batch size (default 1)")
-    g.add_argument("--latency-resolution", type=int, help="input side for timing (default: the architecture's)")
-    g.add_argument("--precision", help="fp32, fp16, bf16")
-    g.add_argument("--backend", help="eager, cuda_graph, compile, ... (see lowspace bench)")
-    g.add_argument("--channels-last", action="store_true", default=None)
-    g.add_argument("--deploy", action="store_true", default=None, help="time the deploy rewrite (BN folding, ...)")
-    g.add_argument("--throughput-batch", type=int, help="also record images/s at this batch size")
-    g.add_argument("--cudnn-benchmark", metavar="on|off|N", help=CUDNN_FLAG_HELP + " (default: off)")
-    g = p.add_argument_group("constraints")
-    g.add_argument("--max-latency-ms", type=float)
-    g.add_argument("--max-macs", type=float)
-    g.add_argument("--max-params", type=float)
-    g = p.add_argument_group("proxy training")
-    g.add_argument("--data", help="fashion_mnist, synthetic, or a class-folder path")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--proxy-resolution", help="training input side, or 'arch' for the architecture's")
-    g.add_argument("--proxy-batch-size", type=int)
-    g.add_argument("--lr", type=float)
-    g.add_argument("--train-per-class", type=int)
-    g.add_argument("--early-stopping", choices=("halving", "none"), help="pareto mode's successive halving")
-    g.add_argument("--eta", type=int, help="successive halving: keep 1/eta per rung")
-    g.add_argument("--min-epochs", type=int, help="successive halving: first rung")
-    g.add_argument("--pruner", choices=("median", "halving", "hyperband", "none"), help="constrained mode")
-    g = p.add_argument_group("fault tolerance")
-    g.add_argument("--heartbeat", type=int, help="heartbeat interval in seconds (RDB storages)")
-    g.add_argument("--grace", type=int, help="seconds without heartbeat before a trial is failed and retried")
-    g.add_argument("--max-retry", type=int)
-    g = p.add_argument_group("report")
-    g.add_argument("--peers", help="a `lowspace bench` results file (CSV/JSON) to overlay")
-    g.add_argument("--baseline", help="a random-search study (storage) for the hypervolume comparison")
-    g.add_argument("--baseline-study-name")
-    g.add_argument("--no-png", action="store_true")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any config key, dotted (e.g. proxy.warmup_epochs=1); repeatable")
+    from ..search.settings import SearchConfig
+    add_config_flags(p, SearchConfig, FLAGS)
     p.add_argument("--describe", action="store_true", help="print the search space and exit")
     p.set_defaults(func=run)
 
 
 def config_from_args(args):
-    """The SearchConfig of a parsed command line (config file, then flags)."""
+    """The SearchConfig of a parsed command line: the config file (or the defaults), then the flags, then
+    each ``--set``."""
     from ..search.settings import SearchConfig
-    overrides: dict = {}
-    for dest, key in _FLAG_KEYS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            overrides[key] = value
-    if args.proxy_resolution is not None:
-        overrides["proxy.resolution"] = args.proxy_resolution if args.proxy_resolution == "arch" else \
-            _int_flag("--proxy-resolution", args.proxy_resolution)
-    if args.objectives:
-        overrides["objectives"] = [o.strip() for o in args.objectives.split(",") if o.strip()]
-    if args.no_presets:
-        overrides["presets"] = False
-    if args.channels_last:
-        overrides["protocol.channels_last"] = True
-    if args.deploy:
-        overrides["protocol.deploy"] = True
-    if args.cudnn_benchmark is not None:
-        overrides["protocol.cudnn_benchmark"] = cudnn_setting("--cudnn-benchmark", args.cudnn_benchmark)
-    if args.no_png:
-        overrides["report.png"] = False
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError("--set", item, "KEY=VALUE, e.g. proxy.epochs=2")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
+    overrides = config_overrides(args, SearchConfig, FLAGS)
     if args.config:
-        return SearchConfig.from_yaml(args.config, overrides)
-    from ..search.settings import apply_overrides
-    return SearchConfig.from_dict(apply_overrides({}, overrides))
+        return SearchConfig.from_yaml(Path(args.config), overrides, override_source="command line")
+    return SearchConfig.from_dict({}, overrides, override_source="command line")
 
 
-def _int_flag(flag: str, value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(flag, value, "an integer or 'arch'") from None
+def _preflight(space, config) -> None:
+    """Build what every trial builds first (the proxy schedule, the latency protocol, the devices), so that
+    a bad value stops the command before a study is created or resumed."""
+    from ..search.trial import TrialPipeline
+    TrialPipeline(space, config)
 
 
 def run(args) -> int:
@@ -145,6 +100,7 @@ def run(args) -> int:
     if args.describe:
         _describe(console, space)
         return 0
+    _preflight(space, config)
     console.print(f"[bold]lowspace search[/]: space {space.name} ({len(space.params)} parameters), mode {config.mode}, "
                   f"sampler {config.sampler_name}, {config.n_trials} complete trials, {config.workers} worker(s)",
                   highlight=False)

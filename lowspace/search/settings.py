@@ -20,57 +20,70 @@ Relative paths (space, storage files, out) are relative to the working directory
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
+import re
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Mapping
 
+from ..config import Config, option
 from ..errors import ConfigError
-from .yamldoc import YamlDoc
 
 MODES = ("pareto", "constrained", "random")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 OBJECTIVES = ("accuracy", "latency", "macs")
 PRUNERS = ("median", "halving", "hyperband", "none")
 EARLY_STOPPING = ("halving", "none")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_STORAGE_FILE = "lowspace.db"
 # measure() arguments that the trial pipeline passes itself (from ProtocolSettings), so not allowed in options
 PROTOCOL_MEASURE_ARGS = ("device", "batch_size", "resolution", "precision", "channels_last", "backend", "deploy",
                          "cudnn_benchmark", "cache")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,2})?")
+_DAY_S = 86_400.0
+
+
+def _check_device(path: str, value: str) -> None:
+    if not _DEVICE_RE.fullmatch(value):
+        raise ConfigError(path, value, "allowed: auto, cpu, mps, cuda or cuda:N")
 
 
 @dataclass
-class ProtocolSettings:
+class ProtocolSettings(Config):
     """The latency protocol every trial is timed on (passed to ``lowspace.cost.measure.measure``).
 
     device: ``auto`` (cuda if present, else cpu), ``cpu`` or ``cuda[:N]``. resolution: None = the
     architecture's own. throughput_batch: also time this batch size and record images/s (None: skip).
     backend / precision ``auto`` and channels_last / deploy None pick the default protocol for the device
     (:meth:`resolve`). cudnn_benchmark: cuDNN autotuning while a trial's network is built on CUDA. The
-    default, False, times cuDNN's heuristic algorithm choice: a new architecture is built and timed at
-    batch 1 and 200 in at most 2.8 s on the H100 (up to 8.3 s autotuned), and ranked as a second
-    autotuned run ranks it (experiments/bench_presets, harness speed). True (or N: at most N algorithms per convolution) is the
-    protocol of timm's benchmark. options: extra keyword arguments for ``measure`` (e.g. target_spread,
-    max_time_s).
+    default, False, times cuDNN's heuristic algorithm choice, which builds a new architecture several times
+    faster and ranks architectures as autotuning does (experiments/bench_presets, harness speed). True (or
+    N: at most N algorithms per convolution) is the protocol of timm's benchmark. options: extra keyword
+    arguments for ``measure`` (e.g. target_spread, max_time_s).
     """
 
     device: str = "auto"
-    batch_size: int = 1
-    resolution: int | None = None
-    precision: str = "auto"
+    batch_size: int = option(1, ge=1, le=65_536)
+    resolution: int | None = option(None, ge=8, le=4096)
+    precision: str = option("auto", choices=PRECISIONS)
     backend: str = "auto"
     channels_last: bool | None = None
     deploy: bool | None = None
-    throughput_batch: int | None = None
-    cudnn_benchmark: bool | int = False
+    throughput_batch: int | None = option(None, ge=1, le=65_536)
+    cudnn_benchmark: bool | int = option(False, ge=1, le=1000)
     options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _check_device("device", self.device)
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in self.options:
+            if key in PROTOCOL_MEASURE_ARGS:
+                raise ConfigError(f"options.{key}", self.options[key],
+                                  f"set by the search itself; use protocol.{key}" if key in names
+                                  else "set by the search itself")
 
     def resolve(self, device_type: str) -> "ProtocolSettings":
         """Concrete values for the ``auto`` fields. On CUDA: the deploy path (BatchNorm folded, fp16 weights,
-        channels_last) captured in a CUDA graph. It builds in about a second and ranks architectures like the
-        compiled deploy protocol (Kendall tau 0.916 over 20 random architectures on the H100, both with cuDNN
-        autotuning; experiments/deploy_speed). On CPU: eager fp32."""
+        channels_last) captured in a CUDA graph, which builds in about a second and ranks architectures like
+        the compiled deploy protocol (experiments/deploy_speed). On CPU: eager fp32."""
         cuda = device_type == "cuda"
         return dataclasses.replace(
             self,
@@ -81,68 +94,70 @@ class ProtocolSettings:
 
 
 @dataclass
-class EarlyStopSettings:
+class EarlyStopSettings(Config):
     """Pareto mode's own successive halving on proxy epochs (see :mod:`lowspace.search.halving`)."""
 
-    kind: str = "halving"
-    min_epochs: int = 1
-    eta: int = 2
-    min_peers: int = 4
+    kind: str = option("halving", choices=EARLY_STOPPING)
+    min_epochs: int = option(1, ge=1, le=10_000)
+    eta: int = option(2, ge=2, le=100)
+    min_peers: int = option(4, ge=0, le=10_000)
 
 
 @dataclass
-class ConstraintSettings:
+class ConstraintSettings(Config):
     """Upper limits; a candidate over a limit is rejected before it is trained."""
 
-    max_latency_ms: float | None = None
-    max_macs: float | None = None
-    max_params: float | None = None
+    max_latency_ms: float | None = option(None, gt=0, le=1e7)
+    max_macs: float | None = option(None, gt=0, le=1e18)
+    max_params: float | None = option(None, gt=0, le=1e15)
 
 
 @dataclass
-class StorageSettings:
+class StorageSettings(Config):
     """Heartbeat (RDB storages): a trial whose worker stops beating for ``grace_period`` s is failed and
     retried up to ``max_retry`` times."""
 
-    heartbeat_interval: int = 30
-    grace_period: int | None = None
-    max_retry: int = 2
+    heartbeat_interval: int = option(30, ge=1, le=3600)
+    grace_period: int | None = option(None, ge=1, le=int(_DAY_S))
+    max_retry: int = option(2, ge=0, le=100)
 
 
 @dataclass
-class ReportSettings:
+class ReportSettings(Config):
     """What the search writes into ``out`` when it finishes."""
 
     peers: str | None = None
     baseline: str | None = None
     baseline_study: str | None = None
     png: bool = True
-    export: str = "pareto"  # pareto | none
+    export: str = option("pareto", choices=("pareto", "none"))
 
 
 @dataclass
-class SearchConfig:
+class SearchConfig(Config):
     """Everything a search needs. ``proxy`` goes to ``ProxySchedule``; ``data`` to ``get_dataset``.
 
     ``engines`` (``"module:function"``) names a factory returning :class:`lowspace.search.trial.Engines`,
     to plug in other cost or accuracy estimators (every worker process imports it); None = lowspace's.
     """
 
+    config_kind = "search config"
+
     space: str = "lowformer"
-    mode: str = "pareto"
-    sampler: str | None = None
-    objectives: tuple[str, ...] = ("accuracy", "latency")
-    n_trials: int = 50
-    seed: int | None = 0
+    mode: str = option("pareto", choices=MODES)
+    sampler: str | None = option(None, choices=SAMPLERS)
+    objectives: tuple[str, ...] = option(("accuracy", "latency"), choices=OBJECTIVES)
+    n_trials: int = option(50, ge=1, le=1_000_000)
+    seed: int | None = option(0, ge=0, le=2**31 - 1)
     study_name: str | None = None
     storage: str | None = None
     out: str | None = None
-    workers: int = 1
+    workers: int = option(1, ge=1, le=1024)
     device: str = "auto"
     presets: bool = True
-    pruner: str = "median"
-    max_attempts: int | None = None
-    timeout_s: float | None = None
+    pruner: str = option("median", choices=PRUNERS)
+    max_attempts: int | None = option(None, ge=1, le=10_000_000)
+    timeout_s: float | None = option(None, gt=0, le=365 * _DAY_S)
     engines: str | None = None
     constraints: ConstraintSettings = field(default_factory=ConstraintSettings)
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
@@ -151,9 +166,6 @@ class SearchConfig:
     early_stopping: EarlyStopSettings = field(default_factory=EarlyStopSettings)
     heartbeat: StorageSettings = field(default_factory=StorageSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
-
-    def __post_init__(self):
-        self.objectives = tuple(self.objectives)
 
     # ---------------------------------------------------------------- derived
     @property
@@ -178,171 +190,21 @@ class SearchConfig:
     def uses_halving(self) -> bool:
         return self.mode == "pareto" and self.early_stopping.kind == "halving"
 
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["objectives"] = list(self.objectives)
-        return d
-
-    # ---------------------------------------------------------------- parsing
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], doc: YamlDoc | None = None) -> "SearchConfig":
-        """Parse and validate a plain dict (``doc`` adds file and line to errors)."""
-        doc = doc or YamlDoc("{}", None, kind="search config")
-        if not isinstance(data, Mapping):
-            raise doc.error([], data, "a search config is a mapping")
-        kwargs = _parse_dataclass(cls, data, [], doc)
-        cfg = cls(**kwargs)
-        cfg.validate(doc)
-        return cfg
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> "SearchConfig":
-        """Read a config file, then apply dotted ``overrides`` (``{"proxy.epochs": 2}``)."""
-        try:
-            text = Path(path).read_text()
-        except OSError as err:
-            raise ConfigError("--config", str(path), f"cannot read the search config ({err.strerror})") from None
-        doc = YamlDoc(text, str(path), kind="search config")
-        data = doc.data if doc.data is not None else {}
-        if not isinstance(data, Mapping):
-            raise doc.error([], type(data).__name__, "a search config is a mapping")
-        return cls.from_dict(apply_overrides(data, overrides or {}), doc)
-
-    def validate(self, doc: YamlDoc | None = None) -> None:
-        doc = doc or YamlDoc("{}", None, kind="search config")
-        _choice(doc, ["mode"], self.mode, MODES)
-        if self.sampler is not None:
-            _choice(doc, ["sampler"], self.sampler, SAMPLERS)
+    # ---------------------------------------------------------------- checks across fields
+    def validate(self) -> None:
         if not self.objectives or self.objectives[0] != "accuracy" or "latency" not in self.objectives:
-            raise doc.error(["objectives"], list(self.objectives),
-                            "accuracy first, then latency, optionally macs: [accuracy, latency] or "
-                            "[accuracy, latency, macs]")
-        for i, o in enumerate(self.objectives):
-            _choice(doc, ["objectives", i], o, OBJECTIVES)
+            raise ConfigError("objectives", list(self.objectives),
+                              "accuracy first, then latency, optionally macs: [accuracy, latency] or "
+                              "[accuracy, latency, macs]")
         if len(set(self.objectives)) != len(self.objectives):
-            raise doc.error(["objectives"], list(self.objectives), "objectives must not repeat")
-        _positive(doc, ["n_trials"], self.n_trials)
-        _positive(doc, ["workers"], self.workers)
-        _choice(doc, ["pruner"], self.pruner, PRUNERS)
-        _choice(doc, ["early_stopping", "kind"], self.early_stopping.kind, EARLY_STOPPING)
-        _positive(doc, ["early_stopping", "min_epochs"], self.early_stopping.min_epochs)
-        if self.early_stopping.eta < 2:
-            raise doc.error(["early_stopping", "eta"], self.early_stopping.eta, "an integer >= 2")
-        _positive(doc, ["protocol", "batch_size"], self.protocol.batch_size)
-        if self.protocol.throughput_batch is not None:
-            _positive(doc, ["protocol", "throughput_batch"], self.protocol.throughput_batch)
-        if self.protocol.resolution is not None:
-            _positive(doc, ["protocol", "resolution"], self.protocol.resolution)
-        if not isinstance(self.protocol.cudnn_benchmark, bool):
-            _positive(doc, ["protocol", "cudnn_benchmark"], self.protocol.cudnn_benchmark)
-        for key in self.protocol.options:
-            if key in PROTOCOL_MEASURE_ARGS:
-                raise doc.error(["protocol", "options", key], self.protocol.options[key],
-                                f"set by the search itself; use protocol.{key}"
-                                if key in {f.name for f in dataclasses.fields(ProtocolSettings)}
-                                else "set by the search itself")
-        for name in ("max_latency_ms", "max_macs", "max_params"):
-            v = getattr(self.constraints, name)
-            if v is not None and not v > 0:
-                raise doc.error(["constraints", name], v, "a positive number or null")
-        if self.mode == "constrained" and self.constraints.max_latency_ms is None and self.constraints.max_macs is None \
-                and self.constraints.max_params is None:
-            raise doc.error(["constraints"] if "constraints" in (doc.data or {}) else ["mode"], None,
-                            "constrained mode needs at least one of max_latency_ms, max_macs, max_params")
-        _positive(doc, ["heartbeat", "heartbeat_interval"], self.heartbeat.heartbeat_interval)
+            raise ConfigError("objectives", list(self.objectives), "objectives must not repeat")
+        _check_device("device", self.device)
+        limits = self.constraints
+        if self.mode == "constrained" and (limits.max_latency_ms, limits.max_macs, limits.max_params) == (None,) * 3:
+            raise ConfigError("constraints", None,
+                              "constrained mode needs at least one of max_latency_ms, max_macs, max_params")
         if not isinstance(self.data.get("dataset", "fashion_mnist"), str):
-            raise doc.error(["data", "dataset"], self.data.get("dataset"), "a data set name or folder path")
-        if self.engines is not None and (not isinstance(self.engines, str) or ":" not in self.engines):
-            raise doc.error(["engines"], self.engines, "module:function returning lowspace.search.trial.Engines")
-        if self.report.export not in ("pareto", "none"):
-            raise doc.error(["report", "export"], self.report.export, "allowed: pareto, none")
+            raise ConfigError("data.dataset", self.data.get("dataset"), "a data set name or folder path")
+        if self.engines is not None and ":" not in self.engines:
+            raise ConfigError("engines", self.engines, "module:function returning lowspace.search.trial.Engines")
 
-
-def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``data`` with dotted keys set (None values are skipped)."""
-    out = copy.deepcopy(dict(data))
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return out
-
-
-def _choice(doc, path, value, options) -> None:
-    if value not in options:
-        raise doc.error(path, value, "allowed: " + ", ".join(map(str, options)))
-
-
-def _positive(doc, path, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise doc.error(path, value, "a positive integer")
-
-
-def _type_ok(tp: str, value: Any) -> bool:
-    tp = tp.replace(" ", "")
-    if value is None:
-        return "None" in tp or tp.startswith("Optional")
-    if isinstance(value, bool):
-        return tp.startswith("bool")
-    options = tp.split("|")
-    for opt in options:
-        if opt == "int" and isinstance(value, int):
-            return True
-        if opt == "float" and isinstance(value, (int, float)):
-            return True
-        if opt == "str" and isinstance(value, str):
-            return True
-        if opt == "dict" and isinstance(value, Mapping):
-            return True
-        if opt.startswith("tuple") and isinstance(value, (list, tuple)):
-            return True
-    return False
-
-
-def _parse_dataclass(tp, data: Mapping[str, Any], path: list, doc: YamlDoc) -> dict[str, Any]:
-    names = [f.name for f in dataclasses.fields(tp)]
-    doc.check_keys(path, data, names)
-    kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(tp):
-        if f.name not in data:
-            continue
-        value = data[f.name]
-        sub = path + [f.name]
-        ftype = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
-        sub_cls = _NESTED.get(ftype)
-        if sub_cls is not None:
-            if value is None:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise doc.error(sub, value, "a mapping with keys: " + ", ".join(x.name for x in dataclasses.fields(sub_cls)))
-            kwargs[f.name] = sub_cls(**_parse_dataclass(sub_cls, value, sub, doc))
-            continue
-        if isinstance(value, str) and ("float" in ftype or "int" in ftype) and "str" not in ftype:
-            try:  # YAML reads 50e6 as a string
-                value = float(value)
-                value = int(value) if ftype.startswith("int") and value.is_integer() else value
-            except ValueError:
-                pass
-        if not _type_ok(ftype, value):
-            raise doc.error(sub, value, f"expected {ftype}")
-        if ftype == "float | None" and isinstance(value, int):
-            value = float(value)
-        if ftype == "dict":
-            value = dict(value)
-        kwargs[f.name] = value
-    return kwargs
-
-
-_NESTED = {
-    "ConstraintSettings": ConstraintSettings,
-    "ProtocolSettings": ProtocolSettings,
-    "EarlyStopSettings": EarlyStopSettings,
-    "StorageSettings": StorageSettings,
-    "ReportSettings": ReportSettings,
-}
