@@ -138,7 +138,7 @@ def _message(plan: Plan, candidates: list[ScheduleSummary], ceiling: Agreement |
             text += f"; the best is {best.name} (tau {best.agreement.tau:.2f}, {share} of the GPU time)"
     if knobs:
         k = knobs[0]
-        text += f"; the knob that moved tau most: {k.label} ({k.low} -> {k.high}: {k.delta:+.2f})"
+        text += f"; the knob that moved tau most: {k.describe()}"
     return text
 
 
@@ -192,7 +192,7 @@ def _summary_json(plan: Plan, summary: Summary, runs: dict[str, int]) -> dict[st
                 candidates=[c.to_dict() for c in summary.candidates],
                 baselines={k: v.to_dict() for k, v in summary.baselines.items()},
                 recommended=summary.recommended, message=summary.message,
-                knobs=[dict(knob=k.knob, label=k.label, delta=k.delta, low=k.low, high=k.high) for k in summary.knobs],
+                knobs=[dict(asdict(k), label=k.label) for k in summary.knobs],
                 runs=runs, notes=summary.notes)
 
 
@@ -219,17 +219,17 @@ def _summary_md(plan: Plan, summary: Summary, runs: dict[str, int]) -> str:
              "| cost share |", "|:--|:--|--:|--:|--:|--:|--:|--:|"]
     f = summary.full
     lines.append(f"| full (seed ceiling) | - | {f.archs} | {_fmt(f.mean_top1)} | {_interval(f.agreement, 'tau')} | "
-                 f"{_interval(f.agreement, 'rho')} | {_fmt(f.gpu_s, '.1f')} | 100 % |")
+                 f"{_interval(f.agreement, 'rho')} | {_fmt(f.gpu_s, '.1f')} | 100% |")
     for c in sorted(summary.candidates, key=lambda c: c.cost_share if c.cost_share is not None else math.inf):
         over = ", ".join(f"{k}={v}" for k, v in c.overrides.items())
         mark = " **(recommended)**" if c.name == summary.recommended else ""
         lines.append(f"| {c.name}{mark} | {over} | {c.archs} | {_fmt(c.mean_top1)} | {_interval(c.agreement, 'tau')} "
                      f"| {_interval(c.agreement, 'rho')} | {_fmt(c.gpu_s, '.1f')} | {_fmt(c.cost_share, '.0%')} |")
     for key, a in summary.baselines.items():
-        lines.append(f"| #{key} (baseline) | - | {a.n} | - | {_interval(a, 'tau')} | {_interval(a, 'rho')} | 0 | 0 % |")
+        lines.append(f"| #{key} (baseline) | - | {a.n} | - | {_interval(a, 'tau')} | {_interval(a, 'rho')} | 0 | 0% |")
     if summary.knobs:
         lines += ["", "One-knob comparisons (largest tau change per knob):", ""]
-        lines += [f"- {k.label}: {k.low} -> {k.high}, tau {k.delta:+.2f}" for k in summary.knobs]
+        lines += [f"- {k.describe()}" for k in summary.knobs]
     lines += ["", f"Runs: {runs}"]
     if summary.notes:
         lines += [""] + [f"- note: {n}" for n in summary.notes]

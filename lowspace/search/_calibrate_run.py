@@ -89,7 +89,7 @@ def data_identity(data, per_class: int, seed: int) -> str:
     if images is not None:
         digest.update(images.contiguous().cpu().numpy().tobytes())
     else:
-        digest.update("\n".join(str(Path(p).relative_to(data.train.root)) for p, _ in data.train.samples).encode())
+        digest.update("\n".join(os.path.relpath(p, data.train.root) for p, _ in data.train.samples).encode())
     return digest.hexdigest()[:16]
 
 

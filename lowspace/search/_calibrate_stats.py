@@ -140,10 +140,15 @@ class KnobEffect:
     delta: float
     low: str
     high: str
+    low_tau: float
+    high_tau: float
 
     @property
     def label(self) -> str:
         return KNOB_NAMES.get(self.knob, self.knob)
+
+    def describe(self) -> str:
+        return f"{self.label}: tau {self.low_tau:.2f} ({self.low}) -> {self.high_tau:.2f} ({self.high})"
 
 
 def knob_effects(schedules: Mapping[str, Mapping], taus: Mapping[str, float]) -> list[KnobEffect]:
@@ -157,7 +162,7 @@ def knob_effects(schedules: Mapping[str, Mapping], taus: Mapping[str, float]) ->
             if knob is None:
                 continue
             lo, hi = (a, b) if taus[a] <= taus[b] else (b, a)
-            effect = KnobEffect(knob, taus[hi] - taus[lo], lo, hi)
+            effect = KnobEffect(knob, taus[hi] - taus[lo], lo, hi, taus[lo], taus[hi])
             if knob not in best or effect.delta > best[knob].delta:
                 best[knob] = effect
     return sorted(best.values(), key=lambda e: -e.delta)
