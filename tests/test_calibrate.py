@@ -282,6 +282,21 @@ def test_bad_input_is_one_config_error_before_any_training(tmp_path, monkeypatch
     assert str(err.value).startswith(where) and "\n" not in str(err.value)
 
 
+def test_a_search_config_gives_space_full_schedule_and_data(tmp_path):
+    import yaml
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(dict(space="demo", data=SYNTHETIC, proxy={**FULL, "val_per_class": 5},
+                                          n_trials=3)))
+    plan = make_plan(CalibrationSettings(str(config), n_archs=4, presets="space", out=str(tmp_path)))
+    assert {a.name for a in plan.archs} >= {"small", "base"}  # the demo space's named points
+    assert plan.full.options["epochs"] == FULL["epochs"] and plan.full.options["resolutions"] == FULL["resolutions"]
+    assert plan.data.name == "synthetic" and plan.data_spec["val_per_class"] == 5
+    assert torch.bincount(plan.data.val.labels).tolist() == [5, 5, 5, 5]
+    config.write_text(yaml.safe_dump(dict(space="demo", data=SYNTHETIC, proxy={"epoch": 2})))
+    with pytest.raises(ConfigError, match=r"search.yaml: proxy.epoch: .*did you mean 'epochs'"):
+        make_plan(CalibrationSettings(str(config), n_archs=4, out=str(tmp_path)))
+
+
 def test_cli_reports_bad_input_on_one_line(tmp_path, capsys):
     from lowspace.cli import main
     assert main(["calibrate", "demo", "--n", "3", "--out", str(tmp_path)]) == 2

@@ -194,10 +194,15 @@ class Schedule:
     options: dict
 
 
-def full_options(proxy: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
-    """The full schedule's complete options (validated); the validation split is fixed, so no val cap."""
+def full_options(proxy: Mapping[str, Any], overrides: Mapping[str, Any], source: str | None = None) -> dict:
+    """The full schedule's complete options (validated): the config's ``proxy`` section (from file
+    ``source``) with ``overrides``. The validation split is fixed, so no val cap."""
     if run.SEED in overrides:
         raise ConfigError(f"full.{run.SEED}", overrides[run.SEED], "set by the calibration (full_seeds)")
+    try:
+        run.make_schedule({k: v for k, v in proxy.items() if k not in FIXED_KEYS}, "proxy")
+    except ConfigError as err:
+        raise err.with_source(source) from None
     options = {k: v for k, v in {**proxy, **overrides}.items() if k not in FIXED_KEYS}
     return {**run.schedule_options(run.make_schedule(options, "full")), run.VAL_CAP: None}
 
@@ -326,7 +331,7 @@ def make_plan(settings: CalibrationSettings) -> Plan:
     settings.validate()
     source = read_source(settings.source)
     data_options = dict(settings.data) if settings.data is not None else dict(source.data)
-    full_opts = full_options(source.proxy, settings.full)
+    full_opts = full_options(source.proxy, settings.full, source.path)
     for name, overrides in settings.schedules.items():  # user input is checked before the data is read
         resolve_schedule(name, overrides, full_opts)
     archs = draw_architectures(source.space, settings.n_archs, settings.presets, settings.seed)
