@@ -153,8 +153,34 @@ class ConvNormAct(nn.Module):
             self.conv = pointwise(self.conv, options)
 
 
-class FusedMBConv(nn.Module):
+class _ConvChain(nn.Module):
+    """What FusedMBConv and MBConv share: their ConvNormActs (named in ``layers``) run in order, with an
+    identity residual when ``residual``."""
+
+    layers: tuple[str, ...] = ()
+
+    def _set_residual(self, residual: bool) -> None:
+        self.residual = residual
+        self.drop_path = DropPath(0.0) if residual else nn.Identity()
+
+    def last_norm(self) -> nn.Module:
+        return getattr(self, self.layers[-1]).bn
+
+    def forward(self, x):
+        y = x
+        for name in self.layers:
+            y = getattr(self, name)(y)
+        return x + self.drop_path(y) if self.residual else y
+
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        """Drop path goes (the convs rewrite themselves)."""
+        self.drop_path = nn.Identity()
+
+
+class FusedMBConv(_ConvChain):
     """k x k conv to the hidden width (+BN+act), then 1x1 conv to ``out_channels`` (+BN)."""
+
+    layers = ("conv1", "conv2")
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, expand_ratio=4.0, act="hardswish",
                  bias=False, residual=False):
@@ -162,23 +188,13 @@ class FusedMBConv(nn.Module):
         hidden = round(in_channels * expand_ratio)
         self.conv1 = ConvNormAct(in_channels, hidden, kernel_size, stride, bias=bias, act=act)
         self.conv2 = ConvNormAct(hidden, out_channels, 1)
-        self.residual = residual
-        self.drop_path = DropPath(0.0) if residual else nn.Identity()
-
-    def last_norm(self) -> nn.Module:
-        return self.conv2.bn
-
-    def forward(self, x):
-        y = self.conv2(self.conv1(x))
-        return x + self.drop_path(y) if self.residual else y
-
-    def reparameterize(self, options: DeployOptions | None = None) -> None:
-        """Drop path goes (its convs rewrite themselves)."""
-        self.drop_path = nn.Identity()
+        self._set_residual(residual)
 
 
-class MBConv(nn.Module):
+class MBConv(_ConvChain):
     """1x1 expand (+act), k x k depthwise (+act), 1x1 project (+BN); as upstream, no norm on the first two."""
+
+    layers = ("expand", "dw", "project")
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, expand_ratio=4.0, act="hardswish",
                  bias=False, residual=False):
@@ -187,17 +203,7 @@ class MBConv(nn.Module):
         self.expand = ConvNormAct(in_channels, hidden, 1, bias=bias, norm=False, act=act)
         self.dw = ConvNormAct(hidden, hidden, kernel_size, stride, groups=hidden, bias=bias, norm=False, act=act)
         self.project = ConvNormAct(hidden, out_channels, 1)
-        self.residual = residual
-        self.drop_path = DropPath(0.0) if residual else nn.Identity()
-
-    def last_norm(self) -> nn.Module:
-        return self.project.bn
-
-    def forward(self, x):
-        y = self.project(self.dw(self.expand(x)))
-        return x + self.drop_path(y) if self.residual else y
-
-    reparameterize = FusedMBConv.reparameterize
+        self._set_residual(residual)
 
 
 CONV_BLOCK_TYPES = {"fused_mbconv": FusedMBConv, "mbconv": MBConv}
