@@ -178,9 +178,13 @@ def _init_worker(devices: list[str], counter, threads: int, data_spec: dict, sto
 
 
 def _worker_data(spec: dict):
+    """The data set of ``spec``, loaded once per worker and checked to be the one the runs are keyed by."""
     key = json.dumps(spec, sort_keys=True, default=str)
     if _STATE.get("data_key") != key:
         data = load_data(spec["data"])
+        if data_identity(data, spec["val_per_class"], spec["split_seed"]) != spec["identity"]:
+            raise LowspaceError(f"data {spec['data']}: a worker read other images than the calibration planned "
+                                f"with (did the data change while it ran?)")
         _STATE.update(data=validation_split(data, spec["val_per_class"], spec["split_seed"]), data_key=key)
     return _STATE["data"]
 

@@ -346,7 +346,7 @@ def make_plan(settings: CalibrationSettings) -> Plan:
     per_class = min(run.class_counts(data))
     full = Schedule("full", dict(settings.full), full_opts)
     candidates = plan_schedules(settings, full_opts, per_class)
-    data_spec = dict(data=data_options, val_per_class=held, split_seed=settings.seed)
+    data_spec = dict(data=data_options, val_per_class=held, split_seed=settings.seed, identity=data_key)
     return Plan(settings, source, archs, full, candidates, data_spec, data_key, per_class, data)
 
 
