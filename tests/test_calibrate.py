@@ -293,7 +293,7 @@ def test_a_search_config_gives_space_full_schedule_and_data(tmp_path):
     assert plan.data.name == "synthetic" and plan.data_spec["val_per_class"] == 5
     assert torch.bincount(plan.data.val.labels).tolist() == [5, 5, 5, 5]
     config.write_text(yaml.safe_dump(dict(space="demo", data=SYNTHETIC, proxy={"epoch": 2})))
-    with pytest.raises(ConfigError, match=r"search.yaml: proxy.epoch: .*did you mean 'epochs'"):
+    with pytest.raises(ConfigError, match=r"search.yaml, line \d+: proxy.epoch: .*did you mean 'epochs'"):
         make_plan(CalibrationSettings(str(config), n_archs=4, out=str(tmp_path)))
 
 
@@ -310,8 +310,9 @@ def test_parse_overrides_reads_yaml_scalars():
     assert parse_overrides("epochs=2, base_lr=4e-3,train_per_class=null,resolutions=[32,48],compile=true",
                            "--full") == dict(epochs=2, base_lr=0.004, train_per_class=None, resolutions=[32, 48],
                                              compile=True)
-    with pytest.raises(ConfigError):
-        parse_overrides("epochs", "--full")
+    for bad in ("epochs", "base_lr=.nan", "resolutions=[32"):
+        with pytest.raises(ConfigError, match="--full"):
+            parse_overrides(bad, "--full")
 
 
 # ==================================================================== end to end on CPU

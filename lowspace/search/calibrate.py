@@ -22,16 +22,14 @@ numbers.
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
 
-from ..config import Config, option
+from ..config import Config, option, parse_yaml, read_yaml
 from ..errors import ConfigError
 from . import _calibrate_run as run
 from ._calibrate_stats import Agreement, KnobEffect
@@ -118,14 +116,15 @@ def read_source(spec: str) -> Source:
     from .space import SearchSpace, builtin_spaces
     path = Path(spec)
     if path.is_file():
-        try:
-            doc = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError("SPACE_OR_CONFIG", spec, f"not valid YAML ({str(err).splitlines()[0]})") from None
-        if isinstance(doc, Mapping) and "params" in doc:
+        doc = read_yaml(path, "space or search config")
+        if isinstance(doc.data, Mapping) and "params" in doc.data:
             return Source(SearchSpace.load(path), {}, {"dataset": "fashion_mnist"}, str(path))
-        if isinstance(doc, Mapping):
+        if isinstance(doc.data, Mapping):
             space, proxy, data = _search_config_sections(path)
+            try:  # the proxy section alone, so that an error names its line in the file
+                run.make_schedule({k: v for k, v in proxy.items() if k not in FIXED_KEYS}, "proxy")
+            except ConfigError as err:
+                raise doc.locate(err) from None
             return Source(SearchSpace.load(space), proxy, data, str(path))
     elif not path.suffix and spec in builtin_spaces():
         return Source(SearchSpace.load(spec), {}, {"dataset": "fashion_mnist"}, spec)
@@ -194,15 +193,11 @@ class Schedule:
     options: dict
 
 
-def full_options(proxy: Mapping[str, Any], overrides: Mapping[str, Any], source: str | None = None) -> dict:
-    """The full schedule's complete options (validated): the config's ``proxy`` section (from file
-    ``source``) with ``overrides``. The validation split is fixed, so no val cap."""
+def full_options(proxy: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict:
+    """The full schedule's complete options (validated): the config's ``proxy`` section with ``overrides``.
+    The validation split is fixed, so no val cap."""
     if run.SEED in overrides:
         raise ConfigError(f"full.{run.SEED}", overrides[run.SEED], "set by the calibration (full_seeds)")
-    try:
-        run.make_schedule({k: v for k, v in proxy.items() if k not in FIXED_KEYS}, "proxy")
-    except ConfigError as err:
-        raise err.with_source(source) from None
     options = {k: v for k, v in {**proxy, **overrides}.items() if k not in FIXED_KEYS}
     return {**run.schedule_options(run.make_schedule(options, "full")), run.VAL_CAP: None}
 
@@ -331,7 +326,7 @@ def make_plan(settings: CalibrationSettings) -> Plan:
     settings.validate()
     source = read_source(settings.source)
     data_options = dict(settings.data) if settings.data is not None else dict(source.data)
-    full_opts = full_options(source.proxy, settings.full, source.path)
+    full_opts = full_options(source.proxy, settings.full)
     for name, overrides in settings.schedules.items():  # user input is checked before the data is read
         resolve_schedule(name, overrides, full_opts)
     archs = draw_architectures(source.space, settings.n_archs, settings.presets, settings.seed)
@@ -478,15 +473,9 @@ def parse_overrides(text: str, where: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(where, text, "key=value pairs separated by commas, e.g. epochs=2,resolutions=[32]")
-        try:
-            out[key.strip()] = _scalar(value)
-        except yaml.YAMLError:
-            raise ConfigError(where, item, "a plain value (number, list, true/false, null or text)") from None
+        out[key.strip()] = _scalar(value, f"{where} {key.strip()}")
     if not out:
         raise ConfigError(where, text, "at least one key=value pair")
-    for key, value in out.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{where}.{key}", value, "a finite number")
     return out
 
 
@@ -503,15 +492,9 @@ def _split_pairs(text: str) -> list[str]:
     return parts + [current]
 
 
-def _scalar(text: str) -> Any:
-    """A YAML value, with ``4e-3`` read as a number (YAML 1.1 wants ``4.0e-3``)."""
-    value = yaml.safe_load(text) if text.strip() else None
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+def _scalar(text: str, where: str) -> Any:
+    """A value as YAML reads it (``4e-3`` is a number, ``[32]`` a list, ``null`` or nothing None)."""
+    return parse_yaml(text, where, what="value", allow_empty=True).data
 
 
 __all__ = ["CalibrationSettings", "CalibrationResult", "ScheduleSummary", "calibrate", "make_plan",
