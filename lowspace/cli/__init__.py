@@ -19,6 +19,7 @@ COMMANDS = {
     "search": "search",
     "pareto": "report",
     "export": "report",
+    "calibrate": "calibrate",
 }
 
 
