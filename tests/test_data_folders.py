@@ -105,6 +105,22 @@ def test_multires_batches_are_deterministic_and_worker_independent(tmp_path):
     assert len(rest) == 2 and torch.equal(rest[0][0], a[2][0])
 
 
+def test_transforms_follow_the_official_code():
+    from PIL import Image as PILImage
+    from timm.data.random_erasing import RandomErasing
+    from torchvision.transforms import Resize
+    from lowspace.data.folders import RandomResizedCropInterpolation
+    steps = train_transforms(randaugment="rand-m5-n2-mstd1.0-inc1", reprob=0.2)(224).transforms
+    crop = steps[0]
+    assert isinstance(crop, RandomResizedCropInterpolation)  # one of the six PIL filters per image
+    assert {m.value for m in crop.modes} == {"nearest", "bilinear", "bicubic", "box", "hamming", "lanczos"}
+    assert {op.kwargs["resample"] for op in steps[2].ops} == {PILImage.BICUBIC}  # RandAugment ops bicubic
+    erase = steps[-1]
+    assert isinstance(erase, RandomErasing) and erase.mode == "const" and erase.probability == 0.2
+    resize = eval_transforms(crop_pct=0.95)(224).transforms[0]
+    assert isinstance(resize, Resize) and resize.size == 236  # ceil(224 / 0.95), not timm's 235
+
+
 def test_eval_transform_and_materialize(tmp_path):
     data = get_dataset(str(make_folders(tmp_path / "ds")))
     loader = FolderLoader(data.val, BatchPlan(len(data.val), 4, shuffle=False, drop_last=False), "cpu", 16,

@@ -27,11 +27,18 @@ def test_eval_plan_covers_everything_once():
     assert sorted(seen) == list(range(23))
 
 
-def test_step_sizes_shared_and_seeded():
+def test_resolution_drawn_per_micro_batch_shared_and_seeded():
     plan = BatchPlan(100, 10, sizes=(16, 24, 32), seed=0)
-    sizes = plan.step_sizes(0)
-    assert len(sizes) == plan.steps and set(sizes) <= {16, 24, 32} and len(set(sizes)) > 1
-    assert sizes == BatchPlan(100, 5, world_size=2, rank=1, sizes=(16, 24, 32), seed=0).step_sizes(0)
+    sizes = plan.micro_sizes(0)
+    assert len(sizes) == plan.micro_steps and set(sizes) <= {16, 24, 32} and len(set(sizes)) > 1
+    assert sizes == BatchPlan(100, 5, world_size=2, rank=1, sizes=(16, 24, 32), seed=0).micro_sizes(0)
+    # under accumulation every micro-batch draws its own size, as the official trainer
+    accumulated = BatchPlan(64, 4, accumulation=4, sizes=(8, 12), seed=1)
+    data = make_synthetic(num_classes=2, train_size=64, image_size=8)
+    loader = TensorLoader(data.train, accumulated, "cpu", 12, data.mean, data.std)
+    seen = [x.shape[-1] for x, _ in loader.epoch(0)]
+    assert seen == accumulated.micro_sizes(0) and len(seen) == 16
+    assert any(len(set(seen[i:i + 4])) > 1 for i in range(0, 16, 4))  # sizes differ within an optimizer step
 
 
 def test_identity_render_and_normalization():

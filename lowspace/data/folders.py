@@ -4,8 +4,9 @@
   a val class that train lacks. Corrupt images are found when they are read (the error names the file)
   or, with ``verify=True``, up front. With ``skip_bad=True`` all of these are skipped instead and counted
   in ``ImageData.info`` (``skipped_files``, ``skipped_classes``, ``skipped_val_classes``).
-* Training batches use timm's transforms (RandomResizedCrop, RandAugment, random erasing) at a
-  resolution chosen per optimizer step; evaluation resizes and center-crops with ``crop_pct``.
+* Training batches use the official transform (random-resized crop with a random PIL filter, flip, timm's
+  RandAugment and random erasing) at a resolution chosen per micro-batch; evaluation resizes to
+  ``ceil(size / crop_pct)`` and center-crops.
   Each sample's augmentation is seeded by ``(seed, epoch, index)``, so it does not depend on the worker
   that happens to load it (exact resume, same batches for any number of processes).
 * :func:`materialize` decodes a (small) folder data set once into uint8 tensors for the GPU-resident
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -137,34 +139,73 @@ def scan_folders(root: str | Path, skip_bad: bool = False, verify: bool = False,
 
 
 # ------------------------------------------------------------------------------------------ transforms
+RANDOM_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+
+
+class RandomResizedCropInterpolation:
+    """Random-resized crop (torchvision's box sampling over ``scale`` / ``ratio``) resized to ``size`` with
+    ``interpolation``; ``random`` draws one of the six PIL filters per image, as the official trainer."""
+
+    def __init__(self, size: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = "random"):
+        from torchvision.transforms import InterpolationMode
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+        names = RANDOM_INTERPOLATIONS if interpolation == "random" else (interpolation,)
+        self.modes = [InterpolationMode(name) for name in names]
+
+    def __call__(self, image):
+        from torchvision.transforms import RandomResizedCrop
+        from torchvision.transforms import functional as TF
+        top, left, height, width = RandomResizedCrop.get_params(image, list(self.scale), list(self.ratio))
+        mode = self.modes[int(torch.randint(len(self.modes), ()))] if len(self.modes) > 1 else self.modes[0]
+        return TF.resized_crop(image, top, left, height, width, [self.size, self.size], mode)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+                f"interpolation={[m.value for m in self.modes]})")
+
+
 def train_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD, randaugment: str | None = None, reprob: float = 0.0,
                      interpolation: str = "random", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
                      hflip: float = 0.5) -> Callable[[int], Callable]:
-    """``size -> transform``: timm's training transform (RandomResizedCrop, flip, RandAugment, normalize,
-    random erasing) for each resolution, built once per size."""
-    from timm.data import create_transform
+    """``size -> transform``: the official training transform for each resolution, built once per size:
+    random-resized crop (:class:`RandomResizedCropInterpolation`), horizontal flip, timm's RandAugment
+    (``randaugment`` string; bicubic ops, translation up to 45 %, fill = the mean colour), to tensor,
+    normalize, timm's random erasing (probability ``reprob``, constant fill)."""
+    from PIL import Image
+    from timm.data import rand_augment_transform
+    from timm.data.random_erasing import RandomErasing
+    from torchvision import transforms
     cache: dict[int, Callable] = {}
+    fill = tuple(min(255, round(255 * m)) for m in mean)
 
     def for_size(size: int):
         if size not in cache:
-            cache[size] = create_transform(size, is_training=True, scale=tuple(scale), ratio=tuple(ratio),
-                                           hflip=hflip, color_jitter=None, auto_augment=randaugment,
-                                           interpolation=interpolation, mean=tuple(mean), std=tuple(std),
-                                           re_prob=reprob, re_mode="pixel", re_count=1)
+            steps = [RandomResizedCropInterpolation(size, scale, ratio, interpolation),
+                     transforms.RandomHorizontalFlip(hflip)]
+            if randaugment:
+                steps.append(rand_augment_transform(randaugment, dict(translate_pct=0.45, img_mean=fill,
+                                                                      interpolation=Image.BICUBIC)))
+            steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+            if reprob > 0:
+                steps.append(RandomErasing(reprob, mode="const", device="cpu"))
+            cache[size] = transforms.Compose(steps)
         return cache[size]
     return for_size
 
 
 def eval_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 0.95,
                     interpolation: str = "bicubic") -> Callable[[int], Callable]:
-    """``size -> transform``: resize to size / crop_pct (timm rounds down), center crop, normalize."""
-    from timm.data import create_transform
+    """``size -> transform``: resize the shorter side to ``ceil(size / crop_pct)`` (236 for 224 at 0.95, as the
+    official code; timm rounds down), center crop ``size``, normalize."""
+    from torchvision import transforms
+    from torchvision.transforms import InterpolationMode
     cache: dict[int, Callable] = {}
 
     def for_size(size: int):
         if size not in cache:
-            cache[size] = create_transform(size, is_training=False, interpolation=interpolation,
-                                           crop_pct=crop_pct, mean=tuple(mean), std=tuple(std))
+            cache[size] = transforms.Compose([
+                transforms.Resize(math.ceil(size / crop_pct), interpolation=InterpolationMode(interpolation)),
+                transforms.CenterCrop(size), transforms.ToTensor(), transforms.Normalize(mean, std)])
         return cache[size]
     return for_size
 
@@ -243,12 +284,12 @@ class _PlanBatchSampler:
     def __iter__(self):
         plan, epoch = self.plan, self.epoch
         order = plan.order(epoch).tolist()
-        sizes = plan.step_sizes(epoch)
+        sizes = plan.micro_sizes(epoch)
         for m in range(self.start, plan.micro_steps):
             lo, hi = plan.rows(m)
             if hi <= lo:
                 continue
-            size = sizes[m // plan.accumulation] if sizes else self.resolution
+            size = sizes[m] if sizes else self.resolution
             yield [(i, size, mix_seed(plan.seed, 4, epoch, i) if self.augment_seed else 0) for i in order[lo:hi]]
 
 

@@ -1,10 +1,10 @@
 """How an epoch is cut into batches: one plan shared by the GPU tensor loader and the class-folder loader.
 
 Every random choice of the data pipeline is a pure function of ``(seed, epoch, position)``: the sample
-order of an epoch, the resolution of each optimizer step and the augmentation of each sample. So a run
+order of an epoch, the resolution of each micro-batch and the augmentation of each sample. So a run
 resumed in the middle of an epoch sees exactly the batches it would have seen, and ``W`` processes with
-a per-process batch ``B`` see, together, exactly the global batches of one process with batch ``W * B``
-(rank ``r`` takes rows ``[r*B, (r+1)*B)`` of every global micro-batch).
+a per-process batch ``B`` see, together, exactly the images of the global batches of one process with batch
+``W * B`` (rank ``r`` takes rows ``[r*B, (r+1)*B)`` of every global micro-batch).
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ class BatchPlan:
         shuffle: a fresh seeded permutation every epoch (else the natural order).
         drop_last: drop the incomplete last optimizer step (training); otherwise the last global
             micro-batch is short and may leave some ranks with fewer or smaller batches (evaluation).
-        sizes: resolutions; one is drawn per optimizer step, identically on every rank (empty: fixed).
+        sizes: resolutions; one is drawn per micro-batch, identically on every rank (empty: fixed).
         seed: base seed.
     """
 
@@ -95,14 +95,15 @@ class BatchPlan:
             return torch.arange(self.num_samples)
         return torch.randperm(self.num_samples, generator=seeded_generator(self.seed, 1, epoch))
 
-    def step_sizes(self, epoch: int) -> list[int]:
-        """The resolution of every optimizer step of ``epoch`` (empty when ``sizes`` is)."""
+    def micro_sizes(self, epoch: int) -> list[int]:
+        """The resolution of every micro-batch of ``epoch`` (empty when ``sizes`` is): one draw per micro-batch,
+        as the official trainer, identical on every rank."""
         if not self.sizes:
             return []
         if len(self.sizes) == 1:
-            return [self.sizes[0]] * max(self.steps, 1)
+            return [self.sizes[0]] * max(self.micro_steps, 1)
         g = seeded_generator(self.seed, 2, epoch)
-        pick = torch.randint(len(self.sizes), (max(self.steps, 1),), generator=g)
+        pick = torch.randint(len(self.sizes), (max(self.micro_steps, 1),), generator=g)
         return [self.sizes[i] for i in pick.tolist()]
 
     def rows(self, micro_step: int) -> tuple[int, int]:

@@ -119,12 +119,12 @@ class TensorLoader:
         theta = None
         if self.augment is not None:
             theta = sample_affine(used, self.augment, seeded_generator(plan.seed, 3, epoch)).to(self.device)
-        sizes = plan.step_sizes(epoch)
+        sizes = plan.micro_sizes(epoch)
         for m in range(start, plan.micro_steps):
             lo, hi = plan.rows(m)
             if hi <= lo:
                 continue
-            size = sizes[m // plan.accumulation] if sizes else self.resolution
+            size = sizes[m] if sizes else self.resolution
             idx = order[lo:hi]
             x = self.render(idx, theta[lo:hi] if theta is not None else None, size)
             yield x, self.split.labels.index_select(0, idx)
