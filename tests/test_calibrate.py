@@ -302,8 +302,22 @@ def test_cli_reports_bad_input_on_one_line(tmp_path, capsys):
     assert main(["calibrate", "demo", "--n", "3", "--out", str(tmp_path)]) == 2
     assert main(["calibrate", "demo", "--schedule", "x=epochs", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[0].startswith("lowspace calibrate: error: n_archs: got 3")
+    assert err[0].startswith("lowspace calibrate: error: command line: n_archs: got 3")
     assert err[1].startswith("lowspace calibrate: error: --schedule")
+
+
+def test_cli_flags_fill_the_settings():
+    from lowspace.cli import build_parser
+    from lowspace.cli.calibrate import settings_from_args
+    args = build_parser().parse_args(
+        ["calibrate", "demo", "--n", "5", "--presets", "all", "--schedule", "e3=epochs=3,resolutions=[32]",
+         "--schedule", "lr=base_lr=4e-3", "--full", "epochs=6", "--full-seeds", "3,4", "--data", "synthetic",
+         "--report-only", "--no-default-schedules", "--set", "resamples=500"])
+    s = settings_from_args(args)
+    assert (s.source, s.n_archs, s.presets, s.full_seeds, s.resamples) == ("demo", 5, "all", (3, 4), 500)
+    assert s.schedules == {"e3": {"epochs": 3, "resolutions": [32]}, "lr": {"base_lr": 0.004}}
+    assert s.full == {"epochs": 6} and s.data == {"dataset": "synthetic"}
+    assert not s.train and not s.default_schedules
 
 
 def test_parse_overrides_reads_yaml_scalars():
