@@ -174,7 +174,18 @@ def _init_worker(devices: list[str], counter, threads: int, data_spec: dict, sto
     torch.set_num_threads(max(1, threads))
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
+        _warm_up(device)
     _STATE.update(device=device, data_spec=data_spec, store=RowStore(store), shared_by=shared_by)
+
+
+def _warm_up(device: str) -> None:
+    """Create the CUDA context and the cuDNN / cuBLAS handles, so the first run's time does not include them."""
+    import torch
+    x = torch.randn(2, 8, 16, 16, device=device, requires_grad=True)
+    conv = torch.nn.Conv2d(8, 8, 3, padding=1).to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        conv(x).float().square().mean().backward()
+    torch.cuda.synchronize(device)
 
 
 def _worker_data(spec: dict):
@@ -263,6 +274,8 @@ def run_jobs(jobs: Iterable[Job], store: RowStore, devices: list[str], workers: 
             on_row(row, counts["ran"], len(jobs))
 
     if workers == 1:
+        if devices[0].startswith("cuda"):
+            _warm_up(devices[0])
         for i, job in enumerate(jobs):
             if out_of_time():
                 counts["left"] = len(jobs) - i
