@@ -20,7 +20,7 @@ def test_tiny_real_search_end_to_end(tmp_path):
                                                   "warmup_ms": 5.0, "target_spread": 0.5}},
         "data": {"dataset": "synthetic", "num_classes": 10, "train_size": 80, "val_size": 40, "image_size": 16,
                  "channels": 1},
-        "proxy": {"epochs": 2, "resolution": 16, "batch_size": 40, "warmup_epochs": 0.5, "eval_batch_size": 40,
+        "proxy": {"epochs": 2, "resolutions": [16], "batch_size": 40, "warmup_epochs": 0.5, "eval_batch_size": 40,
                   "bn_reestimate_images": 40},
         "early_stopping": {"kind": "halving", "min_epochs": 1, "eta": 2, "min_peers": 4},
     })

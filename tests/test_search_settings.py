@@ -115,11 +115,11 @@ def test_flags_are_shorthands_for_config_fields():
     args = build_parser().parse_args(["search", "--space", "demo", "--n-trials", "3", "--epochs", "2", "--no-presets",
                                       "--objectives", "accuracy,latency,macs", "--study-name", "2024",
                                       "--max-macs", "5e7", "--timeout", "60", "--set", "heartbeat.max_retry=0",
-                                      "--set", "proxy.lr=1e-3", "--set", "n_trials=4"])
+                                      "--set", "proxy.base_lr=1e-3", "--set", "n_trials=4"])
     cfg = config_from_args(args)
     assert (cfg.n_trials, cfg.presets, cfg.study_name, cfg.timeout_s) == (4, False, "2024", 60.0)
     assert cfg.objectives == ("accuracy", "latency", "macs") and cfg.constraints.max_macs == 5e7
-    assert cfg.proxy == {"epochs": 2, "lr": 0.001} and cfg.heartbeat.max_retry == 0
+    assert cfg.proxy == {"epochs": 2, "base_lr": 0.001} and cfg.heartbeat.max_retry == 0
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -128,7 +128,7 @@ def test_flags_are_shorthands_for_config_fields():
     (["--n-trials", "many"], "command line: n_trials: got 'many'; expected an integer"),
     (["--mode", "pareto\n"], "command line: mode: got 'pareto\\n'"),
     (["--set", "proxy.epochs=[unclosed"], "--set proxy.epochs: got '[unclosed'; not valid YAML"),
-    (["--set", "proxy.lr=.nan"], "--set proxy.lr: got '.nan'; NaN and infinity are not allowed"),
+    (["--set", "proxy.base_lr=.nan"], "--set proxy.base_lr: got '.nan'; NaN and infinity are not allowed"),
     (["--set", "n_trial=3"], "--set: n_trial: got 'n_trial'; unknown key; did you mean 'n_trials'?"),
     (["--set", "workers=1000000"], "command line: workers: got 1000000; must be an integer between 1 and 1024"),
     (["--set", "proxy.epochs=0"], "proxy.epochs"),

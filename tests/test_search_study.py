@@ -101,13 +101,13 @@ def test_resume_compares_the_proxy_with_its_defaults_filled_in(tmp_path):
     run_search(_config(tmp_path, n_trials=1), engines=search_fakes.fake_engines())
     study = load_study(tmp_path / "study.db", "s")
     resolved = study.user_attrs["proxy_resolved"]
-    assert resolved["epochs"] == 2 and "fast_groupnorm" in resolved and "lr" in resolved
+    assert resolved["epochs"] == 2 and "fast_groupnorm" in resolved and "base_lr" in resolved
     # writing out a default explicitly is the same schedule
-    same = {"epochs": 2, "lr": resolved["lr"]}
+    same = {"epochs": 2, "base_lr": resolved["base_lr"]}
     run_search(_config(tmp_path, n_trials=1, proxy=same), engines=search_fakes.fake_engines())
     # naming a field only on resume is compared against the value the study recorded for it
-    with pytest.raises(ConfigError, match="proxy.lr"):
-        run_search(_config(tmp_path, n_trials=1, proxy={"epochs": 2, "lr": resolved["lr"] * 2}),
+    with pytest.raises(ConfigError, match="proxy.base_lr"):
+        run_search(_config(tmp_path, n_trials=1, proxy={"epochs": 2, "base_lr": resolved["base_lr"] * 2}),
                    engines=search_fakes.fake_engines())
 
 
@@ -115,8 +115,8 @@ def test_resume_of_a_study_without_resolved_proxy_warns_about_new_keys(tmp_path)
     run_search(_config(tmp_path, n_trials=1), engines=search_fakes.fake_engines())
     study = load_study(tmp_path / "study.db", "s")
     study.set_user_attr("proxy_resolved", None)  # as written by older lowspace
-    with pytest.warns(UserWarning, match="recorded no proxy.lr; resuming with proxy.lr=0.5"):
-        run_search(_config(tmp_path, n_trials=1, proxy={"epochs": 2, "lr": 0.5}),
+    with pytest.warns(UserWarning, match="recorded no proxy.base_lr; resuming with proxy.base_lr=0.5"):
+        run_search(_config(tmp_path, n_trials=1, proxy={"epochs": 2, "base_lr": 0.5}),
                    engines=search_fakes.fake_engines())
     with pytest.raises(ConfigError, match="proxy.epochs"):
         run_search(_config(tmp_path, n_trials=1, proxy={"epochs": 3}), engines=search_fakes.fake_engines())

@@ -50,10 +50,14 @@ def test_train_resume_eval_on_class_folders(folders, tmp_path, capsys):
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["mixup_alpha"] == 0.1 and recipe["randaugment"].startswith("rand-")  # the b1 recipe
     assert main(["eval", str(cfg), "--checkpoint", str(out), "--data", str(root), "--skip-bad", "--json",
-                 "--device", "cpu", "--workers", "0", "--resolution", "24"]) == 0
+                 "--device", "cpu", "--workers", "0"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 9 and result["checkpoint"].endswith("best.safetensors")
-    assert 0 <= result["top1"] <= result["top5"] == 100.0  # 3 classes: top-5 covers all
+    assert result["top5"] == 100.0  # 3 classes: top-5 covers all
+    # by default eval feeds the images as training evaluated them: the same top-1 for the best weights
+    trained = json.loads((out / "result.json").read_text())
+    assert (result["resolution"], result["crop_pct"]) == (24, trained["info"]["crop_pct"]) == (24, 0.95)
+    assert result["top1"] == pytest.approx(trained["best_top1"])
 
 
 def test_clean_errors(folders, tmp_path, capsys):

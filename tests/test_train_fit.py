@@ -1,5 +1,7 @@
-"""The full training loop on CPU: exact resume after an interruption, metrics and checkpoint files,
-gradient accumulation + MESA + CE, the drop-path schedule, the training step's snapshot / restore."""
+"""The training engine on CPU: exact resume after an interruption, metrics and checkpoint files, gradient
+accumulation as the official trainer (un-divided loss, clip by value), MESA + CE, BatchNorm re-estimation
+into the EMA through the training transform, the auto-restart from the best epoch, the training step's
+snapshot / restore; the CUDA-graph step on a GPU."""
 import json
 
 import pytest
@@ -7,10 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 from lowspace.arch import create_model
-from lowspace.arch.model import residual_branches
 from lowspace.data import get_dataset
 from lowspace.train import TrainingError, fit, load_recipe
-from lowspace.train.fit import _DropPathSchedule
+from lowspace.train import engine
+from lowspace.train.distributed import DistInfo
+from lowspace.train.evaluate import reestimate_bn
 from lowspace.train.optim import create_optimizer
 from lowspace.train.step import TrainStep
 
@@ -29,7 +32,7 @@ def small_recipe(**changes):
     base = dict(epochs=2, warmup_epochs=0.5, batch_size=8, resolutions=[16, 20], eval_resolution=16,
                 bn_reestimate_images=32, bn_reestimate_batch=16, eval_batch_size=16, save_every_steps=4,
                 ema_warmup_steps=5, drop_path=0.2, mixup_alpha=0.2, cutmix_alpha=0.2, base_lr=2e-3, log_every=5,
-                workers=0)
+                workers=0, auto_restart=None)
     base.update(changes)
     return load_recipe("b1", **base)
 
@@ -68,9 +71,10 @@ def test_run_directory_files(data, tmp_path):
     names = {p.name for p in out.iterdir()}
     assert {"config.yaml", "recipe.yaml", "metrics.jsonl", "metrics.csv", "latest.json", "result.json",
             "model.safetensors", "ema.safetensors", "best.safetensors", "checkpoints"} <= names
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000016"]
     state = torch.load(out / "checkpoints" / "step_00000016" / "state.pt", weights_only=True)
     assert state["step"] == 16 and "optimizer" in state and "torch" in state["ranks"][0]["rng"]
+    assert {p.name for p in (out / "checkpoints").iterdir()} <= {"step_00000016", state["progress"]["best_checkpoint"]
+                                                                  .split("/")[-1]}
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [1, 2]
     assert any(r["kind"] == "train" and "loss" in r and "lr" in r for r in rows)
@@ -88,18 +92,59 @@ def test_accumulation_mesa_ce(data, tmp_path):
     assert all(r["train_loss"] == r["train_loss"] for r in result.history)  # finite, not NaN
 
 
-def test_drop_path_progress_schedule():
-    model = create_model(TINY, num_classes=4)
-    recipe = small_recipe(drop_path=0.3, drop_path_skip=1)
-    schedule = _DropPathSchedule(model, recipe, warmup_steps=10, total_steps=110, levels=None)
-    branches = residual_branches(model)
-    assert schedule.update(5) and all(b.drop_prob == 0 for b in branches)
-    schedule.update(60)
-    assert branches[0].drop_prob == 0 and branches[-1].drop_prob == pytest.approx(0.3 * 0.5)
-    quantized = _DropPathSchedule(model, recipe, 10, 110, levels=7)
-    quantized.update(60)
-    assert branches[-1].drop_prob == pytest.approx(0.3 * 3 / 7)
-    assert not quantized.update(61)  # same level: nothing to rebuild
+def test_accumulated_gradients_are_summed_then_clipped_by_value():
+    torch.manual_seed(0)
+    model = create_model(TINY, num_classes=4, init="torch")
+    batches = [(torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])) for _ in range(2)]
+
+    def loss_fn(logits, target, x):
+        return torch.nn.functional.cross_entropy(logits, target) * 50  # large gradients: clipping matters
+
+    grads = []
+    for x, y in batches:  # the gradient of each micro-batch's own (un-divided) loss
+        model.zero_grad()
+        loss_fn(model(x), y, x).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the step leaves the weights, we read the grads
+    TrainStep(model, opt, loss_fn, clip_value=0.5)(batches)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, (grads[0][name] + grads[1][name]).clamp(-0.5, 0.5), atol=1e-6), name
+    assert any((grads[0][n] + grads[1][n]).abs().max() > 0.5 for n in grads[0])
+
+
+def test_bn_reestimation_uses_the_train_transform_and_writes_into_the_ema(data, tmp_path):
+    recipe = small_recipe(epochs=1, translate=0.25, scale=[0.3, 1.0])
+    prepared = engine.prepare_data(data, recipe)
+    runtime = engine.resolve_runtime(recipe, DistInfo())
+    setup = engine.build(TINY, prepared, recipe, runtime, None)
+    bn = setup.loaders.bn
+    assert bn.augment is not None and bn.resolution == 16 and setup.eval_model is setup.ema.module
+    first, again = next(iter(bn.epoch(0)))[0], next(iter(bn.epoch(0)))[0]
+    assert torch.equal(first, again) and first.shape[-1] == 16  # the same augmented images at every evaluation
+    reference = engine.build(TINY, prepared, recipe.replace(bn_reestimate_transform="eval"), runtime, None)
+    assert reference.loaders.bn.augment is None and not torch.equal(first, next(iter(reference.loaders.bn.epoch(0)))[0])
+    expected = create_model(TINY, num_classes=4)
+    expected.load_state_dict(setup.ema.module.state_dict())
+    reestimate_bn(expected, bn.epoch(0))
+    engine.evaluate(setup)  # re-estimates in place: the EMA weights now hold the statistics
+    for (name, a), b in zip(setup.ema.module.state_dict().items(), expected.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_auto_restart_goes_back_to_the_best_epoch(data, tmp_path, monkeypatch):
+    scripted = iter([60.0, 70.0, 50.0, 72.0, 73.0])  # epoch 3 drops 20 points: restart from epoch 2
+
+    def fake_evaluate(setup):
+        return dict(top1=next(scripted), top5=100.0, loss=1.0, images=32)
+    monkeypatch.setattr(engine, "evaluate", fake_evaluate)
+    out = tmp_path / "run"
+    result = run(data, out, small_recipe(epochs=4, save_every_steps=0, keep_checkpoints=1, auto_restart=1.0))
+    assert result.info["restarts"] == 1 and result.steps == 32
+    assert [(r["epoch"], r["top1"]) for r in result.history] == [(1, 60.0), (2, 70.0), (3, 72.0), (4, 73.0)]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    restart = next(r for r in rows if r["kind"] == "restart")
+    assert (restart["epoch"], restart["step"], restart["dropped_epoch"], restart["dropped_top1"]) == (2, 16, 3, 50.0)
+    assert [r["top1"] for r in rows if r["kind"] == "epoch"] == [60.0, 70.0, 72.0, 73.0]
 
 
 def test_step_snapshot_restore_is_exact():
@@ -125,9 +170,8 @@ def test_step_snapshot_restore_is_exact():
 def test_fit_with_cuda_graph_step(data, tmp_path, drop_path):
     recipe = small_recipe(cuda_graph=True, drop_path=drop_path, save_every_steps=0)
     result = fit(TINY, data, recipe, tmp_path / "graph", device="cuda", progress=False)
-    step_info = result.info["train_step"]
-    assert step_info["cuda_graph"] == "on", step_info
-    checks = step_info["graph_checks"]
+    assert result.info["cuda_graph"] == "on", result.info
+    checks = result.info["graph_checks"]
     if drop_path == 0:  # deterministic step: every captured graph was compared with an eager step
         assert checks and all(isinstance(c, (list, tuple)) for c in checks)
     else:  # rates grow from 0 after warmup: graphs captured at rate 0 are compared, later ones cannot be

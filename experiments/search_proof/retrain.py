@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent.parent))
 
 PRESETS = ["b0", "b1", "b15", "b3", "e1", "e2", "e3"]
 # The full proxy schedule: the same for every architecture (10 epochs, all 60k Fashion-MNIST images, 64 px).
-FULL = dict(epochs=10, resolution=64, batch_size=256, lr=2e-3, warmup_epochs=1.0, fast_groupnorm=False)
+FULL = dict(epochs=10, resolutions=[64], batch_size=256, base_lr=2e-3, warmup_epochs=1.0, fast_groupnorm=False)
 
 
 def pick_archs(pareto_db: str, random_db: str, max_front: int, random_picks: int,
@@ -89,17 +89,28 @@ def pick_archs(pareto_db: str, random_db: str, max_front: int, random_picks: int
     return unique, short
 
 
+def _recipe_fields(schedule: dict) -> dict:
+    """A proxy schedule as recipe fields (the studies recorded ``resolution`` and ``lr``, since renamed)."""
+    out = dict(schedule)
+    if "resolution" in out:
+        res = out.pop("resolution")
+        out["resolutions"] = None if res in (None, "arch") else [res]
+    if "lr" in out:
+        out["base_lr"] = out.pop("lr")
+    return out
+
+
 def _train_job(args):
     row, schedule_name, schedule, data_root = args
     import torch
 
     from lowspace import ArchConfig
     from lowspace.data import get_dataset
-    from lowspace.train.proxy import ProxySchedule, train_proxy
+    from lowspace.train import train_proxy
     cfg = ArchConfig.from_dict(row["config"])
     t = time.perf_counter()
     data = get_dataset("fashion_mnist", root=data_root or None)
-    res = train_proxy(cfg, data, ProxySchedule(**schedule), "cuda" if torch.cuda.is_available() else "cpu")
+    res = train_proxy(cfg, data, _recipe_fields(schedule), "cuda" if torch.cuda.is_available() else "cpu")
     return dict(name=row["name"], arch_id=row["arch_id"], schedule=schedule_name, top1=res.top1,
                 best_top1=res.best_top1, history=[h.get("top1") for h in res.history], wall_s=time.perf_counter() - t)
 
@@ -118,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny schedules (a CPU check of the script only)")
     args = ap.parse_args(argv)
     if args.smoke:
-        FULL.update(epochs=1, warmup_epochs=0.5, resolution=32, train_per_class=30, val_per_class=10)
+        FULL.update(epochs=1, warmup_epochs=0.5, resolutions=[32], train_per_class=30, val_per_class=10)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 one process, plus Fashion-MNIST proxy runs. Four parts, one per invocation (each well under 5 minutes):
 
   a  proxy-size step: B1, 64 px, batch 512, 1000 classes. Baseline: timm lowformer_b1, eager, bf16 autocast,
-     channels_last, fused AdamW, one static synthetic batch on the GPU (H100_BASELINE.md's protocol).
+     channels_last, fused AdamW, one static synthetic batch on the GPU.
      Ours: the same network (lowspace B1) fed by the GPU-resident loader (uint8 images, augmentation on the
      GPU) and trained by lowspace.train.step.TrainStep (eager / whole step in a CUDA graph), plus
      lowspace.train.train_proxy's own throughput. Goal: >= 4x timm eager.
@@ -15,8 +15,11 @@ compilation happen in the warm-up); img/s = batch / median step time; spread = (
 chunk times. Ours includes what the proxy really does each step (the loader's gather + augmentation, the lr
 update, gradient clipping by value); timm's baseline does none of it.
 
-    PYTHONPATH=.:/tmp/site python3 experiments/train_speed/bench_train.py --part a --out $OUT/a
+    PYTHONPATH=. python3 experiments/train_speed/bench_train.py --part a --out OUT/a
     (see README.md for all four commands)
+
+Parts a and c run on the current training API (the proxy recipe, torch's LambdaLR) and on the one before
+the training engine was unified (ProxySchedule, set_lr), so two commits can be measured side by side.
 
 Writes OUT/part_<x>.json (rows, ratios, environment) and OUT/part_<x>.md; part d also writes
 OUT/curve.csv / curve.json (render the PNG here with render_curve.py).
@@ -44,8 +47,8 @@ if str(ROOT) not in sys.path:
 
 # Part d's schedule ("the full proxy schedule"): 30 epochs at 64 px, batch 256, AdamW lr 2e-3 (1 warmup
 # epoch, cosine to 0), weight decay 0.05, label smoothing 0.1, flip + 12.5% translation, BN re-estimated on
-# 2048 training images before every evaluation of the full 10k test set. The search's default
-# (ProxySchedule()) is the same at 10 epochs; part d runs both.
+# 2048 training images before every evaluation of the full 10k test set. The search's default (the proxy
+# recipe) is the same at 10 epochs; part d runs both.
 FULL_SCHEDULE = dict(epochs=30, resolution=64, batch_size=256, lr=2e-3, warmup_epochs=1.0)
 DEFAULT_SCHEDULE = dict(epochs=10, resolution=64, batch_size=256)
 DEVICE = "cuda"  # --smoke on a machine without a GPU runs everything small on the CPU (a check of this script)
@@ -105,6 +108,32 @@ def measure(step, batch: int, warmup: int, chunks: int, per_chunk: int) -> dict:
                 wall_ms_per_step=wall * 1000, warmup_s=warm_s, chunks_ms=times)
 
 
+# ------------------------------------------------------------------------------------------ either API
+def proxy_schedule(epochs: int, resolution: int, batch_size: int, lr: float | None = None, **fields):
+    """A proxy schedule for train_proxy: recipe fields now, a ProxySchedule before the engine was unified."""
+    try:
+        from lowspace.train import ProxySchedule
+    except ImportError:
+        spec = dict(epochs=epochs, resolutions=[resolution], batch_size=batch_size, **fields)
+        return spec if lr is None else dict(spec, base_lr=lr)
+    spec = dict(epochs=epochs, resolution=resolution, batch_size=batch_size, **fields)
+    return ProxySchedule(**(spec if lr is None else dict(spec, lr=lr)))
+
+
+def schedule_fields(schedule) -> dict:
+    return schedule.to_dict() if hasattr(schedule, "to_dict") else dict(schedule)
+
+
+def lr_update(optimizer):
+    """The training engine's per-step learning-rate update: torch's LambdaLR now, set_lr before."""
+    try:
+        from lowspace.train.optim import StepClock, create_scheduler
+    except ImportError:
+        from lowspace.train.optim import set_lr
+        return lambda: set_lr(optimizer, 1e-3)
+    return create_scheduler(optimizer, StepClock(10**9, 1, 0.0), 1e-3).step
+
+
 # ------------------------------------------------------------------------------------------ step makers
 def timm_step(name: str, batch: int, res: int, graph: bool = False):
     """timm's model trained eagerly on one static batch (the baseline), or through our graph step."""
@@ -138,8 +167,7 @@ def ours_step(preset: str, batch: int, res: int, mode: str, fast_gn: bool = Fals
     from lowspace.arch import create_model
     from lowspace.data import Augment, BatchPlan, TensorLoader, TensorSplit
     from lowspace.train.fastpath import channels_last_groupnorm
-    from lowspace.train.losses import classification_loss
-    from lowspace.train.optim import create_optimizer, set_lr
+    from lowspace.train.optim import create_optimizer
     from lowspace.train.step import TrainStep
     graph = mode in ("graph", "compile_graph")
     model = create_model(preset, num_classes=1000).to(DEVICE).to(memory_format=torch.channels_last).train()
@@ -153,8 +181,9 @@ def ours_step(preset: str, batch: int, res: int, mode: str, fast_gn: bool = Fals
                           augment=Augment(hflip=0.5, translate=0.125), out_chans=3, channels_last=True)
     opt = create_optimizer(model, 1e-3, 0.05, capturable=graph)
     net = torch.compile(model) if mode.startswith("compile") else model
-    train_step = TrainStep(model, opt, lambda logits, t, _: classification_loss(logits, t, "ce", 0.1), net=net,
-                           precision=PRECISION, clip_value=2.0, cuda_graph=graph)
+    train_step = TrainStep(model, opt, lambda logits, t, _: F.cross_entropy(logits.float(), t, label_smoothing=0.1),
+                           net=net, precision=PRECISION, clip_value=2.0, cuda_graph=graph)
+    update_lr = lr_update(opt)
 
     def batches():
         epoch = 0
@@ -165,22 +194,22 @@ def ours_step(preset: str, batch: int, res: int, mode: str, fast_gn: bool = Fals
 
     def step():
         x, y = next(it)
-        set_lr(opt, 1e-3)
         train_step([(x, y)])
+        update_lr()
     return step, train_step.info
 
 
 def proxy_api_row(preset: str, batch: int, res: int, n_images: int, epochs: int = 3) -> dict:
     """train_proxy's own throughput (GPU data, graph step, eval graph) on synthetic 3-channel data."""
     from lowspace.data import ImageData, TensorSplit
-    from lowspace.train import ProxySchedule, train_proxy
+    from lowspace.train import train_proxy
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n_images, 3, res, res), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, 1000, (n_images,), generator=g)
     val = TensorSplit(images[:2048].clone(), labels[:2048].clone())
     data = ImageData("synthetic-1000", tuple(f"c{i}" for i in range(1000)), TensorSplit(images, labels), val,
                      in_chans=3, mean=(0.5,) * 3, std=(0.25,) * 3, native_resolution=res)
-    result = train_proxy(preset, data, ProxySchedule(epochs=epochs, resolution=res, batch_size=batch), DEVICE)
+    result = train_proxy(preset, data, proxy_schedule(epochs, res, batch), DEVICE)
     steady = [r["images_per_s"] for r in result.history[1:]] or [result.images_per_s]
     return dict(images_per_s=statistics.median(steady), epoch_s=[r["epoch_s"] for r in result.history],
                 cuda_graph=result.info["cuda_graph"], graph_checks=result.info["graph_checks"],
@@ -312,15 +341,14 @@ def fashion_mnist(args):
 
 
 def part_c(args) -> dict:
-    from lowspace.train import ProxySchedule, train_proxy
+    from lowspace.train import train_proxy
     data = fashion_mnist(args)
     if args.smoke:
         data = data.subset(train_per_class=20, val_per_class=10)
     rows = []
     for batch in (256, 512):
         for fast_gn in (False, True):
-            schedule = ProxySchedule(epochs=3, resolution=32 if args.smoke else 64, batch_size=batch,
-                                     fast_groupnorm=fast_gn)
+            schedule = proxy_schedule(3, 32 if args.smoke else 64, batch, fast_groupnorm=fast_gn)
             print(f"[c] B0 batch {batch} fast_gn={fast_gn} ...", flush=True)
             try:
                 cleanup()
@@ -347,7 +375,7 @@ def part_c(args) -> dict:
 
 def part_d(args) -> dict:
     import csv
-    from lowspace.train import ProxySchedule, train_proxy
+    from lowspace.train import train_proxy
     data = fashion_mnist(args)
     if args.smoke:
         data = data.subset(train_per_class=20, val_per_class=10)
@@ -355,10 +383,10 @@ def part_d(args) -> dict:
                      rows=[], env=environment(), schedules={})
     curves = []
     for label, spec in (("full", FULL_SCHEDULE), ("default", DEFAULT_SCHEDULE)):
-        schedule = ProxySchedule(**spec)
         if args.smoke:
-            schedule = schedule.replace(epochs=2, resolution=32, batch_size=64)
-        print(f"[d] {label}: {schedule.to_dict()}", flush=True)
+            spec = dict(spec, epochs=2, resolution=32, batch_size=64)
+        schedule = proxy_schedule(**spec)
+        print(f"[d] {label}: {schedule_fields(schedule)}", flush=True)
 
         def on_epoch(epoch, m, label=label):
             print(f"[d] {label} epoch {epoch}: top1 {m['top1']:.2f} loss {m['train_loss']:.4f} "
@@ -366,7 +394,7 @@ def part_d(args) -> dict:
             return False
         cleanup()
         r = train_proxy("b0", data, schedule, DEVICE, on_epoch=on_epoch)
-        out["schedules"][label] = dict(schedule=schedule.to_dict(), top1=r.top1, top5=r.top5, best_top1=r.best_top1,
+        out["schedules"][label] = dict(schedule=schedule_fields(schedule), top1=r.top1, top5=r.top5, best_top1=r.best_top1,
                                        train_s=r.train_s, total_s=r.info["total_s"], images_per_s=r.images_per_s,
                                        info={k: v for k, v in r.info.items() if k != "graph_checks"})
         curves += [dict(schedule=label, **row) for row in r.history]

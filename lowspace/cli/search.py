@@ -2,7 +2,7 @@
 
 Reads a search config (``--config FILE``, see :mod:`lowspace.search.settings`; without one, the defaults),
 then the flags: each flag below is a shorthand for one config field, and ``--set KEY=VALUE`` sets any field
-by its dotted key (``--set proxy.lr=0.003``); flags and ``--set`` win over the file (docs/config.md).
+by its dotted key (``--set proxy.base_lr=0.003``); flags and ``--set`` win over the file (docs/config.md).
 Re-running the same command resumes the study. ``--workers N`` starts N local worker processes; workers on
 other machines join through the same ``--storage postgresql+psycopg://...`` URL.
 """

@@ -56,8 +56,11 @@ def add_parsers(sub) -> None:
     e.add_argument("--checkpoint", required=True,
                    help="weights file (lowspace, timm or official; .safetensors/.pth) or a `lowspace train` run directory")
     _data_args(e, train=False)
-    e.add_argument("--resolution", type=int, default=None, help="eval side (default: the config's)")
-    e.add_argument("--crop-pct", type=float, default=0.95, help="resize to resolution / crop_pct, then center crop")
+    e.add_argument("--resolution", type=int, default=None,
+                   help="eval side (default: what training evaluated at: the run's recipe, else the config's)")
+    e.add_argument("--crop-pct", type=float, default=None,
+                   help="resize to resolution / crop_pct, then center crop (default: the run's recipe, else the "
+                        "model's pretrained_cfg: 0.95)")
     e.add_argument("--batch-size", type=int, default=200)
     e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
     e.add_argument("--seed", type=int, default=0, help="seed of --classes / --val-per-class")
@@ -82,7 +85,9 @@ def _overrides(args) -> dict:
         except yaml.YAMLError:
             raise ConfigError(f"--set {key}", value, "a YAML value") from None
     flags = dict(warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, accumulation=args.accumulation,
-                 base_lr=args.lr, seed=args.seed, save_every_steps=args.save_every, workers=args.workers)
+                 base_lr=args.lr, seed=args.seed, save_every_steps=args.save_every, workers=args.workers,
+                 classes=_classes(args.classes), train_per_class=args.train_per_class,
+                 val_per_class=args.val_per_class)
     out.update({k: v for k, v in flags.items() if v is not None})
     if args.resolution is not None:
         out.update(resolutions=[args.resolution], eval_resolution=args.resolution)
@@ -101,6 +106,7 @@ def run_train(args) -> int:
     from ..arch import resolve_config
     from ..data import get_dataset
     from ..train import fit, load_recipe
+    from ..train.engine import prepare_data
 
     cfg = resolve_config(args.config)
     recipe = load_recipe(args.recipe or cfg.recipe or "b1")
@@ -110,9 +116,8 @@ def run_train(args) -> int:
         if "warmup_epochs" not in overrides:
             overrides["warmup_epochs"] = round(recipe.warmup_epochs * args.epochs / recipe.epochs, 3)
     recipe = recipe.replace(**overrides) if overrides else recipe
-    data = get_dataset(args.data, classes=_classes(args.classes), train_per_class=args.train_per_class,
-                       val_per_class=args.val_per_class, seed=recipe.seed, skip_bad=args.skip_bad,
-                       workers=recipe.workers or 1)
+    data = get_dataset(args.data, seed=recipe.seed, skip_bad=args.skip_bad, workers=recipe.workers or 1)
+    data = prepare_data(data, recipe, recipe.eval_resolution or cfg.resolution)
     out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(str(args.config)).stem)
     if _is_main():
         print(f"training {cfg.name or args.config} on {data.describe()}; recipe {recipe.name}: {recipe.epochs} epochs "
@@ -148,9 +153,11 @@ def run_eval(args) -> int:
         weights = find_weights(args.checkpoint)
         load_checkpoint(model, weights)
         model.to(info.device)
-        resolution = args.resolution or cfg.resolution
-        result = evaluate_model(model, data, resolution, args.crop_pct, args.batch_size, args.precision,
-                                workers=args.workers if args.workers is not None else 8)
+        settings = _eval_settings(args, model, cfg)
+        resolution = settings.resolution
+        result = evaluate_model(model, data, resolution, settings.crop_pct, args.batch_size, args.precision,
+                                workers=args.workers if args.workers is not None else 8,
+                                interpolation=settings.interpolation)
         result.update(checkpoint=str(weights), data=data.describe())
     finally:
         dist_utils.teardown(info)
@@ -161,3 +168,14 @@ def run_eval(args) -> int:
             print(f"{cfg.name or args.config} ({weights}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
                   f"loss {result['loss']:.4f}  on {result['images']} images at {resolution} px")
     return 0
+
+
+def _eval_settings(args, model, cfg):
+    """Resolution, crop and interpolation of ``lowspace eval``: the flags, else what training evaluated at (a run
+    directory's recipe), else the model's pretrained_cfg; the same rule ``lowspace train`` evaluates by."""
+    from ..train import load_recipe
+    from ..train.engine import EvalSettings, eval_settings
+    run_recipe = Path(args.checkpoint) / "recipe.yaml"
+    settings = eval_settings(load_recipe(run_recipe) if run_recipe.is_file() else None, model, cfg)
+    return EvalSettings(args.resolution or settings.resolution, args.crop_pct or settings.crop_pct,
+                        settings.interpolation)

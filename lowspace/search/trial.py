@@ -66,16 +66,9 @@ class Engines:
 
 
 def _make_schedule(options: dict):
-    from ..train.proxy import ProxySchedule
-    names = [f.name for f in dataclasses.fields(ProxySchedule)]
-    for key in options:
-        if key not in names:
-            from ..errors import unknown_key_error
-            raise unknown_key_error("proxy", str(key), names)
-    try:
-        return ProxySchedule(**options)
-    except ConfigError as err:  # report the search config's key, not the schedule's
-        raise ConfigError(err.path.replace("schedule.", "proxy.", 1), err.value, err.allowed) from None
+    """The proxy recipe of a search config's ``proxy:`` section (recipe fields; errors name ``proxy.<key>``)."""
+    from ..train import proxy_recipe
+    return proxy_recipe(options)
 
 
 def _load_data(options: dict, schedule, device: str):
@@ -234,8 +227,8 @@ class TrialPipeline:
         self.config = config
         self.engines = engines or load_engines(config.engines)
         proxy = dict(config.proxy)
-        if proxy.get("resolution") == "arch":
-            proxy["resolution"] = None  # train at each architecture's own resolution
+        if proxy.get("resolutions") == "arch":
+            proxy["resolutions"] = None  # train at each architecture's own resolution
         self.schedule = self.engines.make_schedule(proxy)
         self.train_device = resolve_device(config.device)
         self.latency_device = resolve_device(config.protocol.device)

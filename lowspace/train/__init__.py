@@ -1,9 +1,10 @@
-"""Training: recipes (``recipe``), the full loop (``fit``), fast proxy training for the search (``proxy``),
-and their parts (optimizer / schedule, EMA, losses, the graph-capturable step, checkpoints, evaluation,
-distributed helpers, metrics)."""
-from .fit import FitResult, TrainingError, fit
-from .proxy import ProxyResult, ProxySchedule, train_proxy
-from .recipe import RECIPE_NAMES, Recipe, get_recipe, load_recipe
+"""Training: recipes (``recipe``), one engine (``engine``) behind full training (``fit``) and the search's proxy
+(``train_proxy``), and its parts (optimizer / schedule, EMA, losses and mixing, the graph-capturable step,
+checkpoints, evaluation, distributed helpers, metrics)."""
+from .engine import FitResult, TrainingError
+from .fit import fit
+from .proxy import train_proxy
+from .recipe import RECIPE_NAMES, Recipe, get_recipe, load_recipe, proxy_recipe
 
-__all__ = ["fit", "FitResult", "TrainingError", "train_proxy", "ProxySchedule", "ProxyResult", "Recipe",
-           "get_recipe", "load_recipe", "RECIPE_NAMES"]
+__all__ = ["fit", "FitResult", "TrainingError", "train_proxy", "Recipe", "get_recipe", "load_recipe",
+           "proxy_recipe", "RECIPE_NAMES"]

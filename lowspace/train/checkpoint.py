@@ -62,22 +62,29 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model_state: dict, ema_state: dict | None,
-                    state: dict, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``out_dir`` and point ``latest.json`` at it; keep the newest ``keep``."""
+                    state: dict, keep: int = 2, protect: str | None = None) -> Path:
+    """Write checkpoint ``step`` under ``out_dir`` and point ``latest.json`` at it; keep the newest ``keep``
+    and the one named ``protect`` (a path relative to ``out_dir``: the best epoch's, for auto-restart)."""
     out_dir = Path(out_dir)
-    rel = Path(CHECKPOINTS) / f"step_{step:08d}"
+    rel = checkpoint_dir(step)
     path = out_dir / rel
     path.mkdir(parents=True, exist_ok=True)
     save_weights(path / "model.safetensors", model_state)
     if ema_state is not None:
         save_weights(path / "ema.safetensors", ema_state)
     atomic_save(path / "state.pt", lambda tmp: torch.save(state, tmp))
-    atomic_write_json(out_dir / LATEST, dict(step=step, path=str(rel)))
+    atomic_write_json(out_dir / LATEST, dict(step=step, path=rel))
     steps = sorted(p for p in (out_dir / CHECKPOINTS).glob("step_*") if p.is_dir())
+    kept = {path} | ({out_dir / protect} if protect else set())
     for old in steps[:-keep] if keep > 0 else []:
-        if old != path:
+        if old not in kept:
             shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+def checkpoint_dir(step: int) -> str:
+    """The path of checkpoint ``step`` relative to the run directory."""
+    return str(Path(CHECKPOINTS) / f"step_{step:08d}")
 
 
 @dataclass

@@ -120,7 +120,8 @@ def reestimate_bn(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
 
 
 def evaluate_model(model: nn.Module, data, resolution: int, crop_pct: float = 0.95, batch_size: int = 200,
-                   precision: str = "auto", channels_last: bool | None = None, workers: int = 8) -> dict:
+                   precision: str = "auto", channels_last: bool | None = None, workers: int = 8,
+                   interpolation: str = "bicubic") -> dict:
     """Top-1 / top-5 / loss of ``model`` (already on its device) on ``data``'s val split at ``resolution``
     (resize to resolution / crop_pct, center crop). Sharded over processes under torchrun."""
     from .. import data as data_mod
@@ -140,7 +141,8 @@ def evaluate_model(model: nn.Module, data, resolution: int, crop_pct: float = 0.
                                        eval_crop=crop_pct, out_chans=in_chans, channels_last=channels_last)
     else:
         loader = data_mod.FolderLoader(data.val, plan, device, resolution,
-                                       data_mod.eval_transforms(data.mean, data.std, crop_pct), workers=workers,
+                                       data_mod.eval_transforms(data.mean, data.std, crop_pct, interpolation),
+                                       workers=workers,
                                        channels_last=channels_last, augment_seed=False)
     result = Evaluator(model, precision)(loader.epoch(0))
     result.update(resolution=resolution, crop_pct=crop_pct, precision=precision)

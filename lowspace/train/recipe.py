@@ -1,37 +1,9 @@
-"""Training recipes: the LowFormer paper's knobs as one validated dataclass, one recipe per preset.
+"""Training recipes: every knob of a training run as one validated dataclass.
 
-Facts from LOWFORMER.md section 4 (the official configs and training code):
-
-* ``epochs`` counts *all* epochs, warmup included: the official run is ``n_epochs 300 + warmup 20``,
-  i.e. ``epochs: 320, warmup_epochs: 20`` here; linear warmup from 0, then cosine to ``min_lr``,
-  updated every optimizer step.
-* ``batch_size`` is per process and per micro-batch; the optimizer steps every ``accumulation``
-  micro-batches; lr = ``base_lr x world_size x accumulation`` (``lr_scaling: world_accum``, official).
-* AdamW (0.9, 0.999), eps 1e-8, weight decay 0.1, gradients clipped by *value* at 2.0.
-* Weight-decay exclusion (``no_decay``). Upstream excludes parameters whose *name* contains "norm" or
-  "bias"; its intent is "no decay on normalization parameters and biases", but because of its module
-  names the GroupNorm weights before attention / MLP and the BatchNorm weight of the attention's
-  depthwise projection are decayed anyway. Our names differ (``bn``, ``attn_norm``, ``mlp_norm``,
-  ``head.norm``), so a name rule would not reproduce either. ``norm_bias`` (default, the intent): every
-  parameter of a BatchNorm / GroupNorm / LayerNorm layer and every bias gets no decay. ``official``:
-  the upstream set exactly (as ``norm_bias``, but GroupNorm weights and attention-projection BatchNorm
-  weights are decayed). ``none``: everything is decayed.
-* Loss: BCE on soft targets (``bce``) or cross-entropy (``ce``), label smoothing 0.1 applied before
-  mixing; mixup / cutmix on every batch, one of them per step (timm ``Mixup``, mode ``batch``: one
-  lambda and, for cutmix, one box per batch; upstream draws a box per image).
-* EMA of weights and float buffers, decay ``ema_decay * (1 - exp(-step / ema_warmup_steps))``.
-* Drop path: linear by index over the residual branches (``drop_path``, first ``drop_path_skip`` of
-  them excluded), scaled by training progress after warmup (``drop_path_schedule: progress``).
-* Multi-resolution: one of ``resolutions`` per optimizer step. Eval at ``eval_resolution`` after
-  resizing to ``eval_resolution / crop_pct`` and center-cropping, on the EMA model after re-estimating
-  BatchNorm statistics on ``bn_reestimate_images`` training images (seeded subset, eval transform, the rest
-  of the network in eval mode, so no drop path).
-* MESA (self-distillation from the EMA) for B3 / E2 / E3: ``mesa`` x BCE(logits, sigmoid(EMA logits))
-  from progress ``mesa_start`` on.
-
-Ours, not upstream's: ``precision`` (bf16 autocast by default; upstream trains in fp32), ``channels_last``,
-``compile``, ``cuda_graph`` and ``fast_groupnorm`` (runtime only, see ``lowspace.train.fit``), ``translate``
-(GPU augmentation of tensor data), checkpoint and logging cadence.
+A recipe is named by a LowFormer preset (``b0`` ... ``e3``: the paper's recipe for that preset) or is
+``proxy``, the short schedule the architecture search trains every candidate with. Both run through the
+same engine (:mod:`.engine`); they differ only in their fields. ``docs/training.md`` describes every field,
+how the proxy relates to the paper recipe, and where the paper recipe still deviates from the official code.
 """
 from __future__ import annotations
 
@@ -40,26 +12,29 @@ import math
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 import yaml
 
 from ..errors import ConfigError, closest, unknown_key_error
 
 RECIPE_NAMES = ("b0", "b1", "b15", "b2", "b3", "e1", "e2", "e3")
-NO_DECAY_MODES = ("norm_bias", "official", "none")
+PROXY = "proxy"
+NO_DECAY_MODES = ("official", "norm_bias", "none")
 LOSSES = ("bce", "ce")
 PRECISIONS = ("fp32", "bf16", "fp16")
 DROP_PATH_SCHEDULES = ("progress", "constant")
 LR_SCALINGS = ("world_accum", "none")
 EVAL_MODELS = ("ema", "model")
-INTERPOLATIONS = ("random", "bilinear", "bicubic", "nearest")
+BN_TRANSFORMS = ("train", "eval")
+INTERPOLATIONS = ("random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 INITS = ("official", "torch")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A full training recipe (see the module docstring for the meaning and origin of each field)."""
+    """A training recipe. Defaults are the paper's shared recipe with B1's numbers (see docs/training.md)."""
 
     name: str = "custom"
     # schedule and optimizer
@@ -73,7 +48,7 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    no_decay: str = "norm_bias"
+    no_decay: str = "official"
     clip_grad_value: Optional[float] = 2.0
     # loss and regularization
     loss: str = "bce"
@@ -87,8 +62,11 @@ class Recipe:
     drop_path: float = 0.05
     drop_path_skip: int = 0
     drop_path_schedule: str = "progress"
-    # augmentation (class folders: timm transforms; tensor data: GPU crop / flip / resize)
-    resolutions: tuple[int, ...] = (128, 160, 192, 224)
+    # data: which images, and how training images are augmented
+    classes: Union[int, tuple[str, ...], str, None] = None
+    train_per_class: Optional[int] = None
+    val_per_class: Optional[int] = None
+    resolutions: Optional[tuple[int, ...]] = (128, 160, 192, 224)
     randaugment: Optional[str] = "rand-m3-n1-mstd1.0-inc1"
     reprob: float = 0.0
     interpolation: str = "random"
@@ -96,17 +74,22 @@ class Recipe:
     ratio: tuple[float, float] = (0.75, 4 / 3)
     hflip: float = 0.5
     translate: float = 0.0
+    materialize: bool = False
+    storage_resolution: Optional[int] = None
+    workers: int = 8
     # EMA and evaluation
     ema: bool = True
     ema_decay: float = 0.9998
     ema_warmup_steps: float = 2000.0
     eval_model: str = "ema"
-    eval_resolution: Optional[int] = 224
-    crop_pct: float = 0.95
+    eval_resolution: Optional[int] = None
+    crop_pct: Optional[float] = None
     eval_batch_size: int = 200
     eval_every: int = 1
     bn_reestimate_images: int = 16000
     bn_reestimate_batch: int = 100
+    bn_reestimate_transform: str = "train"
+    auto_restart: Optional[float] = 1.0
     # runtime
     precision: str = "bf16"
     channels_last: bool = True
@@ -115,7 +98,6 @@ class Recipe:
     cuda_graph: bool = False
     fast_groupnorm: bool = False
     sync_bn: bool = False
-    workers: int = 8
     seed: int = 0
     init: str = "official"
     # checkpoints and logging
@@ -124,6 +106,8 @@ class Recipe:
     log_every: int = 50
 
     def __post_init__(self):
+        for f in fields(self):  # lists (from YAML) become tuples, ints become floats where a float is wanted
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
         validate_recipe(self)
 
     def replace(self, **changes) -> "Recipe":
@@ -132,7 +116,7 @@ class Recipe:
         for key in changes:
             if key not in names:
                 raise unknown_key_error("recipe", key, names)
-        return dataclasses.replace(self, **{k: _coerce(k, v) for k, v in changes.items()})
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
@@ -151,7 +135,8 @@ class Recipe:
         return self.base_lr * world_size * self.accumulation
 
 
-# Per-preset differences from the shared recipe (LOWFORMER.md section 4.2; E-series and b2 from 4.2's notes).
+# Per-recipe differences from the defaults: the official configs per preset (b2 and the E series from
+# their configs too), and the search's proxy schedule.
 _PRESETS: dict[str, dict[str, Any]] = {
     "b0": dict(batch_size=170, base_lr=3.32e-4, randaugment="rand-m3-n1-mstd1.0-inc1",
                mixup_alpha=0.1, cutmix_alpha=0.1, drop_path=0.05, drop_path_skip=0),
@@ -159,7 +144,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
                mixup_alpha=0.1, cutmix_alpha=0.1, drop_path=0.05, drop_path_skip=0),
     "b15": dict(batch_size=170, base_lr=1.66e-4, randaugment="rand-m6-n2-mstd1.0-inc1",
                 mixup_alpha=0.3, cutmix_alpha=0.3, drop_path=0.10, drop_path_skip=0),
-    # upstream's b2 config nests its mesa block inside mixup_config, so MESA stays off as written
+    # the official b2 config nests its mesa block inside mixup_config, so MESA stays off as written
     "b2": dict(batch_size=170, base_lr=1.25e-4, randaugment="rand-m5-n2-mstd1.0-inc1", reprob=0.2,
                mixup_alpha=0.2, cutmix_alpha=0.2, drop_path=0.10, drop_path_skip=2),
     "b3": dict(batch_size=75, accumulation=4, base_lr=9.4e-5, randaugment="rand-m5-n2-mstd1.0-inc1", reprob=0.2,
@@ -170,8 +155,23 @@ _PRESETS: dict[str, dict[str, Any]] = {
                mixup_alpha=0.2, cutmix_alpha=0.2, mesa=2.0, drop_path=0.10, drop_path_skip=1),
     "e3": dict(batch_size=50, accumulation=8, base_lr=6.25e-5, randaugment="rand-m5-n2-mstd1.0-inc1", reprob=0.2,
                mixup_alpha=0.3, cutmix_alpha=0.3, mesa=2.0, drop_path=0.10, drop_path_skip=2),
+    # A few epochs at one low resolution on GPU-resident data: plain AdamW + cosine, cross-entropy with label
+    # smoothing, flip + translation, no mixing, no EMA, BatchNorm re-estimated on un-augmented images.
+    PROXY: dict(epochs=10, warmup_epochs=1.0, batch_size=256, base_lr=2e-3, lr_scaling="none", weight_decay=0.05,
+                no_decay="norm_bias", loss="ce", mixup_alpha=0.0, cutmix_alpha=0.0, drop_path=0.0,
+                drop_path_schedule="constant", resolutions=(64,), randaugment=None, scale=(1.0, 1.0),
+                translate=0.125, materialize=True, workers=4, ema=False, eval_model="model", crop_pct=1.0,
+                eval_batch_size=1000, bn_reestimate_images=2048, bn_reestimate_batch=1000,
+                bn_reestimate_transform="eval", auto_restart=None, cuda_graph=True, fast_groupnorm=True,
+                save_every_steps=0, log_every=0),
 }
 _ALIASES = {"b1.5": "b15", "b1_5": "b15", "default": "b1"}
+# Keys of the search's ``proxy:`` mapping that are no longer recipe fields, and what replaced them.
+_REPLACED_PROXY_KEYS = {
+    "lr": "use base_lr (the proxy recipe does not scale it: lr_scaling is none)",
+    "resolution": "use resolutions: [R] (a list; null trains at each architecture's own resolution)",
+    "min_scale": "use scale: [MIN, 1.0] (the random-resized-crop area range)",
+}
 
 
 def recipe_key(name: str) -> str | None:
@@ -181,21 +181,22 @@ def recipe_key(name: str) -> str | None:
 
 
 def get_recipe(name: str) -> Recipe:
-    """The paper recipe named by a preset (``b0``, ``b1``, ``b15``, ``b2``, ``b3``, ``e1``, ``e2``, ``e3``)."""
+    """The paper recipe named by a preset (``b0``, ``b1``, ``b15``, ``b2``, ``b3``, ``e1``, ``e2``, ``e3``) or
+    the search's ``proxy`` recipe."""
     key = recipe_key(str(name))
     if key is None:
-        hint = closest(str(name).lower(), RECIPE_NAMES)
+        known = RECIPE_NAMES + (PROXY,)
+        hint = closest(str(name).lower(), known)
         extra = f"; did you mean {hint!r}?" if hint else ""
-        raise ConfigError("recipe", name, "known recipes: " + ", ".join(RECIPE_NAMES) + extra
-                          + " (or a YAML file)")
+        raise ConfigError("recipe", name, "known recipes: " + ", ".join(known) + extra + " (or a YAML file)")
     return Recipe(name=key, **_PRESETS[key])
 
 
 def load_recipe(spec: "Recipe | str | Path | Mapping | None" = None, **overrides) -> Recipe:
     """A recipe from a name, a YAML file, a dict or a Recipe, with ``overrides`` applied.
 
-    A YAML file or dict may name ``base: b1`` (a recipe to start from; default: the shared recipe with
-    B1's numbers) and set any field; unknown keys and bad values raise ConfigError naming the field.
+    A YAML file or dict may name ``base: b1`` (a recipe to start from; default: ``b1``) and set any field;
+    unknown keys and bad values raise ConfigError naming the field.
     """
     source = None
     if spec is None:
@@ -228,6 +229,24 @@ def load_recipe(spec: "Recipe | str | Path | Mapping | None" = None, **overrides
     return recipe.replace(**overrides) if overrides else recipe
 
 
+def proxy_recipe(spec: "Recipe | Mapping | None" = None, path: str = "proxy") -> Recipe:
+    """The search's proxy schedule: the ``proxy`` recipe with the fields of ``spec`` (a mapping, as in a search
+    config's ``proxy:`` section) changed; a Recipe is returned as it is. Errors name ``path.<field>``, and a
+    key that was renamed names its replacement."""
+    if isinstance(spec, Recipe):
+        return spec
+    if spec is not None and not isinstance(spec, Mapping):
+        raise ConfigError(path, spec, "a mapping of recipe fields (or a Recipe)")
+    changes = dict(spec or {})
+    for key in changes:
+        if key in _REPLACED_PROXY_KEYS:
+            raise ConfigError(f"{path}.{key}", changes[key], f"no longer a field; {_REPLACED_PROXY_KEYS[key]}")
+    try:
+        return get_recipe(PROXY).replace(**changes)
+    except ConfigError as err:  # name the caller's section, not the recipe's
+        raise ConfigError(err.path.replace("recipe", path, 1), err.value, err.allowed, err.source) from None
+
+
 def _from_mapping(data: Mapping, source: str | None) -> Recipe:
     data = dict(data)
     base = data.pop("base", None)
@@ -244,26 +263,35 @@ def _from_mapping(data: Mapping, source: str | None) -> Recipe:
 
 # ---------------------------------------------------------------------------------- parsing / checks
 _HINTS = typing.get_type_hints(Recipe)
+_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}
 
 
 def _coerce(name: str, value: Any) -> Any:
     """Type-check one field value as read from YAML / the CLI (lists become tuples, ints become floats)."""
-    hint = _HINTS[name]
-    path = f"recipe.{name}"
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
+    return _coerce_hint(f"recipe.{name}", _HINTS[name], value)
+
+
+def _coerce_hint(path: str, hint, value: Any) -> Any:
+    if typing.get_origin(hint) is Union:
+        arms = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None and len(arms) < len(typing.get_args(hint)):
             return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is tuple:
+        for arm in arms:
+            try:
+                return _coerce_hint(path, arm, value)
+            except ConfigError:
+                if len(arms) == 1:
+                    raise
+        words = [_KIND_WORDS.get(typing.get_origin(a) or a, str(a)) for a in arms]
+        raise ConfigError(path, value, " or ".join(words) + (" or null" if len(arms) < len(typing.get_args(hint))
+                                                             else ""))
+    if typing.get_origin(hint) is tuple:
+        args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(path, value, "a list")
-        item = args[0]
         if args[-1] is not Ellipsis and len(value) != len(args):
             raise ConfigError(path, value, f"a list of {len(args)} numbers")
-        return tuple(_scalar(path, v, item) for v in value)
+        return tuple(_scalar(path, v, args[0]) for v in value)
     return _scalar(path, value, hint)
 
 
@@ -303,13 +331,11 @@ def _range(name, value, low, high=None, low_open=False, high_open=False):
 
 def validate_recipe(r: Recipe) -> None:
     """Check every field of ``r``; raises ConfigError naming the first bad one."""
-    for f in fields(r):
-        _coerce(f.name, getattr(r, f.name))
     _range("epochs", r.epochs, 1)
     _range("warmup_epochs", r.warmup_epochs, 0)
-    if r.warmup_epochs >= r.epochs:
+    if r.warmup_epochs >= r.epochs and r.warmup_epochs > 0:
         raise ConfigError("recipe.warmup_epochs", r.warmup_epochs,
-                          f"must be < epochs ({r.epochs}); epochs counts warmup, as upstream's 300 + 20 = 320")
+                          f"must be < epochs ({r.epochs}); epochs counts warmup, as the official 300 + 20 = 320")
     _range("batch_size", r.batch_size, 1)
     _range("accumulation", r.accumulation, 1)
     _range("base_lr", r.base_lr, 0, low_open=True)
@@ -331,10 +357,15 @@ def validate_recipe(r: Recipe) -> None:
     _range("drop_path", r.drop_path, 0, 1, high_open=True)
     _range("drop_path_skip", r.drop_path_skip, 0)
     _choice("drop_path_schedule", r.drop_path_schedule, DROP_PATH_SCHEDULES)
-    if not r.resolutions:
-        raise ConfigError("recipe.resolutions", [], "at least one resolution")
-    for i, res in enumerate(r.resolutions):
-        _range(f"resolutions.{i}", res, 8, 4096)
+    _check_classes(r.classes)
+    for name in ("train_per_class", "val_per_class"):
+        if getattr(r, name) is not None:
+            _range(name, getattr(r, name), 1)
+    if r.resolutions is not None:
+        if not r.resolutions:
+            raise ConfigError("recipe.resolutions", [], "at least one resolution, or null (the architecture's)")
+        for i, res in enumerate(r.resolutions):
+            _range(f"resolutions.{i}", res, 8, 4096)
     if r.randaugment is not None and not r.randaugment.startswith("rand-"):
         raise ConfigError("recipe.randaugment", r.randaugment,
                           "a timm RandAugment string such as 'rand-m3-n1-mstd1.0-inc1', or null")
@@ -344,19 +375,30 @@ def validate_recipe(r: Recipe) -> None:
     if not 0 < r.ratio[0] <= r.ratio[1]:
         raise ConfigError("recipe.ratio", list(r.ratio), "0 < min <= max (aspect ratios)")
     _range("translate", r.translate, 0, 0.5)
+    for name in ("storage_resolution", "eval_resolution"):
+        if getattr(r, name) is not None:
+            _range(name, getattr(r, name), 8, 4096)
     _range("ema_decay", r.ema_decay, 0, 1, high_open=True)
     _range("ema_warmup_steps", r.ema_warmup_steps, 0)
     _choice("eval_model", r.eval_model, EVAL_MODELS)
     if r.eval_model == "ema" and not r.ema:
         raise ConfigError("recipe.eval_model", r.eval_model, "'model' when ema is false")
-    if r.eval_resolution is not None:
-        _range("eval_resolution", r.eval_resolution, 8, 4096)
-    _range("crop_pct", r.crop_pct, 0, 1, low_open=True)
-    for name in ("eval_batch_size", "eval_every", "bn_reestimate_batch", "keep_checkpoints", "log_every"):
+    if r.crop_pct is not None:
+        _range("crop_pct", r.crop_pct, 0, 1, low_open=True)
+    for name in ("eval_batch_size", "eval_every", "bn_reestimate_batch", "keep_checkpoints"):
         _range(name, getattr(r, name), 1)
-    for name in ("bn_reestimate_images", "save_every_steps", "workers", "seed"):
+    for name in ("bn_reestimate_images", "save_every_steps", "workers", "seed", "log_every"):
         _range(name, getattr(r, name), 0)
+    _choice("bn_reestimate_transform", r.bn_reestimate_transform, BN_TRANSFORMS)
+    if r.auto_restart is not None:
+        _range("auto_restart", r.auto_restart, 0, low_open=True)
     _choice("precision", r.precision, PRECISIONS)
-    _choice("compile_mode", r.compile_mode, ("default", "reduce-overhead", "max-autotune",
-                                             "max-autotune-no-cudagraphs"))
+    _choice("compile_mode", r.compile_mode, COMPILE_MODES)
     _choice("init", r.init, INITS)
+
+
+def _check_classes(classes) -> None:
+    if isinstance(classes, int):
+        _range("classes", classes, 1)
+    elif isinstance(classes, tuple) and not classes:
+        raise ConfigError("recipe.classes", [], "a number of classes, a list of class names or a class file")

@@ -94,7 +94,11 @@ class TrainStep:
         self.optimizer.step()
 
     def eager(self, batches: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """One optimizer step over ``batches`` (gradient accumulation; DDP syncs on the last one only)."""
+        """One optimizer step over ``batches`` (gradient accumulation; DDP syncs on the last one only).
+
+        As in the official trainer, the micro-batch losses are *not* divided by their number: the gradients
+        of the summed loss are clipped and stepped (the lr scales with the accumulation instead). Returns the
+        mean micro-batch loss."""
         self.optimizer.zero_grad(set_to_none=True)
         n = len(batches)
         total = None
@@ -102,7 +106,7 @@ class TrainStep:
             sync = i == n - 1 or not hasattr(self.net, "no_sync")
             with contextlib.nullcontext() if sync else self.net.no_sync():
                 loss = self._forward_loss(x, target)
-                (loss / n if n > 1 else loss).backward()
+                loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
         self._clip_and_step()
         return total / n if n > 1 else total
