@@ -196,11 +196,10 @@ def eval_settings(recipe: Recipe | None, model: nn.Module, cfg=None) -> EvalSett
     ``pretrained_cfg`` (input size, crop, interpolation; what ``lowspace eval`` uses too), else the largest
     training resolution, 0.95 and bicubic."""
     pcfg = getattr(model, "pretrained_cfg", None) or (pretrained_cfg_for(cfg) if cfg is not None else {})
-    resolution = recipe.eval_resolution if recipe is not None else None
-    resolution = resolution or (pcfg["input_size"][-1] if "input_size" in pcfg else None)
+    resolution = (recipe and recipe.eval_resolution) or (pcfg["input_size"][-1] if "input_size" in pcfg else None)
     if resolution is None:
-        resolution = max(train_sizes(recipe, cfg)) if recipe is not None else None
-    crop = (recipe.crop_pct if recipe is not None else None) or pcfg.get("crop_pct", 0.95)
+        resolution = max(train_sizes(recipe, cfg))
+    crop = (recipe and recipe.crop_pct) or pcfg.get("crop_pct", 0.95)
     return EvalSettings(resolution, crop, pcfg.get("interpolation", "bicubic"))
 
 
@@ -369,9 +368,10 @@ def build(model_or_config, data: data_mod.ImageData, recipe: Recipe, runtime: Ru
     levels = DROP_PATH_LEVELS if (runtime.cuda_graph or recipe.compile) else None
     drop_path = DropPathSchedule(model, recipe, clock, levels)
     metrics = MetricsLog(out_dir or Path("."), enabled=dist.is_main and out_dir is not None)
-    return Setup(recipe, data, cfg, model, net, runtime, sizes, ev, in_chans, loaders, clock, peak_lr,
-                 optimizer, ema, loss, mixer, train_step, eval_model, evaluator, drop_path, out_dir, metrics,
-                 seed=recipe.seed)
+    return Setup(recipe=recipe, data=data, cfg=cfg, model=model, net=net, runtime=runtime, sizes=sizes, ev=ev,
+                 in_chans=in_chans, loaders=loaders, clock=clock, peak_lr=peak_lr, optimizer=optimizer, ema=ema,
+                 loss=loss, mixer=mixer, train_step=train_step, eval_model=eval_model, evaluator=evaluator,
+                 drop_path=drop_path, out_dir=out_dir, metrics=metrics, seed=recipe.seed)
 
 
 def reseed(s: Setup, restarts: int) -> None:
