@@ -49,7 +49,7 @@ class ConfigError(LowspaceError, ValueError):
         self.source = source
         parts = [_one_line(source)] if source else []
         if path:
-            parts.append(path)
+            parts.append(_one_line(path))
         got = "" if value is NO_VALUE else f"got {_short_repr(value)}; "
         parts.append(got + _one_line(allowed))
         super().__init__(": ".join(parts))
@@ -72,7 +72,7 @@ class ConfigError(LowspaceError, ValueError):
 
 
 def _one_line(text: Any) -> str:
-    return re.sub(r"\s*\n\s*", " ", str(text)).strip()
+    return re.sub(r"\s*[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]\s*", " ", str(text)).strip()
 
 
 def _short_repr(value: Any) -> str:

@@ -192,6 +192,9 @@ def test_type_errors_of_choices_are_caught_on_load():
     ('base: b1\nparams:\n  a: {choices: [all, "none\\n"], path: stages.3.attention.placement}\n',
      "surrounding whitespace"),
     ("", "empty document"),
+    ("base: b1\nparams:\n  w: {choices: [16, [1]], paths: {stem.width: 1, stages.0.width: 2}}\n",
+     "the paths scale each choice"),
+    ("base: b1\nparams:\n  d: {low: 2, high: 8, path: stages.2.depth}\npoints:\n  p: {d: null}\n", "int in [2, 8]"),
 ])
 def test_bad_space_files_give_clear_errors(text, needle):
     err = _error(text)

@@ -234,6 +234,10 @@ class Param:
         return f"{self.kind} in [{self.low}, {self.high}]{extra}"
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _is_scalar(v) -> bool:
     return isinstance(v, _SCALARS)
 
@@ -474,6 +478,10 @@ def _parse_params(doc: YamlDocument, raw, base: ArchConfig) -> tuple[Param, ...]
         doc.check_keys(where, spec, PARAM_KEYS)
         targets = _parse_targets(doc, where, dict(spec), base)
         p = _parse_kind(doc, where, name, spec, targets)
+        if any(factor is not None for _, factor in targets):
+            for value in p.values:
+                if not _is_number(value):
+                    raise doc.error(where + ["choices"], value, "a number: the paths scale each choice")
         p = dataclasses.replace(p, when=_parse_when(doc, where, spec.get("when"), params),
                                 description=spec.get("description"))
         _probe(doc, where, p, base)
@@ -627,7 +635,7 @@ def _parse_points(doc: YamlDocument, raw, space: SearchSpace) -> dict[str, dict[
             except KeyError:
                 raise doc.error(where + [p.name], v, p.options()) from None
             if p.kind != "categorical":
-                ok = p.low <= v <= p.high and (p.kind == "float" or isinstance(v, int))
+                ok = _is_number(v) and p.low <= v <= p.high and (p.kind == "float" or isinstance(v, int))
                 if not ok:
                     raise doc.error(where + [p.name], v, p.options())
             assignment[p.name] = label
