@@ -8,8 +8,8 @@ import yaml
 
 from lowspace.arch import get_preset
 from lowspace.errors import ConfigError
-from lowspace.search.space import SearchSpace, builtin_spaces, load_space
 from lowspace.search import enqueue_points
+from lowspace.search.space import SearchSpace, builtin_spaces, load_space
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -55,8 +55,8 @@ class Flag:
         return self.name.lstrip("-").replace("-", "_")
 
 
-SET_HELP = "set any config field by its dotted key, value in YAML (e.g. proxy.epochs=2, objectives=[accuracy,latency]); " \
-           "repeatable, applied after the other flags"
+SET_HELP = ("set any config field by its dotted key, value in YAML (e.g. proxy.epochs=2, "
+            "objectives=[accuracy,latency]); repeatable, applied after the other flags")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_cls, groups: Mapping[str, Sequence[Flag]]) -> None:

@@ -90,8 +90,8 @@ def _preflight(space, config) -> None:
 def run(args) -> int:
     from rich.console import Console
 
-    from ..search.space import load_space
     from ..search import run_search
+    from ..search.space import load_space
     from ..search.storage import load_study
 
     console = Console(stderr=True)
@@ -127,7 +127,8 @@ def run(args) -> int:
                       highlight=False)
     if summary.complete >= config.n_trials or summary.stopped_reason == "timeout":
         return 0
-    console.print(f"[red]stopped before {config.n_trials} complete trials[/]: {summary.stopped_reason}", highlight=False)
+    console.print(f"[red]stopped before {config.n_trials} complete trials[/]: {summary.stopped_reason}",
+                  highlight=False)
     return 1
 
 

@@ -12,6 +12,7 @@ from ._convert import type_hints
 from ._fields import Constraint, constraint_of
 from ._yaml import yaml_value
 
+
 class FieldInfo(NamedTuple):
     """What a dotted path of a config class holds: its type, default (``MISSING`` if required or unknown)
     and constraint."""
@@ -79,7 +80,7 @@ def apply_overrides(data: Mapping[str, Any] | None, overrides: Mapping[str, Any]
     for key, value in overrides.items():
         parts = key.split(".")
         node: Any = out
-        for i, part in enumerate(parts[:-1]):
+        for part in parts[:-1]:
             child = _child(node, part, key)
             if not isinstance(child, (dict, list)):
                 child = {}

@@ -435,7 +435,8 @@ def _parse_base(doc: YamlDocument, base) -> ArchConfig:
     raise doc.error(["base"], base, "a preset name, a config YAML path or a mapping")
 
 
-def _parse_targets(doc: YamlDocument, where: list, spec: dict, base: ArchConfig) -> tuple[tuple[str, float | None], ...]:
+def _parse_targets(doc: YamlDocument, where: list, spec: dict,
+                   base: ArchConfig) -> tuple[tuple[str, float | None], ...]:
     if "path" in spec and "paths" in spec:
         raise doc.error(where + ["paths"], spec["paths"], "give either 'path' or 'paths', not both")
     raw = spec.get("path", spec.get("paths"))
