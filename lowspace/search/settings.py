@@ -1,4 +1,5 @@
-"""The search config: what ``lowspace search --config FILE`` reads (CLI flags override it).
+"""The search config: what ``lowspace search --config FILE`` reads (flags and ``--set`` override it; the
+checks, the YAML rules and the error format are described in docs/config.md).
 
 Example (``experiments/demo/demo.yaml`` is a complete one)::
 
@@ -135,7 +136,8 @@ class ReportSettings(Config):
 
 @dataclass
 class SearchConfig(Config):
-    """Everything a search needs. ``proxy`` goes to ``ProxySchedule``; ``data`` to ``get_dataset``.
+    """Everything a search needs. ``proxy`` changes fields of the proxy training recipe
+    (:func:`lowspace.train.proxy_recipe`); ``data`` holds the options of ``get_dataset``.
 
     ``engines`` (``"module:function"``) names a factory returning :class:`lowspace.search.trial.Engines`,
     to plug in other cost or accuracy estimators (every worker process imports it); None = lowspace's.
