@@ -54,7 +54,7 @@ def no_decay_names(model: nn.Module, no_decay: str = "official") -> list[str]:
 def create_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
                      no_decay: str = "official", capturable: bool = False) -> torch.optim.AdamW:
     """AdamW over ``model``'s parameters. On CUDA the fused kernel is used; ``capturable`` makes the
-    step CUDA-graph safe (lr becomes a device tensor, updated in place by :func:`set_lr`)."""
+    step CUDA-graph safe (lr becomes a device tensor, filled in place by the scheduler)."""
     device = next(model.parameters()).device
     kwargs: dict = dict(betas=tuple(betas), eps=eps)
     if device.type == "cuda":

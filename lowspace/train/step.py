@@ -5,7 +5,7 @@ Graph mode captures the *whole* step once per input shape and replays it afterwa
 instead of hundreds, which is what small, low-resolution proxy models are bound by. How it is made safe:
 
 * the optimizer is AdamW with ``capturable=True`` and a device-tensor lr (:func:`~.optim.create_optimizer`),
-  so the step count and learning rate live on the GPU and :func:`~.optim.set_lr` updates them in place;
+  so the step count and learning rate live on the GPU and the lr scheduler fills the lr in place;
 * warm-up iterations run eagerly on a side stream first (lazy init, cuDNN autotuning, optimizer state),
   then the parameters, buffers and optimizer state are restored from a snapshot, so capturing changes
   nothing;
