@@ -7,6 +7,7 @@ import warnings
 import optuna
 
 from .. import __version__
+from ..pareto import REFERENCE_ATTR, reference_point
 from ._resume import CONFIG_ATTR, PROXY_ATTR, check_compatible, resolved_proxy, stored_form
 from ._samplers import make_pruner, make_sampler
 from .settings import SearchConfig
@@ -65,6 +66,9 @@ def _record(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> No
     study.set_user_attr("sampler", config.sampler_name)
     study.set_user_attr("lowspace_version", __version__)
     study.set_user_attr(PROXY_ATTR, resolved_proxy(config))
+    study.set_user_attr(REFERENCE_ATTR, reference_point(
+        config.objectives, limits={"latency_ms": config.constraints.max_latency_ms, "macs": config.constraints.max_macs},
+        declared={"latency_ms": config.report.reference_latency_ms, "macs": config.report.reference_macs}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(config.objective_names)  # optuna-dashboard shows the objectives by name

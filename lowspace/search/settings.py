@@ -125,13 +125,22 @@ class StorageSettings(Config):
 
 @dataclass
 class ReportSettings(Config):
-    """What the search writes into ``out`` when it finishes."""
+    """What the search writes into ``out`` when it finishes (docs/reports.md).
+
+    significance: the level at which a report says one architecture dominates another (else "within
+    noise"). reference_latency_ms / reference_macs: the hypervolume reference, recorded when the study is
+    created (default: the constraint on it). cdn: HTML loads plotly.js from its CDN instead of embedding it.
+    """
 
     peers: str | None = None
     baseline: str | None = None
     baseline_study: str | None = None
     png: bool = True
     export: str = option("pareto", choices=("pareto", "none"))
+    significance: float = option(0.95, ge=0.5, lt=1)
+    reference_latency_ms: float | None = option(None, gt=0, le=1e7)
+    reference_macs: float | None = option(None, gt=0, le=1e18)
+    cdn: bool = False
 
 
 @dataclass
