@@ -6,6 +6,11 @@ with a busy timeout, every write is one transaction (a killed writer leaves the 
 and "database is locked" errors are retried with back-off. Keep the file on a local disk: SQLite locking
 is not reliable on NFS.
 
+The first record stored under a key stays: a process that measured the same network at the same time
+gets that record back from :meth:`MeasurementCache.put`, so every process uses one value. A file that is
+not a usable database is moved aside (``measurements.sqlite.corrupt-TIME``), reported once per process
+with a :class:`CacheRebuilt` warning, and started afresh.
+
 Location: ``path`` if given, else ``$LOWSPACE_CACHE_DIR/measurements.sqlite``, else the user cache dir
 (``platformdirs.user_cache_dir("lowspace")``).
 """
@@ -18,12 +23,13 @@ import os
 import random
 import sqlite3
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import LowspaceError
 
-__all__ = ["MeasurementCache", "CacheError", "default_cache_path", "protocol_key"]
+__all__ = ["MeasurementCache", "CacheError", "CacheRebuilt", "default_cache_path", "protocol_key"]
 
 FILENAME = "measurements.sqlite"
 SCHEMA_VERSION = 1
@@ -41,7 +47,14 @@ CREATE INDEX IF NOT EXISTS measurements_identity ON measurements (identity);
 
 
 class CacheError(LowspaceError):
-    """The cache file cannot be used (not a database, no permission, locked for too long)."""
+    """The cache file cannot be used (no permission, locked for too long, cannot be rebuilt)."""
+
+
+class CacheRebuilt(UserWarning):
+    """A corrupt cache file was moved aside and a new one started."""
+
+
+_REPORTED: set[str] = set()  # cache files whose rebuild this process has reported
 
 
 def default_cache_path() -> Path:
@@ -83,6 +96,7 @@ class MeasurementCache:
         self.path = path
         self.timeout_s = timeout_s
         self._ready = False
+        self.rebuilt: str | None = None  # what the last rebuild of a corrupt file did
 
     def __repr__(self) -> str:
         return f"MeasurementCache({str(self.path)!r})"
@@ -114,9 +128,11 @@ class MeasurementCache:
         self._ready = True
 
     def _run(self, fn):
-        """Call ``fn(conn)``, retrying while other processes hold the lock, up to ``timeout_s``."""
+        """Call ``fn(conn)``, retrying while other processes hold the lock, up to ``timeout_s``; a file that
+        is not a usable database is rebuilt once."""
         deadline = time.monotonic() + self.timeout_s
         delay = 0.01
+        rebuilt = False
         while True:
             try:
                 with self._connect() as conn:
@@ -124,11 +140,45 @@ class MeasurementCache:
             except sqlite3.OperationalError as err:
                 if not _is_busy(err) or time.monotonic() > deadline:
                     raise CacheError(f"measurement cache {self.path}: {err}") from None
-            except sqlite3.DatabaseError as err:
-                raise CacheError(f"measurement cache {self.path} is not usable ({err}); delete it or pass "
-                                 "another path") from None
+            except sqlite3.DatabaseError as err:  # not a database, or a damaged one
+                if rebuilt:
+                    raise CacheError(f"measurement cache {self.path} is not usable ({err}) even after it was "
+                                     "rebuilt; pass another path") from None
+                self._rebuild(err)
+                rebuilt = True
+                continue
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.5)
+
+    def _rebuild(self, err: sqlite3.DatabaseError) -> None:
+        """Move a corrupt file (and its WAL side files) aside, unless another process did so already."""
+        from filelock import FileLock
+        self._ready = False
+        with FileLock(str(self.path) + ".lock", timeout=self.timeout_s):
+            if _usable(self.path):
+                return  # another process rebuilt it meanwhile
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            try:
+                os.replace(self.path, aside)
+                for suffix in ("-wal", "-shm"):
+                    side = Path(str(self.path) + suffix)
+                    if side.exists():
+                        os.replace(side, Path(str(aside) + suffix))
+            except OSError as move_err:
+                raise CacheError(f"measurement cache {self.path} is not usable ({err}) and cannot be moved aside "
+                                 f"({move_err.strerror}); delete it or pass another path") from None
+        self.rebuilt = (f"the measurement cache {self.path} was not usable ({err}); moved it to {aside.name} "
+                        "and started a new one (earlier measurements will be taken again)")
+        if str(self.path) not in _REPORTED:
+            _REPORTED.add(str(self.path))
+            warnings.warn(self.rebuilt, CacheRebuilt, stacklevel=4)
+
+    def check(self) -> str | None:
+        """Open the cache once (rebuilding a corrupt file); returns what was done about a corrupt file, or
+        None. Raises CacheError if the cache cannot be used at all."""
+        self.rebuilt = None
+        self._run(lambda conn: conn.execute("SELECT COUNT(*) FROM measurements").fetchone())
+        return self.rebuilt
 
     # ---------------------------------------------------------------- records
     def get(self, identity: str, protocol: dict[str, Any], fingerprint_key: str) -> dict[str, Any] | None:
@@ -140,8 +190,9 @@ class MeasurementCache:
             return None if row is None else json.loads(row[0])
         return self._run(read)
 
-    def put(self, identity: str, protocol: dict[str, Any], fingerprint_key: str, record: dict[str, Any]) -> None:
-        """Store (or replace) a record, in one transaction."""
+    def put(self, identity: str, protocol: dict[str, Any], fingerprint_key: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Store a record unless one is stored under the key already; returns the stored one (``record``
+        itself, or the earlier record of a process that measured first)."""
         key = _record_key(identity, protocol, fingerprint_key)
         values = (key, identity, protocol_key(protocol), fingerprint_key, time.time(),
                   json.dumps(record, sort_keys=True, default=str))
@@ -149,12 +200,14 @@ class MeasurementCache:
         def write(conn):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?)", values)
+                conn.execute("INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?)", values)
+                stored = conn.execute("SELECT record FROM measurements WHERE key = ?", (key,)).fetchone()[0]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        self._run(write)
+            return json.loads(stored)
+        return self._run(write)
 
     def records(self, identity: str | None = None) -> list[dict[str, Any]]:
         """Every stored record (of one network if ``identity`` is given), oldest first."""
@@ -182,3 +235,19 @@ class MeasurementCache:
     def integrity_ok(self) -> bool:
         """SQLite's own integrity check."""
         return self._run(lambda conn: conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+
+
+def _usable(path: Path) -> bool:
+    """Whether ``path`` is missing (a new file will do) or a database SQLite can read."""
+    if not path.exists():
+        return True
+    try:
+        conn = sqlite3.connect(str(path), timeout=5)
+        try:
+            return conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+        finally:
+            conn.close()
+    except sqlite3.OperationalError as err:
+        return _is_busy(err)  # in use by another process: a database
+    except sqlite3.DatabaseError:
+        return False
