@@ -342,3 +342,25 @@ def test_gpu_fp16_deploy_matches_fp32_model(backend):
     with torch.no_grad():  # another shape: eager path
         assert rel_err(d(x[:2]), want[:2]) <= 3e-2
     assert deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend).build_s < 1.0
+
+
+@pytest.mark.gpu
+def test_gpu_triton_and_the_other_switches_keep_the_function():
+    model = randomize(create_model("b0", init="torch")).cuda()
+    x = torch.randn(2, 3, 96, 96, device="cuda")
+    with torch.no_grad():
+        want = model(x)
+    d = deploy(model, precision="fp16", batch_size=2, resolution=96, backend="cuda_graph", triton=True,
+               upsample="subpixel", conv1x1="linear", groupnorm="decomposed")
+    assert {"triton_depthwise", "subpixel_upsample", "conv1x1_as_linear"} <= set(d.info["rewrites"])
+    assert rel_err(d(x), want) <= 3e-2
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_deploy_with_a_single_attention_token():
+    model = randomize(create_model(SWITCH_CFG, init="torch"), seed=5).cuda()  # stage 3 attends over 1 token
+    x = torch.randn(2, 3, 45, 45, device="cuda")
+    with torch.no_grad():
+        want = model(x)
+    d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="cuda_graph")
+    assert rel_err(d(x), want) <= 2e-2  # fp32 convs and matmuls may run in TF32

@@ -215,6 +215,10 @@ def conv_block(kind: str, *args, **kwargs) -> nn.Module:
 
 
 def _sdpa(q, k, v, kernel: str) -> torch.Tensor:
+    if q.shape[-2] == 1:
+        # A single token attends to itself alone: the softmax weight is exactly 1. (Its views' strides are
+        # arbitrary, which the memory-efficient CUDA kernel rejects.)
+        return v
     if kernel == "auto":
         return F.scaled_dot_product_attention(q, k, v)
     from torch.nn.attention import SDPBackend, sdpa_kernel
