@@ -42,22 +42,42 @@ def test_train_resume_eval_on_class_folders(folders, tmp_path, capsys):
             "--lr", "2e-3", "--skip-bad", "--set", "resolutions=[16,24]", "--set", "eval_resolution=24", *FAST]
     assert main(args + ["--max-steps", "3"]) == 0
     text = capsys.readouterr().out
+    # 8 training images per class: one of each held out for validation (a tenth, at least one); 21 train
     assert "skipped: 1 files" in text and "stopped (--max-steps): 3 steps" in text
+    assert "21 train / 3 val images" in text and "validating on 3 training images held out" in text
     assert main(args) == 2  # the directory holds a run: refuse to overwrite it
     assert "pass resume=True (--resume)" in capsys.readouterr().err
     assert main(args + ["--resume"]) == 0
-    assert "done: 8 steps, 2 epochs" in capsys.readouterr().out
+    assert "done: 6 steps, 2 epochs" in capsys.readouterr().out
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["mixup_alpha"] == 0.1 and recipe["randaugment"].startswith("rand-")  # the b1 recipe
-    assert main(["eval", str(cfg), "--checkpoint", str(out), "--data", str(root), "--skip-bad", "--json",
-                 "--device", "cpu", "--workers", "0"]) == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["images"] == 9 and result["checkpoint"].endswith("best.safetensors")
-    assert result["top5"] == 100.0  # 3 classes: top-5 covers all
-    # by default eval feeds the images as training evaluated them: the same top-1 for the best weights
     trained = json.loads((out / "result.json").read_text())
+    assert trained["info"]["validation"]["split"] == "holdout" and trained["info"]["validation"]["images"] == 3
+    evaluate = ["eval", str(cfg), "--checkpoint", str(out), "--data", str(root), "--skip-bad", "--json",
+                "--device", "cpu", "--workers", "0"]
+    # --split holdout feeds the images training validated on, as it did: the same top-1 for the best weights
+    assert main(evaluate + ["--split", "holdout"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 3 and result["checkpoint"].endswith("best.safetensors")
+    assert result["validation"]["indices_sha256"] == trained["info"]["validation"]["indices_sha256"]
     assert (result["resolution"], result["crop_pct"]) == (24, trained["info"]["crop_pct"]) == (24, 0.95)
     assert result["top1"] == pytest.approx(trained["best_top1"])
+    # by default eval reads the test split (val/), which training never saw
+    assert main(evaluate) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 9 and result["validation"] == {"split": "test", "images": 9}
+    assert result["top5"] == 100.0  # 3 classes: top-5 covers all
+
+
+def test_train_evaluates_on_the_test_split_only_when_asked(folders, tmp_path, capsys):
+    root, cfg = folders
+    args = ["train", str(cfg), "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size",
+            "8", "--skip-bad", "--resolution", "16", "--eval-split", "test", *FAST]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "24 train / 9 val images" in text and "validating on the test split (9 images)" in text
+    trained = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert trained["info"]["validation"] == {"split": "test", "images": 9}
 
 
 def test_clean_errors(folders, tmp_path, capsys):

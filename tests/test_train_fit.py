@@ -25,14 +25,15 @@ TINY = dict(name="tiny", resolution=16, stem=dict(width=8),
 
 @pytest.fixture(scope="module")
 def data():
-    return get_dataset("synthetic", num_classes=4, train_size=64, val_size=32, image_size=16)
+    """24 training images per class: 8 of each are held out for validation (``small_recipe``), 64 trained on."""
+    return get_dataset("synthetic", num_classes=4, train_size=96, val_size=32, image_size=16)
 
 
 def small_recipe(**changes):
     base = dict(epochs=2, warmup_epochs=0.5, batch_size=8, resolutions=[16, 20], eval_resolution=16,
                 bn_reestimate_images=32, bn_reestimate_batch=16, eval_batch_size=16, save_every_steps=4,
                 ema_warmup_steps=5, drop_path=0.2, mixup_alpha=0.2, cutmix_alpha=0.2, base_lr=2e-3, log_every=5,
-                workers=0, auto_restart=None)
+                workers=0, auto_restart=None, val_per_class=8)
     base.update(changes)
     return load_recipe("b1", **base)
 

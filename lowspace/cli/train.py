@@ -19,7 +19,14 @@ def _data_args(p, train: bool) -> None:
     p.add_argument("--classes", default=None, help="use N classes (chosen by --seed) or those listed in a file")
     if train:
         p.add_argument("--train-per-class", type=int, default=None, help="at most this many training images per class")
-    p.add_argument("--val-per-class", type=int, default=None, help="at most this many val images per class")
+    if train:
+        p.add_argument("--val-per-class", type=int, default=None,
+                       help="training images per class held out for validation (default: a tenth of the smallest "
+                            "class, at most 500); with --eval-split test: at most this many test images per class")
+    else:
+        p.add_argument("--val-per-class", type=int, default=None,
+                       help="--split test: at most this many test images per class; --split holdout: training "
+                            "images per class held out (default: the run's recipe)")
     p.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) unreadable images, empty class folders and val classes train lacks")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA if available)")
@@ -40,6 +47,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--accumulation", type=int, default=None, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=None, help="base lr per process (scaled by processes x accumulation)")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--eval-split", choices=("holdout", "test"), default=None,
+                   help="evaluate on training images held out for validation (holdout, the default), or on the data "
+                        "set's test split (test: Fashion-MNIST's 10k, a class-folder root's val/); the test split is "
+                        "for the final evaluation of an architecture chosen without it")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N optimizer steps (0: epoch ends)")
@@ -51,7 +62,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
-    e = sub.add_parser("eval", help="top-1 / top-5 of a checkpoint on a data set's val split")
+    e = sub.add_parser("eval", help="top-1 / top-5 of a checkpoint on a data set's test split (or the held-out one)")
     e.add_argument("config", help="preset name or YAML config path")
     e.add_argument("--checkpoint", required=True,
                    help="weights file (lowspace, timm or official; .safetensors/.pth) or a `lowspace train` run directory")
@@ -63,7 +74,10 @@ def add_parsers(sub) -> None:
                         "model's pretrained_cfg: 0.95)")
     e.add_argument("--batch-size", type=int, default=200)
     e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
-    e.add_argument("--seed", type=int, default=0, help="seed of --classes / --val-per-class")
+    e.add_argument("--split", choices=("test", "holdout"), default="test",
+                   help="test: the data set's test split (Fashion-MNIST's 10k, a class-folder root's val/); holdout: "
+                        "the training images a run held out for validation (as the run's recipe chose them)")
+    e.add_argument("--seed", type=int, default=None, help="seed of --classes / --val-per-class (default: the run's, or 0)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=run_eval)
 
@@ -87,7 +101,7 @@ def _overrides(args) -> dict:
     flags = dict(warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, accumulation=args.accumulation,
                  base_lr=args.lr, seed=args.seed, save_every_steps=args.save_every, workers=args.workers,
                  classes=_classes(args.classes), train_per_class=args.train_per_class,
-                 val_per_class=args.val_per_class)
+                 val_per_class=args.val_per_class, eval_split=args.eval_split)
     out.update({k: v for k, v in flags.items() if v is not None})
     if args.resolution is not None:
         out.update(resolutions=[args.resolution], eval_resolution=args.resolution)
@@ -106,7 +120,7 @@ def run_train(args) -> int:
     from ..arch import resolve_config
     from ..data import get_dataset
     from ..train import fit, load_recipe
-    from ..train.engine import prepare_data
+    from ..train.engine import describe_validation, prepare_data
 
     cfg = resolve_config(args.config)
     recipe = load_recipe(args.recipe or cfg.recipe or "b1")
@@ -123,6 +137,7 @@ def run_train(args) -> int:
         print(f"training {cfg.name or args.config} on {data.describe()}; recipe {recipe.name}: {recipe.epochs} epochs "
               f"({recipe.warmup_epochs:g} warmup), batch {recipe.batch_size} x accumulation {recipe.accumulation}, "
               f"resolutions {list(recipe.resolutions)}; output {out}")
+        print(f"validating on {describe_validation(data)}")
         skipped = {k: len(v) for k, v in data.info.items() if k.startswith("skipped") and v}
         if skipped:
             print("skipped: " + ", ".join(f"{n} {k.removeprefix('skipped_').replace('_', ' ')}" for k, n in skipped.items()))
@@ -138,15 +153,14 @@ def run_train(args) -> int:
 
 def run_eval(args) -> int:
     from ..arch import LowFormer, load_checkpoint, resolve_config
-    from ..data import get_dataset
     from ..train import distributed as dist_utils
     from ..train.checkpoint import find_weights
+    from ..train.engine import validation_summary
     from ..train.evaluate import evaluate_model
 
     info = dist_utils.setup(args.device)
     try:
-        data = get_dataset(args.data, classes=_classes(args.classes), val_per_class=args.val_per_class,
-                           seed=args.seed, skip_bad=args.skip_bad, workers=args.workers or 8)
+        data = _eval_data(args)
         cfg = resolve_config(args.config)
         cfg = cfg.replace(num_classes=data.num_classes, in_chans=data.in_chans)
         model = LowFormer(cfg, init="torch")
@@ -158,7 +172,7 @@ def run_eval(args) -> int:
         result = evaluate_model(model, data, resolution, settings.crop_pct, args.batch_size, args.precision,
                                 workers=args.workers if args.workers is not None else 8,
                                 interpolation=settings.interpolation)
-        result.update(checkpoint=str(weights), data=data.describe())
+        result.update(checkpoint=str(weights), data=data.describe(), validation=validation_summary(data))
     finally:
         dist_utils.teardown(info)
     if info.is_main:
@@ -166,16 +180,39 @@ def run_eval(args) -> int:
             print(json.dumps(result, indent=2))
         else:
             print(f"{cfg.name or args.config} ({weights}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-                  f"loss {result['loss']:.4f}  on {result['images']} images at {resolution} px")
+                  f"loss {result['loss']:.4f}  on {result['images']} "
+                  f"{'held-out training' if args.split == 'holdout' else 'test'} images at {resolution} px")
     return 0
+
+
+def _run_recipe(args):
+    """The recipe of the ``lowspace train`` run ``--checkpoint`` names, or None for a weights file."""
+    from ..train import load_recipe
+    path = Path(args.checkpoint) / "recipe.yaml"
+    return load_recipe(path) if path.is_file() else None
+
+
+def _eval_data(args):
+    """The images ``lowspace eval`` reads: the test split (capped by the flags), or the training images the run
+    held out (``--split holdout``: the run recipe's split, classes and seed unless the flags say otherwise)."""
+    from ..data import get_dataset
+    from ..train import load_recipe
+    from ..train.engine import select_validation
+    workers = args.workers if args.workers is not None else 8
+    if args.split == "test":
+        return get_dataset(args.data, classes=_classes(args.classes), val_per_class=args.val_per_class,
+                           seed=args.seed or 0, skip_bad=args.skip_bad, workers=workers)
+    recipe = _run_recipe(args) or load_recipe("b1")
+    changes = dict(classes=_classes(args.classes), val_per_class=args.val_per_class, seed=args.seed)
+    recipe = recipe.replace(eval_split="holdout", **{k: v for k, v in changes.items() if v is not None})
+    data = get_dataset(args.data, skip_bad=args.skip_bad, workers=workers)
+    return select_validation(data, recipe).subset(recipe.classes, None, None, recipe.seed)
 
 
 def _eval_settings(args, model, cfg):
     """Resolution, crop and interpolation of ``lowspace eval``: the flags, else what training evaluated at (a run
     directory's recipe), else the model's pretrained_cfg; the same rule ``lowspace train`` evaluates by."""
-    from ..train import load_recipe
     from ..train.engine import EvalSettings, eval_settings
-    run_recipe = Path(args.checkpoint) / "recipe.yaml"
-    settings = eval_settings(load_recipe(run_recipe) if run_recipe.is_file() else None, model, cfg)
+    settings = eval_settings(_run_recipe(args), model, cfg)
     return EvalSettings(args.resolution or settings.resolution, args.crop_pct or settings.crop_pct,
                         settings.interpolation)

@@ -9,6 +9,10 @@
 * a class-folder root (``train/<class>/*.jpg``, ``val/<class>/*.jpg``): timm transforms and a
   DataLoader (:class:`FolderLoader`), or :func:`materialize` into tensors for fast proxy runs.
 * ``"synthetic"``: learnable random patterns, for tests and speed measurements.
+
+As loaded, ``ImageData.val`` is the data set's own test split (Fashion-MNIST's 10k images, a class-folder
+root's ``val/``); only final evaluation reads it. :func:`hold_out` replaces it by a class-balanced, seeded
+split of the training images, which proxy training, the search and ``lowspace train`` validate on.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from .fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist, read_idx
 from .folders import (FolderLoader, eval_transforms, is_class_folder_root, materialize, scan_folders,
                       train_transforms)
 from .sampling import BatchPlan, mix_seed
+from .split import HoldoutSplit, default_val_per_class, hold_out, holdout_indices, is_held_out
 from .synthetic import make_synthetic
 from .tensors import Augment, TensorLoader
 
@@ -29,6 +34,7 @@ __all__ = [
     "get_dataset", "ImageData", "TensorSplit", "FolderSplit", "DataError", "BatchPlan", "Augment",
     "TensorLoader", "FolderLoader", "load_fashion_mnist", "read_idx", "scan_folders", "materialize",
     "make_synthetic", "train_transforms", "eval_transforms", "select_classes", "cap_per_class", "mix_seed",
+    "hold_out", "holdout_indices", "HoldoutSplit", "default_val_per_class", "is_held_out",
 ]
 
 
@@ -41,7 +47,8 @@ def get_dataset(spec="fashion_mnist", *, root: str | Path | None = None, classes
         spec: ``fashion_mnist``, ``synthetic``, a directory, or an :class:`ImageData` (reduced only).
         root: directory of the Fashion-MNIST IDX files (default: the Debian package's).
         classes: keep some classes: a number (chosen by ``seed``), a list of names, or a class file.
-        train_per_class, val_per_class: at most this many images per class (chosen by ``seed``).
+        train_per_class, val_per_class: at most this many images per class of the train / val split (as
+            loaded, val is the test split), chosen by ``seed``.
         skip_bad, verify: class folders only; see :func:`scan_folders`.
         workers: threads used to verify images.
         **synthetic: arguments of :func:`make_synthetic` (``num_classes``, ``train_size``, ...).

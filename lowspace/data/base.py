@@ -89,6 +89,9 @@ Split = Union[TensorSplit, FolderSplit]
 class ImageData:
     """A classification data set: train and val splits, class names, channels and normalization.
 
+    ``val`` is the split evaluation reads: as loaded, the data set's own test split; after
+    :func:`~lowspace.data.hold_out`, images held out from training (``info["validation"]`` says which).
+
     ``native_resolution`` is the stored side of tensor data (28 for Fashion-MNIST); folder data has none.
     ``info`` records where the data came from and what was skipped (``skipped_files``, ...).
     """

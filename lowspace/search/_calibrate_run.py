@@ -67,17 +67,10 @@ def environment(device: str) -> dict:
 # ==================================================================== the held-out validation split
 def validation_split(data, per_class: int, seed: int):
     """``data`` with its val split replaced by ``per_class`` training images of each class (seeded) and its
-    train split by the rest; the data set's own val/test split is not used."""
-    from dataclasses import replace
-
-    from ..data import cap_per_class
-    labels = data.train.label_list()
-    classes = list(range(data.num_classes))
-    held = cap_per_class(labels, classes, per_class, seed)
-    held_set = set(held)
-    rest = [i for i in range(len(labels)) if i not in held_set]
-    info = dict(data.info, validation=dict(source="train", per_class=per_class, seed=seed, images=len(held)))
-    return replace(data, train=data.train.select(rest), val=data.train.select(held), info=info)
+    train split by the rest (:func:`lowspace.data.hold_out`, as the search's proxy); the data set's own
+    val/test split is not used."""
+    from ..data import hold_out
+    return hold_out(data, per_class, seed=seed)
 
 
 def data_identity(data, per_class: int, seed: int) -> str:

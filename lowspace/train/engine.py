@@ -127,12 +127,15 @@ def resolve_runtime(recipe: Recipe, dist: DistInfo) -> Runtime:
 
 # ===================================================================================== data and model
 def prepare_data(data, recipe: Recipe, resolution: int | None = None) -> data_mod.ImageData:
-    """``data`` (an ImageData or a :func:`~lowspace.data.get_dataset` spec) reduced to the recipe's classes and
-    per-class caps; with ``materialize``, class folders decoded once into uint8 tensors of side
-    ``storage_resolution`` (default ``resolution / 0.875``). Applying it twice changes nothing."""
+    """``data`` (an ImageData or a :func:`~lowspace.data.get_dataset` spec) with the recipe's validation split
+    (:func:`select_validation`), reduced to the recipe's classes and training images per class; with
+    ``materialize``, class folders decoded once into uint8 tensors of side ``storage_resolution`` (default
+    ``resolution / 0.875``). Applying it twice changes nothing."""
     if not isinstance(data, data_mod.ImageData):
         data = data_mod.get_dataset(data, seed=recipe.seed)
-    data = data.subset(recipe.classes, recipe.train_per_class, recipe.val_per_class, recipe.seed)
+    data = select_validation(data, recipe)
+    test_cap = recipe.val_per_class if recipe.eval_split == "test" else None
+    data = data.subset(recipe.classes, recipe.train_per_class, test_cap, recipe.seed)
     if data.kind == "folder" and recipe.materialize:
         storage = recipe.storage_resolution or (round(resolution / STORAGE_CROP) if resolution else None)
         if storage is None:
@@ -142,6 +145,43 @@ def prepare_data(data, recipe: Recipe, resolution: int | None = None) -> data_mo
         raise data_mod.DataError(f"{data.name}: needs training and validation images "
                                  f"({len(data.train)} / {len(data.val) if data.val is not None else 0})")
     return data
+
+
+def select_validation(data: data_mod.ImageData, recipe: Recipe) -> data_mod.ImageData:
+    """The images a run evaluates on. ``eval_split: holdout`` (the default): ``val_per_class`` training images
+    of each class held out by :func:`~lowspace.data.hold_out` (seeded by ``split_seed``); data that already
+    holds a held-out split is used as it is. ``eval_split: test``: the data set's own test split, which only a
+    final evaluation should read."""
+    if recipe.eval_split == "test":
+        if data_mod.is_held_out(data):
+            raise ConfigError("recipe.eval_split", "test", "this data's test split was replaced by images held out "
+                                                           "from training; pass the data set as loaded")
+        return data
+    if data_mod.is_held_out(data):
+        return data
+    try:
+        return data_mod.hold_out(data, recipe.val_per_class, seed=recipe.split_seed)
+    except ConfigError as err:
+        raise err.within("recipe") from None
+
+
+def validation_summary(data: data_mod.ImageData) -> dict:
+    """What a run was evaluated on, in a few keys: ``split`` (holdout / test), ``images`` and, for a held-out
+    split, its ``seed`` and ``indices_sha256``."""
+    record = data.info.get("validation")
+    images = len(data.val) if data.val is not None else 0
+    if not record:
+        return dict(split="test", images=images)
+    return dict(split="holdout", images=images, seed=record.get("seed"), indices_sha256=record.get("indices_sha256"))
+
+
+def describe_validation(data: data_mod.ImageData) -> str:
+    """One phrase naming the evaluation images, for logs."""
+    summary = validation_summary(data)
+    if summary["split"] == "test":
+        return f"the test split ({summary['images']} images)"
+    return (f"{summary['images']} training images held out (split seed {summary['seed']}, "
+            f"{summary['indices_sha256']})")
 
 
 def build_model(model_or_config, data: data_mod.ImageData, recipe: Recipe) -> tuple[nn.Module, object]:
@@ -641,7 +681,8 @@ def _finish(s: Setup, outcome: dict, setup_s: float, t0: float) -> FitResult:
     info = dict(params=sum(p.numel() for p in s.model.parameters()), arch_id=s.cfg.arch_id if s.cfg else None,
                 recipe=r.name, resolution=s.ev.resolution, crop_pct=s.ev.crop_pct, train_resolutions=list(s.sizes),
                 in_chans=s.in_chans,
-                num_classes=s.data.num_classes, data=s.data.describe(), device=str(runtime.device),
+                num_classes=s.data.num_classes, data=s.data.describe(), validation=validation_summary(s.data),
+                device=str(runtime.device),
                 world_size=runtime.dist.world_size, precision=runtime.precision, channels_last=runtime.channels_last,
                 batch_size=r.batch_size, images_per_step=s.images_per_step, steps_per_epoch=s.clock.steps_per_epoch,
                 steps=state.step, train_images=state.images_seen, lr=s.peak_lr,

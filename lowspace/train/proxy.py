@@ -7,11 +7,17 @@ GPU as uint8 and is augmented there; the whole training step is one CUDA-graph r
 an eager step); evaluation replays a captured forward; the only host synchronization is one per epoch.
 On CPU the same code runs eagerly in fp32.
 
+Accuracy is measured on images held out from the training split (``val_per_class`` of each class, seeded by
+``split_seed``; see :func:`lowspace.data.hold_out`); ``eval_split: test`` reads the data set's test split
+instead, for a final evaluation (the search refuses it).
+
 How the architecture is adapted: a config (preset name, YAML, ArchConfig) is rebuilt with the data set's
 ``in_chans`` (1 for Fashion-MNIST: the stem takes the gray image directly) and ``num_classes``, and with
 ``resolution`` = the recipe's training resolution. Every candidate is thus trained and evaluated at the
 *proxy* resolution (64 px by default), not at its nominal one (224 for the presets): the layers and parameter
-count are the same (only the stem's input channels and the classifier differ), the feature maps smaller.
+count are the same (only the stem's input channels and the classifier differ), the feature maps smaller. A
+proxy resolution above the architecture's own is lowered to it (a 32 px architecture trains at 32 px: larger
+inputs would cost more and describe another network than the one timed).
 Latency and MACs are measured at the architecture's own resolution by ``lowspace.cost``; how well the proxy
 ranking agrees with full training must be measured, not assumed. ``resolutions: null`` trains each
 architecture at its own resolution. An ``nn.Module`` is trained as given.
@@ -47,6 +53,9 @@ def train_proxy(cfg_or_model, data="fashion_mnist", recipe: Recipe | Mapping | N
     resolution = max(recipe.resolutions) if recipe.resolutions else None
     if not isinstance(cfg_or_model, nn.Module):
         cfg = resolve_config(cfg_or_model)
+        if recipe.resolutions and resolution > cfg.resolution:  # never above the architecture's own
+            recipe = recipe.replace(resolutions=sorted({min(r, cfg.resolution) for r in recipe.resolutions}))
+            resolution = cfg.resolution
         cfg_or_model = cfg.replace(resolution=resolution) if resolution else cfg
         resolution = cfg_or_model.resolution
     elif resolution is None:

@@ -29,6 +29,7 @@ EVAL_MODELS = ("ema", "model")
 BN_TRANSFORMS = ("train", "eval")
 INTERPOLATIONS = ("random", "nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 INITS = ("official", "torch")
+EVAL_SPLITS = ("holdout", "test")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -65,7 +66,12 @@ class Recipe:
     # data: which images, and how training images are augmented
     classes: Union[int, tuple[str, ...], str, None] = None
     train_per_class: Optional[int] = None
+    # validation: images held out of the training split (class-balanced, seeded by split_seed; None: a tenth
+    # of the smallest class, at most 500), or the data set's test split (eval_split: test; val_per_class
+    # then caps it)
     val_per_class: Optional[int] = None
+    split_seed: int = 0
+    eval_split: str = "holdout"
     resolutions: Optional[tuple[int, ...]] = (128, 160, 192, 224)
     randaugment: Optional[str] = "rand-m3-n1-mstd1.0-inc1"
     reprob: float = 0.0
@@ -361,6 +367,7 @@ def validate_recipe(r: Recipe) -> None:
     for name in ("train_per_class", "val_per_class"):
         if getattr(r, name) is not None:
             _range(name, getattr(r, name), 1)
+    _choice("eval_split", r.eval_split, EVAL_SPLITS)
     if r.resolutions is not None:
         if not r.resolutions:
             raise ConfigError("recipe.resolutions", [], "at least one resolution, or null (the architecture's)")
@@ -387,7 +394,7 @@ def validate_recipe(r: Recipe) -> None:
         _range("crop_pct", r.crop_pct, 0, 1, low_open=True)
     for name in ("eval_batch_size", "eval_every", "bn_reestimate_batch", "keep_checkpoints"):
         _range(name, getattr(r, name), 1)
-    for name in ("bn_reestimate_images", "save_every_steps", "workers", "seed", "log_every"):
+    for name in ("bn_reestimate_images", "save_every_steps", "workers", "seed", "split_seed", "log_every"):
         _range(name, getattr(r, name), 0)
     _choice("bn_reestimate_transform", r.bn_reestimate_transform, BN_TRANSFORMS)
     if r.auto_restart is not None:
