@@ -18,6 +18,9 @@ from .settings import SearchConfig
 
 CONFIG_ATTR = "lowspace_config"
 PROXY_ATTR = "proxy_resolved"
+SPLIT_ATTR = "validation_split"
+# proxy fields that came with held-out validation; a study made before them validated on the test split
+SPLIT_FIELDS = ("split_seed", "eval_split")
 
 # Protocol fields whose default changed when they were added: what studies that did not record them used.
 PROTOCOL_BEFORE_RECORDED = {"cudnn_benchmark": True}
@@ -50,7 +53,26 @@ def check_compatible(stored: dict, config: SearchConfig, name: str, proxy_resolv
             theirs = {**PROTOCOL_BEFORE_RECORDED, **theirs}
         if key == "proxy" and proxy_resolved is not None:
             theirs, ours = proxy_resolved, resolved_proxy(config)
+            # a study made before held-out validation: unsplit_note() says so in one line
+            theirs = {**{k: ours.get(k) for k in SPLIT_FIELDS}, **theirs}
         _check_section(key, theirs, ours, name)
+
+
+def split_settings(config: SearchConfig) -> dict:
+    """The validation split a new study is made with; the trial pipeline adds its size and index hash once
+    it has read the data."""
+    proxy = resolved_proxy(config)
+    return dict(split=proxy.get("eval_split", "holdout"), source="train", val_per_class=proxy.get("val_per_class"),
+                seed=proxy.get("split_seed", 0))
+
+
+def unsplit_note(user_attrs: dict, name: str) -> str | None:
+    """One line about a study made before the search held out its validation images (None for others)."""
+    if SPLIT_ATTR in user_attrs or CONFIG_ATTR not in user_attrs:
+        return None
+    return (f"study {name!r} was made before lowspace held out validation images: its accuracies were measured on "
+            f"the data set's test split, which final evaluation reads too; new trials validate on held-out training "
+            f"images, so old and new accuracies are not comparable (a new --study-name starts a clean search)")
 
 
 def _check_section(key: str, theirs: dict, ours: dict, name: str) -> None:

@@ -8,7 +8,8 @@ import optuna
 
 from .. import __version__
 from ..pareto import REFERENCE_ATTR, reference_point
-from ._resume import CONFIG_ATTR, PROXY_ATTR, check_compatible, resolved_proxy, stored_form
+from ._resume import (CONFIG_ATTR, PROXY_ATTR, SPLIT_ATTR, check_compatible, resolved_proxy, split_settings,
+                      stored_form, unsplit_note)
 from ._samplers import make_pruner, make_sampler
 from .settings import SearchConfig
 from .space import SearchSpace
@@ -49,6 +50,9 @@ def create_or_load_study(config: SearchConfig, space: SearchSpace, storage=None,
         _record(study, config, space)
     else:
         check_compatible(stored, config, name, study.user_attrs.get(PROXY_ATTR))
+        note = unsplit_note(study.user_attrs, name)
+        if note:
+            warnings.warn(note, stacklevel=2)
     if enqueue and config.presets:
         enqueue_points(study, space)
     return study
@@ -66,6 +70,7 @@ def _record(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> No
     study.set_user_attr("sampler", config.sampler_name)
     study.set_user_attr("lowspace_version", __version__)
     study.set_user_attr(PROXY_ATTR, resolved_proxy(config))
+    study.set_user_attr(SPLIT_ATTR, split_settings(config))
     study.set_user_attr(REFERENCE_ATTR, reference_point(
         config.objectives, limits={"latency_ms": config.constraints.max_latency_ms, "macs": config.constraints.max_macs},
         declared={"latency_ms": config.report.reference_latency_ms, "macs": config.report.reference_macs}))

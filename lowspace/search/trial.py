@@ -28,6 +28,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,6 +36,7 @@ import optuna
 
 from ..arch.config import ArchConfig
 from ..errors import ConfigError, LowspaceError
+from ._resume import SPLIT_ATTR
 from .halving import HalvingSettings, ParetoHalving
 from .settings import SearchConfig
 from .space import SearchSpace
@@ -72,10 +74,13 @@ def _make_schedule(options: dict):
 
 
 def _load_data(options: dict, schedule, device: str):
+    """The data set of the ``data`` section with the proxy's validation split held out of its training images
+    (once, so every trial and rung validates on the same images)."""
     from ..data import get_dataset
+    from ..train.engine import select_validation
     opts = dict(options)
     spec = opts.pop("dataset", "fashion_mnist")
-    return get_dataset(spec, **opts)
+    return select_validation(get_dataset(spec, **opts), schedule)
 
 
 def default_engines() -> Engines:
@@ -226,6 +231,9 @@ class TrialPipeline:
         self.space = space
         self.config = config
         self.engines = engines or load_engines(config.engines)
+        if config.proxy.get("eval_split") == "test":
+            raise ConfigError("proxy.eval_split", "test", "holdout: the search selects architectures by this accuracy, "
+                                                          "so the test split is left to their final evaluation")
         proxy = dict(config.proxy)
         if proxy.get("resolutions") == "arch":
             proxy["resolutions"] = None  # train at each architecture's own resolution
@@ -235,6 +243,7 @@ class TrialPipeline:
         self.settings = config.protocol.resolve(self.latency_device.split(":")[0])
         self.protocol, self.timing, self.run_options = measurement_protocol(self.settings, self.latency_device)
         self._data = data
+        self._split_recorded = False
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     @property
@@ -323,6 +332,7 @@ class TrialPipeline:
 
         # proxy training
         self._stage(trial, "train")
+        self._record_split(trial)
         t = time.perf_counter()
         result, stopper = self._train(trial, cfg, float(m.median_ms), macs)
         timings["train_s"] = time.perf_counter() - t
@@ -398,6 +408,25 @@ class TrialPipeline:
         preset = preset_ids().get(cfg.arch_id)
         if preset:
             trial.set_user_attr("preset", preset)
+
+    def _record_split(self, trial) -> None:
+        """Record the validation split of the proxy data in the study (its size and index hash), once per
+        worker; a study that recorded another split gets a warning instead."""
+        if self._split_recorded:
+            return
+        self._split_recorded = True
+        record = (getattr(self.data, "info", None) or {}).get("validation")
+        if not record:
+            return
+        study = trial.study
+        known = study.user_attrs.get(SPLIT_ATTR) or {}
+        if known.get("indices_sha256") not in (None, record.get("indices_sha256")):
+            warnings.warn(f"study {study.study_name!r} recorded validation split {known['indices_sha256']}, but this "
+                          f"worker holds out {record.get('indices_sha256')}: did the data change?", stacklevel=2)
+            return
+        full = {**known, "split": "holdout", **jsonable(record)}
+        if full != known:
+            study.set_user_attr(SPLIT_ATTR, full)
 
     def _stage(self, trial, name: str) -> None:
         trial.set_user_attr("stage", name)
