@@ -9,18 +9,33 @@ from lowspace.arch import ArchConfig, get_preset, resolve_config
 from lowspace.cli import main
 from lowspace.errors import ConfigError
 from lowspace.report import export_pareto, export_trial, pareto_trials, trials_frame, write_report
-from lowspace.report import plots
-from lowspace.report.tables import load_peers
+from lowspace.report import fronts, plots
+from lowspace.report.claims import claim_lines
+from lowspace.report.tables import load_peers, peer_notes
 from lowspace.search.settings import SearchConfig
 from lowspace.search.storage import load_study
 from lowspace.search import run_search
 
 
-def _study(tmp_path, name="s", mode="pareto", n=6, space="demo", **kw):
+def _engines_with_images(images: int | None):
+    """The fake engines, with the number of validation images a real proxy records in its info."""
+    engines = search_fakes.fake_engines()
+    train = engines.train_proxy
+
+    def train_proxy(*args, **kwargs):
+        result = train(*args, **kwargs)
+        result.info = {"validation": {"split": "holdout", "images": images}}
+        return result
+
+    engines.train_proxy = train_proxy
+    return engines
+
+
+def _study(tmp_path, name="s", mode="pareto", n=6, space="demo", images=None, **kw):
     config = SearchConfig.from_dict({"space": space, "mode": mode, "n_trials": n, "study_name": name,
                                      "storage": f"sqlite:///{tmp_path / 'study.db'}", "proxy": {"epochs": 2},
                                      "early_stopping": {"kind": "none"}, **kw})
-    run_search(config, engines=search_fakes.fake_engines())
+    run_search(config, engines=_engines_with_images(images) if images else search_fakes.fake_engines())
     return load_study(tmp_path / "study.db", name)
 
 
@@ -58,23 +73,51 @@ def test_export_rebuilds_arch_id_and_is_a_trainable_config(lowformer_study, tmp_
         assert resolve_config(str(path)).arch_id == cfg.arch_id  # what `lowspace train FILE` resolves
         assert "trial" in cfg.notes and "latency" in cfg.notes and cfg.name
     b1 = next(t for t in lowformer_study.trials if t.user_attrs.get("preset") == "b1")
-    path = export_trial(lowformer_study, b1.number, tmp_path / "one")
+    path = export_trial(lowformer_study, b1.number, tmp_path / "one", recipe="b1")
     cfg = ArchConfig.from_yaml(path)
     assert cfg.arch_id == get_preset("b1").arch_id and cfg.recipe == "b1"
     assert path.read_text().startswith("# Exported by `lowspace export`")
+    assert not list((tmp_path / "one").glob("*.recipe.yaml"))  # a named recipe needs no file
     with pytest.raises(ConfigError, match="has trials 0.."):
         export_trial(lowformer_study, 999, tmp_path)
+
+
+@pytest.mark.parametrize("space, side", [("lowformer", 64), ("demo", 32)])
+def test_export_trains_as_searched(tmp_path, space, side):
+    """The export names a recipe file holding the search's proxy (its 2 epochs, the proxy resolution lowered to
+    the architecture's), and its header holds a `lowspace train` command that parses, --data included."""
+    import shlex
+
+    from lowspace.cli import build_parser
+    from lowspace.train import load_recipe
+    study = _study(tmp_path, space=space, n=3, data={"dataset": "fashion_mnist", "train_per_class": 100})
+    t = next(t for t in study.trials if t.state.name == "COMPLETE")
+    path = export_trial(study, t.number, tmp_path / "out")
+    cfg = ArchConfig.from_yaml(path)
+    recipe_path = path.parent / cfg.recipe
+    assert recipe_path.name == path.name.replace(".yaml", ".recipe.yaml") and recipe_path.is_file()
+    recipe = load_recipe(recipe_path)
+    assert recipe.epochs == 2 and recipe.resolutions == (side,) and recipe.eval_resolution == side
+    assert recipe.base_lr == load_recipe("proxy").base_lr and recipe.loss == "ce"  # the proxy, not b1
+    command = next(line for line in path.read_text().splitlines() if line.startswith("# Train it: "))
+    args = build_parser().parse_args(shlex.split(command.removeprefix("# Train it: "))[1:])
+    assert (args.config, args.recipe, args.data, args.train_per_class) == (str(path), str(recipe_path),
+                                                                           "fashion_mnist", 100)
+    assert f"epochs at {side} px" in path.read_text()
 
 
 def test_export_pareto_replaces_exports_that_left_the_front(lowformer_study, tmp_path):
     first = export_pareto(lowformer_study, tmp_path)[0]
     stale = tmp_path / f"{lowformer_study.study_name}-t9998-0123456789ab.yaml"  # an export from an older front
     first.rename(stale)
+    stale_recipe = stale.with_suffix(".recipe.yaml")
+    first.with_suffix(".recipe.yaml").rename(stale_recipe)
     mine = tmp_path / f"{lowformer_study.study_name}-t9999-notes.yaml"
     mine.write_text("# my own notes\n")
     paths = export_pareto(lowformer_study, tmp_path)
-    assert not stale.exists() and mine.exists()
-    assert sorted(tmp_path.glob("*.yaml")) == sorted([*paths, mine])
+    assert not stale.exists() and not stale_recipe.exists() and mine.exists()
+    recipes = [p.with_suffix(".recipe.yaml") for p in paths]
+    assert sorted(tmp_path.glob("*.yaml")) == sorted([*paths, *recipes, mine])
 
 
 def test_load_peers_accepts_bench_and_timm_columns(tmp_path):
@@ -124,14 +167,138 @@ def test_pareto_figure_has_front_presets_and_peer_lines(lowformer_study):
     assert all("arch" not in h or "accuracy" in h for h in fig.data[0].hovertext)
 
 
-def test_hypervolume_curves_against_a_random_baseline(tmp_path):
-    a = trials_frame(_study(tmp_path, "a", n=5))
-    b = trials_frame(_study(tmp_path, "b", mode="random", n=5))
-    curves, ref = plots.hypervolume_curves({"a": a, "b": b}, ["accuracy", "latency"])
-    assert set(curves) == {"a", "b"} and ref["accuracy"] == 1.0
-    for ys in curves.values():
-        assert len(ys) >= 1 and all(0.0 <= y <= 1.0 for y in ys)
-        assert all(y2 >= y1 - 1e-12 for y1, y2 in zip(ys, ys[1:]))
+def test_peers_on_a_log_axis_sit_at_their_latency(lowformer_study):
+    """Shapes and annotations on a log axis take log10 coordinates: a peer at 300 ms is drawn at x = log10(300)
+    (not at 10^300 ms), inside the axis range, with 1-2-5 tick labels."""
+    import math
+    df = trials_frame(lowformer_study)
+    peers = pd.DataFrame([{"name": "slow_peer", "latency_ms": 300.0, "resolution": 224},
+                          {"name": "fast_peer", "latency_ms": 0.05}])
+    layout = plots.pareto_figure(df, peers=peers).to_dict()["layout"]
+    axis = layout["xaxis"]
+    assert axis["type"] == "log"
+    xs = sorted(shape["x0"] for shape in layout["shapes"])
+    assert xs == pytest.approx([math.log10(0.05), math.log10(300.0)])
+    label = next(a for a in layout["annotations"] if a["text"].startswith("slow_peer"))
+    assert label["x"] == pytest.approx(math.log10(300.0)) and "@224px" in label["text"]
+    low, high = axis["range"]
+    assert low <= math.log10(0.05) and high >= math.log10(300.0)
+    assert set(axis["tickvals"]) <= {m * 10.0 ** e for m in (1, 2, 5) for e in range(-3, 4)}
+    assert {"0.1", "1", "10", "100"} <= set(axis["ticktext"]) and "2" in axis["ticktext"] and "50" in axis["ticktext"]
+    assert plots.log_ticks(1.5, 60) == [2, 5, 10, 20, 50]
+
+
+def test_front_marking_percent_accuracy_and_left_out_caption(lowformer_study):
+    df = trials_frame(lowformer_study)
+    done = df[df["state"] == "COMPLETE"]
+    extra = pd.concat([done.iloc[[0]].assign(number=900, duplicate_of=int(done["number"].iloc[0]), pareto=False),
+                       done.iloc[[0]].assign(number=901, state="PRUNED", status="rejected", pareto=False),
+                       done.iloc[[0]].assign(number=902, state="PRUNED", status="stopped", pareto=False)])
+    df = pd.concat([df, extra], ignore_index=True)
+    fig = plots.pareto_figure(df)
+    names = [t.name for t in fig.data]
+    front = fig.data[names.index("Pareto front")]
+    assert names.index("Pareto front") > names.index("presets")  # drawn over the stars
+    on_front = df[df["pareto"] & df["preset"].notna()]
+    assert not on_front.empty
+    sizes = dict(zip(front.x, front.marker.size))
+    assert all(sizes[x] > 13 for x in on_front["latency_ms"])  # a ring around the star, not hidden under it
+    scale = 100 if df["accuracy"].max() <= 1.5 else 1  # the fakes report fractions: the plot shows %
+    assert list(fig.data[0].y) == pytest.approx(list(plots.candidates(df)["accuracy"] * scale))
+    assert "(%)" in fig.layout.yaxis.title.text
+    title = fig.layout.title.text
+    assert "not shown: 1 duplicates, 1 rejected, 1 stopped" in title
+    assert f"{len(plots.candidates(df))} architectures" in title
+
+
+def test_peer_protocol_warnings(tmp_path):
+    csv = tmp_path / "bench.csv"
+    pd.DataFrame([{"model": "a", "batch_size": 1, "median_ms": 2.0, "resolution": 224, "in_chans": 3},
+                  {"model": "b", "batch_size": 1, "median_ms": 3.0, "resolution": 32, "in_chans": 1},
+                  {"model": "c", "batch_size": 64, "median_ms": 9.0, "resolution": 32}]).to_csv(csv, index=False)
+    study_protocol = {"batch_size": 1, "resolution": 32, "in_chans": 1}
+    peers = load_peers(csv, protocol=study_protocol)
+    notes = peer_notes(peers, study_protocol)
+    assert peers["name"].tolist() == ["a", "b"]
+    assert any("1 peer row(s) left out" in n and "batch_size=1" in n for n in notes)
+    assert any("another resolution than the study's 32 px: a (224)" in n for n in notes)
+    assert any("input channels" in n and "a (3)" in n for n in notes)
+    assert not any("b (" in n for n in notes)
+
+
+def test_hypervolume_reference_is_fixed_when_the_study_is_created(tmp_path):
+    limit = 5.0
+    a = _study(tmp_path, "a", n=5, constraints={"max_latency_ms": limit})
+    b = _study(tmp_path, "b", mode="random", n=5, constraints={"max_latency_ms": limit})
+    assert a.user_attrs["hv_reference"]["latency_ms"] == limit
+    alone = write_report(a, tmp_path / "alone", png=False)
+    both = write_report(a, tmp_path / "both", png=False, baseline=b)
+    assert both.reference.costs == {"latency_ms": limit} and both.reference.fixed and not both.reference.notes
+    # another study in the report does not move the first one's hypervolume (it did with a data-derived point)
+    assert both.hypervolume["a"] == alone.hypervolume["a"] > 0
+    points = both.reference.normalize(trials_frame(a), ["accuracy", "latency"])
+    assert (points <= 1).all() and (points >= 0).all()
+    assert "latency 5 ms" in (tmp_path / "both" / "summary.md").read_text()
+    # a study that recorded no point (made by an older lowspace) says so and falls back to the trials
+    a.set_user_attr("hv_reference", None)
+    old = write_report(a, tmp_path / "old", png=False, baseline=b)
+    slowest = max(trials_frame(s).query("state == 'COMPLETE'")["latency_ms"].max() for s in (a, b))
+    assert not old.reference.fixed and old.reference.costs["latency_ms"] == pytest.approx(1.1 * slowest)
+    assert any("not fixed before the search" in n and "created before" in n for n in old.notes)
+    assert "not fixed before the search" in (tmp_path / "old" / "summary.md").read_text()
+    curve = fronts.hypervolume_curve(trials_frame(a), ["accuracy", "latency"], old.reference)
+    assert all(y2 >= y1 for y1, y2 in zip(curve, curve[1:])) and 0 < curve[-1] <= 1
+
+
+def test_front_statistics_over_search_seeds(tmp_path, capsys):
+    for seed in (0, 1, 2):
+        _study(tmp_path, f"s{seed}", n=4, seed=seed, constraints={"max_latency_ms": 5.0})
+    db = tmp_path / "study.db"
+    rc = main(["pareto", str(db), "--study-name", "s0", "--study-name", "s1", "--study-name", "s2",
+               "--out", str(tmp_path / "rep"), "--no-png", "--cdn"])
+    assert rc == 0
+    summary = (tmp_path / "rep" / "summary.md").read_text()
+    assert "over 3 seeds" in summary and "95 % CI" in summary
+    assert "hypervolume search:" in capsys.readouterr().err
+    html = (tmp_path / "rep" / "pareto.html").read_text()
+    assert "cdn.plot.ly" in html and len(html) < 500_000
+    studies = [load_study(db, f"s{k}") for k in range(3)]
+    rep = write_report(studies[0], tmp_path / "api", png=False, seeds=studies[1:])
+    stats = rep.statistics["search"]
+    assert len(stats.per_study) == 3
+    hv = [s["hypervolume"] for s in stats.per_study.values()]
+    mean, low, high = stats.summary("hypervolume")
+    assert mean == pytest.approx(sum(hv) / 3) and (low < mean < high or min(hv) == max(hv))
+
+
+def test_claims_against_presets_respect_the_evaluation_set_size(tmp_path):
+    """One seed: 'dominates' needs a significant difference on the validation images the proxy recorded."""
+    for images, name in ((20, "few"), (1_000_000, "many")):
+        study = _study(tmp_path, name, space="lowformer", n=6, images=images)
+        lines = claim_lines(trials_frame(study), 0.95)
+        assert lines
+        if images == 20:
+            assert all("within noise" in line for line in lines)
+        else:
+            assert any(" dominates " in line or "trade-off" in line for line in lines)
+        rep = write_report(study, tmp_path / name, png=False, export=True)
+        summary = (tmp_path / name / "summary.md").read_text()
+        assert "## Front members against the presets (95 % level)" in summary and "binomial test on" in summary
+        notes = [ArchConfig.from_yaml(p).notes for p in rep.files if p.suffix == ".yaml" and ".recipe" not in p.name]
+        assert any("Against the study's presets at the 95 % level" in n for n in notes)
+        assert all("binomial SE" in n for n in notes)
+
+
+def test_report_files_have_normal_permissions(lowformer_study, tmp_path):
+    import os
+    import stat
+    old = os.umask(0o022)
+    try:
+        rep = write_report(lowformer_study, tmp_path, png=False, export=True)
+    finally:
+        os.umask(old)
+    for path in rep.files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
 
 
 def test_write_report_without_browser_writes_html_and_says_png_skipped(lowformer_study, tmp_path, monkeypatch):
@@ -159,15 +326,16 @@ def test_cli_search_pareto_export(tmp_path, capsys):
     db = tmp_path / "cli.db"
     rc = main(["search", "--space", "demo", "--n-trials", "3", "--storage", str(db), "--study-name", "c",
                "--epochs", "2", "--early-stopping", "none", "--set", "engines=search_fakes:fake_engines",
-               "--out", str(tmp_path / "out"), "--no-png", "--max-macs", "1e9"])
+               "--out", str(tmp_path / "out"), "--no-png", "--max-macs", "1e9", "--cdn"])
     assert rc == 0
     err = capsys.readouterr().err
-    assert "Pareto front" in err and (tmp_path / "out" / "pareto.html").exists()
+    assert "Pareto front" in err and "cdn.plot.ly" in (tmp_path / "out" / "pareto.html").read_text()
     assert list((tmp_path / "out" / "configs").glob("*.yaml"))
     rc = main(["pareto", str(db), "--out", str(tmp_path / "rep"), "--no-png", "--baseline", str(db)])
     assert rc == 0 and (tmp_path / "rep" / "hypervolume.html").exists()
     rc = main(["export", str(db), "--trial", "0", "--trial", "1", "--out", str(tmp_path / "exp")])
-    assert rc == 0 and len(list((tmp_path / "exp").glob("*.yaml"))) == 2
+    assert rc == 0 and len(list((tmp_path / "exp").glob("*.yaml"))) == 4  # two configs, two recipes
+    assert "recipe.yaml" in capsys.readouterr().err
     rc = main(["export", f"sqlite:///{db}", "--study-name", "nope", "--pareto", "--out", str(tmp_path / "x")])
     assert rc == 2 and "no study named 'nope'" in capsys.readouterr().err
 

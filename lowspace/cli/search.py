@@ -56,6 +56,8 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
     ),
     "report": (
         Flag("--no-png", "report.png", "no PNG plots (HTML only)", const=False),
+        Flag("--cdn", "report.cdn", "HTML loads plotly.js from its CDN (small files) instead of embedding it",
+             const=True),
     ),
 }
 
@@ -105,9 +107,7 @@ def run(args) -> int:
                   f"sampler {config.sampler_name}, {config.n_trials} complete trials, {config.workers} worker(s)",
                   highlight=False)
     summary = run_search(config, progress=True)
-    console.print(f"study {summary.study_name} in {summary.storage}: "
-                  + ", ".join(f"{v} {k.lower()}" for k, v in sorted(summary.states.items()))
-                  + f" ({summary.stopped_reason})", highlight=False)
+    console.print(f"study {summary.study_name} in {summary.storage}: {summary.stopped_reason}", highlight=False)
     study = load_study(config.storage, summary.study_name)
     _print_front(console, study)
     if config.out:
@@ -116,7 +116,8 @@ def run(args) -> int:
         if config.report.baseline:
             baseline = load_study(config.report.baseline, config.report.baseline_study)
         rep = write_report(study, config.out, peers=config.report.peers, baseline=baseline, png=config.report.png,
-                           export=config.report.export == "pareto")
+                           export=config.report.export == "pareto", plotlyjs="cdn" if config.report.cdn else True,
+                           level=config.report.significance)
         console.print(f"reports in {config.out}/: " + ", ".join(sorted({p.name if p.parent == Path(config.out)
                                                                           else p.parent.name + '/'
                                                                           for p in rep.files})), highlight=False)
@@ -125,7 +126,7 @@ def run(args) -> int:
     else:
         console.print(f"reports: lowspace pareto {summary.storage} --study-name {summary.study_name} --out DIR",
                       highlight=False)
-    if summary.complete >= config.n_trials or summary.stopped_reason == "timeout":
+    if summary.ok:  # n_trials, or the timeout, max_attempts or budget the user set
         return 0
     console.print(f"[red]stopped before {config.n_trials} complete trials[/]: {summary.stopped_reason}",
                   highlight=False)

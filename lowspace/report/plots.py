@@ -1,29 +1,33 @@
-"""Plotly figures of a study: the Pareto front (accuracy vs measured latency) and hypervolume history.
+"""Plotly figures of a study: the Pareto front (accuracy vs measured latency), hypervolume history, and the
+final evaluation of retrained architectures.
 
 PNG export goes through kaleido, which needs Chrome or Chromium; where none is found the HTML is still
 written and :func:`write_figure` says that the PNG was skipped.
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, atomic_write_text
-from ..pareto import hypervolume_history
-from .tables import objective_matrix, candidates
+from .significance import DEFAULT_LEVEL, accuracy_scale
+from .tables import candidates, left_out
 
 _PRESET_COLOR = "#d62728"
 _FRONT_COLOR = "#1f77b4"
 
 
-def _hover(r: pd.Series) -> str:
-    lines = [f"<b>trial {r['number']}</b> {r.get('arch_id') or ''}" + (f" <b>[{r['preset']}]</b>" if r.get("preset") else "")]
-    lines.append(f"accuracy {r['accuracy']:.4g} | latency {r['latency_ms']:.4g} ms")
+def _hover(r: pd.Series, to_percent: float) -> str:
+    preset = f" <b>[{r['preset']}]</b>" if r.get("preset") else ""
+    lines = [f"<b>trial {r['number']}</b> {r.get('arch_id') or ''}{preset}"]
+    se = r.get("accuracy_se")
+    err = f" ± {se * to_percent:.2f} (binomial SE)" if se is not None and se == se else ""
+    lines.append(f"accuracy {r['accuracy'] * to_percent:.2f} %{err} | latency {r['latency_ms']:.4g} ms")
     if pd.notna(r.get("params")) and pd.notna(r.get("macs")):
         lines.append(f"{r['params'] / 1e6:.2f} M params | {r['macs'] / 1e6:.1f} MMACs")
     ps = [f"{c[2:]}={r[c]}" for c in r.index if c.startswith("p_") and pd.notna(r[c])]
@@ -32,50 +36,40 @@ def _hover(r: pd.Series) -> str:
     return "<br>".join(lines)
 
 
-def pareto_figure(df: pd.DataFrame, peers: pd.DataFrame | None = None, title: str | None = None,
-                  protocol: dict | None = None):
-    """Accuracy vs latency of every complete, feasible architecture; the front as a line, colour = MACs,
-    presets as labelled stars, peers (latency only: no proxy accuracy on this data) as vertical lines."""
-    import plotly.graph_objects as go
+def log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 tick values covering [low, high] on a log axis (0.5, 1, 2, 5, 10, 20, ...)."""
+    ticks = []
+    for exponent in range(math.floor(math.log10(low)) - 1, math.ceil(math.log10(high)) + 1):
+        ticks += [m * 10.0 ** exponent for m in (1, 2, 5)]
+    inside = [t for t in ticks if low <= t <= high]
+    below = [t for t in ticks if t < low][-1:]
+    above = [t for t in ticks if t > high][:1]
+    return [float(f"{t:.6g}") for t in (inside if len(inside) >= 2 else below + inside + above)]
 
-    cand = candidates(df)
-    fig = go.Figure()
-    if not cand.empty:
-        macs_m = pd.to_numeric(cand["macs"], errors="coerce") / 1e6
-        fig.add_trace(go.Scatter(
-            x=cand["latency_ms"], y=cand["accuracy"], mode="markers", name="trials",
-            marker=dict(size=9, color=macs_m, colorscale="Viridis", showscale=True,
-                        colorbar=dict(title="MMACs"), line=dict(width=0.5, color="#333")),
-            hovertext=[_hover(r) for _, r in cand.iterrows()], hoverinfo="text"))
-        front = cand[cand["pareto"]].sort_values("latency_ms")
-        if not front.empty:
-            fig.add_trace(go.Scatter(x=front["latency_ms"], y=front["accuracy"], mode="lines+markers",
-                                     name="Pareto front", line=dict(shape="hv", color=_FRONT_COLOR, width=2),
-                                     marker=dict(size=13, symbol="circle-open", color=_FRONT_COLOR, line=dict(width=2)),
-                                     hovertext=[_hover(r) for _, r in front.iterrows()], hoverinfo="text"))
-        presets = cand[cand["preset"].notna()] if "preset" in cand else cand.iloc[0:0]
-        points = cand[cand["point"].notna() & cand["preset"].isna()] if "point" in cand else cand.iloc[0:0]
-        if not points.empty:
-            fig.add_trace(go.Scatter(x=points["latency_ms"], y=points["accuracy"], mode="markers+text",
-                                     name="named points of the space", text=[str(p) for p in points["point"]],
-                                     textposition="bottom center",
-                                     marker=dict(size=13, symbol="diamond", color="#ff7f0e", line=dict(width=1)),
-                                     hovertext=[_hover(r) for _, r in points.iterrows()], hoverinfo="text"))
-        if not presets.empty:
-            fig.add_trace(go.Scatter(x=presets["latency_ms"], y=presets["accuracy"], mode="markers+text",
-                                     name="presets", text=[str(p).upper() for p in presets["preset"]],
-                                     textposition="top center",
-                                     marker=dict(size=16, symbol="star", color=_PRESET_COLOR, line=dict(width=1)),
-                                     hovertext=[_hover(r) for _, r in presets.iterrows()], hoverinfo="text"))
-    if peers is not None and not peers.empty:
-        for _, p in peers.iterrows():
-            fig.add_vline(x=float(p["latency_ms"]), line=dict(color="#888", dash="dot", width=1),
-                          annotation=dict(text=str(p["name"]) + (f" @{int(p['resolution'])}px" if pd.notna(
-                              p.get("resolution")) else ""), textangle=-90, font=dict(size=10, color="#555")),
-                          annotation_position="bottom right")
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="peers (latency only)",
-                                 line=dict(color="#888", dash="dot")))
-    sub = ""
+
+def _latency_axis(latencies: Sequence[float]) -> dict:
+    """x-axis settings: log with 1-2-5 ticks when latencies span more than 20x, else linear; a range that
+    holds every latency (peers included)."""
+    lat = [v for v in latencies if v is not None and math.isfinite(v) and v > 0]
+    if not lat:
+        return {}
+    low, high = min(lat), max(lat)
+    if high / low > 20:
+        ticks = log_ticks(low / 1.15, high * 1.15)
+        return dict(type="log", range=[math.log10(min(low / 1.15, ticks[0])), math.log10(max(high * 1.15, ticks[-1]))],
+                    tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    pad = 0.05 * (high - low) or 0.05 * high
+    return dict(type="linear", range=[max(low - pad, 0.0), high + pad])
+
+
+def _error_bars(se: pd.Series, to_percent: float) -> dict:
+    values = pd.to_numeric(se, errors="coerce") * to_percent
+    return dict(type="data", array=values.fillna(0.0).tolist(), visible=bool(values.notna().any()), thickness=1,
+                width=0, color="#999")
+
+
+def _caption(protocol: dict | None, shown: int, left: dict[str, int], peers: bool) -> str:
+    parts = []
     if protocol:
         sub = " ".join(str(protocol[k]) for k in ("device", "backend", "precision") if protocol.get(k))
         if protocol.get("channels_last"):
@@ -86,70 +80,126 @@ def pareto_figure(df: pd.DataFrame, peers: pd.DataFrame | None = None, title: st
             sub += f", batch {protocol['batch_size']}"
         if protocol.get("resolution"):
             sub += f", {protocol['resolution']} px"
-    note = "peers: measured latency only, no proxy accuracy (vertical lines)" if peers is not None and len(peers) else ""
-    subtitle = " | ".join(x for x in (f"latency protocol: {sub}" if sub else "", note) if x)
+        parts.append(f"latency protocol: {sub}")
+    counted = f"{shown} architectures"
+    if left:
+        counted += " (not shown: " + ", ".join(f"{n} {why}" for why, n in sorted(left.items())) + ")"
+    parts.append(counted)
+    if peers:
+        parts.append("peers: measured latency only, no proxy accuracy (vertical lines)")
+    return " | ".join(parts)
+
+
+def pareto_figure(df: pd.DataFrame, peers: pd.DataFrame | None = None, title: str | None = None,
+                  protocol: dict | None = None):
+    """Accuracy (%) vs latency of every complete, feasible architecture with binomial-SE error bars; colour =
+    MACs; presets as labelled stars and named points as diamonds, each still marked as on the front when it
+    is; the front as a line; peers (latency only: no proxy accuracy on this data) as vertical lines. The
+    caption counts the trials left out (rejected, stopped, failed, duplicates)."""
+    import plotly.graph_objects as go
+
+    cand = candidates(df)
+    to_percent = 100.0 / accuracy_scale(cand["accuracy"].tolist()) if not cand.empty else 1.0
+    fig = go.Figure()
+    if not cand.empty:
+        macs_m = pd.to_numeric(cand["macs"], errors="coerce") / 1e6
+        fig.add_trace(go.Scatter(
+            x=cand["latency_ms"], y=cand["accuracy"] * to_percent, mode="markers", name="trials",
+            error_y=_error_bars(cand.get("accuracy_se", pd.Series(index=cand.index, dtype=float)), to_percent),
+            marker=dict(size=9, color=macs_m, colorscale="Viridis", showscale=True,
+                        colorbar=dict(title="MMACs"), line=dict(width=0.5, color="#333")),
+            hovertext=[_hover(r, to_percent) for _, r in cand.iterrows()], hoverinfo="text"))
+        presets = cand[cand["preset"].notna()] if "preset" in cand else cand.iloc[0:0]
+        points = cand[cand["point"].notna() & cand["preset"].isna()] if "point" in cand else cand.iloc[0:0]
+        for group, name, symbol, color, size, labels, where in (
+                (points, "named points of the space", "diamond", "#ff7f0e", 13, lambda g: [str(p) for p in g["point"]],
+                 "bottom center"),
+                (presets, "presets", "star", _PRESET_COLOR, 16, lambda g: [str(p).upper() for p in g["preset"]],
+                 "top center")):
+            if group.empty:
+                continue
+            fig.add_trace(go.Scatter(x=group["latency_ms"], y=group["accuracy"] * to_percent, mode="markers+text",
+                                     name=name, text=labels(group), textposition=where,
+                                     marker=dict(size=size, symbol=symbol, color=color, line=dict(width=1)),
+                                     hovertext=[_hover(r, to_percent) for _, r in group.iterrows()], hoverinfo="text"))
+        front = cand[cand["pareto"]].sort_values("latency_ms")
+        if not front.empty:  # drawn last, so a preset or named point on the front keeps the front's ring
+            named = front["preset"].notna() | (front["point"].notna() if "point" in front else False)
+            fig.add_trace(go.Scatter(x=front["latency_ms"], y=front["accuracy"] * to_percent, mode="lines+markers",
+                                     name="Pareto front", line=dict(shape="hv", color=_FRONT_COLOR, width=2),
+                                     marker=dict(size=[22 if n else 13 for n in named], symbol="circle-open",
+                                                 color=_FRONT_COLOR, line=dict(width=2)),
+                                     hovertext=[_hover(r, to_percent) for _, r in front.iterrows()], hoverinfo="text"))
+    lat_values = (pd.to_numeric(cand["latency_ms"], errors="coerce").tolist() if not cand.empty else [])
+    has_peers = peers is not None and not peers.empty
+    if has_peers:
+        lat_values += peers["latency_ms"].astype(float).tolist()
+    axis = _latency_axis(lat_values)
+    if has_peers:
+        _add_peer_lines(fig, peers, log=axis.get("type") == "log")
     fig.update_layout(
-        title=dict(text=(title or "Pareto front") + (f"<br><sup>{subtitle}</sup>" if subtitle else "")),
-        xaxis_title="measured latency (ms)", yaxis_title="proxy top-1 accuracy", template="plotly_white",
+        title=dict(text=(title or "Pareto front") + "<br><sup>" + _caption(protocol, len(cand), left_out(df), has_peers)
+                   + "</sup>"),
+        xaxis_title="measured latency (ms)", yaxis_title="proxy top-1 accuracy (%)", template="plotly_white",
         width=1000, height=650, legend=dict(orientation="h", yanchor="bottom", y=-0.22))
-    lat = pd.to_numeric(cand["latency_ms"], errors="coerce") if not cand.empty else pd.Series(dtype=float)
-    if len(lat.dropna()) and lat.max() / max(lat.min(), 1e-9) > 20:
-        fig.update_xaxes(type="log")
+    if axis:
+        fig.update_xaxes(**axis)
     return fig
 
 
-def normalized_points(df: pd.DataFrame, objectives: Sequence[str], reference: dict[str, float]) -> np.ndarray:
-    """Complete, feasible trials in trial order, as minimization objectives scaled so the reference point
-    is (1, ..., 1): accuracy -> 1 - acc / acc_scale, costs -> value / reference."""
-    cand = candidates(df).sort_values("number")
-    mat = objective_matrix(cand, objectives)
-    out = np.empty_like(mat)
-    for j, o in enumerate(objectives):
-        if o == "accuracy":
-            out[:, j] = 1.0 + mat[:, j] / reference["accuracy"]
-        else:
-            out[:, j] = mat[:, j] / reference[o]
-    return out[~np.isnan(out).any(axis=1)]
+def _add_peer_lines(fig, peers: pd.DataFrame, log: bool) -> None:
+    """Peers as vertical lines with labels. Shapes and annotations on a log axis take log10 coordinates."""
+    import plotly.graph_objects as go
+    for _, p in peers.iterrows():
+        x = math.log10(float(p["latency_ms"])) if log else float(p["latency_ms"])
+        label = str(p["name"]) + (f" @{int(p['resolution'])}px" if pd.notna(p.get("resolution")) else "")
+        fig.add_shape(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1,
+                      line=dict(color="#888", dash="dot", width=1))
+        fig.add_annotation(x=x, xref="x", y=0, yref="paper", text=label, textangle=-90, showarrow=False,
+                           xanchor="left", yanchor="bottom", font=dict(size=10, color="#555"))
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="peers (latency only)",
+                             line=dict(color="#888", dash="dot")))
 
 
-def hv_reference(frames: Sequence[pd.DataFrame], objectives: Sequence[str]) -> dict[str, float]:
-    """A common reference point for several studies: accuracy 0 (scale 1 or 100), 1.1 x the worst cost."""
-    ref: dict[str, float] = {}
-    accs = [pd.to_numeric(candidates(f)["accuracy"], errors="coerce").max() for f in frames if not candidates(f).empty]
-    ref["accuracy"] = 100.0 if accs and max(a for a in accs if a == a) > 1.5 else 1.0
-    for o, col in (("latency", "latency_ms"), ("macs", "macs")):
-        if o in objectives:
-            vals = [pd.to_numeric(candidates(f)[col], errors="coerce").max() for f in frames if not candidates(f).empty]
-            vals = [v for v in vals if v == v]
-            ref[o] = 1.1 * max(vals) if vals else 1.0
-    return ref
-
-
-def hypervolume_curves(frames: dict[str, pd.DataFrame], objectives: Sequence[str]) -> tuple[dict[str, list[float]], dict]:
-    """Normalized hypervolume after each complete trial, per study, against one shared reference."""
-    ref = hv_reference(list(frames.values()), objectives)
-    curves = {name: hypervolume_history(normalized_points(df, objectives, ref), [1.0] * len(objectives))
-              for name, df in frames.items()}
-    return curves, ref
-
-
-def hypervolume_figure(curves: dict[str, list[float]], reference: dict | None = None, title: str | None = None):
-    """Hypervolume vs number of complete trials, one line per study (e.g. the search and its random baseline)."""
+def hypervolume_figure(curves: dict[str, list[float]], reference=None, title: str | None = None):
+    """Hypervolume vs number of complete, distinct trials, one line per study (e.g. the search's seeds and
+    a random baseline); ``reference`` (a :class:`~lowspace.report.fronts.Reference`) is named in the caption."""
     import plotly.graph_objects as go
     fig = go.Figure()
     for name, ys in curves.items():
         fig.add_trace(go.Scatter(x=list(range(1, len(ys) + 1)), y=ys, mode="lines+markers", name=name,
                                  line=dict(shape="hv")))
-    ref_text = ""
-    if reference:
-        units = {"latency": " ms", "macs": " MACs"}
-        parts = [f"accuracy 0 (of {reference['accuracy']:g})" if k == "accuracy" else f"{k} {v:.4g}{units.get(k, '')}"
-                 for k, v in reference.items()]
-        ref_text = "reference point: " + ", ".join(parts)
-    fig.update_layout(title=dict(text=(title or "Hypervolume history") + (f"<br><sup>{ref_text} (normalized to 1)</sup>"
-                                                                         if ref_text else "")),
-                      xaxis_title="complete trials", yaxis_title="hypervolume (normalized)", template="plotly_white",
-                      width=900, height=500)
+    sub = f"<br><sup>reference point: {reference.describe()} (normalized to 1)</sup>" if reference is not None else ""
+    fig.update_layout(title=dict(text=(title or "Hypervolume history") + sub),
+                      xaxis_title="complete trials (distinct architectures)", yaxis_title="hypervolume (normalized)",
+                      template="plotly_white", width=900, height=500)
+    return fig
+
+
+def final_figure(rows: pd.DataFrame, title: str | None = None, level: float = DEFAULT_LEVEL):
+    """Final test accuracy (mean over seeds, the ``level`` confidence interval as error bars) vs latency of
+    retrained architectures; ``rows`` as :func:`lowspace.report.evaluate.final_frame` gives them."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for kind, symbol, color in (("front", "circle", _FRONT_COLOR), ("preset", "star", _PRESET_COLOR)):
+        part = rows[rows["kind"] == kind]
+        if part.empty:
+            continue
+        half = (part["ci_high"] - part["mean"]).where(part["seeds"] >= 2, part["binomial_se"])
+        fig.add_trace(go.Scatter(
+            x=part["latency_ms"], y=part["mean"], mode="markers+text", name="front members" if kind == "front"
+            else "presets", text=part["name"].tolist(), textposition="top center",
+            error_y=dict(type="data", array=half.fillna(0.0).tolist(), visible=True),
+            marker=dict(size=12 if kind == "front" else 15, symbol=symbol, color=color),
+            hovertext=[f"{r['name']}: {r['describe']}<br>latency {r['latency_ms']:.4g} ms" for _, r in part.iterrows()],
+            hoverinfo="text"))
+    fig.update_layout(title=dict(text=(title or "Final evaluation") + f"<br><sup>error bars: {level * 100:g} % "
+                                 "confidence interval over seeds (one seed: binomial SE of the test set)</sup>"),
+                      xaxis_title="measured latency (ms)", yaxis_title="test top-1 accuracy (%)",
+                      template="plotly_white", width=1000, height=600)
+    axis = _latency_axis(pd.to_numeric(rows["latency_ms"], errors="coerce").tolist())
+    if axis:
+        fig.update_xaxes(**axis)
     return fig
 
 
@@ -189,5 +239,4 @@ def write_figure(fig, html: str | Path, png: str | Path | None = None, scale: fl
     return html, png, ""
 
 
-__all__ = ["pareto_figure", "hypervolume_figure", "hypervolume_curves", "hv_reference", "normalized_points",
-           "write_figure", "find_browser"]
+__all__ = ["pareto_figure", "hypervolume_figure", "final_figure", "log_ticks", "write_figure", "find_browser"]

@@ -11,6 +11,7 @@ import pandas as pd
 from ..errors import ConfigError
 from ..io import atomic_write_text
 from ..pareto import pareto_mask
+from .significance import accuracy_scale, binomial_se
 
 _ATTR_COLUMNS = ("status", "arch_id", "preset", "point", "accuracy", "latency_ms", "images_per_s", "params", "macs",
                  "duplicate_of", "reason", "error", "failed_stage", "worker")
@@ -35,6 +36,8 @@ def trials_frame(study) -> pd.DataFrame:
         proxy = a.get("proxy") or {}
         row["top5"] = proxy.get("top5")
         row["epochs_run"] = proxy.get("epochs_run")
+        row["eval_images"] = ((proxy.get("info") or {}).get("validation") or {}).get("images")
+        row["latency_spread"] = (a.get("latency") or {}).get("spread")
         for k, v in (a.get("timings") or {}).items():
             row[f"time_{k}"] = v
         row["feasible"] = all(v <= 0 for v in t.constraints.values())
@@ -49,7 +52,47 @@ def trials_frame(study) -> pd.DataFrame:
         df = pd.DataFrame(columns=["number", "state", *(_ATTR_COLUMNS), "feasible"])
     df["pareto"] = pareto_flags(df, study_objectives(study) if len(study_objectives(study)) > 1 else
                                 ["accuracy", "latency"])
+    df["accuracy_se"] = accuracy_errors(df)
     return df
+
+
+def accuracy_errors(df: pd.DataFrame) -> list[float]:
+    """Each trial's binomial standard error of its accuracy (nan where the evaluation-set size is unknown)."""
+    if df.empty or "eval_images" not in df:
+        return [np.nan] * len(df)
+    acc = pd.to_numeric(df["accuracy"], errors="coerce")
+    scale = accuracy_scale(acc.dropna().tolist())
+    images = pd.to_numeric(df["eval_images"], errors="coerce")
+    return [binomial_se(a, int(n) if n == n else None, scale) for a, n in zip(acc, images)]
+
+
+def is_duplicate(row: pd.Series) -> bool:
+    """A trial that reused an earlier trial's results (same architecture)."""
+    dup = row.get("duplicate_of")
+    return dup is not None and dup == dup
+
+
+def left_out(df: pd.DataFrame) -> dict[str, int]:
+    """Trials not drawn as candidates, by why: rejected, stopped, failed, running, infeasible, duplicates
+    (a repeat of an architecture already counted) and complete trials without an accuracy."""
+    if df.empty:
+        return {}
+    shown = set(candidates(df).index)
+    shown_ids = set(df.loc[list(shown), "arch_id"]) if "arch_id" in df else set()
+    out: dict[str, int] = {}
+    for idx, r in df.iterrows():
+        if idx in shown:
+            continue
+        if is_duplicate(r) or (r["state"] == "COMPLETE" and r.get("arch_id") in shown_ids):
+            why = "duplicates"
+        elif r["state"] == "COMPLETE":
+            why = "infeasible" if not bool(r.get("feasible", True)) else "without accuracy"
+        elif r.get("status") in ("rejected", "stopped", "failed"):
+            why = str(r["status"])
+        else:
+            why = {"PRUNED": "stopped", "FAIL": "failed"}.get(r["state"], str(r["state"]).lower())
+        out[why] = out.get(why, 0) + 1
+    return out
 
 
 def objective_matrix(df: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
@@ -126,7 +169,8 @@ def state_counts(df: pd.DataFrame) -> dict[str, int]:
 # ==================================================================== peers (a `lowspace bench` results file)
 _NAME_KEYS = ("model", "name", "arch", "model_name")
 _LAT_KEYS = ("median_ms", "latency_ms", "ms", "infer_step_time", "step_time_ms", "latency")
-_TPUT_KEYS = ("images_per_s", "img/s", "img_per_s", "imgs_per_s", "infer_samples_per_sec", "samples_per_sec", "throughput")
+_TPUT_KEYS = ("images_per_s", "img/s", "img_per_s", "imgs_per_s", "infer_samples_per_sec", "samples_per_sec",
+              "throughput")
 _BATCH_KEYS = ("batch_size", "batch", "bs", "infer_batch_size")
 _PARAM_KEYS = ("params", "n_params", "param_count")
 _MAC_KEYS = ("macs", "gmacs", "infer_gmacs", "mmacs")
@@ -141,6 +185,7 @@ def _first(row: dict, keys) -> tuple[str | None, Any]:
 
 
 _MATCH_KEYS = ("device", "backend", "precision", "batch_size", "channels_last", "deploy")
+PEER_COLUMNS = ("name", "latency_ms", "images_per_s", "batch_size", "resolution", "in_chans", "params", "macs")
 
 
 def _same(a, b) -> bool:
@@ -159,7 +204,7 @@ def load_peers(path: str | Path, protocol: dict | None = None) -> pd.DataFrame:
     throughput (images_per_s/img/s/infer_samples_per_sec), params (params, or param_count in millions as
     timm writes it), MACs (macs, or gmacs). With a ``protocol`` (the study's), rows timed otherwise
     (device, backend, precision, batch size, memory format, deploy; where the file has the column) are
-    dropped. Returns columns: name, latency_ms, images_per_s, batch_size, resolution, params, macs.
+    dropped (their number is ``attrs["skipped"]``; :func:`peer_notes` words it). Returns :data:`PEER_COLUMNS`.
     """
     path = Path(path)
     if not path.exists():
@@ -187,6 +232,7 @@ def load_peers(path: str | Path, protocol: dict | None = None) -> pd.DataFrame:
         pk, params = _first(rec, _PARAM_KEYS)
         mk, macs = _first(rec, _MAC_KEYS)
         _, res = _first(rec, ("resolution", "img_size", "infer_img_size"))
+        _, chans = _first(rec, ("in_chans", "channels", "in_channels"))
         bs = int(bs) if bs is not None else None
         if lat is None and tput:
             lat = 1000.0 * (bs or 1) / float(tput)
@@ -206,12 +252,39 @@ def load_peers(path: str | Path, protocol: dict | None = None) -> pd.DataFrame:
             macs = float(macs) * 1e6
         rows.append(dict(name=str(name), latency_ms=float(lat), images_per_s=None if tput is None else float(tput),
                          batch_size=bs, resolution=None if res is None else int(res),
+                         in_chans=None if chans is None else int(chans),
                          params=None if params is None else float(params), macs=None if macs is None else float(macs)))
-    df = pd.DataFrame(rows, columns=["name", "latency_ms", "images_per_s", "batch_size", "resolution", "params", "macs"])
+    df = pd.DataFrame(rows, columns=list(PEER_COLUMNS))
     if df.empty:
         proto = ", ".join(f"{k}={protocol[k]}" for k in _MATCH_KEYS if protocol and protocol.get(k) is not None)
         raise ConfigError("--peers", str(path), "no usable rows: each needs a model name and a latency (median_ms) "
                                                 "or a throughput (images_per_s) column"
                           + (f"; {skipped} row(s) were timed on another protocol than the study's ({proto})"
                              if skipped else ""))
-    return df.drop_duplicates(subset="name", keep="first").reset_index(drop=True)
+    df = df.drop_duplicates(subset="name", keep="first").reset_index(drop=True)
+    df.attrs["skipped"] = skipped
+    return df
+
+
+def peer_notes(peers: pd.DataFrame, protocol: dict | None) -> list[str]:
+    """Warnings for peers measured on another protocol than the study: another resolution or number of input
+    channels (kept: they describe the peer network, but the latencies are not like for like), and rows
+    dropped because they were timed with another batch size, device, backend, precision or memory format."""
+    notes = []
+    skipped = peers.attrs.get("skipped", 0)
+    if skipped:
+        theirs = ", ".join(f"{k}={protocol[k]}" for k in _MATCH_KEYS if protocol and protocol.get(k) is not None)
+        notes.append(f"{skipped} peer row(s) left out: timed on another protocol than the study ({theirs})")
+    if not protocol:
+        return notes
+    for key, words in (("resolution", "px"), ("in_chans", "input channels")):
+        want = protocol.get(key)
+        if want is None or key not in peers:
+            continue
+        other = peers[peers[key].notna() & (pd.to_numeric(peers[key], errors="coerce") != float(want))]
+        if not other.empty:
+            got = ", ".join(f"{n} ({int(v)})" for n, v in zip(other["name"], other[key]))
+            what = "resolution" if key == "resolution" else "number of input channels"
+            notes.append(f"peers measured at another {what} than the study's {want} {words}: {got}; their latencies "
+                         "are not like for like")
+    return notes

@@ -1,0 +1,151 @@
+"""Front statistics of one or more studies against one hypervolume reference point.
+
+The reference point is the one the studies recorded when they were created (:func:`lowspace.pareto.
+reference_point`): accuracy 0 and, for latency (and MACs), the declared value or the study's limit, so a
+study's hypervolume does not depend on what it or another study happened to sample. Where a study recorded
+none (made before lowspace recorded one, or without a limit or a declared value), the fallback is 1.1 x the
+slowest (largest) complete, feasible trial over all the studies in the report, and the report says so.
+
+Hypervolume is normalized: accuracy maps to ``(scale - acc) / (scale - ref)`` (scale 100 for percentages),
+each cost to ``value / ref``, so the reference is (1, ..., 1), a perfect point 0 and the volume lies in [0, 1].
+Several studies of one search with different seeds give each statistic as a mean with a confidence interval.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..pareto import COST_KEYS, REFERENCE_ATTR, hypervolume, hypervolume_history
+from .significance import DEFAULT_LEVEL, accuracy_scale, mean_interval
+from .tables import candidates, objective_matrix
+
+FALLBACK_FACTOR = 1.1
+STATISTICS = ("hypervolume", "front_size", "best_accuracy", "min_latency_ms")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The hypervolume reference point of a report: the worst accuracy and costs that still count."""
+
+    accuracy: float
+    costs: dict[str, float]
+    accuracy_scale: float = 100.0
+    fixed: bool = True
+    notes: tuple[str, ...] = ()
+
+    def normalize(self, df: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
+        """Complete, feasible, distinct trials of ``df`` in trial order as normalized minimization points."""
+        cand = candidates(df).sort_values("number") if not df.empty else df
+        if cand.empty:
+            return np.empty((0, len(objectives)))
+        mat = objective_matrix(cand, objectives)
+        out = np.empty_like(mat)
+        for j, objective in enumerate(objectives):
+            if objective == "accuracy":
+                out[:, j] = (self.accuracy_scale + mat[:, j]) / (self.accuracy_scale - self.accuracy)
+            else:
+                out[:, j] = mat[:, j] / self.costs[COST_KEYS[objective]]
+        return out[~np.isnan(out).any(axis=1)]
+
+    def describe(self) -> str:
+        unit = " %" if self.accuracy_scale == 100 else ""
+        parts = [f"accuracy {self.accuracy:g}{unit}"]
+        parts += [f"latency {v:.4g} ms" if k == "latency_ms" else f"{k} {v:.4g}" for k, v in self.costs.items()]
+        return ", ".join(parts) + ("" if self.fixed else " (partly derived from the trials)")
+
+
+def resolve_reference(studies: Mapping[str, object], frames: Mapping[str, pd.DataFrame], objectives: Sequence[str],
+                      override: Mapping[str, float] | None = None) -> Reference:
+    """The one reference point for every study in a report: ``override`` (e.g. ``--reference``), else what
+    the first study recorded (the others are checked against it), else the fallback (module docstring)."""
+    override = dict(override or {})
+    recorded = {name: study.user_attrs.get(REFERENCE_ATTR) for name, study in studies.items()}
+    first = next(iter(recorded.values()), None) or {}
+    notes: list[str] = []
+    costs: dict[str, float] = {}
+    fixed = True
+    for objective in objectives:
+        key = COST_KEYS.get(objective)
+        if key is None:
+            continue
+        if override.get(key) is not None:
+            costs[key] = float(override[key])
+            continue
+        values = {name: (rec or {}).get(key) for name, rec in recorded.items()}
+        missing = [name for name, v in values.items() if v is None]
+        if first.get(key) is not None:
+            costs[key] = float(first[key])
+            other = sorted({float(v) for v in values.values() if v is not None} - {costs[key]})
+            if other:
+                notes.append(f"studies recorded different {key} references ({costs[key]:g} and {other[0]:g}); "
+                             f"all use the first study's, {costs[key]:g}")
+            if missing:
+                notes.append(f"{', '.join(missing)} recorded no {key} reference; "
+                             f"using the first study's, {costs[key]:g}")
+            continue
+        fixed = False
+        costs[key] = _fallback(frames.values(), key)
+        why = ("were created before studies recorded one" if any(rec is None for rec in recorded.values())
+               else "have no limit or declared value for it")
+        notes.append(f"hypervolume {key} reference not fixed before the search ({', '.join(missing)} {why}): "
+                     f"{FALLBACK_FACTOR:g} x the largest complete trial = {costs[key]:.4g}, so these hypervolumes "
+                     f"compare only within this report (set report.reference_{key} or a limit before the search)")
+    accs = [v for f in frames.values() if not f.empty for v in candidates(f)["accuracy"].tolist()]
+    accuracy = float(override.get("accuracy", first.get("accuracy", 0.0)) or 0.0)
+    return Reference(accuracy, costs, accuracy_scale(accs), fixed, tuple(notes))
+
+
+def _fallback(frames, key: str) -> float:
+    worst = [pd.to_numeric(candidates(f)[key], errors="coerce").max() for f in frames if not candidates(f).empty]
+    worst = [v for v in worst if v == v]
+    return FALLBACK_FACTOR * max(worst) if worst else 1.0
+
+
+def hypervolume_curve(df: pd.DataFrame, objectives: Sequence[str], reference: Reference) -> list[float]:
+    """Normalized hypervolume after each complete, distinct trial."""
+    return hypervolume_history(reference.normalize(df, objectives), [1.0] * len(objectives))
+
+
+def front_statistics(df: pd.DataFrame, objectives: Sequence[str], reference: Reference) -> dict[str, float]:
+    """Hypervolume, front size, best accuracy and lowest latency of one study's complete, feasible trials."""
+    cand = candidates(df) if not df.empty else df
+    front = cand[cand["pareto"]] if not cand.empty else cand
+    points = reference.normalize(df, objectives)
+    return dict(hypervolume=hypervolume(points, [1.0] * len(objectives)) if len(points) else 0.0,
+                front_size=float(len(front)),
+                best_accuracy=float(cand["accuracy"].max()) if not cand.empty else math.nan,
+                min_latency_ms=float(pd.to_numeric(cand["latency_ms"], errors="coerce").min())
+                if not cand.empty else math.nan)
+
+
+@dataclass
+class GroupStatistics:
+    """One statistic over the studies of a group (the seeds of one search): per study, mean and interval."""
+
+    per_study: dict[str, dict[str, float]] = field(default_factory=dict)
+    level: float = DEFAULT_LEVEL
+
+    def summary(self, statistic: str) -> tuple[float, float, float]:
+        """Mean and confidence interval over the group's studies (interval nan for one study)."""
+        return mean_interval([s[statistic] for s in self.per_study.values()], self.level)
+
+    def describe(self, statistic: str, fmt: str = ".4f") -> str:
+        mean, low, high = self.summary(statistic)
+        if len(self.per_study) < 2:
+            return format(mean, fmt)
+        return (f"{mean:{fmt}} ({self.level * 100:g} % CI {low:{fmt}} to {high:{fmt}} over "
+                f"{len(self.per_study)} seeds)")
+
+
+def group_statistics(frames: Mapping[str, pd.DataFrame], objectives: Sequence[str], reference: Reference,
+                     level: float = DEFAULT_LEVEL) -> GroupStatistics:
+    """:func:`front_statistics` of each study of a group."""
+    return GroupStatistics({name: front_statistics(df, objectives, reference) for name, df in frames.items()}, level)
+
+
+__all__ = ["Reference", "resolve_reference", "hypervolume_curve", "front_statistics", "GroupStatistics",
+           "group_statistics", "STATISTICS", "FALLBACK_FACTOR"]
