@@ -153,9 +153,9 @@ def _search(tmp_path, root, name, **proxy):
     from lowspace.search.settings import SearchConfig
     engines = dataclasses.replace(search_fakes.fake_engines(), make_schedule=trial_module._make_schedule,
                                   load_data=trial_module._load_data)
-    config = SearchConfig.from_dict(dict(space="demo", n_trials=1, presets=False, storage=f"sqlite:///{tmp_path / 's.db'}",
-                                         study_name=name, proxy=dict(epochs=2, **proxy), data={"dataset": str(root)},
-                                         early_stopping={"kind": "none"}))
+    config = SearchConfig.from_dict(dict(space="demo", n_trials=1, presets=False, study_name=name,
+                                         storage=f"sqlite:///{tmp_path / 's.db'}", proxy=dict(epochs=2, **proxy),
+                                         data={"dataset": str(root)}, early_stopping={"kind": "none"}))
     return run_search(config, engines=engines)
 
 

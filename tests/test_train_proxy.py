@@ -87,3 +87,15 @@ def test_proxy_cuda_graph_step_matches_eager():
     eager = train_proxy("b0", data, dict(epochs=2, resolutions=[64], batch_size=256, cuda_graph=False), "cuda")
     assert eager.info["cuda_graph"] == "off" and abs(eager.top1 - result.top1) < 15
     torch.cuda.synchronize()
+
+
+def test_proxy_never_trains_above_the_architectures_resolution(fmnist, monkeypatch):
+    from lowspace.train import proxy as proxy_module
+    seen = []
+    monkeypatch.setattr(proxy_module, "run", lambda cfg, data, recipe, *a, **k: seen.append((cfg, recipe)))
+    small = TINY.replace(resolution=24)
+    train_proxy(small, fmnist, dict(QUICK, resolutions=[16, 32, 64]), "cpu")
+    train_proxy(small, fmnist, dict(QUICK, resolutions=[16]), "cpu")
+    (cfg, recipe), (cfg16, recipe16) = seen
+    assert cfg.resolution == 24 and recipe.resolutions == (16, 24) and recipe.eval_resolution == 24
+    assert cfg16.resolution == 16 and recipe16.resolutions == (16,)  # below it: as asked

@@ -65,7 +65,8 @@ def add_parsers(sub) -> None:
     e = sub.add_parser("eval", help="top-1 / top-5 of a checkpoint on a data set's test split (or the held-out one)")
     e.add_argument("config", help="preset name or YAML config path")
     e.add_argument("--checkpoint", required=True,
-                   help="weights file (lowspace, timm or official; .safetensors/.pth) or a `lowspace train` run directory")
+                   help="weights file (lowspace, timm or official; .safetensors/.pth) or a `lowspace train` run "
+                        "directory")
     _data_args(e, train=False)
     e.add_argument("--resolution", type=int, default=None,
                    help="eval side (default: what training evaluated at: the run's recipe, else the config's)")
@@ -77,7 +78,8 @@ def add_parsers(sub) -> None:
     e.add_argument("--split", choices=("test", "holdout"), default="test",
                    help="test: the data set's test split (Fashion-MNIST's 10k, a class-folder root's val/); holdout: "
                         "the training images a run held out for validation (as the run's recipe chose them)")
-    e.add_argument("--seed", type=int, default=None, help="seed of --classes / --val-per-class (default: the run's, or 0)")
+    e.add_argument("--seed", type=int, default=None,
+                   help="seed of --classes / --val-per-class (default: the run's, or 0)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=run_eval)
 
@@ -140,7 +142,8 @@ def run_train(args) -> int:
         print(f"validating on {describe_validation(data)}")
         skipped = {k: len(v) for k, v in data.info.items() if k.startswith("skipped") and v}
         if skipped:
-            print("skipped: " + ", ".join(f"{n} {k.removeprefix('skipped_').replace('_', ' ')}" for k, n in skipped.items()))
+            print("skipped: " + ", ".join(f"{n} {k.removeprefix('skipped_').replace('_', ' ')}"
+                                          for k, n in skipped.items()))
     result = fit(cfg, data, recipe, out, device=args.device, resume=args.resume, max_steps=args.max_steps,
                  progress=not args.no_progress)
     if _is_main():
