@@ -154,10 +154,11 @@ def _print_front(console, study) -> None:
         console.print("no complete trials yet")
         return
     table = Table(title="Pareto front (accuracy vs latency)")
-    for col in ("trial", "arch_id", "preset", "accuracy", "latency ms", "params (M)", "MMACs"):
+    for col in ("trial", "arch_id", "preset", "accuracy ± binomial SE", "latency ms", "params (M)", "MMACs"):
         table.add_column(col, justify="right")
     for _, r in front.iterrows():
+        se = f" ± {r['accuracy_se']:.2g}" if r["accuracy_se"] == r["accuracy_se"] else ""
         table.add_row(str(r["number"]), str(r["arch_id"]), str(r["preset"] or "") if r["preset"] == r["preset"] else "",
-                      f"{r['accuracy']:.4g}", f"{r['latency_ms']:.4g}", f"{r['params'] / 1e6:.2f}",
+                      f"{r['accuracy']:.4g}{se}", f"{r['latency_ms']:.4g}", f"{r['params'] / 1e6:.2f}",
                       f"{r['macs'] / 1e6:.1f}")
     console.print(table)

@@ -67,9 +67,10 @@ def accuracy_errors(df: pd.DataFrame) -> list[float]:
 
 
 def is_duplicate(row: pd.Series) -> bool:
-    """A trial that reused an earlier trial's results (same architecture)."""
+    """A trial that repeats an earlier trial's architecture (recorded as ``duplicate_of`` or status
+    ``duplicate``)."""
     dup = row.get("duplicate_of")
-    return dup is not None and dup == dup
+    return (dup is not None and dup == dup) or row.get("status") == "duplicate"
 
 
 def left_out(df: pd.DataFrame) -> dict[str, int]:
