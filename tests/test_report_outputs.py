@@ -355,3 +355,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["search", "--space", "lowformer", "--describe"]) == 0
     captured = capsys.readouterr()
     assert "depth3" in captured.err and "b15 (ce118cb2cc7a)" in " ".join(captured.err.split())
+
+
+def test_calibrate_takes_cdn_for_its_plot(tmp_path, monkeypatch):
+    """Every command that writes an HTML report takes --cdn; calibrate passes it to its plot."""
+    from types import SimpleNamespace
+
+    import plotly.graph_objects as go
+
+    from lowspace.cli import build_parser
+    from lowspace.cli.calibrate import settings_from_args
+    from lowspace.search import _calibrate_report
+    args = build_parser().parse_args(["calibrate", "demo", "--cdn", "--out", str(tmp_path)])
+    settings = settings_from_args(args)
+    assert settings.cdn
+    monkeypatch.setattr(_calibrate_report, "tau_cost_figure", lambda plan, summary: go.Figure())
+    html, png, _ = _calibrate_report.write_plot(SimpleNamespace(settings=settings), None, tmp_path / "c.html", None)
+    assert "cdn.plot.ly" in html.read_text() and png is None
+    for command in (["search"], ["pareto", "x.db"], ["export", "x.db", "--pareto", "--out", "o", "--retrain"]):
+        assert build_parser().parse_args([*command, "--cdn"]).cdn is True

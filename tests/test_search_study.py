@@ -28,7 +28,8 @@ def _config(tmp_path, **kw):
 def test_search_reaches_n_complete_trials_with_presets_first(tmp_path):
     config = _config(tmp_path)
     summary = run_search(config, engines=search_fakes.fake_engines())
-    assert summary.complete == 6 and summary.stopped_reason == "reached n_trials"
+    assert summary.complete == 6 and summary.stop == "n_trials" and summary.ok
+    assert summary.stopped_reason == "reached n_trials: 6 complete trials"
     study = load_study(tmp_path / "study.db")  # a plain .db path works too
     assert study.trials[0].user_attrs["point"] == "base" and study.trials[1].user_attrs["point"] == "small"
     assert study.user_attrs["lowspace_config"]["mode"] == "pareto"
@@ -63,9 +64,18 @@ def test_rejected_and_failed_trials_do_not_count(tmp_path):
 
 
 def test_attempt_cap_stops_a_hopeless_search(tmp_path):
-    config = _config(tmp_path, n_trials=3, max_attempts=4, constraints={"max_macs": 1.0})
+    config = _config(tmp_path, n_trials=1, constraints={"max_macs": 1.0})  # default cap: 10 * 1 + 20 attempts
     summary = run_search(config, engines=search_fakes.fake_engines())
-    assert summary.complete == 0 and "gave up" in summary.stopped_reason
+    assert summary.complete == 0 and summary.stop == "gave_up" and not summary.ok
+    assert summary.stopped_reason.startswith("gave up after 30 trials with 0 of 1 complete trials (")
+    assert "rejected" in summary.stopped_reason and "relax the constraints" in summary.stopped_reason
+
+
+def test_max_attempts_reached_with_complete_trials_is_no_give_up(tmp_path):
+    config = _config(tmp_path, n_trials=5, max_attempts=3)
+    summary = run_search(config, engines=search_fakes.fake_engines())
+    assert summary.complete == 3 and summary.stop == "max_attempts" and summary.ok
+    assert summary.stopped_reason == "stopped at max_attempts (3 trials started) with 3 of 5 complete trials"
 
 
 def test_interrupt_marks_the_trial_failed_and_rerun_resumes(tmp_path):
@@ -265,7 +275,7 @@ def test_local_workers_one_killed_mid_trial(tmp_path, monkeypatch):
     assert "exited with errors" in summary.stopped_reason
     check_kill_recovery(load_study(tmp_path / "study.db", "s"), killed, 4, 2)
     logs = sorted((tmp_path / "out" / "workers").glob("worker*.log"))
-    assert len(logs) == 2 and any("done: reached n_trials" in p.read_text() for p in logs)
+    assert len(logs) == 2 and any("done: reached n_trials: " in p.read_text() for p in logs)
 
 
 def test_worker_environments_pin_gpus_or_cpu(monkeypatch):
@@ -289,4 +299,5 @@ def test_bad_protocol_and_missing_data_fail_before_any_trial(tmp_path):
     eng.load_data = _load_data
     with pytest.raises(DataError, match="no such directory"):
         run_search(_config(tmp_path, study_name="d", data={"dataset": str(tmp_path / "nowhere")}), engines=eng)
-    assert count_states(load_study(tmp_path / "study.db", "d")) == {"WAITING": 2}  # the points, not yet run
+    with pytest.raises(StorageError):  # checked before the study was created
+        load_study(tmp_path / "study.db", "d")

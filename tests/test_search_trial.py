@@ -132,7 +132,9 @@ def test_same_architecture_twice_reuses_results():
     first, second, third = study.trials
     assert search_fakes.CALLS["train"] == 1 and search_fakes.CALLS["measure"] == 1
     assert second.user_attrs["duplicate_of"] == first.number == third.user_attrs["duplicate_of"]
-    assert second.values == first.values
+    # a duplicate is no second complete trial: FAIL keeps it out of samplers and counts
+    assert first.state == TrialState.COMPLETE and second.state == third.state == TrialState.FAIL
+    assert second.user_attrs["status"] == "duplicate" and "same architecture as trial 0" in second.user_attrs["reason"]
     assert second.user_attrs["arch_id"] == first.user_attrs["arch_id"]
 
 
@@ -141,7 +143,8 @@ def test_rejected_duplicates_are_rejected_again_without_work():
     space = load_space("demo")
     study = _run(config, 2, enqueue=[space.point("base")] * 2)
     assert search_fakes.CALLS["count"] == 1
-    assert study.trials[1].state == TrialState.PRUNED and study.trials[1].constraints["macs"] > 0
+    assert study.trials[0].state == TrialState.PRUNED and study.trials[0].constraints["macs"] > 0
+    assert study.trials[1].state == TrialState.FAIL and study.trials[1].user_attrs["duplicate_of"] == 0
 
 
 def test_constrained_mode_prunes_with_optuna_pruner():

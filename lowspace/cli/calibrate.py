@@ -40,6 +40,8 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
         Flag("--time-limit", "time_limit_s", "start no run after this many seconds (runs in flight finish)"),
         Flag("--report-only", "train", "report the rows in --out without training", const=False),
         Flag("--no-png", "png", "write the plot as HTML only", const=False),
+        Flag("--cdn", "cdn", "the HTML plot loads plotly.js from its CDN (small file) instead of embedding it",
+             const=True),
     ),
     "schedules and data": (
         Flag("--full", "full", "overrides of the full schedule (the config's proxy section)",

@@ -4,6 +4,7 @@
     config = SearchConfig.from_yaml("experiments/demo/demo.yaml")
     summary = run_search(config)                         # creates or resumes the study
 """
+from ._accounting import counted_trials, is_duplicate, outcome_counts
 from ._gate import DeviceGate
 from .halving import HalvingSettings, ParetoHalving, keep_at_rung, rung_epochs
 from .settings import SearchConfig
@@ -21,4 +22,5 @@ __all__ = [
     "create_or_load_study", "enqueue_points", "make_sampler", "make_pruner", "run_search", "run_worker",
     "count_states", "SearchSummary", "TrialPipeline", "TrialFailed", "Engines", "default_engines",
     "HalvingSettings", "ParetoHalving", "keep_at_rung", "rung_epochs", "DeviceGate",
+    "counted_trials", "is_duplicate", "outcome_counts",
 ]

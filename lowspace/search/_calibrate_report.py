@@ -301,9 +301,10 @@ def _gap(v: float) -> float:
 
 
 def write_plot(plan: Plan, summary: Summary, html: Path, png: Path | None) -> tuple[Path, Path | None, str]:
-    """Write the figure (HTML with plotly.js inline; PNG through kaleido, else a note why not)."""
+    """Write the figure (HTML with plotly.js inline, or loading it from its CDN with ``cdn``; PNG through
+    kaleido, else a note why not)."""
     from ..report.plots import write_figure
-    return write_figure(tau_cost_figure(plan, summary), html, png)
+    return write_figure(tau_cost_figure(plan, summary), html, png, plotlyjs="cdn" if plan.settings.cdn else True)
 
 
 def result_table(result: CalibrationResult) -> list[dict[str, Any]]:

@@ -17,9 +17,11 @@ from typing import Any, Callable
 import optuna
 
 from ..errors import ConfigError
-from ._loop import SearchSummary, count_states, run_worker
+from ._accounting import outcome_counts
+from ._loop import SearchSummary, count_states, run_worker, stop_reason
 from ._progress import ProgressReporter
-from ._setup import create_or_load_study, storage_for
+from ._setup import create_or_load_study, storage_for, validate_search
+from ._stale import recover_stale, running_elsewhere
 from .settings import SearchConfig
 from .space import load_space
 from .storage import display_url, normalize_storage
@@ -40,21 +42,38 @@ def run_search(config: SearchConfig, engines: Engines | None = None, data: Any =
                                                      "engines factory (module:function) in the config instead")
     space = load_space(config.space)
     config = dataclasses.replace(config, storage=normalize_storage(config.storage))
+    # everything is checked before the study is created or resumed
+    pipeline, notes = validate_search(config, space, engines, data)
     storage = storage_for(config)
-    study = create_or_load_study(config, space, storage)
-    reporter = ProgressReporter(study, config) if progress else None
+    study = create_or_load_study(config, space, storage, notes=notes)
+    hb = config.heartbeat
+    grace = float(hb.grace_period or 4 * hb.heartbeat_interval)
+    notes += recover_stale(study, storage, grace, hb.max_retry)
+    elsewhere = running_elsewhere(study, grace)
+    if elsewhere:
+        notes.append(elsewhere)
+    deadline = None if config.timeout_s is None else time.monotonic() + config.timeout_s
+    reporter = ProgressReporter(study, config, deadline) if progress else None
     try:
-        if config.workers > 1:
-            return _run_processes(config, study, reporter)
         if reporter is not None:
             reporter.start()
+            for note in notes:
+                reporter.note(note)
+        if config.workers > 1:
+            summary = _run_processes(config, study, reporter, deadline)
+            summary.notes[:0] = notes
+            return summary
 
         def hook(st, frozen):
             if reporter is not None:
                 reporter.update(frozen)
             if on_trial is not None:
                 on_trial(st, frozen)
-        return run_worker(config, 0, engines=engines, data=data, on_trial=hook, space=space, storage=storage)
+        summary = run_worker(config, 0, engines=pipeline.engines, data=pipeline.data, on_trial=hook, space=space,
+                             storage=storage, notify=reporter.note if reporter is not None else None,
+                             deadline=deadline, study=study)
+        summary.notes[:0] = notes
+        return summary
     finally:
         if reporter is not None:
             reporter.stop()
@@ -125,7 +144,8 @@ def _watch(procs: list[subprocess.Popen], study: optuna.Study, reporter: Progres
     return seen
 
 
-def _run_processes(config: SearchConfig, study: optuna.Study, reporter: ProgressReporter | None) -> SearchSummary:
+def _run_processes(config: SearchConfig, study: optuna.Study, reporter: ProgressReporter | None,
+                   deadline: float | None) -> SearchSummary:
     with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="lowspace-search-", delete=False) as tmp:
         json.dump(config.to_dict(), tmp, default=str)
     log_dir = Path(config.out) / "workers" if config.out else Path(tempfile.mkdtemp(prefix="lowspace-workers-"))
@@ -134,8 +154,6 @@ def _run_processes(config: SearchConfig, study: optuna.Study, reporter: Progress
     procs: list[subprocess.Popen] = []
     try:
         procs = _start_workers(config, tmp.name, log_dir, logs)
-        if reporter is not None:
-            reporter.start()
         seen = _watch(procs, study, reporter)
     except KeyboardInterrupt:
         _interrupt(procs)
@@ -145,11 +163,15 @@ def _run_processes(config: SearchConfig, study: optuna.Study, reporter: Progress
             log.close()
         os.unlink(tmp.name)
     summary = SearchSummary(study.study_name, display_url(normalize_storage(config.storage)), config.n_trials,
-                            states=count_states(study), ran=len(seen))
+                            states=count_states(study), ran=len(seen), outcomes=outcome_counts(study))
+    summary.stop, summary.stopped_reason = stop_reason(study, config, deadline)
+    progress = f"{summary.complete} of {config.n_trials} complete trials"
     bad = [(i, p.returncode) for i, p in enumerate(procs) if p.returncode not in (0, None)]
     if bad:
+        summary.stop = "workers_failed"
         summary.stopped_reason = "worker(s) exited with errors: " + ", ".join(
-            f"{i} (code {c}, see {log_dir / f'worker{i}.log'})" for i, c in bad)
-    else:
-        summary.stopped_reason = "reached n_trials" if summary.complete >= config.n_trials else "workers stopped"
+            f"{i} (code {c}, see {log_dir / f'worker{i}.log'})" for i, c in bad) + \
+            f"; {summary.stopped_reason or progress}"
+    elif not summary.stop:
+        summary.stop, summary.stopped_reason = "workers_stopped", f"workers stopped with {progress}"
     return summary

@@ -3,19 +3,29 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import optuna
 
 from ..errors import ConfigError
 from .settings import SearchConfig
 
 
-def make_sampler(config: SearchConfig, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """The sampler of ``config``, seeded per worker so that workers do not propose the same points.
+def worker_seed(seed: int | None, worker_index: int, trials_before: int) -> int | None:
+    """The sampler seed of one worker of one run: derived from the search's ``seed``, the worker's index and
+    the number of trials the study held when the worker started, so that workers draw differently and a
+    resumed study continues instead of drawing its first run's candidates again. None stays None
+    (unseeded)."""
+    if seed is None:
+        return None
+    return int(np.random.SeedSequence([seed, worker_index, trials_before]).generate_state(1)[0])
+
+
+def make_sampler(config: SearchConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler of ``config`` with ``seed`` (one worker's, from :func:`worker_seed`).
 
     Model-based samplers start after a few random trials (4 to 10, a quarter of ``n_trials``); NSGA-II's
     population is a quarter of ``n_trials`` within 8 to 50.
     """
-    seed = None if config.seed is None else config.seed + worker_index
     name = config.sampler_name
     startup = max(4, min(10, config.n_trials // 4))
     with warnings.catch_warnings():

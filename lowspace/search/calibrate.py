@@ -64,6 +64,7 @@ class CalibrationSettings(Config):
     device: ``auto``, ``cpu``, ``cuda`` (every visible GPU) or ``cuda:N``.
     resamples: bootstrap resamples. time_limit_s: start no run after this many seconds.
     train: False reports the rows already in ``out`` without training. png: also write the plot as PNG.
+    cdn: the HTML plot loads plotly.js from its CDN instead of embedding it.
     """
 
     source: str = "lowformer"
@@ -86,6 +87,7 @@ class CalibrationSettings(Config):
     time_limit_s: float | None = option(None, gt=0)
     train: bool = True
     png: bool = True
+    cdn: bool = False
 
     def validate(self) -> None:
         if len(set(self.full_seeds)) != 2 or len(self.full_seeds) != 2:

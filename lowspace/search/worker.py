@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[worker {index}] {summary_line(frozen)}", flush=True)
 
     try:
-        summary = run_worker(config, index, on_trial=log)
+        summary = run_worker(config, index, on_trial=log,
+                             notify=lambda text: print(f"[worker {index}] note: {text}", flush=True))
     except LowspaceError as err:
         print(f"[worker {index}] error: {err}", file=sys.stderr, flush=True)
         return 2
