@@ -110,7 +110,9 @@ def recipe_for(searched: dict, cfg: ArchConfig) -> dict:
     return recipe
 
 
-_DATA_FLAGS = {"classes": "--classes", "train_per_class": "--train-per-class", "val_per_class": "--val-per-class"}
+# data options of a search config that `lowspace train` takes as flags (its --val-per-class sizes the held-out
+# split, which the recipe file already sets, not a cap on the test split as the data option does)
+_DATA_FLAGS = {"classes": "--classes", "train_per_class": "--train-per-class"}
 
 
 def train_command(study, config_path: Path, recipe_path: Path | None) -> str:
