@@ -39,7 +39,7 @@ def test_defaults_by_mode():
     assert SearchConfig(mode="random").sampler_name == "random"
     c = SearchConfig.from_dict({"mode": "constrained", "constraints": {"max_latency_ms": 2}})
     assert c.directions == ["maximize"] and c.objective_names == ["accuracy"]
-    assert not c.uses_halving and SearchConfig().uses_halving
+    assert not c.uses_promotion and SearchConfig().uses_promotion and not SearchConfig().uses_halving
 
 
 @pytest.mark.parametrize("text,needle", [

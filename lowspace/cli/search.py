@@ -35,6 +35,8 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
         Flag("--out", "out", "write reports (Pareto HTML/PNG, CSV, summary, exported YAML) here when done"),
         Flag("--device", "device", "proxy training device: auto, cpu, cuda, cuda:N"),
         Flag("--timeout", "timeout_s", "stop starting trials after this many seconds"),
+        Flag("--budget-gpu-s", "budget_gpu_s", "stop starting trials once the trials (all rungs) spent this many "
+                                               "GPU-seconds"),
         Flag("--no-presets", "presets", "do not enqueue the space's preset points", const=False),
     ),
     "latency protocol": (
@@ -52,7 +54,8 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
     "proxy training": (
         Flag("--data", "data.dataset", "fashion_mnist, synthetic, or a class-folder path"),
         Flag("--epochs", "proxy.epochs", "proxy training epochs"),
-        Flag("--early-stopping", "early_stopping.kind", "pareto mode's successive halving on proxy epochs"),
+        Flag("--early-stopping", "early_stopping.kind",
+             "pareto mode: promotion over rungs up to the proxy schedule, halving within it, or none"),
     ),
     "report": (
         Flag("--no-png", "report.png", "no PNG plots (HTML only)", const=False),

@@ -15,7 +15,9 @@ Example (``experiments/demo/demo.yaml`` is a complete one)::
     protocol: {device: auto, batch_size: 1}   # backend/precision auto: see ProtocolSettings.resolve
     proxy: {epochs: 4, resolution: 32, batch_size: 128, train_per_class: 200}
     data: {dataset: fashion_mnist}
-    early_stopping: {kind: halving, min_epochs: 1, eta: 2, min_peers: 4}
+    early_stopping: {kind: promotion}   # pareto mode: promotion (default) | halving | none
+    promotion: {rungs: [{epochs: 1}, {epochs: 2}, {}], eta: 3}   # the last rung is the proxy schedule
+    budget_gpu_s: 36000              # also stop once trials have spent this many GPU-seconds (null: no limit)
 
 Relative paths (space, storage files, out) are relative to the working directory.
 """
@@ -32,7 +34,7 @@ MODES = ("pareto", "constrained", "random")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
 OBJECTIVES = ("accuracy", "latency", "macs")
 PRUNERS = ("median", "halving", "hyperband", "none")
-EARLY_STOPPING = ("halving", "none")
+EARLY_STOPPING = ("promotion", "halving", "none")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_STORAGE_FILE = "lowspace.db"
 # measure() arguments that the trial pipeline passes itself (from ProtocolSettings), so not allowed in options
@@ -96,12 +98,65 @@ class ProtocolSettings(Config):
 
 @dataclass
 class EarlyStopSettings(Config):
-    """Pareto mode's own successive halving on proxy epochs (see :mod:`lowspace.search.halving`)."""
+    """How Pareto mode spends less than the proxy schedule on poor candidates (docs/search.md).
 
-    kind: str = option("halving", choices=EARLY_STOPPING)
+    kind ``promotion``: rungs of increasing fidelity up to the proxy schedule (the ``promotion`` section,
+    :mod:`lowspace.search._promotion`); ``halving``: successive halving within one proxy run at
+    ``min_epochs * eta**k`` epochs (:mod:`lowspace.search.halving`); ``none``: every candidate trains the
+    proxy schedule. min_epochs and eta also set constrained mode's Optuna pruner.
+    """
+
+    kind: str = option("promotion", choices=EARLY_STOPPING)
     min_epochs: int = option(1, ge=1, le=10_000)
     eta: int = option(2, ge=2, le=100)
     min_peers: int = option(4, ge=0, le=10_000)
+
+
+# Rung keys that must stay as the proxy has them: seeds are the promotion's, every rung is evaluated on the
+# same held-out images.
+FIXED_RUNG_KEYS = ("seed", "val_per_class", "split_seed", "eval_split")
+
+
+@dataclass
+class PromotionSettings(Config):
+    """Promotion to the full schedule (``early_stopping.kind: promotion``, pareto mode).
+
+    rungs: proxy-recipe fields changed from the proxy schedule, one mapping per rung, in increasing
+    fidelity (epochs, train_per_class, resolutions); the last rung is the proxy schedule itself (``{}``).
+    None: ``epochs / eta**2``, ``epochs / eta`` and the proxy schedule. eta: about 1 in eta candidates of a
+    rung goes on to the next. repeats_top: seeds trained on the last rung (its accuracy is their mean).
+    promote_points: the space's named points (presets) always go on, so they are compared on the full
+    schedule.
+    """
+
+    rungs: tuple[dict, ...] | None = None
+    eta: int = option(3, ge=2, le=100)
+    repeats_top: int = option(1, ge=1, le=100)
+    promote_points: bool = True
+
+    def validate(self) -> None:
+        if self.rungs is None:
+            return
+        if not 1 <= len(self.rungs) <= 20:
+            raise ConfigError("rungs", list(self.rungs), "1 to 20 rungs (mappings of proxy fields), the last one {}"
+                                                         " or the proxy schedule's values")
+        previous = 0
+        for i, rung in enumerate(self.rungs):
+            for key in rung:
+                if not isinstance(key, str):
+                    raise ConfigError(f"rungs.{i}", key, "keys are proxy-recipe field names")
+                if key in FIXED_RUNG_KEYS:
+                    raise ConfigError(f"rungs.{i}.{key}", rung[key],
+                                      "fixed for every rung (seeds: repeats_top; validation: the proxy section)")
+            if "epochs" not in rung:
+                continue
+            epochs = rung["epochs"]
+            if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= 10_000:
+                raise ConfigError(f"rungs.{i}.epochs", epochs, "an integer between 1 and 10_000")
+            if epochs < previous:
+                raise ConfigError(f"rungs.{i}.epochs", epochs, f"rungs go up in fidelity: at least the {previous} "
+                                                               "epochs of an earlier rung")
+            previous = epochs
 
 
 @dataclass
@@ -175,6 +230,8 @@ class SearchConfig(Config):
     proxy: dict = field(default_factory=dict)
     data: dict = field(default_factory=lambda: {"dataset": "fashion_mnist"})
     early_stopping: EarlyStopSettings = field(default_factory=EarlyStopSettings)
+    promotion: PromotionSettings = field(default_factory=PromotionSettings)
+    budget_gpu_s: float | None = option(None, gt=0, le=1e12)
     heartbeat: StorageSettings = field(default_factory=StorageSettings)
     report: ReportSettings = field(default_factory=ReportSettings)
 
@@ -195,11 +252,20 @@ class SearchConfig(Config):
 
     @property
     def attempts_cap(self) -> int:
-        return self.max_attempts or (10 * self.n_trials + 20)
+        if self.max_attempts:
+            return self.max_attempts
+        # under promotion about eta**(rungs - 1) candidates start for each one that reaches the last rung
+        rungs = len(self.promotion.rungs) if self.promotion.rungs is not None else 3
+        per_complete = self.promotion.eta ** (rungs - 1) if self.uses_promotion else 1
+        return (10 * self.n_trials + 20) * per_complete
 
     @property
     def uses_halving(self) -> bool:
         return self.mode == "pareto" and self.early_stopping.kind == "halving"
+
+    @property
+    def uses_promotion(self) -> bool:
+        return self.mode == "pareto" and self.early_stopping.kind == "promotion"
 
     # ---------------------------------------------------------------- checks across fields
     def validate(self) -> None:

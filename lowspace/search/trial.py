@@ -9,16 +9,15 @@ Outcomes, as Optuna states and the ``status`` user attribute:
 * ``complete`` (COMPLETE): objectives reported.
 * ``rejected`` (PRUNED): over a limit; the limit's constraint value (> 0) is set on the trial so
   constraint-aware samplers learn where the feasible region is.
-* ``stopped`` (PRUNED): stopped early by successive halving (Pareto mode) or by Optuna's pruner
-  (constrained mode).
+* ``stopped`` (PRUNED): not promoted past a rung, or stopped early by successive halving (Pareto mode), or by
+  Optuna's pruner (constrained mode).
 * ``failed`` (FAIL): invalid config, out of memory, or an error; ``error`` says why.
 
 Every trial records JSON-only user attributes (optuna-dashboard reads the same storage): ``arch_id``,
 ``config`` (the full ArchConfig as YAML), ``preset``, ``params``, ``macs``, ``latency_ms``, ``latency``,
 ``throughput``, ``protocol``, ``fingerprint``, ``proxy`` (metrics and per-epoch history), ``accuracy``,
-``timings`` (seconds per stage), ``status``, ``reason`` / ``error``, ``worker``. A candidate whose architecture
-the study already has (evaluated, or running in another worker) is not evaluated again: it ends as FAIL with
-status ``duplicate`` and ``duplicate_of`` (:mod:`lowspace.search._accounting`).
+``timings`` (seconds per stage), ``status``, ``reason`` / ``error``, ``worker``. A candidate whose arch_id
+already finished in the study reuses that trial's results (``duplicate_of``).
 """
 from __future__ import annotations
 
@@ -38,14 +37,14 @@ import optuna
 from ..arch.config import ArchConfig
 from ..errors import ConfigError, LowspaceError
 from ._resume import SPLIT_ATTR
-from ._accounting import CHECKING, DUPLICATE, DuplicateTrial, find_original
+from ._promotion import RUNG, RUNG_ACCURACY, Climb, build_ladder
 from .halving import HalvingSettings, ParetoHalving
 from .settings import SearchConfig
 from .space import SearchSpace
 
 _ACC_KEYS = ("top1", "val_top1", "acc1", "accuracy", "acc")
 _REUSED_ATTRS = ("params", "macs", "latency_ms", "latency", "throughput", "images_per_s", "protocol", "fingerprint",
-                 "proxy", "accuracy", "status", "reason", "error", "failed_stage")
+                 "proxy", "accuracy", "status", "reason", "error", "failed_stage", RUNG, RUNG_ACCURACY)
 
 
 class TrialFailed(LowspaceError):
@@ -186,9 +185,6 @@ def summary_line(t: optuna.trial.FrozenTrial) -> str:
         parts.append(f"acc {a['accuracy']:.4g}")
     if a.get("latency_ms") is not None:
         parts.append(f"lat {a['latency_ms']:.3g} ms")
-        cache = (a.get("latency") or {}).get("cache") if status != DUPLICATE else None
-        if cache:
-            parts.append(f"(cached in {cache})")
     if a.get("params") is not None:
         parts.append(f"{a['params'] / 1e6:.2f} M params")
     if a.get("macs") is not None:
@@ -198,8 +194,6 @@ def summary_line(t: optuna.trial.FrozenTrial) -> str:
     why = a.get("reason") or a.get("error")
     if why and status != "complete":
         parts.append(f"- {why}")
-    if a.get("latency_warning"):
-        parts.append(f"! {a['latency_warning']}")
     total = (a.get("timings") or {}).get("total_s")
     if total is not None:
         parts.append(f"[{total:.1f}s]")
@@ -232,12 +226,7 @@ class TrialPipeline:
         config: the search config (mode, constraints, protocol, proxy, data).
         engines: the cost / training functions (default: the real ones).
         data: the proxy data set (default: loaded on first use from ``config.data``).
-
-    ``on_wait`` (set by the worker loop) is called now and then while a trial waits for the same
-    architecture running in another worker, to find trials of dead workers.
     """
-
-    on_wait: Callable[[], None] | None = None
 
     def __init__(self, space: SearchSpace, config: SearchConfig, engines: Engines | None = None, data: Any = None):
         self.space = space
@@ -250,6 +239,9 @@ class TrialPipeline:
         if proxy.get("resolutions") == "arch":
             proxy["resolutions"] = None  # train at each architecture's own resolution
         self.schedule = self.engines.make_schedule(proxy)
+        # promotion's rungs, checked against the proxy schedule now (before any trial)
+        self.ladder = build_ladder(config.promotion, proxy, self.engines.make_schedule) if config.uses_promotion \
+            else None
         self.train_device = resolve_device(config.device)
         self.latency_device = resolve_device(config.protocol.device)
         self.settings = config.protocol.resolve(self.latency_device.split(":")[0])
@@ -279,13 +271,10 @@ class TrialPipeline:
                 raise TrialFailed(f"invalid architecture: {err}") from None
             timings["sample_s"] = time.perf_counter() - start
             self._record_config(trial, cfg)
-            self._stage(trial, CHECKING)
-            original = find_original(trial, cfg.arch_id, on_wait=self.on_wait)
-            if original is not None:
-                self._reuse(trial, original, timings, start)
+            dup = self._find_duplicate(trial, cfg.arch_id)
+            if dup is not None:
+                return self._reuse(trial, dup, timings, start)
             return self._evaluate(trial, cfg, timings, start)
-        except DuplicateTrial:
-            raise
         except optuna.TrialPruned:
             self._finish(trial, timings, start)
             raise
@@ -327,14 +316,8 @@ class TrialPipeline:
             raise err
         md = jsonable(m.to_dict())
         trial.set_user_attr("latency_ms", float(m.median_ms))
-        latency = {k: md.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "batch_size",
-                                          "build_s", "wall_s", "cached", "noisy")}
-        if m.cached:
-            latency["cache"] = _cache_location()
-        trial.set_user_attr("latency", latency)
-        if getattr(m, "noisy", False):
-            trial.set_user_attr("latency_warning", f"noisy latency: spread {m.spread:.0%} above the "
-                                                   f"{self.timing.target_spread:.0%} target in two measurements")
+        trial.set_user_attr("latency", {k: md.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "spread", "images_per_s",
+                                                               "batch_size", "build_s", "wall_s", "cached")})
         trial.set_user_attr("protocol", jsonable(m.protocol))
         trial.set_user_attr("fingerprint", jsonable(m.fingerprint))
         self._check_limit(trial, "latency_ms", float(m.median_ms), c.constraints.max_latency_ms, timings, start)
@@ -386,13 +369,18 @@ class TrialPipeline:
                                     **options)
 
     def _train(self, trial, cfg: ArchConfig, latency_ms: float, macs: int):
-        schedule = self.schedule
-        stopper = self._stopper(trial, latency_ms, macs, schedule)
+        if self.ladder is not None:
+            costs = [latency_ms if o == "latency" else macs for o in self.config.objectives if o != "accuracy"]
+            climb = Climb(self.ladder, trial, costs, self.config.objectives,
+                          lambda schedule: self._train_once(cfg, schedule), accuracy_of)
+            return climb.run()
+        stopper = self._stopper(trial, latency_ms, macs, self.schedule)
+        return self._train_once(cfg, self.schedule, stopper), stopper
+
+    def _train_once(self, cfg: ArchConfig, schedule, on_epoch=None):
         gate = self._device_gate()
         with gate.training() if gate is not None else contextlib.nullcontext():
-            result = self.engines.train_proxy(cfg, self.data, schedule, self.train_device,
-                                              on_epoch=stopper if stopper is not None else None)
-        return result, stopper
+            return self.engines.train_proxy(cfg, self.data, schedule, self.train_device, on_epoch=on_epoch)
 
     @staticmethod
     def _device_gate():
@@ -464,22 +452,26 @@ class TrialPipeline:
             self._finish(trial, timings, start)
             raise optuna.TrialPruned(trial.user_attrs["reason"] if hasattr(trial, "user_attrs") else "rejected")
 
-    def _reuse(self, trial, original, timings: dict, start: float):
-        """End ``trial`` as a duplicate of ``original`` (FAIL, so that no sampler or count takes it twice); its
-        results are shown on it for reading only."""
+    def _find_duplicate(self, trial, arch_id: str):
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        for t in trial.study.get_trials(deepcopy=False, states=states):
+            a = t.user_attrs
+            if a.get("arch_id") == arch_id and a.get("status") in ("complete", "rejected", "stopped") \
+                    and t.number != trial.number:
+                return t
+        return None
+
+    def _reuse(self, trial, dup, timings: dict, start: float):
         for key in _REUSED_ATTRS:
-            if key in original.user_attrs and key not in ("status", "reason", "error", "failed_stage"):
-                trial.set_user_attr(key, original.user_attrs[key])
-        if original.state == optuna.trial.TrialState.RUNNING:
-            where = f"running in worker {original.user_attrs.get('worker', '?')}"
-        else:
-            where = original.user_attrs.get("status", original.state.name.lower())
-        reason = f"same architecture as trial {original.number} ({where})"
-        trial.set_user_attr("status", DUPLICATE)
-        trial.set_user_attr("duplicate_of", original.number)
-        trial.set_user_attr("reason", reason)
+            if key in dup.user_attrs:
+                trial.set_user_attr(key, dup.user_attrs[key])
+        trial.set_user_attr("duplicate_of", dup.user_attrs.get("duplicate_of", dup.number))
+        for key, value in dup.constraints.items():
+            trial.set_constraint(key, value)
         self._finish(trial, timings, start)
-        raise DuplicateTrial(reason)
+        if dup.state == optuna.trial.TrialState.COMPLETE:
+            return dup.values[0] if self.config.mode == "constrained" else list(dup.values)
+        raise optuna.TrialPruned(f"same architecture as trial {dup.number}")
 
     def _finish(self, trial, timings: dict, start: float) -> None:
         timings["total_s"] = time.perf_counter() - start
@@ -533,15 +525,6 @@ def _measure_error(m, batch_size: int, device: str) -> str:
     if m.status == "oom":
         return f"out of memory measuring batch {batch_size} on {device}" + (f" ({m.error})" if m.error else "")
     return f"latency measurement failed on {device}: {m.error or m.status}"
-
-
-def _cache_location() -> str:
-    """The measurement cache file, with the home folder as ``~``."""
-    from pathlib import Path
-
-    from ..cost.cache import default_cache_path
-    path, home = default_cache_path(), Path.home()
-    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
 def _free_memory() -> None:
