@@ -6,10 +6,16 @@ latency protocol, the proxy schedule and the data options must be the same. A pr
 added after the study was made takes the value such studies were timed with
 (:data:`PROTOCOL_BEFORE_RECORDED`); a proxy field a study did not record is resumed with today's value
 and a warning.
+
+The study also records a hash of its search space (``space_hash``: the parameters, the base architecture
+and the recipe as parsed, not the formatting, name, description or named points); a resume with another
+space is refused before any trial runs, as is one whose parameters do not fit the trials already in the
+study (studies made before the hash was recorded).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import warnings
 
@@ -18,6 +24,8 @@ from .settings import SearchConfig
 
 CONFIG_ATTR = "lowspace_config"
 PROXY_ATTR = "proxy_resolved"
+SPACE_HASH_ATTR = "space_hash"
+_SPACE_KEYS_IGNORED = ("name", "description", "points")
 SPLIT_ATTR = "validation_split"
 # proxy fields that came with held-out validation; a study made before them validated on the test split
 SPLIT_FIELDS = ("split_seed", "eval_split")
@@ -89,5 +97,60 @@ def _check_section(key: str, theirs: dict, ours: dict, name: str) -> None:
         raise ConfigError(f"{key}.{changed[0]}", ours.get(changed[0]),
                           f"study {name!r} was created with {key} {theirs!r}; results would not be "
                           "comparable: resume with the same value or pick another --study-name")
-    for k in unrecorded:
-        warnings.warn(f"study {name!r} recorded no {key}.{k}; resuming with {key}.{k}={ours[k]!r}", stacklevel=3)
+    if unrecorded:  # one warning per section, however many fields
+        warnings.warn(f"study {name!r} recorded no {', '.join(f'{key}.{k}' for k in unrecorded)}; resuming with "
+                      + ", ".join(f"{key}.{k}={ours[k]!r}" for k in unrecorded), stacklevel=3)
+
+
+def space_hash(space) -> str:
+    """A hash of what a search space samples and builds: its parameters, base architecture and recipe as
+    parsed (not its formatting, comments, name, descriptions or named points)."""
+    if space.text:
+        from ..config import parse_yaml
+        data = dict(parse_yaml(space.text, space.source, what="space").data)
+        return _hash_space_data(data)
+    return _hash_space_data({"params": [dataclasses.asdict(p) for p in space.params], "base": space.base.to_dict(),
+                             "recipe": space.recipe})
+
+
+def _hash_space_data(data: dict) -> str:
+    data = {k: v for k, v in data.items() if k not in _SPACE_KEYS_IGNORED}
+    if isinstance(data.get("params"), dict):
+        data["params"] = {k: {f: v for f, v in spec.items() if f != "description"} if isinstance(spec, dict) else spec
+                          for k, spec in data["params"].items()}
+    blob = json.dumps(stored_form(data), sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def recorded_space_hash(user_attrs: dict) -> str | None:
+    """The space hash a study recorded, or (studies made before it was recorded) one computed from the space
+    text it stored; None if neither is there."""
+    if user_attrs.get(SPACE_HASH_ATTR):
+        return user_attrs[SPACE_HASH_ATTR]
+    text = user_attrs.get("space_yaml")
+    if not text:
+        return None
+    from ..config import parse_yaml
+    try:
+        data = parse_yaml(text, what="space").data
+    except ConfigError:
+        return None
+    return _hash_space_data(dict(data)) if isinstance(data, dict) else None
+
+
+def check_space(study, space, name: str, config_space: str) -> None:
+    """Raise ConfigError if ``space`` is not the search space study ``name`` was made with, or if its
+    parameters do not fit the distributions of the study's trials."""
+    theirs, ours = recorded_space_hash(study.user_attrs), space_hash(space)
+    way_out = "resume with the space it was made with or pick another --study-name"
+    if theirs is not None and theirs != ours:
+        raise ConfigError("space", config_space, f"study {name!r} was made with another search space (space hash "
+                                                 f"{theirs}, this one {ours}); {way_out}")
+    distributions = space.distributions()
+    for t in study.get_trials(deepcopy=False):
+        for param, dist in t.distributions.items():
+            if param not in distributions or distributions[param] != dist:
+                raise ConfigError("space", config_space,
+                                  f"study {name!r} has trials whose parameter {param!r} is {dist}, which this space "
+                                  f"{'does not have' if param not in distributions else 'defines otherwise'}; "
+                                  f"{way_out}")

@@ -5,16 +5,21 @@ from __future__ import annotations
 import warnings
 
 import optuna
+from optuna.trial import TrialState
 
 from .. import __version__
+from ..errors import ConfigError
 from ..pareto import REFERENCE_ATTR, reference_point
 from ._promotion import enqueue_continuations
-from ._resume import (CONFIG_ATTR, PROXY_ATTR, SPLIT_ATTR, check_compatible, resolved_proxy, split_settings,
-                      stored_form, unsplit_note)
-from ._samplers import make_pruner, make_sampler
+from ._resume import (CONFIG_ATTR, PROXY_ATTR, SPACE_HASH_ATTR, SPLIT_ATTR, check_compatible, check_space,
+                      resolved_proxy, space_hash, split_settings, stored_form, unsplit_note)
+from ._accounting import is_duplicate
+from ._samplers import make_pruner, make_sampler, worker_seed
 from .settings import SearchConfig
 from .space import SearchSpace
 from .storage import display_url, normalize_storage, open_storage
+
+_NO_CUDA = "no CUDA device is visible here (torch.cuda.is_available() is False); use cpu or auto"
 
 
 def study_name_for(config: SearchConfig, space: SearchSpace) -> str:
@@ -28,29 +33,81 @@ def storage_for(config: SearchConfig):
                         max_retry=hb.max_retry)
 
 
-def uses_heartbeat(storage) -> bool:
-    """Whether trials in ``storage`` (one opened by :func:`storage_for`) beat, so that a dead worker's
-    running trial is failed and retried."""
-    return isinstance(storage, optuna.storages.RDBStorage) and storage.get_heartbeat_interval() is not None
+def check_device(path: str, spec: str) -> None:
+    """Raise ConfigError if device ``spec`` (``cuda``, ``cuda:N``, ``mps``) is not present on this machine."""
+    if not spec.startswith(("cuda", "mps")):
+        return
+    import torch
+    if spec == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(path, spec, "no Apple GPU (MPS) is available here; use cpu or auto")
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(path, spec, _NO_CUDA)
+    index = int(spec.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise ConfigError(path, spec, f"this machine has {torch.cuda.device_count()} CUDA device(s): cuda:0 to "
+                                      f"cuda:{torch.cuda.device_count() - 1}")
+
+
+def validate_search(config: SearchConfig, space: SearchSpace, engines=None, data=None):
+    """Check what every trial needs before a study is created or resumed: the devices, the proxy schedule
+    and the latency protocol (by building the trial pipeline), and the data set (loaded once). Returns the
+    pipeline and notes for the user (a corrupt measurement cache that was rebuilt)."""
+    from .trial import TrialPipeline
+    check_device("device", config.device)
+    check_device("protocol.device", config.protocol.device)
+    pipeline = TrialPipeline(space, config, engines=engines, data=data)
+    _ = pipeline.data  # a missing or broken data set is one clear error now, not a failure in every trial
+    note = _check_measurement_cache()
+    return pipeline, [note] if note else []
+
+
+def _check_measurement_cache() -> str | None:
+    """Open the measurement cache once, so that a corrupt file is rebuilt (and said so) before any trial."""
+    from ..cost.cache import CacheError, CacheRebuilt, MeasurementCache
+    cache = MeasurementCache()
+    if not cache.path.exists():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CacheRebuilt)  # returned as a note instead
+            return cache.check()
+    except CacheError as err:
+        return f"{err}; latencies are measured without the cache"
 
 
 def create_or_load_study(config: SearchConfig, space: SearchSpace, storage=None, worker_index: int = 0,
-                         enqueue: bool = True) -> optuna.Study:
-    """Create the study (or load it to resume) and, on creation, enqueue the space's preset points.
+                         enqueue: bool = True, notes: list[str] | None = None) -> optuna.Study:
+    """Create the study (or load it to resume), give it this worker's sampler (:func:`seed_sampler`) and
+    enqueue the space's points that have not run.
 
-    A study is tied to the settings that make its results comparable (see :mod:`._resume`): resuming
-    with other ones is a ConfigError.
+    A study is tied to the settings that make its results comparable and to its search space (see
+    :mod:`._resume`): resuming with other ones is a ConfigError, unless no trial of the study has started
+    or produced a result, in which case the study is made again with the new settings (said in ``notes``).
     """
     storage = storage if storage is not None else storage_for(config)
     name = study_name_for(config, space)
-    study = optuna.create_study(storage=storage, study_name=name, directions=config.directions,
-                                sampler=make_sampler(config, worker_index), pruner=make_pruner(config),
-                                load_if_exists=True)
+    study = _open_study(storage, name, config)
     stored = study.user_attrs.get(CONFIG_ATTR)
+    if stored is not None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                check_compatible(stored, config, name, study.user_attrs.get(PROXY_ATTR))
+                check_space(study, space, name, config.space)
+            except ConfigError as err:
+                if _has_results(study):
+                    raise
+                optuna.delete_study(study_name=name, storage=storage)
+                study, stored, caught = _open_study(storage, name, config), None, []
+                if notes is not None:
+                    notes.append(f"study {name!r} had no results yet; made it again with these settings ({err})")
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if stored is None:
         _record(study, config, space)
     else:
-        check_compatible(stored, config, name, study.user_attrs.get(PROXY_ATTR))
         note = unsplit_note(study.user_attrs, name)
         if note:
             warnings.warn(note, stacklevel=2)
@@ -58,7 +115,29 @@ def create_or_load_study(config: SearchConfig, space: SearchSpace, storage=None,
         enqueue_continuations(study)  # before the points: an interrupted point goes on from its last rung
     if enqueue and config.presets:
         enqueue_points(study, space)
+    seed_sampler(study, config, worker_index)
     return study
+
+
+def _open_study(storage, name: str, config: SearchConfig) -> optuna.Study:
+    return optuna.create_study(storage=storage, study_name=name, directions=config.directions,
+                               pruner=make_pruner(config), load_if_exists=True)
+
+
+def _has_results(study: optuna.Study) -> bool:
+    """Whether any trial of ``study`` has started and not merely failed (failed trials of bad settings are
+    no results to keep)."""
+    return any(t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+               for t in study.get_trials(deepcopy=False))
+
+
+def seed_sampler(study: optuna.Study, config: SearchConfig, worker_index: int) -> int | None:
+    """Give ``study`` the sampler of worker ``worker_index`` for this run, seeded from the search seed, the
+    worker index and the number of trials the study holds (:func:`~._samplers.worker_seed`); returns
+    the seed."""
+    seed = worker_seed(config.seed, worker_index, len(study.get_trials(deepcopy=False)))
+    study.sampler = make_sampler(config, seed)
+    return seed
 
 
 def _record(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> None:
@@ -67,6 +146,7 @@ def _record(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> No
     study.set_user_attr(CONFIG_ATTR, stored)
     study.set_user_attr("space", space.name)
     study.set_user_attr("space_yaml", space.text or "")
+    study.set_user_attr(SPACE_HASH_ATTR, space_hash(space))
     study.set_user_attr("objectives", config.objective_names)
     study.set_user_attr("directions", config.directions)
     study.set_user_attr("mode", config.mode)
@@ -83,8 +163,21 @@ def _record(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> No
 
 
 def enqueue_points(study: optuna.Study, space: SearchSpace) -> list[str]:
-    """Enqueue the space's points (presets first) unless already in the study; returns their names."""
+    """Enqueue the space's points (presets first) that the study has not run, is not running and has not
+    queued; a point whose trial failed or was interrupted is queued again. Returns the points' names."""
     names = sorted(space.points, key=lambda n: (n not in space.preset_points(), n))
+    trials = study.get_trials(deepcopy=False)
     for n in names:
-        study.enqueue_trial(space.point(n), user_attrs={"point": n}, skip_if_exists=True)
+        params = space.point(n)
+        if not any(_covers(t, n, params) for t in trials):
+            study.enqueue_trial(params, user_attrs={"point": n})
     return names
+
+
+def _covers(t, name: str, params: dict) -> bool:
+    """Whether trial ``t`` has run, runs or will run point ``name`` (a failed or interrupted one has not)."""
+    if t.state == TrialState.FAIL and not is_duplicate(t):
+        return False
+    if t.state == TrialState.WAITING:
+        return t.user_attrs.get("point") == name
+    return t.params == params

@@ -16,8 +16,9 @@ Outcomes, as Optuna states and the ``status`` user attribute:
 Every trial records JSON-only user attributes (optuna-dashboard reads the same storage): ``arch_id``,
 ``config`` (the full ArchConfig as YAML), ``preset``, ``params``, ``macs``, ``latency_ms``, ``latency``,
 ``throughput``, ``protocol``, ``fingerprint``, ``proxy`` (metrics and per-epoch history), ``accuracy``,
-``timings`` (seconds per stage), ``status``, ``reason`` / ``error``, ``worker``. A candidate whose arch_id
-already finished in the study reuses that trial's results (``duplicate_of``).
+``timings`` (seconds per stage), ``status``, ``reason`` / ``error``, ``worker``. A candidate whose architecture
+the study already has (evaluated, or running in another worker) is not evaluated again: it ends as FAIL with
+status ``duplicate`` and ``duplicate_of`` (:mod:`lowspace.search._accounting`).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import optuna
 from ..arch.config import ArchConfig
 from ..errors import ConfigError, LowspaceError
 from ._resume import SPLIT_ATTR
+from ._accounting import CHECKING, DUPLICATE, DuplicateTrial, find_original
 from ._promotion import RUNG, RUNG_ACCURACY, Climb, build_ladder
 from .halving import HalvingSettings, ParetoHalving
 from .settings import SearchConfig
@@ -185,6 +187,9 @@ def summary_line(t: optuna.trial.FrozenTrial) -> str:
         parts.append(f"acc {a['accuracy']:.4g}")
     if a.get("latency_ms") is not None:
         parts.append(f"lat {a['latency_ms']:.3g} ms")
+        cache = (a.get("latency") or {}).get("cache") if status != DUPLICATE else None
+        if cache:
+            parts.append(f"(cached in {cache})")
     if a.get("params") is not None:
         parts.append(f"{a['params'] / 1e6:.2f} M params")
     if a.get("macs") is not None:
@@ -194,6 +199,8 @@ def summary_line(t: optuna.trial.FrozenTrial) -> str:
     why = a.get("reason") or a.get("error")
     if why and status != "complete":
         parts.append(f"- {why}")
+    if a.get("latency_warning"):
+        parts.append(f"! {a['latency_warning']}")
     total = (a.get("timings") or {}).get("total_s")
     if total is not None:
         parts.append(f"[{total:.1f}s]")
@@ -226,7 +233,12 @@ class TrialPipeline:
         config: the search config (mode, constraints, protocol, proxy, data).
         engines: the cost / training functions (default: the real ones).
         data: the proxy data set (default: loaded on first use from ``config.data``).
+
+    ``on_wait`` (set by the worker loop) is called now and then while a trial waits for the same
+    architecture running in another worker, to find trials of dead workers.
     """
+
+    on_wait: Callable[[], None] | None = None
 
     def __init__(self, space: SearchSpace, config: SearchConfig, engines: Engines | None = None, data: Any = None):
         self.space = space
@@ -271,10 +283,13 @@ class TrialPipeline:
                 raise TrialFailed(f"invalid architecture: {err}") from None
             timings["sample_s"] = time.perf_counter() - start
             self._record_config(trial, cfg)
-            dup = self._find_duplicate(trial, cfg.arch_id)
-            if dup is not None:
-                return self._reuse(trial, dup, timings, start)
+            self._stage(trial, CHECKING)
+            original = find_original(trial, cfg.arch_id, on_wait=self.on_wait)
+            if original is not None:
+                self._reuse(trial, original, timings, start)
             return self._evaluate(trial, cfg, timings, start)
+        except DuplicateTrial:
+            raise
         except optuna.TrialPruned:
             self._finish(trial, timings, start)
             raise
@@ -316,8 +331,14 @@ class TrialPipeline:
             raise err
         md = jsonable(m.to_dict())
         trial.set_user_attr("latency_ms", float(m.median_ms))
-        trial.set_user_attr("latency", {k: md.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "spread", "images_per_s",
-                                                               "batch_size", "build_s", "wall_s", "cached")})
+        latency = {k: md.get(k) for k in ("median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "batch_size",
+                                          "build_s", "wall_s", "cached", "noisy")}
+        if m.cached:
+            latency["cache"] = _cache_location()
+        trial.set_user_attr("latency", latency)
+        if getattr(m, "noisy", False):
+            trial.set_user_attr("latency_warning", f"noisy latency: spread {m.spread:.0%} above the "
+                                                   f"{self.timing.target_spread:.0%} target in two measurements")
         trial.set_user_attr("protocol", jsonable(m.protocol))
         trial.set_user_attr("fingerprint", jsonable(m.fingerprint))
         self._check_limit(trial, "latency_ms", float(m.median_ms), c.constraints.max_latency_ms, timings, start)
@@ -452,26 +473,22 @@ class TrialPipeline:
             self._finish(trial, timings, start)
             raise optuna.TrialPruned(trial.user_attrs["reason"] if hasattr(trial, "user_attrs") else "rejected")
 
-    def _find_duplicate(self, trial, arch_id: str):
-        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        for t in trial.study.get_trials(deepcopy=False, states=states):
-            a = t.user_attrs
-            if a.get("arch_id") == arch_id and a.get("status") in ("complete", "rejected", "stopped") \
-                    and t.number != trial.number:
-                return t
-        return None
-
-    def _reuse(self, trial, dup, timings: dict, start: float):
+    def _reuse(self, trial, original, timings: dict, start: float):
+        """End ``trial`` as a duplicate of ``original`` (FAIL, so that no sampler or count takes it twice); its
+        results are shown on it for reading only."""
         for key in _REUSED_ATTRS:
-            if key in dup.user_attrs:
-                trial.set_user_attr(key, dup.user_attrs[key])
-        trial.set_user_attr("duplicate_of", dup.user_attrs.get("duplicate_of", dup.number))
-        for key, value in dup.constraints.items():
-            trial.set_constraint(key, value)
+            if key in original.user_attrs and key not in ("status", "reason", "error", "failed_stage"):
+                trial.set_user_attr(key, original.user_attrs[key])
+        if original.state == optuna.trial.TrialState.RUNNING:
+            where = f"running in worker {original.user_attrs.get('worker', '?')}"
+        else:
+            where = original.user_attrs.get("status", original.state.name.lower())
+        reason = f"same architecture as trial {original.number} ({where})"
+        trial.set_user_attr("status", DUPLICATE)
+        trial.set_user_attr("duplicate_of", original.number)
+        trial.set_user_attr("reason", reason)
         self._finish(trial, timings, start)
-        if dup.state == optuna.trial.TrialState.COMPLETE:
-            return dup.values[0] if self.config.mode == "constrained" else list(dup.values)
-        raise optuna.TrialPruned(f"same architecture as trial {dup.number}")
+        raise DuplicateTrial(reason)
 
     def _finish(self, trial, timings: dict, start: float) -> None:
         timings["total_s"] = time.perf_counter() - start
@@ -525,6 +542,15 @@ def _measure_error(m, batch_size: int, device: str) -> str:
     if m.status == "oom":
         return f"out of memory measuring batch {batch_size} on {device}" + (f" ({m.error})" if m.error else "")
     return f"latency measurement failed on {device}: {m.error or m.status}"
+
+
+def _cache_location() -> str:
+    """The measurement cache file, with the home folder as ``~``."""
+    from pathlib import Path
+
+    from ..cost.cache import default_cache_path
+    path, home = default_cache_path(), Path.home()
+    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
 def _free_memory() -> None:
