@@ -9,7 +9,7 @@ from lowspace.arch import ArchConfig, get_preset, resolve_config
 from lowspace.cli import main
 from lowspace.errors import ConfigError
 from lowspace.report import export_pareto, export_trial, pareto_trials, trials_frame, write_report
-from lowspace.report import fronts, plots
+from lowspace.report import fronts, plots, tables
 from lowspace.report.claims import claim_lines
 from lowspace.report.tables import load_peers, peer_notes
 from lowspace.search.settings import SearchConfig
@@ -374,3 +374,21 @@ def test_calibrate_takes_cdn_for_its_plot(tmp_path, monkeypatch):
     assert "cdn.plot.ly" in html.read_text() and png is None
     for command in (["search"], ["pareto", "x.db"], ["export", "x.db", "--pareto", "--out", "o", "--retrain"]):
         assert build_parser().parse_args([*command, "--cdn"]).cdn is True
+
+
+def test_duplicates_are_counted_as_the_search_counts_them(tmp_path):
+    """A space of two architectures asked for a third: the extra draws are duplicates (FAIL, status duplicate);
+    the plot, its caption and the hypervolume count each architecture once."""
+    from lowspace.search import counted_trials, outcome_counts
+    space = tmp_path / "two.yaml"
+    space.write_text("name: two\nbase: b0\nparams:\n  w: {choices: [16, 24], path: stages.0.width}\n")
+    study = _study(tmp_path, "two", mode="random", n=3, space=str(space), max_attempts=8, presets=False)
+    df = trials_frame(study)
+    dups = outcome_counts(study)["duplicate"]
+    assert dups >= 1
+    assert set(plots.candidates(df)["number"]) == {t.number for t in counted_trials(study)}
+    assert tables.left_out(df)["duplicates"] == dups
+    assert f"{dups} duplicates" in plots.pareto_figure(df).layout.title.text
+    rep = write_report(study, tmp_path / "rep", png=False, reference={"latency_ms": 10.0})
+    curve = fronts.hypervolume_curve(df, ["accuracy", "latency"], rep.reference)
+    assert len(curve) == 2  # one point per distinct complete architecture

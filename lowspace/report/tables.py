@@ -26,11 +26,16 @@ def study_objectives(study) -> list[str]:
 
 
 def trials_frame(study) -> pd.DataFrame:
-    """One row per trial: state, status, metrics, timings, parameters (``p_<name>``) and feasibility."""
+    """One row per trial: state, status, metrics, timings, parameters (``p_<name>``), feasibility, whether it
+    is a duplicate and whether it counts (:func:`lowspace.search.counted_trials`: complete, the first trial of
+    its architecture)."""
+    from ..search import counted_trials, is_duplicate as repeats_an_architecture
+    counted = {t.number for t in counted_trials(study)}
     rows = []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        row: dict[str, Any] = {"number": t.number, "state": t.state.name}
+        row: dict[str, Any] = {"number": t.number, "state": t.state.name, "counted": t.number in counted,
+                               "duplicate": repeats_an_architecture(t)}
         for key in _ATTR_COLUMNS:
             row[key] = a.get(key)
         proxy = a.get("proxy") or {}
@@ -49,7 +54,7 @@ def trials_frame(study) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
-        df = pd.DataFrame(columns=["number", "state", *(_ATTR_COLUMNS), "feasible"])
+        df = pd.DataFrame(columns=["number", "state", "counted", "duplicate", *(_ATTR_COLUMNS), "feasible"])
     df["pareto"] = pareto_flags(df, study_objectives(study) if len(study_objectives(study)) > 1 else
                                 ["accuracy", "latency"])
     df["accuracy_se"] = accuracy_errors(df)
@@ -67,10 +72,10 @@ def accuracy_errors(df: pd.DataFrame) -> list[float]:
 
 
 def is_duplicate(row: pd.Series) -> bool:
-    """A trial that repeats an earlier trial's architecture (recorded as ``duplicate_of`` or status
-    ``duplicate``)."""
+    """A trial row that repeats an earlier trial's architecture."""
     dup = row.get("duplicate_of")
-    return (dup is not None and dup == dup) or row.get("status") == "duplicate"
+    return bool(row.get("duplicate") == True or (dup is not None and dup == dup)  # noqa: E712 - nan-safe
+                or row.get("status") == "duplicate")
 
 
 def left_out(df: pd.DataFrame) -> dict[str, int]:
@@ -107,10 +112,12 @@ def objective_matrix(df: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
 
 
 def candidates(df: pd.DataFrame) -> pd.DataFrame:
-    """Complete, feasible trials, one per architecture (the first trial of each arch_id)."""
+    """Complete, feasible trials that count, one per architecture (the first trial of each arch_id)."""
     if df.empty:
         return df
     ok = (df["state"] == "COMPLETE") & df["feasible"].fillna(True).astype(bool) & df["accuracy"].notna()
+    if "duplicate" in df:
+        ok &= ~df["duplicate"].fillna(False).astype(bool)
     out = df[ok]
     return out.drop_duplicates(subset="arch_id", keep="first") if "arch_id" in out else out
 
