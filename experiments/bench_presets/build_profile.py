@@ -1,4 +1,4 @@
-"""Where the build time of a never-seen architecture goes (issue 3's 5 s harness target), on the GPU.
+"""Where the build time of a never-seen architecture goes (the harness speed check's 5 s target), on the GPU.
 
 For each random architecture of ``harness_speed.random_arch`` and each batch size, the steps of
 ``lowspace.runtime.prepare(..., backend="cuda_graph")`` are timed one by one: building the network, the first
@@ -10,7 +10,7 @@ and bookkeeping cost apart from the build.
 
 cuDNN keeps its autotuning results per process, so each ``--variant`` is meant to run in its own process:
 
-    python3 experiments/bench_presets/build_profile.py --variant default --out $W/build_profile
+    python3 experiments/bench_presets/build_profile.py --variant default --out experiments/bench_presets/results/build_profile
 """
 from __future__ import annotations
 

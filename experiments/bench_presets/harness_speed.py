@@ -1,13 +1,15 @@
-"""Harness speed check (issue 3): measure a never-seen random architecture at batch 1 and batch 200 with CUDA
-graphs, build included, and report the wall time of the pair and both spreads (targets: <= 5 s, <= 2%).
+"""Harness speed check: measure a never-seen random architecture at batch 1 and batch 200 with CUDA graphs,
+build included, and report the wall time of the pair and both spreads (targets: <= 5 s, <= 2%).
 
 Each architecture is new to the process and to the cache (random widths / depths, ``cache=False``). A process's
 one-off CUDA costs are paid before the clock starts and reported separately, as a search worker pays them once:
 the CUDA context (``cuda_init_s``) and ``lowspace.cost.measure.warm_up`` (``warm_up_s``: cuDNN loading the
 kernels it autotunes over, cuBLAS / cuDNN handles, per precision). ``--no-warm-up`` leaves them in the first
-architecture's time (the first session-1 run, where it took 5.7 s in fp16 and 9.4 s in fp32).
+architecture's time.
 
-    PYTHONPATH=.:/tmp/site python3 experiments/bench_presets/harness_speed.py --out $OUT/bench_presets
+    python3 experiments/bench_presets/harness_speed.py --out DIR --n 12 --no-cudnn-benchmark
+
+Writes DIR/harness_speed.json (``run.sh`` files each run as ``results/harness/<name>.json``).
 """
 from __future__ import annotations
 

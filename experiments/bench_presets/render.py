@@ -1,10 +1,9 @@
 """Render the bench_presets results: counts added to the rows, plotly charts (HTML + PNG), a markdown summary.
 
-Runs on CPU (here, not on the GPU machine): params / MACs / fvcore MACs are counted locally and cached in
-counts.json. PNG export needs kaleido with a Chrome/Chromium on PATH; without one the HTML is still written
+Runs on a CPU (no GPU needed): params / MACs / fvcore MACs are counted and cached in counts.json. PNG export needs kaleido with a Chrome/Chromium on PATH; without one the HTML is still written
 and the summary says the PNG was skipped.
 
-    .venv/bin/python experiments/bench_presets/render.py --results experiments/bench_presets/results
+    python3 experiments/bench_presets/render.py --results experiments/bench_presets/results
 """
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""The issue-3 speed matrix on one GPU: every preset (ours and timm's twin) and the peers, batch 1 and 200,
-fp16 and fp32, cuda_graph and compile backends, channels_last, 224 px. Resumable and time-boxed.
+"""The speed matrix on one GPU: every preset (ours and timm's twin) and the peers, batch 1 and 200, fp16 and
+fp32, cuda_graph and compile backends, channels_last, 224 px. Resumable, and optionally time-boxed.
 
 Rows are appended to OUT/matrix.jsonl as they finish (a killed run loses at most the row in flight);
-rows found in OUT/matrix.jsonl or in --resume files are skipped. The run stops starting new work when
---budget-s is used up and prints how many rows remain: run the same command again (with --resume) to go on.
+rows found in OUT/matrix.jsonl or in --resume files are skipped. With --stop-after-s the run starts no new
+work after that many seconds and prints how many rows remain: run the same command again to go on.
 
 Order: all cuda_graph rows (fast: about 1-2 s each) in this process first, then the compile rows in
 priority order (fp16 b200, fp16 b1, fp32 b200, fp32 b1). Compile rows run in --compile-workers processes:
@@ -12,12 +12,13 @@ timing lock that also stops new builds), so compilation overlaps while timings s
 
 Counts (params, MACs, fvcore) are not computed here (no GPU needed): render.py adds them.
 
-    PYTHONPATH=.:/tmp/site python3 experiments/bench_presets/run_matrix.py --out $OUT/bench_presets
+    python3 experiments/bench_presets/run_matrix.py --out experiments/bench_presets/results
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -161,9 +162,9 @@ def _describe(row):
 
 
 def run_serial(jobs, results, args, start, estimate_s):
-    """Measure ``jobs`` one after another in this process while the budget allows."""
+    """Measure ``jobs`` one after another in this process until --stop-after-s."""
     for job in jobs:
-        left = args.budget_s - (time.perf_counter() - start)
+        left = args.stop_after_s - (time.perf_counter() - start)
         if left < estimate_s:
             return False
         row, fp = measure_job(job, args)
@@ -191,7 +192,7 @@ def run_compile_part(jobs, results, args, start):
     in_flight = {}
 
     def dispatch():
-        left = args.budget_s - (time.perf_counter() - start)
+        left = args.stop_after_s - (time.perf_counter() - start)
         if pending and left > args.compile_estimate_s:
             job = pending.pop(0)
             jobs_q.put(job)
@@ -201,13 +202,13 @@ def run_compile_part(jobs, results, args, start):
 
     for _ in range(workers):
         dispatch()
-    hard_stop = start + args.budget_s + args.grace_s
+    hard_stop = start + args.stop_after_s + args.grace_s
     while in_flight:
         try:
             _, row, fp = results_q.get(timeout=max(1.0, min(30.0, hard_stop - time.perf_counter())))
         except queue.Empty:
             if time.perf_counter() > hard_stop or not any(p.is_alive() for p in procs):
-                _log(start, f"stopping: {len(in_flight)} compile rows in flight are dropped (budget or crash)")
+                _log(start, f"stopping: {len(in_flight)} compile rows in flight are dropped (time limit or crash)")
                 break
             continue
         in_flight.pop(row["job"], None)
@@ -227,7 +228,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="results directory (matrix.jsonl, matrix.json, matrix.csv)")
     ap.add_argument("--resume", nargs="*", default=[], help="earlier matrix.jsonl files whose rows are kept")
-    ap.add_argument("--budget-s", type=float, default=480.0, help="start no new work after this (default 480)")
+    ap.add_argument("--stop-after-s", type=float, default=math.inf,
+                    help="start no new work after this many seconds (default: no limit)")
     ap.add_argument("--grace-s", type=float, default=45.0, help="wait this long for rows in flight")
     ap.add_argument("--parts", nargs="+", default=["graph", "compile"], choices=["graph", "compile"])
     ap.add_argument("--presets", nargs="+", default=PRESETS)
@@ -278,7 +280,7 @@ def main(argv=None):
     remaining = [j["key"] for j in plan(args) if not results.done(j["key"])]
     (out / "remaining.txt").write_text("".join(k + "\n" for k in remaining))
     _log(start, f"done: {len(rows)} rows in {out}; {len(remaining)} remaining"
-                + ("" if not remaining else " (run again with --resume OUT/matrix.jsonl to continue)"))
+                + ("" if not remaining else " (run the same command again to continue)"))
     return 0
 
 

@@ -1,9 +1,9 @@
 """The search's latency stage under its default protocol (deploy build, cuDNN heuristic choice) and with
-cuDNN autotuning: reads the two short studies of ``experiments/device_runs/s3_search.sh`` and writes
-``summary.md`` beside the study file (per-trial latency-stage seconds, and how the two protocols rank the
-architectures both studies sampled).
+cuDNN autotuning: reads the two short studies ``heuristic`` and ``autotuned`` (made by the two
+``lowspace search`` commands in README.md, or by ``run.sh``) and writes ``summary.md`` beside the study file
+(per-trial latency-stage seconds, and how the two protocols rank the architectures both studies sampled).
 
-    .venv/bin/python experiments/bench_presets/search_latency.py experiments/bench_presets/results/search_latency/s3.db
+    python3 experiments/bench_presets/search_latency.py experiments/bench_presets/results/search_latency/studies.db
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def main(argv=None) -> int:
     studies, lines = {}, []
     lines += ["# The search's latency stage: cuDNN heuristic choice vs autotuning (H100)", "",
               "Two studies of `experiments/search_proof/pareto.yaml` (seed 0, one worker, no presets, deploy build "
-              "at batch 200 fp16 in a CUDA graph, 150 s each), one per cuDNN setting; command in "
-              "`experiments/device_runs/s3_search.sh`. `latency s` is the trial's whole latency stage (build and "
+              "at batch 200 fp16 in a CUDA graph, 150 s each), one per cuDNN setting; commands in "
+              "`experiments/bench_presets/README.md`. `latency s` is the trial's whole latency stage (build and "
               "timing); the first trial of each worker also pays the process's CUDA and cuDNN start-up.", "",
               "| study | trials (complete / stopped) | latency s: first trial | later trials median | max | "
               "proxy training s, median |", "|---|---|---:|---:|---:|---:|"]

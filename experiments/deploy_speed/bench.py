@@ -8,8 +8,8 @@ warm-up calls; 20 calls a chunk at batch > 1, 100 at batch 1; spread = (max - mi
 profile the kernels of a few forwards (count and time per kernel class), and build a second time in the
 same process (lowspace's memory cache).
 
-    PYTHONPATH=.:/tmp/site python3 experiments/deploy_speed/bench.py --models b1 --batches 1,200 \
-        --variants timm_graph,timm_compile,ours_graph,ours_tuned --profile ours_tuned --out $OUT
+    python3 experiments/deploy_speed/bench.py --models b1 --batches 1,200 \
+        --variants timm_graph,timm_compile,ours_graph,ours_tuned --profile b1:ours_tuned:200 --out OUT
 
 Writes OUT/results.json (every row, the environment fingerprint) and OUT/results.md (ratio table).
 """
@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 # name -> (implementation, backend, precision, deploy options)
 VARIANTS = {
-    # timm references (autocast, channels_last), as in H100_BASELINE.md
+    # timm references (autocast, channels_last, cuDNN autotuning): the goal's two reference protocols (README.md)
     "timm_graph": ("timm", "cuda_graph", "fp16", {}),
     "timm_compile": ("timm", "compile", "bf16", {}),
     "timm_maxautotune": ("timm", "compile", "bf16", {"compile_mode": "max-autotune"}),
@@ -154,7 +154,7 @@ def classify(name: str) -> str:
 
 
 def profile_runner(runner, iters: int = 5) -> dict:
-    """Kernels per forward: count and device time per class, and the top kernels."""
+    """Kernels per forward: count and GPU kernel time per class, and the top kernels."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     runner()
@@ -433,7 +433,7 @@ def main(argv=None):
     if args.warm_job:
         Path(args.job_out).write_text(json.dumps(warm_build(*json.loads(args.warm_job))))
         return
-    torch.backends.cudnn.benchmark = True  # for every row, as in H100_BASELINE.md
+    torch.backends.cudnn.benchmark = True  # for every row: the reference protocols autotune cuDNN (README.md)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.cache_dir) / "jobs"

@@ -1,7 +1,7 @@
-"""Merge bench runs (runs/callN.json) into results.json and results.md: every row, and the goal ratios,
-each computed from rows of one run (ours and timm side by side in one process).
+"""Merge bench runs (runs/NAME.json, each a bench.py results.json) into results.json and results.md: every
+row, and the goal ratios, each computed from rows of one run (ours and timm side by side in one process).
 
-    python experiments/deploy_speed/collect.py runs/call2.json runs/call3.json runs/call4.json
+    python3 experiments/deploy_speed/collect.py    # the four committed runs, in the order of RUNS
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ sys.path.insert(0, str(HERE))
 from bench import markdown  # noqa: E402
 
 PRESET_ORDER = ["b0", "b1", "b15", "b3"]
+RUNS = ["b1_b3", "b0_b15", "b3_batch1", "presets_deploy"]  # runs/<name>.json, see README.md
 
 
 def main(paths: list[str]) -> None:
@@ -27,7 +28,7 @@ def main(paths: list[str]) -> None:
             r = {k: v for k, v in r.items() if k not in ("env", "traceback")}
             r["run"] = run
             rows.append(r)
-    out = {"note": "rows of several runs on one H100 machine kind; ratios only within a run", "envs": envs,
+    out = {"note": "rows of several runs on the same GPU model; ratios only within a run", "envs": envs,
            "rows": rows}
     (HERE / "results.json").write_text(json.dumps(out, indent=1, default=str))
 
@@ -71,4 +72,4 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or [str(HERE / "runs" / f"call{i}.json") for i in (2, 3, 4)])
+    main(sys.argv[1:] or [str(HERE / "runs" / f"{name}.json") for name in RUNS])

@@ -5,13 +5,14 @@ in a CUDA graph; builds in ~1 s). Deploy protocol: ``deploy(backend="compile_cud
 default options (inductor ``tuned`` + CUDA graph; 15-60 s cold, 3-10 s from the on-disk cache). Both on the same
 random architectures, timed side by side by ``bench.py``; MACs and parameter counts are the free baselines.
 
-    # on the GPU machine (architectures from a folder of ArchConfig YAMLs, or generated with a seed):
-    PYTHONPATH=.:/tmp/site python3 experiments/deploy_speed/protocol_tau.py --configs DIR --out $OUT
-    PYTHONPATH=.:/tmp/site python3 experiments/deploy_speed/protocol_tau.py --generate 20 --seed 0 --out $OUT
-    # anywhere, from a bench results.json that holds both protocols' rows:
-    python experiments/deploy_speed/protocol_tau.py --results results.json --out DIR
+    # on a CUDA GPU (architectures from a folder of ArchConfig YAMLs, or generated with a seed):
+    python3 experiments/deploy_speed/protocol_tau.py --configs experiments/deploy_speed/tau_configs \
+        --batches 200 --out experiments/deploy_speed/tau
+    python3 experiments/deploy_speed/protocol_tau.py --generate 20 --seed 0 --out DIR
+    # on any machine, from a bench results.json that holds both protocols' rows:
+    python3 experiments/deploy_speed/protocol_tau.py --results experiments/deploy_speed/tau/results.json --out DIR
 
-Writes OUT/tau.json and OUT/tau.md.
+Writes OUT/results.json and OUT/results.md (bench.py's rows) and OUT/tau_b<batch>.json / .md.
 """
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
-"""Issue 6 on the CPU: turn the committed studies and retraining rows into the tables, plots and numbers of
-experiments/search_proof/README.md. Nothing here is tuned: every figure comes from the committed raw files.
+"""Turn the committed studies and retraining rows into the tables, plots and numbers of
+experiments/search_proof/README.md (runs on a CPU). Nothing here is tuned: every figure comes from the
+committed raw files.
 
-    .venv/bin/python experiments/search_proof/analyze.py
+    python3 experiments/search_proof/analyze.py
 
 Reads studies/{pareto,random}.db, results/retrain/{rows.jsonl,archs.json,cost.json} (cost.json: every
 retrained architecture timed alone on an idle GPU, batch 200 and batch 1, on the search's protocol), the
-deploy benchmark's call 5 (experiments/deploy_speed/runs/call5.json: the presets on the deploy protocol) and
-the bench matrix (experiments/bench_presets/results/matrix.json: the peers on the search's protocol).
+deploy benchmark's presets run (experiments/deploy_speed/runs/presets_deploy.json: the presets on the
+deploy protocol) and the bench matrix (experiments/bench_presets/results/matrix.json: the peers on the
+search's protocol).
 Writes results/summary.json, results/table.csv, results/front.html/png (full-schedule accuracy vs measured
 latency: presets, searched architectures, peers), and the Pareto/hypervolume reports under results/pareto/.
 """
@@ -62,9 +64,9 @@ def search_cost(study) -> dict:
 
 
 def gpu_cost(studies, gap_s: float = 300.0) -> dict:
-    """GPU time per trial. The searches ran in several device calls (both studies at once on one GPU, 3
+    """GPU time per trial. The searches ran in several stretches (both studies at once on one GPU, 3
     workers each, and the Pareto study alone to finish it): the GPU time is the sum of the wall spans of
-    those runs, found as the stretches of trial activity with no gap over ``gap_s``."""
+    those stretches, found as the periods of trial activity with no gap over ``gap_s``."""
     done = [t for s in studies.values() for t in _finished(s)]
     spans = sorted((t.datetime_start, t.datetime_complete) for t in done)
     runs = []
@@ -126,8 +128,8 @@ def peers_rows() -> list[dict]:
 
 
 def deploy_rows() -> dict[str, dict]:
-    """Preset -> {batch: ms} on the deploy protocol (lowspace.deploy, compiled + CUDA graph, fp16), call 5."""
-    path = HERE.parent / "deploy_speed" / "runs" / "call5.json"
+    """Preset -> {batch: ms} on the deploy protocol (lowspace.deploy, compiled + CUDA graph, fp16)."""
+    path = HERE.parent / "deploy_speed" / "runs" / "presets_deploy.json"
     out: dict[str, dict] = {}
     if path.exists():
         for r in json.loads(path.read_text())["rows"]:
@@ -156,7 +158,7 @@ def main() -> int:
         cfg = ArchConfig.from_dict(a["config"])
         c = cost.get(aid, {})
         d = deploy.get(a["name"], {}) if a["source"] == "preset" else {}
-        table.append(dict(name=a["name"], source=a["source"], picked="session 1" if a.get("earlier") else "final",
+        table.append(dict(name=a["name"], source=a["source"], picked="at 36 trials" if a.get("earlier") else "final",
                           arch_id=aid, params=count_params(cfg), macs=count_macs(cfg, resolution=cfg.resolution),
                           latency_ms_b200=c.get("latency_ms"), images_per_s=c.get("images_per_s"),
                           latency_ms_b1=c.get("batch1_ms"), deploy_ms_b200=d.get(200), deploy_ms_b1=d.get(1),

@@ -1,5 +1,5 @@
-"""Issue 6, steps 1, 3 and 4 on the GPU: train reference presets and searched architectures with the short and
-the full proxy schedule, and time them all on the search's latency protocol.
+"""Train reference presets and searched architectures with the short and the full proxy schedule, and time
+them all on the search's latency protocol (one GPU).
 
 Which architectures (chosen by rule, never by hand):
   * the presets B0, B1, B1.5, B3, E1, E2, E3 (reference points);
@@ -8,12 +8,14 @@ Which architectures (chosen by rule, never by hand):
   * --random-picks trials of the random-search study at evenly spaced latency quantiles (an unbiased sample
     for the proxy calibration: the Pareto picks were selected on the short proxy).
 Architectures retrained by an earlier run of this script (rows in --resume that the current picks no longer
-include: the picks of session 1 were made from the studies at 36 trials) stay in, rebuilt from their trial, so
-they are timed with the rest. Each gets the short schedule (the one the search used; skipped where the study already has it for the same
-arch_id) and the full schedule (FULL below). Training runs in --jobs processes sharing the GPU; the latency of
-every architecture is then timed alone, one at a time, on an idle GPU.
+include, e.g. the picks of a first run on the studies at 36 trials) stay in, rebuilt from their trial, so
+they are timed with the rest. Each gets the short schedule (the one the search used; skipped where the
+study already has it for the same arch_id) and the full schedule (FULL below). Training runs in --jobs
+processes sharing the GPU; the latency of every architecture is then timed alone, one at a time, on an idle
+GPU.
 
-    PYTHONPATH=.:/tmp/site python3 experiments/search_proof/retrain.py --out $OUT/retrain
+    python3 experiments/search_proof/retrain.py --out experiments/search_proof/results/retrain \
+        --resume experiments/search_proof/results/retrain/rows.jsonl --jobs 5
 
 Rows go to OUT/rows.jsonl as they finish (a rerun with --resume skips finished rows).
 """

@@ -22,7 +22,7 @@ Parts a and c run on the current training API (the proxy recipe, torch's LambdaL
 the training engine was unified (ProxySchedule, set_lr), so two commits can be measured side by side.
 
 Writes OUT/part_<x>.json (rows, ratios, environment) and OUT/part_<x>.md; part d also writes
-OUT/curve.csv / curve.json (render the PNG here with render_curve.py).
+OUT/curve.csv / curve.json (render_curve.py draws it; no GPU needed).
 """
 from __future__ import annotations
 

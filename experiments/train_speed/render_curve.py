@@ -1,9 +1,9 @@
 """Render part d's accuracy curve (curve.json from bench_train.py --part d) as HTML and PNG.
 
-Runs here, not on the GPU machine (PNG export needs kaleido with a Chrome / Chromium on PATH; without one
-only the HTML is written and a note says the PNG was skipped).
+Needs no GPU. PNG export needs kaleido with a Chrome / Chromium on PATH; without one only the HTML is
+written and a note says the PNG was skipped.
 
-    .venv/bin/python experiments/train_speed/render_curve.py experiments/train_speed/results/d
+    python3 experiments/train_speed/render_curve.py experiments/train_speed/results
 """
 from __future__ import annotations
 
