@@ -1,8 +1,9 @@
-"""The worker loop: run trials of the shared study until it has ``n_trials`` complete ones.
+"""The worker loop: run trials of the shared study until it has ``n_trials`` complete ones (or its trials have
+spent ``budget_gpu_s``, see :mod:`._budget`).
 
 Only counted trials count (:func:`~._accounting.counted_trials`: complete, one per architecture; rejected,
 stopped, duplicate and failed ones do not). A worker stops starting trials once enough are counted or
-running elsewhere; it then waits for the running ones and
+running elsewhere (under promotion: running on the last rung); it then waits for the running ones and
 takes over any that a dead worker left, since such a trial is failed and queued again (:mod:`._stale`). A
 race between workers can add at most workers - 1 complete trials.
 """
@@ -16,6 +17,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ._accounting import counted_trials, outcome_counts
+from ._budget import StopWhenSpent, budget_reason
+from ._promotion import running_top
 from ._setup import create_or_load_study, seed_sampler, storage_for
 from ._stale import LivenessStamp, has_optuna_heartbeat, recover_stale
 from .settings import SearchConfig
@@ -23,8 +26,8 @@ from .space import SearchSpace, load_space
 from .storage import display_url, normalize_storage
 from .trial import Engines, TrialPipeline
 
-# how a search stopped (SearchSummary.stop); the first three are what the user asked for
-FINISHED = ("n_trials", "timeout", "max_attempts")
+# how a search stopped (SearchSummary.stop); the first four are what the user asked for
+FINISHED = ("n_trials", "timeout", "max_attempts", "budget")
 
 
 @dataclass
@@ -51,7 +54,7 @@ class SearchSummary:
 
     @property
     def ok(self) -> bool:
-        """Whether the search stopped where it was told to (n_trials, timeout, max_attempts)."""
+        """Whether the search stopped where it was told to (n_trials, timeout, max_attempts, budget)."""
         return self.stop in FINISHED
 
 
@@ -105,6 +108,9 @@ def stop_reason(study: optuna.Study, config: SearchConfig, deadline: float | Non
         return "gave_up", (f"gave up after {attempts} trials with {progress}: too many candidates were rejected, "
                            "stopped early, duplicates (a small space runs out of new architectures) or failed; "
                            "relax the constraints or raise max_attempts")
+    spent = budget_reason(study, config.budget_gpu_s)
+    if spent:
+        return "budget", f"stopped: {spent}, with {progress}"
     if deadline is not None and time.monotonic() > deadline:
         return "timeout", f"stopped at the {config.timeout_s:g} s timeout with {progress}"
     return "", ""
@@ -167,7 +173,8 @@ def run_worker(config: SearchConfig, worker_index: int = 0, engines: Engines | N
     poll = poll_s if poll_s is not None else min(5.0, float(hb.heartbeat_interval))
     if deadline is None and config.timeout_s is not None:
         deadline = time.monotonic() + config.timeout_s
-    running = _running
+    ladder = pipeline.ladder  # under promotion only trials on the last rung will be complete
+    running = _running if ladder is None else (lambda st: running_top(st, ladder.top))
 
     def ran(st: optuna.Study, frozen: FrozenTrial) -> None:
         summary.ran += 1
@@ -176,7 +183,8 @@ def run_worker(config: SearchConfig, worker_index: int = 0, engines: Engines | N
         tell(recover_stale(st, storage, grace, hb.max_retry))
 
     pipeline.on_wait = lambda: tell(recover_stale(study, storage, grace, hb.max_retry))
-    callbacks = [ran, _EnoughTrials(config.n_trials, running), _AttemptCap(config.attempts_cap)]
+    callbacks = [ran, _EnoughTrials(config.n_trials, running), _AttemptCap(config.attempts_cap),
+                 StopWhenSpent(config.budget_gpu_s)]
     while True:
         tell(recover_stale(study, storage, grace, hb.max_retry))
         summary.stop, summary.stopped_reason = stop_reason(study, config, deadline)

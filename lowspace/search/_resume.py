@@ -2,10 +2,10 @@
 
 A new study records the whole search config (``lowspace_config``) and the proxy schedule with every
 default filled in (``proxy_resolved``). Resuming compares against them: the mode, the objectives, the
-latency protocol, the proxy schedule and the data options must be the same. A protocol field lowspace
-added after the study was made takes the value such studies were timed with
-(:data:`PROTOCOL_BEFORE_RECORDED`); a proxy field a study did not record is resumed with today's value
-and a warning.
+latency protocol, the proxy schedule, the data options and (pareto mode) the early stopping and its rungs
+must be the same. A protocol field lowspace added after the study was made takes the value such studies
+were timed with (:data:`PROTOCOL_BEFORE_RECORDED`); a proxy field a study did not record is resumed with
+today's value and a warning.
 
 The study also records a hash of its search space (``space_hash``: the parameters, the base architecture
 and the recipe as parsed, not the formatting, name, description or named points); a resume with another
