@@ -24,6 +24,7 @@ def test_accuracy_over_seeds_mean_std_interval():
     assert (low, high) == pytest.approx((91.0 - half, 91.0 + half))
     text = acc.describe()
     assert "91.00% ± 1.00 (3 seeds; 95 % CI" in text and "binomial SE 0.29 on 10,000 images" in text
+    assert Accuracy((96.0, 100.0)).interval()[1] == 100.0  # an accuracy interval ends at 100 %
     one = Accuracy((90.0,), images=None)
     assert math.isnan(one.std) and all(math.isnan(v) for v in one.interval()) and "1 seed" in one.describe()
 

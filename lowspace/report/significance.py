@@ -70,11 +70,11 @@ class Accuracy:
         return binomial_se(self.mean, self.images, self.scale)
 
     def interval(self, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
-        """Student-t confidence interval of the mean over seeds (nan with one seed)."""
+        """Student-t confidence interval of the mean over seeds, within 0..scale (nan with one seed)."""
         if self.seeds < 2:
             return math.nan, math.nan
         half = float(sps.t.ppf(0.5 + level / 2, self.seeds - 1)) * self.std / math.sqrt(self.seeds)
-        return self.mean - half, self.mean + half
+        return max(self.mean - half, 0.0), min(self.mean + half, self.scale)
 
     def describe(self, level: float = DEFAULT_LEVEL) -> str:
         """E.g. ``91.23 ± 0.31 (3 seeds; 95 % CI 90.46-92.00; binomial SE 0.28 on 10,000 images)``."""
