@@ -10,7 +10,8 @@ and bookkeeping cost apart from the build.
 
 cuDNN keeps its autotuning results per process, so each ``--variant`` is meant to run in its own process:
 
-    python3 experiments/bench_presets/build_profile.py --variant default --out experiments/bench_presets/results/build_profile
+    python3 experiments/bench_presets/build_profile.py --variant default \
+        --out experiments/bench_presets/results/build_profile
 """
 from __future__ import annotations
 

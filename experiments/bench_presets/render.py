@@ -1,7 +1,8 @@
 """Render the bench_presets results: counts added to the rows, plotly charts (HTML + PNG), a markdown summary.
 
-Runs on a CPU (no GPU needed): params / MACs / fvcore MACs are counted and cached in counts.json. PNG export needs kaleido with a Chrome/Chromium on PATH; without one the HTML is still written
-and the summary says the PNG was skipped.
+Runs on a CPU (no GPU needed): params / MACs / fvcore MACs are counted and cached in counts.json. PNG export
+needs kaleido with a Chrome/Chromium on PATH; without one the HTML is still written and the summary says the
+PNG was skipped.
 
     python3 experiments/bench_presets/render.py --results experiments/bench_presets/results
 """

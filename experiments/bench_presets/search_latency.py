@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     a = [studies["autotuned"][k] for k in common]
     ratios = [x / y for x, y in zip(h, a)]
     lines += ["", f"Architectures both studies sampled: {len(common)}. Kendall tau of their batch-200 latency, "
-              f"heuristic vs autotuned: **{kendalltau(h, a).statistic:.3f}**; latency ratio heuristic / autotuned: median "
-              f"{statistics.median(ratios):.3f}, range {min(ratios):.3f} - {max(ratios):.3f}."]
+              f"heuristic vs autotuned: **{kendalltau(h, a).statistic:.3f}**; latency ratio heuristic / autotuned: "
+              f"median {statistics.median(ratios):.3f}, range {min(ratios):.3f} - {max(ratios):.3f}."]
     (db.parent / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -195,7 +195,8 @@ def run_job(model_name: str, variant: str, batch: int, resolution: int, do_profi
     try:
         _job(row, model_name, batch, resolution, do_profile, device)
     except Exception as err:  # noqa: BLE001 - a failed variant is a row, not a crash
-        row.update(status="error", error=f"{type(err).__name__}: {err}"[:2000], traceback=traceback.format_exc()[-3000:])
+        row.update(status="error", error=f"{type(err).__name__}: {err}"[:2000],
+                   traceback=traceback.format_exc()[-3000:])
         if "out of memory" in str(err).lower():
             row["status"] = "oom"
     gc.collect()
@@ -262,8 +263,6 @@ def warm_build(model_name: str, variant: str, batch: int, resolution: int, devic
     torch.backends.cudnn.benchmark = True
     model = make_model(impl, model_name).to(device)
     x = torch.randn(batch, 3, resolution, resolution, device=device)
-    from torch._dynamo.utils import counters
-    before = dict(counters["inductor"])
     t0 = time.perf_counter()
     if impl == "timm":
         from lowspace.runtime import prepare
@@ -290,7 +289,8 @@ def warm_phase(jobs: list[tuple], resolution: int, device: str, parallel: int, c
             job = pending.pop(0)
             tag = "%s_%s_%d" % (short(job[0]), job[1], job[2])
             out = tmpdir / f"warm_{tag}.json"
-            cmd = [sys.executable, __file__, "--warm-job", json.dumps([*job, resolution, device]), "--job-out", str(out)]
+            cmd = [sys.executable, __file__, "--warm-job", json.dumps([*job, resolution, device]),
+                   "--job-out", str(out)]
             log = open(tmpdir / f"warm_{tag}.log", "w")
             proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
             running.append((job, proc, time.perf_counter(), out, log))
@@ -465,7 +465,8 @@ def main(argv=None):
     for v in args.extra_variants.split(","):
         if v not in VARIANTS:
             raise SystemExit(f"unknown variant {v!r}")
-    jobs += [(m, v, int(b)) for m in extra for b in args.extra_batches.split(",") for v in args.extra_variants.split(",")]
+    jobs += [(m, v, int(b)) for m in extra for b in args.extra_batches.split(",")
+             for v in args.extra_variants.split(",")]
     profile = set(filter(None, args.profile.split(",")))
     t_start = time.perf_counter()
     if args.micro and args.device == "cuda":
@@ -496,7 +497,8 @@ def main(argv=None):
                 row["build_s_cold_parallel"] = args.parallel
         row["env"] = env
         rows.append(row)
-        msg = (f"{row['img_s']:>9,.0f} img/s {row['ms']:8.3f} ms  build {row.get('build_s_cold') or row.get('build_s', 0):6.1f}s"
+        build_s = row.get("build_s_cold") or row.get("build_s", 0)
+        msg = (f"{row['img_s']:>9,.0f} img/s {row['ms']:8.3f} ms  build {build_s:6.1f}s"
                f" (cached {row.get('build_s', 0):5.1f}s) err {row.get('check_rel_err', 0):.1e}"
                if row.get("status") == "ok" else f"{row.get('status')}: {row.get('error', '')[:300]}")
         print(f"[{time.perf_counter() - t_start:6.0f}s] {short(model_name):4s} b{batch:<4d} {v:22s} {msg} "
@@ -521,8 +523,10 @@ def micro_dwconv() -> list[dict]:
         ref = F.hardswish(F.conv2d(x, w, b, s, k // 2, 1, c))
         y = _launch(x, w, b, s, k // 2, "hardswish")
         err = ((y.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-        t_cudnn = do_bench(lambda: F.hardswish(F.conv2d(x, w, b, s, k // 2, 1, c)), return_mode="median")
-        t_tri = do_bench(lambda: _launch(x, w, b, s, k // 2, "hardswish"), return_mode="median")
+        t_cudnn = do_bench(lambda x=x, w=w, b=b, s=s, k=k, c=c: F.hardswish(F.conv2d(x, w, b, s, k // 2, 1, c)),
+                           return_mode="median")
+        t_tri = do_bench(lambda x=x, w=w, b=b, s=s, k=k: _launch(x, w, b, s, k // 2, "hardswish"),
+                         return_mode="median")
         rows.append({"shape": [n, c, h, k, s], "cudnn_ms": t_cudnn, "triton_ms": t_tri, "err": err})
         print(f"dwconv {n}x{c}x{h}² k{k} s{s}: cudnn+act {t_cudnn * 1e3:.1f} us, triton {t_tri * 1e3:.1f} us, "
               f"err {err:.1e}", flush=True)

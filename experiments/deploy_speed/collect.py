@@ -32,7 +32,8 @@ def main(paths: list[str]) -> None:
            "rows": rows}
     (HERE / "results.json").write_text(json.dumps(out, indent=1, default=str))
 
-    goals = ["| model | batch | run | timm reference | ours best | ratio | goal | ours build cold / cached / memory s |",
+    goals = ["| model | batch | run | timm reference | ours best | ratio | goal "
+             "| ours build cold / cached / memory s |",
              "|---|---:|---|---|---|---:|---|---|"]
     for model in PRESET_ORDER:
         for batch in (200, 1):

@@ -186,8 +186,8 @@ def main(argv=None) -> int:
                          latency_ms=m200.median_ms, latency_spread=m200.spread, images_per_s=m200.images_per_s,
                          batch1_ms=m1.median_ms, batch1_spread=m1.spread, fingerprint=m200.fingerprint,
                          protocol=m200.protocol))
-        print(f"{a['name']:>10} {m200.median_ms:8.3f} ms/200 ({m200.images_per_s:,.0f} img/s)  b1 {m1.median_ms:.3f} ms",
-              flush=True)
+        print(f"{a['name']:>10} {m200.median_ms:8.3f} ms/200 ({m200.images_per_s:,.0f} img/s)  "
+              f"b1 {m1.median_ms:.3f} ms", flush=True)
     (out / "cost.json").write_text(json.dumps(cost, indent=1, default=str))
     return 0
 

@@ -278,7 +278,8 @@ def write(out: Path, part: str, payload: dict) -> None:
     (out / f"part_{part}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     lines = [f"# Part {part}: {payload['title']}", "", f"Goal: {payload['goal']}", ""]
     if payload.get("rows"):
-        lines += ["| variant | img/s | ms/step | spread | vs timm eager | peak GiB | note |", "|---|---:|---:|---:|---:|---:|---|"]
+        lines += ["| variant | img/s | ms/step | spread | vs timm eager | peak GiB | note |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for r in payload["rows"]:
             note = r.get("error") or (r.get("info") or {}).get("cuda_graph", "")
             lines.append(f"| {r['variant']} | {r.get('images_per_s', 0):,.0f} | {r.get('ms_per_step', 0):.2f} | "
@@ -323,7 +324,8 @@ def part_step(args, part: str, res: int, batch: int) -> dict:
                key=lambda r: r["images_per_s"], default=None)
     goal = ">= 4x timm eager" if part == "a" else ">= 1.3x timm eager"
     return dict(part=part, title=f"training step, {preset.upper()}, {res} px, batch {batch}", goal=goal,
-                rows=rows, summary=dict(best=best and best["variant"], best_vs_timm_eager=best and best.get("vs_timm_eager")),
+                rows=rows,
+                summary=dict(best=best and best["variant"], best_vs_timm_eager=best and best.get("vs_timm_eager")),
                 protocol=dict(warmup=args.warmup, chunks=args.chunks, per_chunk=args.per_chunk, precision="bf16",
                               channels_last=True, optimizer="AdamW (timm: fused; ours: fused + capturable in graphs)"),
                 env=environment())
@@ -332,7 +334,7 @@ def part_step(args, part: str, res: int, batch: int) -> dict:
 def fashion_mnist(args):
     from lowspace.data import get_dataset
     roots = [args.fmnist_root, os.environ.get("LOWSPACE_FASHION_MNIST"), "/usr/share/datasets/fashion-mnist",
-             str(ROOT / ".fmnist"), str(ROOT / "shared"), str(ROOT.parent / "shared")]
+             str(ROOT / ".fmnist")]
     for root in [r for r in roots if r]:
         if Path(root, "train-images-idx3-ubyte.gz").is_file() or Path(root, "train-images-idx3-ubyte").is_file():
             return get_dataset("fashion_mnist", root=root)
@@ -394,7 +396,8 @@ def part_d(args) -> dict:
             return False
         cleanup()
         r = train_proxy("b0", data, schedule, DEVICE, on_epoch=on_epoch)
-        out["schedules"][label] = dict(schedule=schedule_fields(schedule), top1=r.top1, top5=r.top5, best_top1=r.best_top1,
+        out["schedules"][label] = dict(schedule=schedule_fields(schedule), top1=r.top1, top5=r.top5,
+                                       best_top1=r.best_top1,
                                        train_s=r.train_s, total_s=r.info["total_s"], images_per_s=r.images_per_s,
                                        info={k: v for k, v in r.info.items() if k != "graph_checks"})
         curves += [dict(schedule=label, **row) for row in r.history]

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Regenerates experiments/train_speed/results on one CUDA GPU; README.md says what each part measures.
+#   bash experiments/train_speed/run.sh                         # from the repository root
+# A part whose results/part_<x>.json exists is skipped (delete it to measure it again). Parts c and d read
+# Fashion-MNIST from FASHION_MNIST (a folder of the four IDX files; default: $LOWSPACE_FASHION_MNIST,
+# /usr/share/datasets/fashion-mnist, then .fmnist/). PYTHON: the interpreter (python3).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+T=experiments/train_speed
+R=$T/results
+PY=${PYTHON:-python3}
+data=()
+[ -n "${FASHION_MNIST:-}" ] && data=(--fmnist-root "$FASHION_MNIST")
+
+for part in a b; do
+    [ -e "$R/part_$part.json" ] || "$PY" $T/bench_train.py --part $part --out "$R"
+done
+for part in c d; do
+    [ -e "$R/part_$part.json" ] || "$PY" $T/bench_train.py --part $part --out "$R" ${data[@]+"${data[@]}"}
+done
+"$PY" $T/render_curve.py "$R"    # curve.html / curve.png (no GPU needed; PNG export needs Chromium)
