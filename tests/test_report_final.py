@@ -117,3 +117,16 @@ def test_real_training_on_cpu_resumes_from_its_run_folder(tmp_path, monkeypatch)
     assert [r["top1"] for r in again[0].runs] == [r["top1"] for r in runs]
     in_memory = evaluate_final(entries, data, QUICK, repeats=1, device="cpu")
     assert in_memory[0].runs[0]["top1"] == runs[0]["top1"]  # same seed, same run, written or not
+
+
+def test_final_plot_error_bars_are_the_interval_over_seeds():
+    from lowspace.report import plots
+    runs = [dict(top1=v, images=1000) for v in (90, 92, 94)]
+    results = [evaluate.FinalResult(Entry("t1", TINY, latency_ms=1.0), runs),
+               evaluate.FinalResult(Entry("b1", TINY, "preset", latency_ms=2.0), [dict(top1=88.0, images=1000)])]
+    frame = final_frame(results)
+    fig = plots.final_figure(frame)
+    front, preset = fig.data
+    low, high = results[0].accuracy.interval()
+    assert front.error_y.array[0] == pytest.approx(high - 92) and front.error_y.arrayminus[0] == pytest.approx(92 - low)
+    assert preset.error_y.array[0] == pytest.approx(results[1].accuracy.binomial_se)  # one seed: the binomial SE

@@ -185,11 +185,14 @@ def final_figure(rows: pd.DataFrame, title: str | None = None, level: float = DE
         part = rows[rows["kind"] == kind]
         if part.empty:
             continue
-        half = (part["ci_high"] - part["mean"]).where(part["seeds"] >= 2, part["binomial_se"])
+        seeds = part["seeds"] >= 2
+        above = (part["ci_high"] - part["mean"]).where(seeds, part["binomial_se"])
+        below = (part["mean"] - part["ci_low"]).where(seeds, part["binomial_se"])
         fig.add_trace(go.Scatter(
             x=part["latency_ms"], y=part["mean"], mode="markers+text", name="front members" if kind == "front"
             else "presets", text=part["name"].tolist(), textposition="top center",
-            error_y=dict(type="data", array=half.fillna(0.0).tolist(), visible=True),
+            error_y=dict(type="data", symmetric=False, array=above.fillna(0.0).tolist(),
+                         arrayminus=below.fillna(0.0).tolist(), visible=True),
             marker=dict(size=12 if kind == "front" else 15, symbol=symbol, color=color),
             hovertext=[f"{r['name']}: {r['describe']}<br>latency {r['latency_ms']:.4g} ms" for _, r in part.iterrows()],
             hoverinfo="text"))
