@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 import search_fakes
 from lowspace.errors import ConfigError
 from lowspace.pareto import nondominated_ranks
-from lowspace.report.fidelity import fidelity_summary, rung_frame, write_fidelity
+from lowspace.report import write_report
+from lowspace.report.fidelity import fidelity_summary, rung_frame
 from lowspace.report.tables import pareto_frame, trials_frame
 from lowspace.search import run_search
 from lowspace.search._budget import BUDGET_SPENT, trial_gpu_s
@@ -190,8 +191,9 @@ def test_a_study_promotes_by_rank_and_its_front_has_only_top_rung_trials(tmp_pat
     summary_table = fidelity_summary(rungs)
     assert list(summary_table["architectures"]) == [len(rungs[rungs["rung"] == k]) for k in (0, 1, 2)]
     assert list(summary_table["label"]) == ["epochs=1", "epochs=2", "full"]
-    files = write_fidelity(study, tmp_path / "out")
-    assert {p.name for p in files} == {"fidelity.csv", "fidelity.md"}
+    report = write_report(study, tmp_path / "out", png=False)
+    assert {"fidelity.csv", "fidelity.md"} <= {p.name for p in report.files}
+    assert "## Rung 0 (epochs=1)" in (tmp_path / "out" / "fidelity.md").read_text()
 
 
 def test_named_points_always_reach_the_full_schedule_and_repeats_train_seeds(tmp_path):

@@ -10,6 +10,7 @@ from typing import Sequence
 
 from ..io import atomic_write_text
 from .export import export_pareto, export_trial, export_trials, pareto_trials, trial_config
+from .fidelity import write_fidelity
 from .fronts import STATISTICS, GroupStatistics, Reference, group_statistics, hypervolume_curve, resolve_reference
 from .significance import DEFAULT_LEVEL
 from .tables import (load_peers, markdown_table, pareto_frame, peer_notes, study_objectives, trials_frame,
@@ -51,7 +52,8 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
 
     Files: ``trials.csv`` (every trial), ``pareto.csv``, ``summary.md`` (state counts, front statistics, the
     front, its comparisons with the presets at ``level``), ``pareto.html``/``.png``, ``hypervolume.html``/
-    ``.png``, and with ``export`` one YAML per Pareto architecture under ``configs/``.
+    ``.png``, ``fidelity.csv``/``.md`` (the front at each rung, for a study searched with promotion), and with
+    ``export`` one YAML per Pareto architecture under ``configs/``.
 
     ``seeds``: other studies of the same search run with other seeds; ``baseline``: a study (or the studies of
     a baseline's seeds). Every hypervolume uses one reference point (:mod:`.fronts`; ``reference`` overrides
@@ -107,6 +109,7 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
             rep.notes.append(str(err))
     atomic_write_text(out / "summary.md", _summary(study, df, front, rep, protocol, level))
     rep.files.append(out / "summary.md")
+    rep.files.extend(write_fidelity(study, out))
     return rep
 
 
