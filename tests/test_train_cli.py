@@ -7,7 +7,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from lowspace.cli import main
+from lowspace.cli import build_parser, main
+from lowspace.cli.train import _with_overrides
+from lowspace.train import get_recipe
 
 TINY = dict(name="tiny", resolution=24, stem=dict(width=8),
             stages=[dict(width=16, depth=1, downsample=dict(stride=2)),
@@ -80,6 +82,17 @@ def test_train_evaluates_on_the_test_split_only_when_asked(folders, tmp_path, ca
     assert trained["info"]["validation"] == {"split": "test", "images": 9}
 
 
+def test_flags_and_set_build_the_recipe():
+    args = build_parser().parse_args(["train", "b1", "--data", "synthetic", "--epochs", "32", "--batch-size", "8",
+                                      "--resolution", "96", "--set", "batch_size=16", "--set", "betas.1=0.99",
+                                      "--set", "randaugment=null", "--set", "name=2024", "--set", "classes=3"])
+    recipe = _with_overrides(get_recipe("b3"), args)
+    assert (recipe.epochs, recipe.warmup_epochs) == (32, 2.0)  # --epochs scales the warmup (20 of 320)
+    assert (recipe.batch_size, recipe.accumulation) == (16, 4)  # --set after the flag; the rest of b3 kept
+    assert (recipe.resolutions, recipe.eval_resolution, recipe.betas) == ((96,), 96, (0.9, 0.99))
+    assert (recipe.randaugment, recipe.name, recipe.classes) == (None, "2024", 3)  # typed from the fields
+
+
 def test_clean_errors(folders, tmp_path, capsys):
     root, cfg = folders
     base = ["train", str(cfg), "--out", str(tmp_path / "x"), *FAST]
@@ -88,8 +101,16 @@ def test_clean_errors(folders, tmp_path, capsys):
     assert main(base + ["--data", str(root)]) == 2
     assert "recipe.batch_size: got 128" in capsys.readouterr().err
     assert main(base + ["--data", "synthetic", "--set", "warmup_epochs=500"]) == 2
-    assert "recipe.warmup_epochs" in capsys.readouterr().err
+    assert "command line: warmup_epochs: got 500.0; must be < epochs (320)" in capsys.readouterr().err
+    assert main(base + ["--data", "synthetic", "--set", "warmup_epoch=5"]) == 2
+    assert "--set: warmup_epoch: got 'warmup_epoch'; unknown key; did you mean 'warmup_epochs'" in \
+        capsys.readouterr().err
+    assert main(base + ["--data", "synthetic", "--set", "resolutions=[64"]) == 2
+    assert "--set resolutions: got '[64'; not valid YAML" in capsys.readouterr().err
+    assert main(base + ["--data", "synthetic", "--seed", "-1"]) == 2
+    assert "command line: seed: got -1; must be an integer between 0" in capsys.readouterr().err
     assert main(base + ["--data", "synthetic", "--recipe", "b4"]) == 2
     assert "known recipes" in capsys.readouterr().err
-    assert main(["eval", str(cfg), "--checkpoint", str(tmp_path / "none"), "--data", "synthetic", "--device", "cpu"]) == 2
+    none = str(tmp_path / "none")
+    assert main(["eval", str(cfg), "--checkpoint", none, "--data", "synthetic", "--device", "cpu"]) == 2
     assert "no such file or directory" in capsys.readouterr().err

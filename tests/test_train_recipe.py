@@ -1,7 +1,9 @@
 """Recipes and the pieces that follow the official training code: the paper's numbers per preset, YAML
 overrides and the search's proxy mapping with errors naming the field; weight-decay groups; the lr / EMA /
 MESA / drop-path clock in micro-batches; mixup and cutmix; the losses."""
+import dataclasses
 import math
+import typing
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from lowspace import ConfigError
 from lowspace.arch import PRESET_NAMES, create_model, get_preset
 from lowspace.arch.model import residual_branches
+from lowspace.config import field_info
 from lowspace.train import RECIPE_NAMES, Recipe, get_recipe, load_recipe, proxy_recipe
 from lowspace.train.ema import WarmupEMA
 from lowspace.train.engine import DropPathSchedule
@@ -40,18 +43,64 @@ def test_yaml_override_and_errors(tmp_path):
     assert (r.name, r.epochs, r.resolutions, r.clip_grad_value, r.batch_size, r.mesa, r.classes) == \
         ("short", 12, (64, 96), None, 20, 2.0, ("cat", "dog"))
     path.write_text("epochs: 10\nmixup_alfa: 0.2\n")
-    with pytest.raises(ConfigError, match=r"short.yaml: recipe.mixup_alfa.*did you mean 'mixup_alpha'"):
+    with pytest.raises(ConfigError, match=r"short.yaml, line 2: mixup_alfa.*did you mean 'mixup_alpha'"):
         load_recipe(path)
-    with pytest.raises(ConfigError, match=r"recipe.warmup_epochs.*< epochs"):
+    path.write_text("base: b7\n")
+    with pytest.raises(ConfigError, match=r"short.yaml, line 1: base: got 'b7'; known recipes"):
+        load_recipe(path)
+    path.write_text("epochs: 10\nwarmup_epochs: 12\n")
+    with pytest.raises(ConfigError, match=r"short.yaml, line 2: warmup_epochs: got 12.0; must be < epochs"):
+        load_recipe(path)
+    path.write_text("epochs: 10\nepochs: 12\n")
+    with pytest.raises(ConfigError, match=r"short.yaml, line 2: got 'epochs'; duplicate key"):
+        load_recipe(path)
+    with pytest.raises(ConfigError, match=r"^warmup_epochs.*< epochs"):
         load_recipe("b1", epochs=10)
-    with pytest.raises(ConfigError, match=r"recipe.resolutions: got 'big'"):
+    with pytest.raises(ConfigError, match=r"^resolutions: got 'big'"):
         load_recipe("b1", resolutions="big")
-    with pytest.raises(ConfigError, match=r"recipe.classes: got True"):
+    with pytest.raises(ConfigError, match=r"^classes: got True"):
         load_recipe("b1", classes=True)
-    with pytest.raises(ConfigError, match=r"recipe.precision.*allowed"):
+    with pytest.raises(ConfigError, match=r"^precision.*allowed"):
         Recipe(precision="int8")
     with pytest.raises(ConfigError, match="known recipes.*proxy"):
         get_recipe("b7")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("base_lr", float("nan"), "base_lr: got nan; a finite number"),
+    ("base_lr", 0.0, "base_lr: got 0.0; must be a number > 0"),
+    ("epochs", 10**6, "epochs: got 1000000; must be an integer between 1 and 100000"),
+    ("seed", 2**40, "seed: .* between 0 and 4_294_967_295"),
+    ("betas", (0.9, 1.0), "betas.1: got 1.0; must be a number >= 0 and < 1"),
+    ("resolutions", (), "resolutions: got \\[\\]; at least one resolution"),
+    ("resolutions", (64, 5000), "resolutions.1: got 5000"),
+    ("scale", (0.5, 0.2), "scale: .*min <= max"),
+    ("interpolation", "bicubic ", "interpolation: .*without surrounding whitespace"),
+    ("classes", ("cat", ""), "classes.1: got ''"),
+    ("randaugment", "m9-n2", "randaugment: .*RandAugment string"),
+])
+def test_bad_values_name_the_field(field, value, message):
+    with pytest.raises(ConfigError, match="^" + message):
+        get_recipe("b1").replace(**{field: value})
+
+
+def _numeric(tp) -> bool:
+    return tp in (int, float) or any(_numeric(a) for a in typing.get_args(tp))
+
+
+def test_every_numeric_field_is_bounded():
+    hints = typing.get_type_hints(Recipe)
+    numeric = [f for f in dataclasses.fields(Recipe) if _numeric(hints[f.name])]
+    assert len(numeric) > 30
+    assert [f.name for f in numeric if not field_info(Recipe, f.name).constraint.bounded] == []
+
+
+def test_recipe_round_trips_through_dict_and_yaml(tmp_path):
+    b3 = get_recipe("b3").replace(classes=("cat", "dog"), clip_grad_value=None)
+    assert load_recipe(b3.to_dict()) == b3
+    b3.to_yaml(tmp_path / "b3.yaml")
+    assert load_recipe(tmp_path / "b3.yaml") == b3
+    assert load_recipe({"base": "b1.5", "epochs": 30}).name == "b15-custom"
 
 
 def test_proxy_mapping_takes_recipe_fields_and_names_renamed_keys():
@@ -176,7 +225,8 @@ def test_mixup_and_losses():
     logits = torch.randn(6, 5)
     bce = TrainLoss("bce", smoothing=0.1)
     smooth = torch.full((6, 5), 0.02).scatter_(1, y.view(-1, 1), 0.92)
-    assert bce(logits, y, x) == pytest.approx(torch.nn.functional.binary_cross_entropy_with_logits(logits, smooth).item())
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, smooth)
+    assert bce(logits, y, x) == pytest.approx(want.item())
     ce = TrainLoss("ce", smoothing=0.1)
     assert ce(logits, y, x) == pytest.approx(ce(logits, smooth, x).item(), rel=1e-5)
     mesa = TrainLoss("bce", smoothing=0.1, mesa=2.0, teacher=lambda images: logits.flip(0))

@@ -8,8 +8,7 @@ import json
 import os
 from pathlib import Path
 
-import yaml
-
+from ..config import parse_assignment
 from ..errors import ConfigError
 
 
@@ -58,7 +57,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--cuda-graph", action="store_true", help="capture the training step in CUDA graphs")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a recipe field (YAML value), e.g. --set mixup_alpha=0 --set resolutions=[96,128]")
+                   help="set any recipe field, value in YAML (e.g. mixup_alpha=0, resolutions=[96,128], betas.1=0.99); "
+                        "repeatable, applied after the other flags")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_train)
 
@@ -91,27 +91,37 @@ def _classes(value):
 
 
 def _overrides(args) -> dict:
-    out = {}
-    for item in args.set:
-        if "=" not in item:
-            raise ConfigError("--set", item, "FIELD=VALUE, e.g. mixup_alpha=0")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise ConfigError(f"--set {key}", value, "a YAML value") from None
-    flags = dict(warmup_epochs=args.warmup_epochs, batch_size=args.batch_size, accumulation=args.accumulation,
-                 base_lr=args.lr, seed=args.seed, save_every_steps=args.save_every, workers=args.workers,
-                 classes=_classes(args.classes), train_per_class=args.train_per_class,
+    """Dotted recipe overrides: the flags, then each ``--set`` (typed from the Recipe's fields)."""
+    from ..train import Recipe
+    flags = dict(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
+                 accumulation=args.accumulation, base_lr=args.lr, seed=args.seed, save_every_steps=args.save_every,
+                 workers=args.workers, classes=_classes(args.classes), train_per_class=args.train_per_class,
                  val_per_class=args.val_per_class, eval_split=args.eval_split)
-    out.update({k: v for k, v in flags.items() if v is not None})
+    out = {k: v for k, v in flags.items() if v is not None}
     if args.resolution is not None:
         out.update(resolutions=[args.resolution], eval_resolution=args.resolution)
     if args.compile:
         out["compile"] = True
     if args.cuda_graph:
         out["cuda_graph"] = True
+    for item in args.set:
+        key, value = parse_assignment(item, Recipe)
+        out[key] = value
     return out
+
+
+def _with_overrides(recipe, args):
+    """``recipe`` with the command line's changes; ``--epochs`` without a warmup scales the warmup to match.
+    Errors name the command line."""
+    overrides = _overrides(args)
+    if args.epochs is not None and "warmup_epochs" not in overrides:
+        overrides["warmup_epochs"] = round(recipe.warmup_epochs * overrides["epochs"] / recipe.epochs, 3)
+    if not overrides:
+        return recipe
+    try:
+        return type(recipe).from_dict(recipe.to_dict(), overrides, override_source="command line")
+    except ConfigError as err:  # the recipe was valid: the command line's change is the cause
+        raise err.with_source("command line") from None
 
 
 def _is_main() -> bool:
@@ -125,13 +135,7 @@ def run_train(args) -> int:
     from ..train.engine import describe_validation, prepare_data
 
     cfg = resolve_config(args.config)
-    recipe = load_recipe(args.recipe or cfg.recipe or "b1")
-    overrides = _overrides(args)
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-        if "warmup_epochs" not in overrides:
-            overrides["warmup_epochs"] = round(recipe.warmup_epochs * args.epochs / recipe.epochs, 3)
-    recipe = recipe.replace(**overrides) if overrides else recipe
+    recipe = _with_overrides(load_recipe(args.recipe or cfg.recipe or "b1"), args)
     data = get_dataset(args.data, seed=recipe.seed, skip_bad=args.skip_bad, workers=recipe.workers or 1)
     data = prepare_data(data, recipe, recipe.eval_resolution or cfg.resolution)
     out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(str(args.config)).stem)

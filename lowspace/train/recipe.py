@@ -7,16 +7,12 @@ how the proxy relates to the paper recipe, and where the paper recipe still devi
 """
 from __future__ import annotations
 
-import dataclasses
-import math
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-import yaml
-
-from ..errors import ConfigError, closest, unknown_key_error
+from ..config import Config, YamlDocument, option
+from ..errors import ConfigError, closest
 
 RECIPE_NAMES = ("b0", "b1", "b15", "b2", "b3", "e1", "e2", "e3")
 PROXY = "proxy"
@@ -31,108 +27,136 @@ INTERPOLATIONS = ("random", "nearest", "bilinear", "bicubic", "box", "hamming", 
 INITS = ("official", "torch")
 EVAL_SPLITS = ("holdout", "test")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_MAX_BATCH = 1_000_000        # images per (micro-)batch
+_MAX_IMAGES = 100_000_000     # images per class, or in all
+_MAX_SIDE = 4096              # pixels
+_MAX_SEED = 2**32 - 1
+_MAX_STEPS = 1_000_000_000
 
 
 @dataclass(frozen=True)
-class Recipe:
-    """A training recipe. Defaults are the paper's shared recipe with B1's numbers (see docs/training.md)."""
+class Recipe(Config):
+    """A training recipe. Defaults are the paper's shared recipe with B1's numbers (see docs/training.md).
+
+    Built like every lowspace config (:mod:`lowspace.config`): each field is converted to its type and checked
+    against its bounds or choices; :meth:`validate` holds the checks that involve several fields.
+    """
+
+    config_kind = "recipe"
 
     name: str = "custom"
     # schedule and optimizer
-    epochs: int = 320
-    warmup_epochs: float = 20.0
-    batch_size: int = 128
-    accumulation: int = 1
-    base_lr: float = 2.5e-4
-    lr_scaling: str = "world_accum"
-    min_lr: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    no_decay: str = "official"
-    clip_grad_value: Optional[float] = 2.0
+    epochs: int = option(320, ge=1, le=100_000)
+    warmup_epochs: float = option(20.0, ge=0, le=100_000)
+    batch_size: int = option(128, ge=1, le=_MAX_BATCH)
+    accumulation: int = option(1, ge=1, le=4096)
+    base_lr: float = option(2.5e-4, gt=0, le=10)
+    lr_scaling: str = option("world_accum", choices=LR_SCALINGS)
+    min_lr: float = option(0.0, ge=0, le=10)
+    betas: tuple[float, float] = option((0.9, 0.999), ge=0, lt=1)
+    eps: float = option(1e-8, gt=0, le=1)
+    weight_decay: float = option(0.1, ge=0, le=10)
+    no_decay: str = option("official", choices=NO_DECAY_MODES)
+    clip_grad_value: Optional[float] = option(2.0, gt=0, le=1e6)
     # loss and regularization
-    loss: str = "bce"
-    label_smoothing: float = 0.1
-    mixup_alpha: float = 0.1
-    cutmix_alpha: float = 0.1
-    mix_prob: float = 1.0
-    mix_switch_prob: float = 0.5
-    mesa: float = 0.0
-    mesa_start: float = 0.25
-    drop_path: float = 0.05
-    drop_path_skip: int = 0
-    drop_path_schedule: str = "progress"
+    loss: str = option("bce", choices=LOSSES)
+    label_smoothing: float = option(0.1, ge=0, lt=1)
+    mixup_alpha: float = option(0.1, ge=0, le=100)
+    cutmix_alpha: float = option(0.1, ge=0, le=100)
+    mix_prob: float = option(1.0, ge=0, le=1)
+    mix_switch_prob: float = option(0.5, ge=0, le=1)
+    mesa: float = option(0.0, ge=0, le=100)
+    mesa_start: float = option(0.25, ge=0, le=1)
+    drop_path: float = option(0.05, ge=0, lt=1)
+    drop_path_skip: int = option(0, ge=0, le=10_000)
+    drop_path_schedule: str = option("progress", choices=DROP_PATH_SCHEDULES)
     # data: which images, and how training images are augmented
-    classes: Union[int, tuple[str, ...], str, None] = None
-    train_per_class: Optional[int] = None
+    # classes: N classes, a list of class names or a class file
+    classes: Union[int, tuple[str, ...], str, None] = option(None, ge=1, le=1_000_000)
+    train_per_class: Optional[int] = option(None, ge=1, le=_MAX_IMAGES)
     # validation: images held out of the training split (class-balanced, seeded by split_seed; None: a tenth
     # of the smallest class, at most 500), or the data set's test split (eval_split: test; val_per_class
     # then caps it)
-    val_per_class: Optional[int] = None
-    split_seed: int = 0
-    eval_split: str = "holdout"
-    resolutions: Optional[tuple[int, ...]] = (128, 160, 192, 224)
+    val_per_class: Optional[int] = option(None, ge=1, le=_MAX_IMAGES)
+    split_seed: int = option(0, ge=0, le=_MAX_SEED)
+    eval_split: str = option("holdout", choices=EVAL_SPLITS)
+    resolutions: Optional[tuple[int, ...]] = option((128, 160, 192, 224), ge=8, le=_MAX_SIDE)
     randaugment: Optional[str] = "rand-m3-n1-mstd1.0-inc1"
-    reprob: float = 0.0
-    interpolation: str = "random"
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (0.75, 4 / 3)
-    hflip: float = 0.5
-    translate: float = 0.0
+    reprob: float = option(0.0, ge=0, le=1)
+    interpolation: str = option("random", choices=INTERPOLATIONS)
+    scale: tuple[float, float] = option((0.08, 1.0), gt=0, le=1)
+    ratio: tuple[float, float] = option((0.75, 4 / 3), gt=0, le=100)
+    hflip: float = option(0.5, ge=0, le=1)
+    translate: float = option(0.0, ge=0, le=0.5)
     materialize: bool = False
-    storage_resolution: Optional[int] = None
-    workers: int = 8
+    storage_resolution: Optional[int] = option(None, ge=8, le=_MAX_SIDE)
+    workers: int = option(8, ge=0, le=1024)
     # EMA and evaluation
     ema: bool = True
-    ema_decay: float = 0.9998
-    ema_warmup_steps: float = 2000.0
-    eval_model: str = "ema"
-    eval_resolution: Optional[int] = None
-    crop_pct: Optional[float] = None
-    eval_batch_size: int = 200
-    eval_every: int = 1
-    bn_reestimate_images: int = 16000
-    bn_reestimate_batch: int = 100
-    bn_reestimate_transform: str = "train"
-    auto_restart: Optional[float] = 1.0
+    ema_decay: float = option(0.9998, ge=0, lt=1)
+    ema_warmup_steps: float = option(2000.0, ge=0, le=1e9)
+    eval_model: str = option("ema", choices=EVAL_MODELS)
+    eval_resolution: Optional[int] = option(None, ge=8, le=_MAX_SIDE)
+    crop_pct: Optional[float] = option(None, gt=0, le=1)
+    eval_batch_size: int = option(200, ge=1, le=_MAX_BATCH)
+    eval_every: int = option(1, ge=1, le=100_000)
+    bn_reestimate_images: int = option(16000, ge=0, le=_MAX_IMAGES)
+    bn_reestimate_batch: int = option(100, ge=1, le=_MAX_BATCH)
+    bn_reestimate_transform: str = option("train", choices=BN_TRANSFORMS)
+    auto_restart: Optional[float] = option(1.0, gt=0, le=100)  # top-1 points
     # runtime
-    precision: str = "bf16"
+    precision: str = option("bf16", choices=PRECISIONS)
     channels_last: bool = True
     compile: bool = False
-    compile_mode: str = "default"
+    compile_mode: str = option("default", choices=COMPILE_MODES)
     cuda_graph: bool = False
     fast_groupnorm: bool = False
     sync_bn: bool = False
-    seed: int = 0
-    init: str = "official"
+    seed: int = option(0, ge=0, le=_MAX_SEED)
+    init: str = option("official", choices=INITS)
     # checkpoints and logging
-    save_every_steps: int = 1000
-    keep_checkpoints: int = 2
-    log_every: int = 50
+    save_every_steps: int = option(1000, ge=0, le=_MAX_STEPS)
+    keep_checkpoints: int = option(2, ge=1, le=10_000)
+    log_every: int = option(50, ge=0, le=_MAX_STEPS)
 
-    def __post_init__(self):
-        for f in fields(self):  # lists (from YAML) become tuples, ints become floats where a float is wanted
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
-        validate_recipe(self)
+    def validate(self) -> None:
+        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+            raise ConfigError("warmup_epochs", self.warmup_epochs,
+                              f"must be < epochs ({self.epochs}); epochs counts warmup, as the official 300 + 20 = 320")
+        if self.scale[0] > self.scale[1]:
+            raise ConfigError("scale", list(self.scale), "[min, max] with min <= max (crop area fractions)")
+        if self.ratio[0] > self.ratio[1]:
+            raise ConfigError("ratio", list(self.ratio), "[min, max] with min <= max (aspect ratios)")
+        if self.eval_model == "ema" and not self.ema:
+            raise ConfigError("eval_model", self.eval_model, "'model' when ema is false")
+        # single-field rules that bounds and choices cannot state
+        if self.resolutions == ():
+            raise ConfigError("resolutions", [], "at least one resolution, or null (the architecture's)")
+        if self.classes == ():
+            raise ConfigError("classes", [], "a number of classes, a list of class names or a class file")
+        if self.randaugment is not None and not self.randaugment.startswith("rand-"):
+            raise ConfigError("randaugment", self.randaugment,
+                              "a timm RandAugment string such as 'rand-m3-n1-mstd1.0-inc1', or null")
 
-    def replace(self, **changes) -> "Recipe":
-        """A copy with fields changed (validated; unknown names raise ConfigError)."""
-        names = {f.name for f in fields(self)}
-        for key in changes:
-            if key not in names:
-                raise unknown_key_error("recipe", key, names)
-        return dataclasses.replace(self, **changes)
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, *,
+                  override_source: str = "overrides") -> "Recipe":
+        """A recipe from a mapping of fields; ``base`` names the recipe they change (default ``b1``), and
+        the name defaults to ``<base>-custom`` (``custom`` without a base)."""
+        changes = dict(data)
+        base = changes.pop("base", None)
+        start = _named(base, "base") if base is not None else get_recipe("b1")
+        merged = {**start.to_dict(), "name": f"{start.name}-custom" if base is not None else "custom", **changes}
+        return super().from_dict(merged, overrides, override_source=override_source)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
-
-    def to_yaml(self, path: str | Path | None = None) -> str:
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
-        if path is not None:
-            from ..io import atomic_write_text
-            atomic_write_text(path, text)
-        return text
+    @classmethod
+    def from_document(cls, doc: YamlDocument, overrides: Mapping[str, Any] | None = None, *,
+                      override_source: str = "overrides") -> "Recipe":
+        """A recipe file; its name defaults to the file's stem."""
+        if doc.source and isinstance(doc.data, Mapping) and "name" not in doc.data:
+            doc = YamlDocument({"name": Path(doc.source).stem, **doc.data}, doc.lines, doc.source, doc.what,
+                               doc.text)
+        return super().from_document(doc, overrides, override_source=override_source)
 
     def scaled_lr(self, world_size: int = 1) -> float:
         """The peak learning rate for ``world_size`` processes."""
@@ -189,50 +213,44 @@ def recipe_key(name: str) -> str | None:
 def get_recipe(name: str) -> Recipe:
     """The paper recipe named by a preset (``b0``, ``b1``, ``b15``, ``b2``, ``b3``, ``e1``, ``e2``, ``e3``) or
     the search's ``proxy`` recipe."""
-    key = recipe_key(str(name))
+    return _named(name, "recipe")
+
+
+def _named(name: Any, path: str) -> Recipe:
+    key = recipe_key(name) if isinstance(name, str) else None
     if key is None:
         known = RECIPE_NAMES + (PROXY,)
         hint = closest(str(name).lower(), known)
         extra = f"; did you mean {hint!r}?" if hint else ""
-        raise ConfigError("recipe", name, "known recipes: " + ", ".join(known) + extra + " (or a YAML file)")
+        files = " (or a YAML file)" if path == "recipe" else ""
+        raise ConfigError(path, name, "known recipes: " + ", ".join(known) + extra + files)
     return Recipe(name=key, **_PRESETS[key])
 
 
 def load_recipe(spec: "Recipe | str | Path | Mapping | None" = None, **overrides) -> Recipe:
-    """A recipe from a name, a YAML file, a dict or a Recipe, with ``overrides`` applied.
+    """A recipe from a name, a YAML file, a dict or a Recipe, with ``overrides`` (None values ignored) applied.
 
     A YAML file or dict may name ``base: b1`` (a recipe to start from; default: ``b1``) and set any field;
-    unknown keys and bad values raise ConfigError naming the field.
+    unknown keys and bad values raise ConfigError naming the field (and the file and line).
     """
-    source = None
     if spec is None:
-        recipe = get_recipe("b1")
-    elif isinstance(spec, Recipe):
+        spec = "b1"
+    if isinstance(spec, Recipe):
         recipe = spec
     elif isinstance(spec, Mapping):
-        recipe = _from_mapping(spec, None)
+        recipe = Recipe.from_dict(spec)
+    elif isinstance(spec, str) and (recipe_key(spec) or not _names_a_file(spec)):
+        recipe = get_recipe(spec)  # an unknown name raises with the list of names
     elif isinstance(spec, (str, Path)):
-        text = str(spec)
-        if isinstance(spec, str) and recipe_key(text):
-            recipe = get_recipe(text)
-        elif text.endswith((".yaml", ".yml")) or Path(text).is_file():
-            path = Path(text)
-            source = str(path)
-            if not path.is_file():
-                raise ConfigError("recipe", text, "no such file")
-            try:
-                data = yaml.safe_load(path.read_text()) or {}
-            except yaml.YAMLError as err:
-                raise ConfigError("recipe", text, f"not valid YAML ({err})") from None
-            if not isinstance(data, Mapping):
-                raise ConfigError("recipe", type(data).__name__, "a YAML mapping of recipe fields", source)
-            recipe = _from_mapping(data, source)
-        else:
-            recipe = get_recipe(text)  # raises with the list of names
+        recipe = Recipe.from_yaml(Path(spec))
     else:
         raise ConfigError("recipe", spec, "a recipe name, a YAML path, a dict or a Recipe")
     overrides = {k: v for k, v in overrides.items() if v is not None}
     return recipe.replace(**overrides) if overrides else recipe
+
+
+def _names_a_file(text: str) -> bool:
+    return text.endswith((".yaml", ".yml")) or Path(text).is_file()
 
 
 def proxy_recipe(spec: "Recipe | Mapping | None" = None, path: str = "proxy") -> Recipe:
@@ -246,166 +264,8 @@ def proxy_recipe(spec: "Recipe | Mapping | None" = None, path: str = "proxy") ->
     changes = dict(spec or {})
     for key in changes:
         if key in _REPLACED_PROXY_KEYS:
-            raise ConfigError(f"{path}.{key}", changes[key], f"no longer a field; {_REPLACED_PROXY_KEYS[key]}")
+            raise ConfigError(key, changes[key], f"no longer a field; {_REPLACED_PROXY_KEYS[key]}").within(path)
     try:
         return get_recipe(PROXY).replace(**changes)
-    except ConfigError as err:  # name the caller's section, not the recipe's
-        raise ConfigError(err.path.replace("recipe", path, 1), err.value, err.allowed, err.source) from None
-
-
-def _from_mapping(data: Mapping, source: str | None) -> Recipe:
-    data = dict(data)
-    base = data.pop("base", None)
-    recipe = get_recipe(base) if base is not None else get_recipe("b1")
-    if "name" not in data:
-        data["name"] = Path(source).stem if source else (f"{base}-custom" if base else "custom")
-    try:
-        return recipe.replace(**data)
-    except ConfigError as err:
-        if source and not err.source:
-            raise ConfigError(err.path, err.value, err.allowed, source) from None
-        raise
-
-
-# ---------------------------------------------------------------------------------- parsing / checks
-_HINTS = typing.get_type_hints(Recipe)
-_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list"}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    """Type-check one field value as read from YAML / the CLI (lists become tuples, ints become floats)."""
-    return _coerce_hint(f"recipe.{name}", _HINTS[name], value)
-
-
-def _coerce_hint(path: str, hint, value: Any) -> Any:
-    if typing.get_origin(hint) is Union:
-        arms = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None and len(arms) < len(typing.get_args(hint)):
-            return None
-        for arm in arms:
-            try:
-                return _coerce_hint(path, arm, value)
-            except ConfigError:
-                if len(arms) == 1:
-                    raise
-        words = [_KIND_WORDS.get(typing.get_origin(a) or a, str(a)) for a in arms]
-        raise ConfigError(path, value, " or ".join(words) + (" or null" if len(arms) < len(typing.get_args(hint))
-                                                             else ""))
-    if typing.get_origin(hint) is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(path, value, "a list")
-        if args[-1] is not Ellipsis and len(value) != len(args):
-            raise ConfigError(path, value, f"a list of {len(args)} numbers")
-        return tuple(_scalar(path, v, args[0]) for v in value)
-    return _scalar(path, value, hint)
-
-
-def _scalar(path: str, value: Any, kind) -> Any:
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(path, value, "true or false")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(path, value, "an integer")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(path, value, "a number")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise ConfigError(path, value, "a string")
-        return value
-    return value
-
-
-def _choice(name, value, options):
-    if value not in options:
-        raise ConfigError(f"recipe.{name}", value, "allowed: " + ", ".join(options))
-
-
-def _range(name, value, low, high=None, low_open=False, high_open=False):
-    bad = (value < low or (low_open and value == low) or (high is not None and value > high)
-           or (high_open and value == high) or (isinstance(value, float) and math.isnan(value)))
-    if bad:
-        lo = ">" if low_open else ">="
-        hi = "" if high is None else (" and < " if high_open else " and <= ") + str(high)
-        raise ConfigError(f"recipe.{name}", value, f"must be {lo} {low}{hi}")
-
-
-def validate_recipe(r: Recipe) -> None:
-    """Check every field of ``r``; raises ConfigError naming the first bad one."""
-    _range("epochs", r.epochs, 1)
-    _range("warmup_epochs", r.warmup_epochs, 0)
-    if r.warmup_epochs >= r.epochs and r.warmup_epochs > 0:
-        raise ConfigError("recipe.warmup_epochs", r.warmup_epochs,
-                          f"must be < epochs ({r.epochs}); epochs counts warmup, as the official 300 + 20 = 320")
-    _range("batch_size", r.batch_size, 1)
-    _range("accumulation", r.accumulation, 1)
-    _range("base_lr", r.base_lr, 0, low_open=True)
-    _choice("lr_scaling", r.lr_scaling, LR_SCALINGS)
-    _range("min_lr", r.min_lr, 0)
-    for i, b in enumerate(r.betas):
-        _range(f"betas.{i}", b, 0, 1, high_open=True)
-    _range("eps", r.eps, 0, low_open=True)
-    _range("weight_decay", r.weight_decay, 0)
-    _choice("no_decay", r.no_decay, NO_DECAY_MODES)
-    if r.clip_grad_value is not None:
-        _range("clip_grad_value", r.clip_grad_value, 0, low_open=True)
-    _choice("loss", r.loss, LOSSES)
-    _range("label_smoothing", r.label_smoothing, 0, 1, high_open=True)
-    for name in ("mixup_alpha", "cutmix_alpha", "mesa"):
-        _range(name, getattr(r, name), 0)
-    for name in ("mix_prob", "mix_switch_prob", "mesa_start", "reprob", "hflip"):
-        _range(name, getattr(r, name), 0, 1)
-    _range("drop_path", r.drop_path, 0, 1, high_open=True)
-    _range("drop_path_skip", r.drop_path_skip, 0)
-    _choice("drop_path_schedule", r.drop_path_schedule, DROP_PATH_SCHEDULES)
-    _check_classes(r.classes)
-    for name in ("train_per_class", "val_per_class"):
-        if getattr(r, name) is not None:
-            _range(name, getattr(r, name), 1)
-    _choice("eval_split", r.eval_split, EVAL_SPLITS)
-    if r.resolutions is not None:
-        if not r.resolutions:
-            raise ConfigError("recipe.resolutions", [], "at least one resolution, or null (the architecture's)")
-        for i, res in enumerate(r.resolutions):
-            _range(f"resolutions.{i}", res, 8, 4096)
-    if r.randaugment is not None and not r.randaugment.startswith("rand-"):
-        raise ConfigError("recipe.randaugment", r.randaugment,
-                          "a timm RandAugment string such as 'rand-m3-n1-mstd1.0-inc1', or null")
-    _choice("interpolation", r.interpolation, INTERPOLATIONS)
-    if not 0 < r.scale[0] <= r.scale[1] <= 1:
-        raise ConfigError("recipe.scale", list(r.scale), "0 < min <= max <= 1 (crop area fractions)")
-    if not 0 < r.ratio[0] <= r.ratio[1]:
-        raise ConfigError("recipe.ratio", list(r.ratio), "0 < min <= max (aspect ratios)")
-    _range("translate", r.translate, 0, 0.5)
-    for name in ("storage_resolution", "eval_resolution"):
-        if getattr(r, name) is not None:
-            _range(name, getattr(r, name), 8, 4096)
-    _range("ema_decay", r.ema_decay, 0, 1, high_open=True)
-    _range("ema_warmup_steps", r.ema_warmup_steps, 0)
-    _choice("eval_model", r.eval_model, EVAL_MODELS)
-    if r.eval_model == "ema" and not r.ema:
-        raise ConfigError("recipe.eval_model", r.eval_model, "'model' when ema is false")
-    if r.crop_pct is not None:
-        _range("crop_pct", r.crop_pct, 0, 1, low_open=True)
-    for name in ("eval_batch_size", "eval_every", "bn_reestimate_batch", "keep_checkpoints"):
-        _range(name, getattr(r, name), 1)
-    for name in ("bn_reestimate_images", "save_every_steps", "workers", "seed", "split_seed", "log_every"):
-        _range(name, getattr(r, name), 0)
-    _choice("bn_reestimate_transform", r.bn_reestimate_transform, BN_TRANSFORMS)
-    if r.auto_restart is not None:
-        _range("auto_restart", r.auto_restart, 0, low_open=True)
-    _choice("precision", r.precision, PRECISIONS)
-    _choice("compile_mode", r.compile_mode, COMPILE_MODES)
-    _choice("init", r.init, INITS)
-
-
-def _check_classes(classes) -> None:
-    if isinstance(classes, int):
-        _range("classes", classes, 1)
-    elif isinstance(classes, tuple) and not classes:
-        raise ConfigError("recipe.classes", [], "a number of classes, a list of class names or a class file")
+    except ConfigError as err:  # name the caller's section
+        raise err.within(path) from None
