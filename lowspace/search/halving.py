@@ -1,5 +1,6 @@
-"""Multi-fidelity early stopping for Pareto searches, done by lowspace (Optuna cannot prune
-multi-objective trials).
+"""Successive halving within one proxy run, for Pareto searches with ``early_stopping.kind: halving``
+(Optuna cannot prune multi-objective trials). The default, promotion over rungs up to the full schedule, is
+:mod:`lowspace.search._promotion`; docs/search.md compares the two.
 
 Asynchronous successive halving with a non-dominated ranking (in the spirit of MO-ASHA, Schmucker et al.
 2021): rungs sit at ``min_epochs * eta**k`` epochs. When a trial reaches a rung it is compared with every
