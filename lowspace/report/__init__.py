@@ -22,7 +22,7 @@ __all__ = ["Report", "write_report", "export_pareto", "export_trial", "export_tr
 
 SUMMARY_COLUMNS = ("number", "preset", "arch_id", "accuracy", "accuracy_se", "eval_images", "latency_ms",
                    "latency_spread", "images_per_s", "params", "macs", "epochs_run", "time_total_s")
-_STATISTIC_NAMES = {"hypervolume": ("hypervolume", ".4f"), "front_size": ("front size", ".1f"),
+_STATISTIC_NAMES = {"hypervolume": ("hypervolume", ".4f"), "front_size": ("front size", ".3g"),
                     "best_accuracy": ("best accuracy", ".4g"), "min_latency_ms": ("lowest latency (ms)", ".4g")}
 
 

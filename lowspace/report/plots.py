@@ -148,14 +148,16 @@ def pareto_figure(df: pd.DataFrame, peers: pd.DataFrame | None = None, title: st
 
 
 def _add_peer_lines(fig, peers: pd.DataFrame, log: bool) -> None:
-    """Peers as vertical lines with labels. Shapes and annotations on a log axis take log10 coordinates."""
+    """Peers as vertical lines with labels. On a log axis a shape takes the latency itself but an annotation
+    its log10 (plotly's rule; a label placed at the latency would sit at 10^latency and stretch the axis)."""
     import plotly.graph_objects as go
     for _, p in peers.iterrows():
-        x = math.log10(float(p["latency_ms"])) if log else float(p["latency_ms"])
+        latency = float(p["latency_ms"])
         label = str(p["name"]) + (f" @{int(p['resolution'])}px" if pd.notna(p.get("resolution")) else "")
-        fig.add_shape(type="line", xref="x", yref="paper", x0=x, x1=x, y0=0, y1=1,
+        fig.add_shape(type="line", xref="x", yref="paper", x0=latency, x1=latency, y0=0, y1=1,
                       line=dict(color="#888", dash="dot", width=1))
-        fig.add_annotation(x=x, xref="x", y=0, yref="paper", text=label, textangle=-90, showarrow=False,
+        fig.add_annotation(x=math.log10(latency) if log else latency, xref="x", y=0, yref="paper", text=label,
+                           textangle=-90, showarrow=False,
                            xanchor="left", yanchor="bottom", font=dict(size=10, color="#555"))
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name="peers (latency only)",
                              line=dict(color="#888", dash="dot")))
