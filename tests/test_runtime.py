@@ -244,16 +244,27 @@ def test_bad_arguments_raise_config_errors():
         deploy(model, fold_bnn=True, **kw)
     with pytest.raises(ConfigError, match="deploy.upsample"):
         deploy(model, upsample="nearest", **kw)
-    with pytest.raises(ConfigError, match="deploy.cudnn_benchmark.*integer >= 1"):
+    with pytest.raises(ConfigError, match="deploy.cudnn_benchmark: got 0; must be an integer between 1 and 1000"):
         deploy(model, cudnn_benchmark=0, **kw)
-    with pytest.raises(ConfigError, match="deploy.triton"):
+    with pytest.raises(ConfigError, match="deploy.triton: got 'yes'"):
         deploy(model, triton="yes", **kw)
+    with pytest.raises(ConfigError, match="deploy.inductor.max_autotune: got nan"):
+        deploy(model, inductor={"max_autotune": float("nan")}, **kw)
+    with pytest.raises(ConfigError, match="deploy.compile_backend: got ' inductor'"):
+        deploy(model, compile_backend=" inductor", **kw)
     with pytest.raises(ConfigError, match="batch_size"):
         deploy(model, batch_size=0, **kw)
     with pytest.raises(ConfigError, match="CUDA graphs need a CUDA device"):
         deploy(model, precision="fp32", resolution=40, device="cpu", backend="cuda_graph")
     with pytest.raises(ConfigError, match="precision"):
         deploy(model, precision="fp8", resolution=40, device="cpu", backend="eager")
+
+
+def test_a_protocol_checks_its_deploy_options_when_built():
+    from lowspace.cost.protocol import Protocol
+    with pytest.raises(ConfigError, match="^deploy_options.sdpa: got 'fast'; allowed: auto, flash"):
+        Protocol(deploy=True, deploy_options={"sdpa": "fast"})
+    assert Protocol(deploy=True, deploy_options={"sdpa": "math"}).deploy_options == {"sdpa": "math"}
 
 
 def test_other_modules_get_cast_and_captured_without_rewrites():

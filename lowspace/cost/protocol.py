@@ -15,7 +15,7 @@ from typing import Any
 
 from ..config import Config, option
 from ..errors import ConfigError
-from ..runtime import BACKENDS, PRECISIONS, check_protocol
+from ..runtime import BACKENDS, PRECISIONS, DeployOptions, check_protocol
 
 __all__ = ["Protocol", "Timing", "COMPILE_BACKENDS", "COMPILE_MODES"]
 
@@ -55,7 +55,7 @@ class Protocol(Config):
     deploy_options: dict[str, Any] = option(default_factory=dict)
     reparam: bool = False
     compile_mode: str | None = option(None, choices=COMPILE_MODES)
-    cudnn_benchmark: bool | int = option(False, ge=1)
+    cudnn_benchmark: bool | int = option(False, ge=1, le=1000)
 
     def validate(self) -> None:
         self._set("device", str(check_protocol(self.backend, self.precision, self.device)))
@@ -64,6 +64,10 @@ class Protocol(Config):
         if "cudnn_benchmark" in self.deploy_options:
             raise ConfigError("deploy_options.cudnn_benchmark", self.deploy_options["cudnn_benchmark"],
                               "set it once, as the protocol's cudnn_benchmark")
+        try:  # deploy()'s own check, before anything runs
+            DeployOptions.from_dict(self.deploy_options)
+        except ConfigError as err:
+            raise err.within("deploy_options") from None
         if self.backend not in COMPILE_BACKENDS or self.deploy:  # deploy() takes its own compile settings
             self._set("compile_mode", None)
 

@@ -5,13 +5,13 @@ captures it for one static input; ``prepare(model, example, backend, ...)`` give
 module without rewrites. ``export_onnx`` writes either as ONNX. See ``docs/runtime.md``.
 """
 from ._backends import (BACKENDS, PRECISIONS, BackendError, Runner, autocast_context, capture_cuda_graph,
-                        check_cudnn_benchmark, check_protocol, cudnn_autotuning, prepare)
+                        check_protocol, cudnn_autotuning, prepare)
 from ._deploy import DeployedModel, cache_dir, clear_cache, deploy, inductor_options, reparameterize
 from ._onnx import export_onnx
-from ._options import DeployOptions, parse_options
+from ._options import DeployOptions
 
 __all__ = [
-    "deploy", "reparameterize", "DeployedModel", "DeployOptions", "parse_options", "clear_cache", "cache_dir",
+    "deploy", "reparameterize", "DeployedModel", "DeployOptions", "clear_cache", "cache_dir",
     "inductor_options", "export_onnx", "prepare", "Runner", "BackendError", "BACKENDS", "PRECISIONS", "check_protocol",
-    "check_cudnn_benchmark", "cudnn_autotuning", "autocast_context", "capture_cuda_graph",
+    "cudnn_autotuning", "autocast_context", "capture_cuda_graph",
 ]

@@ -78,13 +78,6 @@ def check_protocol(backend: str, precision: str, device: torch.device | str) -> 
     return dev
 
 
-def check_cudnn_benchmark(name: str, value: Any) -> bool | int:
-    """``value`` if it is a valid cuDNN autotuning setting: True, False, or N >= 1 (at most N algorithms)."""
-    if isinstance(value, bool) or (isinstance(value, int) and value >= 1):
-        return value
-    raise ConfigError(name, value, "true, false, or an integer >= 1 (autotuning over at most that many algorithms)")
-
-
 @contextlib.contextmanager
 def cudnn_autotuning(setting: bool | int):
     """cuDNN autotuning for the new convolution shapes run inside: on (True; torch tries up to 10 algorithms

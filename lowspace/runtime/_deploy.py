@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ._backends import DTYPES, BackendError, Runner, capture_cuda_graph, check_protocol, cudnn_autotuning, prepare
 from ..errors import ConfigError
-from ._options import DeployOptions, parse_options, resolve_options
+from ._options import DeployOptions, resolve_options
 
 COMPILE_BACKENDS = ("compile", "compile_cuda_graph")
 # lowspace's inductor settings for the ``tuned`` modes (chosen in experiments/deploy_speed).
@@ -117,7 +117,10 @@ def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int 
             conv1x1, sdpa, groupnorm, triton, compile_mode, compile_backend, inductor, check, cache).
     """
     start = time.perf_counter()
-    opts = parse_options(options)
+    try:
+        opts = DeployOptions.from_dict(options)
+    except ConfigError as err:
+        raise err.within("deploy") from None
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ConfigError("batch_size", batch_size, "a positive integer")
     if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution < 8:

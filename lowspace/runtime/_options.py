@@ -1,12 +1,11 @@
-"""The switches of :func:`lowspace.runtime.deploy`, validated in one place."""
+"""The switches of :func:`lowspace.runtime.deploy`: a :class:`lowspace.config.Config`, checked when built."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Union
+from dataclasses import dataclass
+from typing import Any, Literal, Union
 
-from ._backends import check_cudnn_benchmark
-from ..errors import ConfigError, unknown_key_error
+from ..config import Config, option
 
 UPSAMPLE_REWRITES = ("auto", "conv_transpose", "subpixel")
 CONV1X1_KINDS = ("conv", "linear")
@@ -14,10 +13,11 @@ SDPA_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
 GROUPNORM_KINDS = ("native", "decomposed")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "tuned",
                  "tuned-autotune")
+MAX_CUDNN_ALGORITHMS = 1000  # an autotuning limit N (cudnn_benchmark) is at most this
 
 
 @dataclass(frozen=True)
-class DeployOptions:
+class DeployOptions(Config):
     """Which rewrites :func:`~lowspace.runtime.deploy` applies; every one keeps the function exact.
 
     fold_bn: fold every eval-mode BatchNorm into the conv before it (conv bias included).
@@ -42,19 +42,23 @@ class DeployOptions:
     check: compare the built module with the eval-mode model once at build time.
     cache: reuse a module built in this process for the same architecture and protocol, and keep
         inductor's compiled artifacts under ``$LOWSPACE_CACHE_DIR/inductor``.
+
+    ``DeployOptions.from_dict(options)`` builds them from ``deploy()``'s keyword options.
     """
+
+    config_kind = "deploy options"
 
     fold_bn: bool = True
     fuse_attention: bool = True
-    upsample: str = "auto"
-    conv1x1: str = "conv"
-    sdpa: str = "auto"
-    groupnorm: str = "native"
-    triton: Union[bool, str] = "auto"
-    compile_mode: str = "tuned"
+    upsample: str = option("auto", choices=UPSAMPLE_REWRITES)
+    conv1x1: str = option("conv", choices=CONV1X1_KINDS)
+    sdpa: str = option("auto", choices=SDPA_KERNELS)
+    groupnorm: str = option("native", choices=GROUPNORM_KINDS)
+    triton: Union[bool, Literal["auto"]] = "auto"
+    compile_mode: str = option("tuned", choices=COMPILE_MODES)
     compile_backend: str = "inductor"
-    inductor: dict = field(default_factory=dict)
-    cudnn_benchmark: Union[bool, int] = True
+    inductor: dict[str, Any] = option(default_factory=dict)
+    cudnn_benchmark: Union[bool, int] = option(True, ge=1, le=MAX_CUDNN_ALGORITHMS)
     check: bool = True
     cache: bool = True
 
@@ -65,37 +69,6 @@ class DeployOptions:
         d.pop("check")
         d.pop("cache")
         return tuple(sorted(d.items()))
-
-
-_CHOICES = {"upsample": UPSAMPLE_REWRITES, "conv1x1": CONV1X1_KINDS, "sdpa": SDPA_KERNELS,
-            "groupnorm": GROUPNORM_KINDS, "compile_mode": COMPILE_MODES}
-
-
-def parse_options(options: dict[str, Any]) -> DeployOptions:
-    """A :class:`DeployOptions` from keyword options; unknown names and bad values raise ConfigError."""
-    names = [f.name for f in dataclasses.fields(DeployOptions)]
-    for key in options:
-        if key not in names:
-            raise unknown_key_error("deploy", key, names)
-    for key, value in options.items():
-        default = getattr(DeployOptions, key, None)
-        if key in _CHOICES:
-            if value not in _CHOICES[key]:
-                raise ConfigError(f"deploy.{key}", value, "allowed: " + ", ".join(_CHOICES[key]))
-        elif key == "inductor":
-            if not isinstance(value, dict):
-                raise ConfigError("deploy.inductor", value, "a dict of torch._inductor.config options")
-        elif key == "compile_backend":
-            if not isinstance(value, str):
-                raise ConfigError("deploy.compile_backend", value, "a torch.compile backend name, e.g. 'inductor'")
-        elif key == "cudnn_benchmark":
-            check_cudnn_benchmark("deploy.cudnn_benchmark", value)
-        elif key == "triton":
-            if value not in (True, False, "auto"):
-                raise ConfigError("deploy.triton", value, "True, False or 'auto'")
-        elif isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"deploy.{key}", value, "True or False")
-    return DeployOptions(**options)
 
 
 def resolve_options(opts: DeployOptions, batch_size: int, device_type: str) -> DeployOptions:
