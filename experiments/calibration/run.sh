@@ -4,7 +4,7 @@
 # on Fashion-MNIST with 1,000 training images per class held out for validation.
 #
 # Re-running continues: runs already in $RESULTS/rows.jsonl are skipped. TIME_LIMIT=S starts no run after S
-# seconds (runs in flight finish), so the whole thing can be done in several shorter calls.
+# seconds (runs in flight finish), so the whole thing can be done in several shorter runs.
 #   DATA     Fashion-MNIST: fashion_mnist (the Debian package's files) or a folder holding the IDX files
 #   WORKERS  training processes, spread over the visible GPUs (default 8)
 #   RESULTS  output folder (default experiments/calibration/results)
