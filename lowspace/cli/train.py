@@ -132,8 +132,10 @@ def run_train(args) -> int:
     from ..arch import resolve_config
     from ..data import get_dataset
     from ..train import fit, load_recipe
+    from ..train.distributed import resolve_device
     from ..train.engine import describe_validation, prepare_data
 
+    resolve_device(args.device)  # a bad --device stops the command before any data is read
     cfg = resolve_config(args.config)
     recipe = _with_overrides(load_recipe(args.recipe or cfg.recipe or "b1"), args)
     data = get_dataset(args.data, seed=recipe.seed, skip_bad=args.skip_bad, workers=recipe.workers or 1)
