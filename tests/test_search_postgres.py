@@ -1,5 +1,5 @@
 """Search on a real PostgreSQL (``LOWSPACE_TEST_PG_URL``; .ci/run starts one): concurrent workers, a worker
-killed with SIGKILL mid-trial, resume, failing trials, bad URLs."""
+killed with SIGKILL mid-trial, workers that draw one architecture at once, resume, failing trials, bad URLs."""
 import os
 import uuid
 
@@ -9,7 +9,8 @@ import pytest
 import search_fakes
 from lowspace.search.settings import SearchConfig
 from lowspace.search.storage import StorageError, load_study, open_storage
-from lowspace.search import count_states, run_search
+from lowspace.search import count_states, is_duplicate, run_search
+from test_search_resume import TWO_ARCHS
 from test_search_study import TESTS, check_kill_recovery, run_killing_one_worker
 
 pytestmark = pytest.mark.postgres
@@ -42,6 +43,24 @@ def test_three_workers_one_killed_mid_trial(pg_url, study_name, monkeypatch):
     summary, killed = run_killing_one_worker(config, study_name, pg_url)
     assert "exited with errors" in summary.stopped_reason  # the killed worker is reported
     check_kill_recovery(load_study(pg_url, study_name), killed, n, 3)
+
+
+def test_three_workers_on_two_architectures_train_each_once(pg_url, study_name, monkeypatch, tmp_path):
+    """Every draw repeats one of two architectures: whichever worker draws one first trains it, the others
+    wait for it and record a duplicate; no architecture is trained twice, no duplicate counts."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("LOWSPACE_FAKE_EPOCH_S", "0.5")
+    space = tmp_path / "two.yaml"
+    space.write_text(TWO_ARCHS)
+    config = _config(pg_url, study_name, space=str(space), mode="random", n_trials=2, workers=3, presets=False,
+                     engines="search_fakes:fake_engines", device="cpu", protocol={"device": "cpu"})
+    summary = run_search(config)
+    study = load_study(pg_url, study_name)
+    assert summary.complete == 2 and summary.stop == "n_trials", summary.stopped_reason
+    evaluated = [t for t in study.trials if not is_duplicate(t)]
+    assert sorted(t.state.name for t in evaluated) == ["COMPLETE", "COMPLETE"]
+    assert len({t.user_attrs["arch_id"] for t in evaluated}) == 2
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in study.trials if is_duplicate(t))
 
 
 def test_resume_and_failing_trials_on_postgres(pg_url, study_name):

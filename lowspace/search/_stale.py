@@ -61,10 +61,13 @@ def recover_stale(study: optuna.Study, storage, grace_period_s: float, max_retry
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     notes = []
-    if optuna_beats:
-        gone = [t for t in study.get_trials(deepcopy=False) if t.number in running and t.state == TrialState.FAIL]
-        notes += [f"trial {t.number} (worker {t.user_attrs.get('worker', '?')}) stopped beating: failed and queued "
-                  "again" for t in gone]
+    if optuna_beats:  # failed by the heartbeat: no status of its own (a worker that ends a trial sets one)
+        trials = study.get_trials(deepcopy=False)
+        retried = {r.system_attrs.get("failed_trial") for r in trials} | \
+            {n for r in trials for n in r.system_attrs.get("retry_history") or ()}
+        notes += [f"trial {t.number} (worker {t.user_attrs.get('worker', '?')}) stopped beating: failed"
+                  + (" and queued again" if t.number in retried else " (no retries left)")
+                  for t in trials if t.number in running and t.state == TrialState.FAIL and "status" not in t.user_attrs]
     now, me = time.time(), f"{socket.gethostname()}:{os.getpid()}"
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")

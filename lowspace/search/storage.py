@@ -5,8 +5,10 @@ Accepted specs: ``None`` (``lowspace.db`` in the working directory), ``sqlite://
 existing ``.db`` / ``.sqlite`` file (or a ``.log`` / ``.journal`` file for journals).
 
 RDB storages get a heartbeat: a trial whose worker dies is failed after the grace period and retried
-(``RetryHeartbeatStaleTrialCallback``). Journal files have no heartbeat in Optuna; use PostgreSQL where
-workers may be killed.
+(``RetryHeartbeatStaleTrialCallback``). Journal files have no heartbeat in Optuna; lowspace's workers
+stamp their running trials instead, with the same interval, grace period and retries
+(:mod:`lowspace.search._stale`), and on every storage a trial whose worker process on this machine has
+ended is failed and retried as soon as a worker starts or finishes a trial.
 """
 from __future__ import annotations
 
