@@ -190,7 +190,8 @@ class MeasurementCache:
             return None if row is None else json.loads(row[0])
         return self._run(read)
 
-    def put(self, identity: str, protocol: dict[str, Any], fingerprint_key: str, record: dict[str, Any]) -> dict[str, Any]:
+    def put(self, identity: str, protocol: dict[str, Any], fingerprint_key: str,
+            record: dict[str, Any]) -> dict[str, Any]:
         """Store a record unless one is stored under the key already; returns the stored one (``record``
         itself, or the earlier record of a process that measured first)."""
         key = _record_key(identity, protocol, fingerprint_key)

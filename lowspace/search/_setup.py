@@ -10,10 +10,10 @@ from optuna.trial import TrialState
 from .. import __version__
 from ..errors import ConfigError
 from ..pareto import REFERENCE_ATTR, reference_point
+from ._accounting import is_duplicate
 from ._promotion import enqueue_continuations
 from ._resume import (CONFIG_ATTR, PROXY_ATTR, SPACE_HASH_ATTR, SPLIT_ATTR, check_compatible, check_space,
                       resolved_proxy, space_hash, split_settings, stored_form, unsplit_note)
-from ._accounting import is_duplicate
 from ._samplers import make_pruner, make_sampler, worker_seed
 from .settings import SearchConfig
 from .space import SearchSpace
@@ -154,8 +154,9 @@ def _record(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> No
     study.set_user_attr("lowspace_version", __version__)
     study.set_user_attr(PROXY_ATTR, resolved_proxy(config))
     study.set_user_attr(SPLIT_ATTR, split_settings(config))
+    limits = config.constraints
     study.set_user_attr(REFERENCE_ATTR, reference_point(
-        config.objectives, limits={"latency_ms": config.constraints.max_latency_ms, "macs": config.constraints.max_macs},
+        config.objectives, limits={"latency_ms": limits.max_latency_ms, "macs": limits.max_macs},
         declared={"latency_ms": config.report.reference_latency_ms, "macs": config.report.reference_macs}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

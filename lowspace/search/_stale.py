@@ -65,9 +65,10 @@ def recover_stale(study: optuna.Study, storage, grace_period_s: float, max_retry
         trials = study.get_trials(deepcopy=False)
         retried = {r.system_attrs.get("failed_trial") for r in trials} | \
             {n for r in trials for n in r.system_attrs.get("retry_history") or ()}
+        failed = [t for t in trials
+                  if t.number in running and t.state == TrialState.FAIL and "status" not in t.user_attrs]
         notes += [f"trial {t.number} (worker {t.user_attrs.get('worker', '?')}) stopped beating: failed"
-                  + (" and queued again" if t.number in retried else " (no retries left)")
-                  for t in trials if t.number in running and t.state == TrialState.FAIL and "status" not in t.user_attrs]
+                  + (" and queued again" if t.number in retried else " (no retries left)") for t in failed]
     now, me = time.time(), f"{socket.gethostname()}:{os.getpid()}"
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
@@ -79,21 +80,26 @@ def recover_stale(study: optuna.Study, storage, grace_period_s: float, max_retry
             why = f"no sign of life from worker {worker or '?'} for {now - last_sign_of_life(t):.0f} s"
         else:
             continue
-        if _fail_and_retry(study, t.number, max_retry):
-            notes.append(f"trial {t.number} was left running ({why}): failed and queued again")
+        done = _fail_and_retry(study, t.number, max_retry)
+        if done:
+            notes.append(f"trial {t.number} was left running ({why}): {done}")
     return notes
 
 
-def _fail_and_retry(study: optuna.Study, number: int, max_retry: int | None) -> bool:
-    """Fail trial ``number`` unless another process finished it first; then queue its retry."""
+def _fail_and_retry(study: optuna.Study, number: int, max_retry: int | None) -> str | None:
+    """Fail trial ``number`` unless another process finished it first, then queue its retry (within
+    ``max_retry``); returns what was done, or None."""
     try:
         failed = study.tell(number, state=TrialState.FAIL)
     except (ValueError, RuntimeError):  # finished meanwhile (by its worker or another recovery)
-        return False
+        return None
+    retries = len(failed.system_attrs.get("retry_history") or ()) + 1
+    if max_retry is not None and retries > max_retry:
+        return "failed (no retries left)"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)(study, failed)
-    return True
+    return "failed and queued again"
 
 
 def running_elsewhere(study: optuna.Study, grace_period_s: float) -> str | None:

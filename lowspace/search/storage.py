@@ -116,7 +116,8 @@ def open_storage(spec: str | Path | None, heartbeat_interval: int | None = 30, g
         raise StorageError(f"storage {shown}: the database driver is not installed ({err.name}); for PostgreSQL "
                            "use postgresql+psycopg://... (psycopg 3 is a lowspace dependency)") from None
     except Exception as err:  # noqa: BLE001 - sqlalchemy raises many kinds; all mean "cannot open"
-        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = str(getattr(err, "orig", None) or err).strip()
+        reason = text.splitlines()[0] if text else type(err).__name__
         kind = type(err).__name__
         if kind == "ArgumentError" or "Could not parse" in reason or "Can't load plugin" in reason:
             raise StorageError(f"storage {shown}: not a valid storage URL ({reason}); expected one of: "
@@ -163,5 +164,6 @@ def load_study(spec, study_name: str | None = None, storage=None):
         from ..errors import closest
         hint = closest(study_name, names)
         raise StorageError(f"no study named {study_name!r} in {display_url(normalize_storage(spec))}"
-                           + (f"; did you mean {hint!r}?" if hint else "") + " (studies: " + (", ".join(names) or "none") + ")")
+                           + (f"; did you mean {hint!r}?" if hint else "")
+                           + " (studies: " + (", ".join(names) or "none") + ")")
     return optuna.load_study(study_name=study_name, storage=storage)
