@@ -31,7 +31,7 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
         Flag("--storage", "storage", "SQLAlchemy URL, journal:PATH or a .db path (null: ./lowspace.db)"),
         Flag("--study-name", "study_name", "study name (null: <space>-<mode>)"),
         Flag("--workers", "workers", "local worker processes, one GPU each (or the CPU)"),
-        Flag("--seed", "seed", "search seed (each worker's sampler seed derives from it, its index and the trials in the study)"),
+        Flag("--seed", "seed", "search seed (a worker's sampler seed: from it, the worker and the trials so far)"),
         Flag("--out", "out", "write reports (Pareto HTML/PNG, CSV, summary, exported YAML) here when done"),
         Flag("--device", "device", "proxy training device: auto, cpu, cuda, cuda:N"),
         Flag("--timeout", "timeout_s", "stop starting trials after this many seconds"),
