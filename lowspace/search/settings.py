@@ -170,8 +170,9 @@ class ConstraintSettings(Config):
 
 @dataclass
 class StorageSettings(Config):
-    """Heartbeat (RDB storages): a trial whose worker stops beating for ``grace_period`` s is failed and
-    retried up to ``max_retry`` times."""
+    """Heartbeat: a trial whose worker stops beating (RDB storages: Optuna's heartbeat; journal files:
+    lowspace's liveness stamps, every ``heartbeat_interval`` s) for ``grace_period`` s is failed and retried up
+    to ``max_retry`` times."""
 
     heartbeat_interval: int = option(30, ge=1, le=3600)
     grace_period: int | None = option(None, ge=1, le=int(_DAY_S))
