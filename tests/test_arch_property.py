@@ -17,7 +17,8 @@ widths = mostly(st.integers(4, 48), st.sampled_from([0, -8, 3.5, "32"]))
 small_ints = mostly(st.integers(0, 2), st.sampled_from([-1, 99]))
 kernels = mostly(st.sampled_from([1, 3, 5]), st.sampled_from([4, 0]))
 ratios = mostly(st.sampled_from([1.0, 2, 4.0, 0.5]), st.sampled_from([0, -1.0, 50.0, float("nan")]))
-placements = mostly(st.one_of(st.sampled_from(["all", "none", "last:1", "every:2"]), st.lists(st.integers(0, 1), max_size=2)),
+placements = mostly(st.one_of(st.sampled_from(["all", "none", "last:1", "every:2"]),
+                              st.lists(st.integers(0, 1), max_size=2)),
                     st.one_of(st.sampled_from(["last:3", "every:0", "most"]), st.lists(st.integers(-1, 5), max_size=3)))
 attention = st.fixed_dictionaries({}, optional={
     "placement": placements, "stride": mostly(st.sampled_from([1, 2, 4]), st.just(3)), "kernel_size": kernels,
@@ -41,11 +42,12 @@ configs = st.fixed_dictionaries({"stages": mostly(st.lists(stage, min_size=1, ma
     "resolution": mostly(st.integers(8, 40), st.sampled_from([0, 5])),
     "in_chans": mostly(st.sampled_from([1, 3]), st.just(0)),
     "num_classes": mostly(st.sampled_from([0, 5]), st.just(-2)),
-    "stem": st.fixed_dictionaries({}, optional={"width": widths, "depth": small_ints,
-                                                "block": mostly(st.sampled_from(["fused_mbconv", "mbconv"]), st.just("x")),
-                                                "expand_ratio": ratios}),
+    "stem": st.fixed_dictionaries({}, optional={
+        "width": widths, "depth": small_ints, "expand_ratio": ratios,
+        "block": mostly(st.sampled_from(["fused_mbconv", "mbconv"]), st.just("x"))}),
     "head": st.fixed_dictionaries({}, optional={
-        "widths": mostly(st.lists(st.integers(1, 32), max_size=2), st.lists(st.integers(1, 32), min_size=3, max_size=3)),
+        "widths": mostly(st.lists(st.integers(1, 32), max_size=2),
+                         st.lists(st.integers(1, 32), min_size=3, max_size=3)),
         "dropout": mostly(st.sampled_from([0.0, 0.5]), st.just(1.5))}),
     "act": mostly(st.sampled_from(["hardswish", "relu", "silu"]), st.just("swish")),
     "mlp_act": mostly(st.sampled_from(["gelu", "gelu_tanh"]), st.just("tanh")),

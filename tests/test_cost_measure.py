@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import statistics
-import sys
 import time
 import types
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from lowspace import ArchConfig, ConfigError, LowspaceError
+from lowspace import ArchConfig, ConfigError
 from lowspace.runtime import Runner
 from lowspace.cost.cache import MeasurementCache
 from lowspace.cost import Protocol, Timing

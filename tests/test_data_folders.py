@@ -96,7 +96,7 @@ def test_multires_batches_are_deterministic_and_worker_independent(tmp_path):
     a, b, c = run(0), run(0), run(2)
     assert {x.shape[-1] for x, _ in a} <= {16, 24} and len(a) == plan.micro_steps == 4
     for (xa, ya), (xb, yb), (xc, yc) in zip(a, b, c):
-        assert torch.equal(xa, xb) and torch.equal(xa, xc) and torch.equal(ya, yc)
+        assert torch.equal(xa, xb) and torch.equal(xa, xc) and torch.equal(ya, yb) and torch.equal(ya, yc)
     other = run(0, epoch=1)
     assert not all(torch.equal(x, y) for (x, _), (y, _) in zip(a, other) if x.shape == y.shape)
     # resuming mid-epoch gives the remaining batches unchanged

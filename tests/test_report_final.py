@@ -59,7 +59,7 @@ def test_every_entry_trains_with_each_seed_on_the_test_split(study):
     results = evaluate_final(entries, "synthetic", dict(base="proxy", epochs=2, val_per_class=50), repeats=3, seed=5,
                              train=fake_train(calls))
     assert len(calls) == 3 * len(entries)
-    for arch_id, recipe in calls:
+    for _arch_id, recipe in calls:
         assert recipe.eval_split == "test" and recipe.val_per_class is None and recipe.auto_restart is None
         assert recipe.eval_every == recipe.epochs == 2 and recipe.seed in (5, 6, 7)
         assert recipe.resolutions == (64,) and recipe.eval_resolution == 64

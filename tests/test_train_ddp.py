@@ -7,8 +7,9 @@ normalize BatchNorm over groups of 8 images. The all-reduce averages the two gra
 as in the official trainer, sums them: the gradients differ by an exact factor of 2, which AdamW cancels
 exactly when nothing else sees the gradient's scale, so the runs turn off clipping and make eps negligible
 (1e-30). The learning rate is held constant (no warm-up, cosine floor = peak): the official schedule counts
-each process's micro-batches, so the two layouts step through it differently by design. One process with a plain batch of 16 would differ by design, because BatchNorm would then normalize
-over 16 images (SyncBatchNorm, which would remove that difference, needs CUDA). The BatchNorm *running*
+each process's micro-batches, so the two layouts step through it differently by design. One process with a
+plain batch of 16 would differ by design, because BatchNorm would then normalize over 16 images
+(SyncBatchNorm, which would remove that difference, needs CUDA). The BatchNorm *running*
 statistics differ too (DDP keeps rank 0's), so only the parameters are compared. Tolerance: max |difference|
 <= 1e-6 after 14 AdamW steps (232 training images: 24 of the 256 are held out for validation); on CPU with
 one thread per process the two runs agree bit for bit (with different thread counts the kernels' summation
@@ -35,7 +36,8 @@ TINY = dict(name="tiny", resolution=16, stem=dict(width=8),
 COMMON = ["--data", "synthetic", "--epochs", "1", "--warmup-epochs", "0", "--resolution", "16", "--batch-size", "8",
           "--lr", "1e-3", "--no-progress", "--device", "cpu", "--set", "mixup_alpha=0", "--set", "cutmix_alpha=0",
           "--set", "drop_path=0", "--set", "bn_reestimate_images=32", "--set", "eval_batch_size=16",
-          "--set", "save_every_steps=0", "--set", "log_every=4", "--set", "eps=1.0e-30", "--set", "clip_grad_value=null",
+          "--set", "save_every_steps=0", "--set", "log_every=4", "--set", "eps=1.0e-30",
+          "--set", "clip_grad_value=null",
           "--set", "min_lr=2.0e-3"]
 
 

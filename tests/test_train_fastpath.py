@@ -21,7 +21,7 @@ def test_channels_last_groupnorm_same_function_and_gradients():
     out_ref.square().sum().backward()
     out_fast.square().sum().backward()
     num = den = 0.0
-    for (name, a), (_, b) in zip(ref.named_parameters(), fast.named_parameters()):
+    for (_, a), (_, b) in zip(ref.named_parameters(), fast.named_parameters()):
         num += (a.grad - b.grad).pow(2).sum().item()
         den += a.grad.pow(2).sum().item()
     assert (num / den) ** 0.5 < 1e-3

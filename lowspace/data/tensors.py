@@ -3,8 +3,9 @@
 Each training sample gets one affine transform (random-resized crop, pad-and-crop translation,
 horizontal flip) applied by ``F.affine_grid`` + ``F.grid_sample``, which also resizes it to the
 training resolution in the same kernel; pixels shifted in from outside repeat the nearest edge pixel
-(border padding: black for Fashion-MNIST; it also keeps plain resizing free of dark borders). Then the batch is normalized, expanded from 1 to 3 channels if the model wants 3, and laid
-out channels-last if asked. The transforms of an epoch are drawn on the CPU from a generator seeded
+(border padding: black for Fashion-MNIST; it also keeps plain resizing free of dark borders). Then the
+batch is normalized, expanded from 1 to 3 channels if the model wants 3, and laid out channels-last if asked.
+The transforms of an epoch are drawn on the CPU from a generator seeded
 by ``(seed, epoch)`` and uploaded once, so augmentation is identical on every device, in every process
 layout and after a resume.
 """

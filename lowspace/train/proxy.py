@@ -61,7 +61,8 @@ def train_proxy(cfg_or_model, data="fashion_mnist", recipe: Recipe | Mapping | N
     elif resolution is None:
         cfg = getattr(cfg_or_model, "cfg", None)
         if cfg is None:
-            raise ConfigError("proxy.resolutions", None, "a list of resolutions when training a module without a config")
+            raise ConfigError("proxy.resolutions", None,
+                              "a list of resolutions when training a module without a config")
         resolution = cfg.resolution
     data = prepare_data(data, recipe, resolution)
     # evaluated at the training resolution; the batch fits tiny subsets
