@@ -25,9 +25,11 @@ TINY = dict(name="tiny", resolution=32, num_classes=10, stem=dict(width=8),
             stages=[dict(width=16, depth=1, block="lowformer", attention=dict(stride=1)),
                     dict(width=32, depth=1, block="lowformer", attention=dict(stride=1))],
             head=dict(widths=[32, 32]))
-FAST = dict(chunk_ms=2.0, warmup_ms=2.0, max_time_s=0.5, min_chunks=3, max_chunks=8)
-# Only measurements within their spread target are cached; a loaded CI machine rarely reaches 2%.
-CACHED = dict(FAST, target_spread=1e9)
+# A loaded CPU rarely times within a few percent, and a measurement above its spread target is taken once
+# more: tests that count calls or expect a cache entry must not depend on the machine's noise, so the
+# target is out of reach; the tests of the stopping rule set their own.
+FAST = dict(chunk_ms=2.0, warmup_ms=2.0, max_time_s=0.5, min_chunks=3, max_chunks=8, target_spread=1e9)
+CACHED = FAST
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +97,11 @@ def test_cuda_fingerprint_fields_without_a_gpu(monkeypatch):
 
 
 def test_stopping_rule_target_reached_and_cap_warning(tiny):
-    loose = measure(tiny, cache=False, target_spread=1e9, **FAST)
+    loose = measure(tiny, cache=False, **FAST)
     assert len(loose.chunks_ms) == FAST["min_chunks"] and loose.warnings == []
     # chunks_ms are stored rounded to 1e-6 ms, the spread comes from the unrounded values
     assert loose.spread == pytest.approx(spread_of(loose.chunks_ms), rel=1e-3, abs=1e-6)
-    strict = measure(tiny, cache=False, target_spread=1e-12, **{**FAST, "max_time_s": 30.0})
+    strict = measure(tiny, cache=False, **{**FAST, "target_spread": 1e-12, "max_time_s": 30.0})
     assert strict.status == "ok" and len(strict.chunks_ms) == FAST["max_chunks"]
     assert "too noisy" in strict.warnings[0]
     assert strict.median_ms == pytest.approx(statistics.median(strict.chunks_ms), abs=1e-5)
