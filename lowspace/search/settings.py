@@ -13,7 +13,7 @@ Example (``experiments/demo/demo.yaml`` is a complete one)::
     out: demo_out                    # reports (Pareto HTML/PNG, CSV, exported YAML) after the search
     constraints: {max_latency_ms: 5.0, max_macs: 50e6, max_params: null}
     protocol: {device: auto, batch_size: 1}   # backend/precision auto: see ProtocolSettings.resolve
-    proxy: {epochs: 4, resolution: 32, batch_size: 128, train_per_class: 200}
+    proxy: {epochs: 4, resolutions: [32], batch_size: 128, train_per_class: 200}
     data: {dataset: fashion_mnist}
     early_stopping: {kind: promotion}   # pareto mode: promotion (default) | halving | none
     promotion: {rungs: [{epochs: 1}, {epochs: 2}, {}], eta: 3}   # the last rung is the proxy schedule
