@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, DataError, FolderSplit, ImageData, TensorSplit
-from .sampling import BatchPlan, mix_seed
+from .sampling import BatchPlan, PlannedLoader, mix_seed
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff", ".gif")
 
@@ -302,7 +302,7 @@ def _worker_message(err: Exception) -> str:
     return last.split("DataError: ", 1)[-1]
 
 
-class FolderLoader:
+class FolderLoader(PlannedLoader):
     """Iterates an epoch of a :class:`FolderSplit` through a DataLoader, batches moved to ``device``.
 
     The same interface as :class:`lowspace.data.tensors.TensorLoader` (``epoch(epoch, start)``, ``len``).
@@ -320,13 +320,6 @@ class FolderLoader:
         self.loader = DataLoader(self.dataset, batch_sampler=self.sampler, num_workers=workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                                  prefetch_factor=4 if workers > 0 else None)
-
-    def __len__(self) -> int:
-        return self.plan.micro_steps
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sampler.set_epoch(epoch, start)

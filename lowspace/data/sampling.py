@@ -112,3 +112,17 @@ class BatchPlan:
         hi = lo + self.batch_size
         limit = self.samples_per_epoch
         return min(lo, limit), min(hi, limit)
+
+
+class PlannedLoader:
+    """What every loader shares: an epoch of ``plan.micro_steps`` micro-batches, ``plan.steps`` optimizer
+    steps. Subclasses set ``self.plan`` and implement ``epoch(epoch, start)``."""
+
+    plan: BatchPlan
+
+    def __len__(self) -> int:
+        return self.plan.micro_steps
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps

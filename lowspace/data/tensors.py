@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import TensorSplit
-from .sampling import BatchPlan, seeded_generator
+from .sampling import BatchPlan, PlannedLoader, seeded_generator
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def center_affine(n: int, crop: float = 1.0) -> torch.Tensor:
     return theta
 
 
-class TensorLoader:
+class TensorLoader(PlannedLoader):
     """Iterates an epoch of a :class:`TensorSplit` (moved to ``device`` once) as normalized float batches.
 
     Args:
@@ -104,13 +104,6 @@ class TensorLoader:
         self._shift = (-mean_t / std_t).to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._center = center_affine(plan.batch_size, eval_crop).to(self.device)
-
-    def __len__(self) -> int:
-        return self.plan.micro_steps
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.plan.steps
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This rank's ``(images, labels)`` micro-batches of ``epoch``, from micro-step ``start`` on."""
