@@ -6,6 +6,7 @@ Flags follow timm's benchmark.py where they overlap (--batch-size, --img-size, -
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -41,6 +42,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the measurement cache")
     p.add_argument("--cache-path", default=None, metavar="FILE", help="measurement cache file (default: user cache)")
     p.add_argument("--isolate", action="store_true", help="measure each row in a fresh process")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run each model in N processes on the same device at once, as the official "
+                        "eval_cls_model.py --jobs: one row per process (its latency under that load) and one row "
+                        "with their images/s summed; --timeout bounds the N processes; never cached (default: 1)")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-row limit with --isolate")
     p.add_argument("--no-retry", action="store_true", help="on CUDA OOM do not retry with a halved batch")
     p.add_argument("--target-spread", type=float, default=None, help="stop timing at this spread (default 0.02)")
@@ -82,7 +87,8 @@ def results_table(rows) -> Table:
             batch += f" (of {r['requested_batch_size']})"
         band = "-" if r["p10_ms"] is None else f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"
         spread = "-" if r["spread"] is None else f"{r['spread']:.1%}"
-        table.add_row(r["model"], r["implementation"], _fmt(r["params"], ",.2f", 1e6), _fmt(r["macs"], ",.1f", 1e6),
+        name = escape(model_label(r))
+        table.add_row(name, r["implementation"], _fmt(r["params"], ",.2f", 1e6), _fmt(r["macs"], ",.1f", 1e6),
                       _fmt(r["fvcore_macs"], ",.1f", 1e6), str(r["resolution"]), batch, r["precision"],
                       r["backend"] + (" cl" if r["channels_last"] else "") + (" deploy" if r["deploy"] else "")
                       + (" reparam" if r.get("reparam") else ""),
@@ -119,6 +125,8 @@ def run(args) -> int:
     specs = resolve_models(args.models, timm_twins=args.timm)
     jobs = plan(specs, protocol, args.batch_size, args.precision, args.backend)
     cache = False if args.no_cache else (args.cache_path or True)
+    if not 1 <= args.jobs <= 256:
+        raise ConfigError("--jobs", args.jobs, "a number of processes from 1 to 256")
 
     console = Console(width=max(Console().width, 170))
     err_console = Console(stderr=True)
@@ -132,20 +140,35 @@ def run(args) -> int:
         task = progress.add_task("bench", total=len(jobs))
         runs = bench(jobs, timing, fvcore=not args.no_fvcore, on_start=lambda job: progress.update(
             task, description=job.label), cache=cache, isolate=args.isolate, timeout_s=args.timeout,
-            oom_retry=not args.no_retry)
+            oom_retry=not args.no_retry, processes=args.jobs)
         for row, m in runs:
             rows.append(row)
             if m.fingerprint:
                 fingerprints[fingerprint_key(m.fingerprint)] = m.fingerprint
-            progress.advance(task)
+            if row.get("process") in (None, "all"):
+                progress.advance(task)
     console.print(results_table(rows))
+    if args.jobs > 1:
+        console.print(f"[i/{args.jobs}]: process i of {args.jobs} running the model at once (its ms/batch is its "
+                      f"latency under that load); [sum of {args.jobs}]: images/s summed, ms/batch the mean of the "
+                      "processes' medians", markup=False, highlight=False)
     for r in rows:
         if r["status"] != "ok" or r["warnings"]:
             text = r["error"] or r["warnings"]
-            err_console.print(f"{r['model']} {r['backend']} {r['precision']} b{r['requested_batch_size']}: "
+            err_console.print(f"{model_label(r)} {r['backend']} {r['precision']} b{r['requested_batch_size']}: "
                               f"{r['status']}: {text}", markup=False, highlight=False)
     if args.results_file:
         meta = {"args": {k: v for k, v in vars(args).items() if k != "func"}, "device": protocol.device}
         path = write_results(rows, args.results_file, fingerprints, meta)
         console.print(f"wrote {len(rows)} rows to {path}")
     return 1 if any(r["status"] == "error" for r in rows) else 0
+
+
+def model_label(row) -> str:
+    """The model column: the name, and for rows of ``--jobs`` the process (``[1/4]``) or the sum."""
+    process = row.get("process")
+    if process is None:
+        return row["model"]
+    if process == "all":
+        return f"{row['model']} [sum of {row['jobs']}]"
+    return f"{row['model']} [{process + 1}/{row['jobs']}]"
