@@ -197,7 +197,7 @@ def test_yaml_text_errors_name_the_line(tmp_path):
     text = get_preset("b1").to_yaml().replace("kernel_size: 5", "kernel_size: 4", 1)
     err = pytest.raises(ConfigError, ArchConfig.from_yaml, text).value
     line = text[:text.index("kernel_size: 4")].count("\n") + 1
-    assert err.path.endswith("kernel_size") and f"<config>, line {line}:" in str(err)
+    assert err.path.endswith("kernel_size") and f"<architecture config>, line {line}:" in str(err)
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     assert str(pytest.raises(ConfigError, ArchConfig.from_yaml, empty).value) == f"{empty}: empty file"

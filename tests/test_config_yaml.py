@@ -16,10 +16,12 @@ def _error(text: str, name: str = "f.yaml") -> str:
 
 @pytest.mark.parametrize("text, needle", [
     ("a: 1\nb: 2\na: 3\n", "f.yaml, line 3: got 'a'; duplicate key"),
-    ("a: {b: 1, b: 2}\n", "line 1: got 'b'; duplicate key"),
+    ("a: {b: 1, b: 2}\n", "line 1: a: got 'b'; duplicate key"),
+    ("l:\n  - {x: 1}\n  - {x: 1, x: 2}\n", "line 3: l.1: got 'x'; duplicate key"),
     ("a: !!python/object/apply:os.system [ls]\n", "line 1: YAML tags are not allowed"),
     ("a: !custom 1\n", "YAML tags are not allowed (found !custom)"),
-    ("x: 1\na: .nan\n", "line 2: got '.nan'; NaN and infinity are not allowed"),
+    ("x: 1\na: .nan\n", "line 2: a: got '.nan'; NaN and infinity are not allowed"),
+    ("a: {b: [1, -.inf]}\n", "line 1: a.b.1: got '-.inf'; NaN and infinity are not allowed"),
     ("a: -.inf\n", "NaN and infinity are not allowed"),
     ("a: 1e999\n", "NaN and infinity are not allowed"),
     ("a: " + "9" * 40 + "\n", "integers have at most 30 digits"),
@@ -30,6 +32,7 @@ def _error(text: str, name: str = "f.yaml") -> str:
     ("? [1, 2]\n: 3\n", "mapping keys must be plain values"),
     ("a: 1\n---\nb: 2\n", "not valid YAML (expected a single document"),
     ("# only a comment\n", "f.yaml: empty file"),
+    ("---\n...\n", "f.yaml: empty file"),
     ("[" * (MAX_DEPTH + 5) + "]" * (MAX_DEPTH + 5) + "\n", f"nested deeper than {MAX_DEPTH} levels"),
 ])
 def test_refused_documents(text, needle):

@@ -187,7 +187,7 @@ def test_type_errors_of_choices_are_caught_on_load():
     ("base: b1\nparams: {}\n", "params"),
     ("base: b1\nparams:\n  a: {choices: [1, 2], path: stages.2.depth\n", "not valid YAML"),
     ("base: b1\nparms: {}\n", "did you mean 'params'"),
-    ("base: b1\nparams:\n  a: {choices: [1, .nan], path: stages.2.depth}\n", "line 3: got '.nan'; NaN"),
+    ("base: b1\nparams:\n  a: {choices: [1, .nan], path: stages.2.depth}\n", "line 3: params.a.choices.1: got '.nan'; NaN"),
     ("base: b1\nbase: b2\nparams: {}\n", "line 2: got 'base'; duplicate key"),
     ('base: b1\nparams:\n  a: {choices: [all, "none\\n"], path: stages.3.attention.placement}\n',
      "surrounding whitespace"),

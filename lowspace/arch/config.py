@@ -205,6 +205,8 @@ class ArchConfig(Config):
     change the network and are not part of :attr:`arch_id`.
     """
 
+    config_kind = "architecture config"
+
     stages: tuple[StageConfig, ...]
     stem: StemConfig = field(default_factory=StemConfig)
     head: HeadConfig = field(default_factory=HeadConfig)

@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Mapping, TypeVar
 
 from ..errors import ConfigError, unknown_key_error
 from ._convert import convert_fields, parse_dataclass
+from ._kinds import article, check_kind
 from ._overrides import apply_overrides
 from ._yaml import YamlDocument, dump_yaml, parse_yaml, read_yaml
 
@@ -60,7 +61,8 @@ class Config:
                       override_source: str = "overrides") -> C:
         """Parse a loaded YAML document; errors name its file and the line of the bad key."""
         if not isinstance(doc.data, Mapping):
-            raise doc.error([], doc.data, f"a {cls.config_kind} is a YAML mapping of its fields")
+            raise doc.error([], doc.data, f"{article(cls.config_kind)} is a YAML mapping of its fields")
+        check_kind(doc, cls.config_kind, [f.name for f in dataclasses.fields(cls) if f.init])
         try:
             return cls.from_dict(doc.data, overrides=overrides, override_source=override_source)
         except ConfigError as err:

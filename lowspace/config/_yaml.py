@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from ..errors import NO_VALUE, ConfigError, unknown_key_error
+from ._kinds import article
 
 MAX_BYTES = 1_000_000
 MAX_DEPTH = 40
@@ -24,11 +25,12 @@ _MAX_INT_CHARS = 30
 
 
 class _Refused(Exception):
-    """A problem found while loading, with the YAML mark where it is."""
+    """A problem found while loading, with the YAML mark where it is and, where known, the node and the key
+    path it sits at."""
 
-    def __init__(self, message: str, mark, value: Any = NO_VALUE):
+    def __init__(self, message: str, mark, value: Any = NO_VALUE, node=None, path: tuple = ()):
         super().__init__(message)
-        self.message, self.mark, self.value = message, mark, value
+        self.message, self.mark, self.value, self.node, self.path = message, mark, value, node, path
 
 
 class _Loader(yaml.SafeLoader):
@@ -53,20 +55,20 @@ class _Loader(yaml.SafeLoader):
 
 def _construct_int(loader, node):
     if len(node.value) > _MAX_INT_CHARS:
-        raise _Refused(f"integers have at most {_MAX_INT_CHARS} digits", node.start_mark, node.value)
+        raise _Refused(f"integers have at most {_MAX_INT_CHARS} digits", node.start_mark, node.value, node)
     try:
         return yaml.SafeLoader.construct_yaml_int(loader, node)
     except ValueError:
-        raise _Refused("not a valid integer", node.start_mark, node.value) from None
+        raise _Refused("not a valid integer", node.start_mark, node.value, node) from None
 
 
 def _construct_float(loader, node):
     try:
         value = yaml.SafeLoader.construct_yaml_float(loader, node)
     except (ValueError, OverflowError):
-        raise _Refused("not a valid number", node.start_mark, node.value) from None
+        raise _Refused("not a valid number", node.start_mark, node.value, node) from None
     if not math.isfinite(value):
-        raise _Refused("NaN and infinity are not allowed", node.start_mark, node.value)
+        raise _Refused("NaN and infinity are not allowed", node.start_mark, node.value, node)
     return value
 
 
@@ -135,12 +137,12 @@ def read_yaml(path: str | Path, what: str = "config") -> YamlDocument:
         reason = getattr(err, "strerror", None) or str(err)
         raise ConfigError("", source, f"cannot read the {what} ({reason})") from None
     if len(raw) > MAX_BYTES:
-        raise ConfigError("", NO_VALUE, f"file larger than {MAX_BYTES:,} bytes; a {what} is small text", source)
+        raise ConfigError("", NO_VALUE, f"file larger than {MAX_BYTES:,} bytes; {article(what)} is small text", source)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
         line = raw[:err.start].count(b"\n") + 1
-        raise ConfigError("", NO_VALUE, f"not UTF-8 text (byte 0x{raw[err.start]:02x}); a {what} is YAML text",
+        raise ConfigError("", NO_VALUE, f"not UTF-8 text (byte 0x{raw[err.start]:02x}); {article(what)} is YAML text",
                           f"{source}, line {line}") from None
     return parse_yaml(text, source, what=what)
 
@@ -155,15 +157,17 @@ def parse_yaml(text: str, source: str | None = None, what: str = "config", allow
     try:
         loader = _Loader(text)
         node = loader.get_single_node()
-        if node is None:
+        if _is_empty(node):
             if allow_empty:
                 return YamlDocument(None, {}, source, what, text)
             raise ConfigError("", NO_VALUE, "empty file" if source else "empty document", name)
         lines: dict[tuple, int] = {}
-        _check_tree(node, lines)
+        paths: dict[int, tuple] = {}
+        _check_tree(node, lines, paths)
         data = loader.construct_document(node)
     except _Refused as err:
-        raise ConfigError("", err.value, err.message, _at(name, err.mark)) from None
+        path = err.path or (paths.get(id(err.node), ()) if err.node is not None else ())
+        raise ConfigError(".".join(path), err.value, err.message, _at(name, err.mark)) from None
     except yaml.YAMLError as err:
         raise ConfigError("", NO_VALUE, f"not valid YAML ({_problem(err)})", _at(name, _mark(err, text))) from None
     finally:
@@ -172,10 +176,17 @@ def parse_yaml(text: str, source: str | None = None, what: str = "config", allow
     return YamlDocument(data, lines, source, what, text)
 
 
-def _check_tree(root, lines: dict[tuple, int]) -> None:
+def _is_empty(node) -> bool:
+    """No document, or one that holds nothing (``---`` alone, only comments)."""
+    return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+                            and node.value == "")
+
+
+def _check_tree(root, lines: dict[tuple, int], paths: dict[int, tuple]) -> None:
     """Refuse recursive aliases, duplicate and non-scalar keys, and documents that nest or expand too far;
-    record the line of every key path. A repeated (aliased) node counts at its expanded size and height
-    without being walked again, so a "billion laughs" file is refused in linear time."""
+    record the line of every key path and the path of every node (``paths``: id -> path, the first one for
+    aliased nodes). A repeated (aliased) node counts at its expanded size and height without being walked
+    again, so a "billion laughs" file is refused in linear time."""
     sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, height)
     total = 0
 
@@ -187,8 +198,9 @@ def _check_tree(root, lines: dict[tuple, int]) -> None:
 
     def visit(node, path: tuple, depth: int, stack: set) -> tuple[int, int]:
         if id(node) in stack:
-            raise _Refused("a recursive alias (a node that contains itself)", node.start_mark)
+            raise _Refused("a recursive alias (a node that contains itself)", node.start_mark, path=path)
         lines.setdefault(path, node.start_mark.line + 1)
+        paths.setdefault(id(node), path)
         if id(node) in sizes:
             size, height = sizes[id(node)]
             count(size, node.start_mark)
@@ -201,27 +213,27 @@ def _check_tree(root, lines: dict[tuple, int]) -> None:
                     s, h = visit(child, path + (str(i),), depth + 1, stack)
                     size, height = size + s, max(height, h + 1)
             elif isinstance(node, yaml.MappingNode):
-                for key, child in _keys(node):
+                for key, child in _keys(node, path):
                     lines[path + (key.value,)] = key.start_mark.line + 1
                     s, h = visit(child, path + (key.value,), depth + 1, stack)
                     size, height = size + s + 1, max(height, h + 1)
             stack.discard(id(node))
             sizes[id(node)] = size, height
         if depth + height - 1 > MAX_DEPTH:
-            raise _Refused(f"nested deeper than {MAX_DEPTH} levels (counting aliases)", node.start_mark)
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels (counting aliases)", node.start_mark, path=path)
         return size, height
 
     visit(root, (), 1, set())
 
 
-def _keys(node):
-    """The (key, value) nodes of a mapping; refuses duplicate and non-scalar keys."""
+def _keys(node, path: tuple):
+    """The (key, value) nodes of a mapping at ``path``; refuses duplicate and non-scalar keys."""
     seen: set = set()
     for key, value in node.value:
         if not isinstance(key, yaml.ScalarNode):
-            raise _Refused("mapping keys must be plain values (not lists or mappings)", key.start_mark)
+            raise _Refused("mapping keys must be plain values (not lists or mappings)", key.start_mark, path=path)
         if (key.tag, key.value) in seen:
-            raise _Refused("duplicate key", key.start_mark, key.value)
+            raise _Refused("duplicate key", key.start_mark, key.value, path=path)  # the mapping that has it twice
         seen.add((key.tag, key.value))
         yield key, value
 

@@ -42,9 +42,10 @@ import yaml
 
 from ..arch.config import ArchConfig
 from ..arch.presets import data_dir, get_preset, preset_key, resolve_config
-from ..config import YamlDocument, parse_yaml, read_yaml
+from ..config import YamlDocument, check_kind, parse_yaml, read_yaml
 from ..errors import ConfigError, unknown_key_error
 
+KIND = "search space"
 SPACE_KEYS = ("name", "description", "base", "recipe", "params", "points")
 PARAM_KEYS = ("choices", "low", "high", "step", "log", "type", "path", "paths", "when", "description")
 _SCALARS = (type(None), bool, int, float, str)
@@ -293,12 +294,12 @@ class SearchSpace:
         """A space from a bundled name (``lowformer``, ``wide``, ``demo``), a YAML path or YAML text."""
         if isinstance(spec, str) and "\n" in spec:
             return cls.from_text(spec)
-        return cls.from_document(read_yaml(_space_path(spec), what="space"))
+        return cls.from_document(read_yaml(_space_path(spec), what=KIND))
 
     @classmethod
     def from_text(cls, text: str, source: str | None = None) -> "SearchSpace":
         """A space from YAML text (``source`` names it in errors)."""
-        return cls.from_document(parse_yaml(text, source, what="space"))
+        return cls.from_document(parse_yaml(text, source, what=KIND))
 
     @classmethod
     def from_document(cls, doc: YamlDocument) -> "SearchSpace":
@@ -306,6 +307,7 @@ class SearchSpace:
         data, source = doc.data, doc.source
         if not isinstance(data, Mapping):
             raise doc.error([], type(data).__name__, "a search space is a mapping with keys: " + ", ".join(SPACE_KEYS))
+        check_kind(doc, KIND, SPACE_KEYS)
         doc.check_keys([], data, SPACE_KEYS)
         base = _parse_base(doc, data.get("base"))
         params = _parse_params(doc, data.get("params"), base)
