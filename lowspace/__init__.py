@@ -1,13 +1,13 @@
 """lowspace: latency-aware design-space exploration of LowFormer-style backbones.
 
-The public API (stable names; heavier modules are imported on first use):
+The public API (stable names; all but the errors are imported on first use, so that importing lowspace
+does not import torch):
 
     ArchConfig, ConfigError, create_model, load_checkpoint, export_state_dict,
     count_params, count_macs, measure, deploy
 """
 from importlib import import_module, metadata
 
-from .arch.config import ArchConfig
 from .errors import ConfigError, LowspaceError
 
 try:
@@ -16,6 +16,7 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 _LAZY = {
+    "ArchConfig": "lowspace.arch.config",
     "create_model": "lowspace.arch.factory",
     "load_checkpoint": "lowspace.arch.checkpoint",
     "export_state_dict": "lowspace.arch.checkpoint",
@@ -26,7 +27,7 @@ _LAZY = {
     "deploy": "lowspace.runtime",
 }
 
-__all__ = ["ArchConfig", "ConfigError", "LowspaceError", "__version__", *_LAZY]
+__all__ = ["ConfigError", "LowspaceError", "__version__", *_LAZY]
 
 
 def __getattr__(name):

@@ -115,3 +115,36 @@ def test_unreadable_config_is_a_clear_error(tmp_path, capsys):
     assert "bad.yaml" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "missing.yaml"), "--device", "cpu"]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _row(**values):
+    from lowspace.cost.bench import ROW_FIELDS
+    row = dict.fromkeys(ROW_FIELDS)
+    row.update(model="tiny", implementation="lowspace", backend="eager", precision="fp32", channels_last=False,
+               deploy=False, resolution=32, batch_size=1, requested_batch_size=1, status="ok", warnings="",
+               build_s=0.1, images_per_s=500.0, **values)
+    return row
+
+
+def test_bench_table_says_what_spread_and_p10_p90_are(monkeypatch, capsys, tiny_yaml):
+    """One timed row whose spread contradicts its p10-p90 band (one outlying chunk) and one that agrees."""
+    rows = [_row(median_ms=2.0, p10_ms=1.98, p90_ms=2.02, spread=0.5),   # band 2 %, spread 50 %: an outlier
+            _row(median_ms=2.0, p10_ms=1.9, p90_ms=2.1, spread=0.12)]    # band 10 %, spread 12 %
+    monkeypatch.setattr("lowspace.cost.bench.bench",
+                        lambda jobs, *a, **k: iter([(r, types.SimpleNamespace(fingerprint=None)) for r in rows]))
+    assert main(["bench", str(tiny_yaml), "--device", "cpu", "--no-progress"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "spread: (slowest - fastest chunk) / median" in out and "p10-p90: the 10th to 90th percentile" in out
+    assert "50.0% *" in out and "12.0% *" not in out and "*: a few outlying chunks" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--isolate", "--timeout", "-1"], "--timeout: got -1.0"),
+    (["--isolate", "--timeout", "nan"], "--timeout: got nan"),
+    (["--results-file", "no/such/folder/rows.csv"], "no folder no/such/folder"),
+])
+def test_bad_files_and_limits_stop_before_measuring(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "b0", "--device", "cpu", *argv]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and captured.out == "" and list(tmp_path.iterdir()) == []

@@ -1,26 +1,38 @@
-"""The ``lowspace`` command: a thin layer over the Python API, one module per subcommand."""
+"""The lowspace command: a thin layer over the Python API, one module per subcommand.
+
+Only the module of the subcommand being run is imported, so lowspace --help and --version start quickly.
+"""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import MISSING, dataclass
 from importlib import import_module
 from typing import Any, Callable, Mapping, Sequence
 
+from .. import __version__
 from ..config import field_info, parse_assignment, parse_value
 from ..errors import NO_VALUE, ConfigError, LowspaceError
 
-# subcommand -> module under lowspace.cli that defines ``add_parser(subparsers)`` and sets ``func``
+# subcommand -> (module under lowspace.cli whose ``add_parsers(subparsers)`` adds it, its one-line help);
+# the modules of several subcommands are listed together, in this order
 COMMANDS = {
-    "info": "info",
-    "bench": "bench",
-    "train": "train",
-    "eval": "train",
-    "search": "search",
-    "pareto": "report",
-    "export": "report",
-    "calibrate": "calibrate",
+    "info": ("info", "describe an architecture (params, stages, shapes, attention tokens)"),
+    "bench": ("bench", "measure params, MACs, latency and throughput (presets, configs, timm models)"),
+    "train": ("train", "train an architecture with a paper recipe (one process or torchrun)"),
+    "eval": ("train", "top-1 / top-5 of a checkpoint on a data set's test split (or the held-out one)"),
+    "search": ("search", "run or resume a latency-aware architecture search (Optuna study)"),
+    "pareto": ("report", "Pareto front, hypervolume and trial tables of a study (HTML, PNG, CSV)"),
+    "export": ("report", "write trials' architectures as YAML configs that lowspace train reads (with --retrain: "
+                         "their final evaluation over several seeds)"),
+    "calibrate": ("calibrate", "rank agreement of short proxy schedules with the full schedule"),
 }
+
+
+def command_help(name: str) -> str:
+    """The one-line help of subcommand ``name``."""
+    return COMMANDS[name][1]
 
 
 CUDNN_FLAG_HELP = ("cuDNN autotuning on CUDA: on (as timm's benchmark), off (cuDNN's heuristic choice: faster "
@@ -104,16 +116,57 @@ def _plain(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowspace", description=__doc__)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of the lowspace command. Only the module of ``command`` is imported (None: every one,
+    "": none); the other subcommands get their name and one-line help. Help texts are plain text (docstrings used as
+    help lose their reST markup)."""
+    parser = argparse.ArgumentParser(prog="lowspace", description=plain_text(__doc__.split("\n\n")[0]))
+    parser.add_argument("--version", action="version", version=f"lowspace {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in dict.fromkeys(COMMANDS.values()):
-        import_module(f"{__name__}.{module}").add_parsers(sub)
+    loaded: set[str] = set()
+    for name, (module, text) in COMMANDS.items():
+        if module in loaded:
+            continue
+        if command is None or COMMANDS.get(command, ("",))[0] == module:
+            import_module(f"{__name__}.{module}").add_parsers(sub)
+            loaded.add(module)
+        else:
+            sub.add_parser(name, help=text)
+    _plain_help(parser)
     return parser
 
 
+_REST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_REST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_text(text: str) -> str:
+    """``text`` without reST markup: ``x`` and :role:`x` become x."""
+    return _REST_LITERAL.sub(r"\1", _REST_ROLE.sub(r"\1", text))
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    for attr in ("description", "epilog"):
+        if getattr(parser, attr):
+            setattr(parser, attr, plain_text(getattr(parser, attr)))
+    for action in parser._actions:
+        if action.help:
+            action.help = plain_text(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain_text(choice.help or "")
+            for subparser in dict.fromkeys(action.choices.values()):
+                _plain_help(subparser)
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The subcommand of a command line (its first word that is not an option)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command_in(argv) or "")
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

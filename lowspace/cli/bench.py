@@ -5,6 +5,9 @@ Flags follow timm's benchmark.py where they overlap (--batch-size, --img-size, -
 """
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -12,12 +15,11 @@ from rich.table import Table
 
 from ..runtime import BACKENDS, PRECISIONS
 from ..errors import ConfigError
-from . import CUDNN_FLAG_HELP, cudnn_setting
+from . import CUDNN_FLAG_HELP, command_help, cudnn_setting
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("bench", help="measure params, MACs, latency and throughput (presets, configs, timm models)",
-                       description=__doc__)
+    p = sub.add_parser("bench", help=command_help("bench"), description=__doc__)
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="preset (b0 ... e3), YAML config path, timm model name (efficientvit_b1), or timm:NAME "
                         "for timm's model even where a preset has that name (timm:lowformer_b1)")
@@ -48,7 +50,9 @@ def add_parsers(sub) -> None:
                         "with their images/s summed; --timeout bounds the N processes; never cached (default: 1)")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-row limit with --isolate")
     p.add_argument("--no-retry", action="store_true", help="on CUDA OOM do not retry with a halved batch")
-    p.add_argument("--target-spread", type=float, default=None, help="stop timing at this spread (default 0.02)")
+    p.add_argument("--target-spread", type=float, default=None,
+                   help="stop timing once the spread of the last chunks, (max - min) / median, is at most this "
+                        "(default 0.02)")
     p.add_argument("--max-time", type=float, default=None, metavar="S", help="timing cap per row in seconds")
     p.add_argument("--chunk-ms", type=float, default=None, metavar="MS",
                    help="time per timed chunk (default: 40 on CUDA, 100 on CPU)")
@@ -66,13 +70,40 @@ def _check_names(flag: str, values, allowed) -> None:
             raise ConfigError(flag, v, "allowed: " + ", ".join(allowed) + extra)
 
 
+def _check_files(args) -> None:
+    """The results file and the cache file can be written where they are named."""
+    if args.results_file:
+        results = Path(args.results_file)
+        if results.suffix.lower() not in (".csv", ".json"):
+            raise ConfigError("--results-file", args.results_file, "a file name ending in .csv or .json")
+        if not results.parent.is_dir():
+            raise ConfigError("--results-file", args.results_file, f"no folder {results.parent} to write it in")
+    if args.cache_path and Path(args.cache_path).is_dir():
+        raise ConfigError("--cache-path", args.cache_path, "a file (the measurement cache), not a folder")
+
+
 def _fmt(value, spec: str, scale: float = 1.0) -> str:
     return "-" if value is None else format(value / scale, spec)
 
 
+SPREAD_NOTE = ("ms/batch: median of the timed chunks (each the mean of many back-to-back calls); p10-p90: the "
+               "10th to 90th percentile of the chunks; spread: (slowest - fastest chunk) / median, the measure the "
+               "timing stops on")
+OUTLIER_NOTE = "*: a few outlying chunks make the spread much wider than p10-p90"
+
+
+def has_outliers(row) -> bool:
+    """Whether the spread (max - min) is more than twice the p10-p90 band: a few chunks far from the rest
+    (a hiccup of the machine), not a wide distribution."""
+    if row["spread"] is None or row["p10_ms"] is None or not row["median_ms"]:
+        return False
+    band = (row["p90_ms"] - row["p10_ms"]) / row["median_ms"]
+    return row["spread"] > max(2 * band, 0.01)
+
+
 def results_table(rows) -> Table:
-    """The terminal table of bench rows."""
-    table = Table(title="lowspace bench")
+    """The terminal table of bench rows; its caption says what the timing columns are."""
+    table = Table(title="lowspace bench", caption=SPREAD_NOTE, caption_justify="left")
     cols = ("model", "impl", "params M", "MACs M", "fvcore M", "px", "batch", "prec", "backend", "ms/batch",
             "p10-p90 ms", "spread", "img/s", "build s", "status")
     for c in cols:
@@ -86,7 +117,7 @@ def results_table(rows) -> Table:
         if r.get("requested_batch_size") not in (None, r["batch_size"]):
             batch += f" (of {r['requested_batch_size']})"
         band = "-" if r["p10_ms"] is None else f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"
-        spread = "-" if r["spread"] is None else f"{r['spread']:.1%}"
+        spread = "-" if r["spread"] is None else f"{r['spread']:.1%}" + (" *" if has_outliers(r) else "")
         name = escape(model_label(r))
         table.add_row(name, r["implementation"], _fmt(r["params"], ",.2f", 1e6), _fmt(r["macs"], ",.1f", 1e6),
                       _fmt(r["fvcore_macs"], ",.1f", 1e6), str(r["resolution"]), batch, r["precision"],
@@ -94,6 +125,8 @@ def results_table(rows) -> Table:
                       + (" reparam" if r.get("reparam") else ""),
                       _fmt(r["median_ms"], ".3f"), band, spread, _fmt(r["images_per_s"], ",.0f"),
                       _fmt(r["build_s"], ".2f"), status)
+    if any(has_outliers(r) for r in rows):
+        table.caption += "; " + OUTLIER_NOTE
     return table
 
 
@@ -119,8 +152,9 @@ def run(args) -> int:
 
     _check_names("--backend", args.backend, BACKENDS)
     _check_names("--precision", args.precision, PRECISIONS)
-    if args.results_file and not args.results_file.lower().endswith((".csv", ".json")):
-        raise ConfigError("--results-file", args.results_file, "a file name ending in .csv or .json")
+    _check_files(args)
+    if args.timeout is not None and not 0 < args.timeout < math.inf:
+        raise ConfigError("--timeout", args.timeout, "a number of seconds > 0")
     protocol, timing = _protocol_and_timing(args)
     specs = resolve_models(args.models, timm_twins=args.timm)
     jobs = plan(specs, protocol, args.batch_size, args.precision, args.backend)

@@ -1,15 +1,11 @@
 """``lowspace info CONFIG_OR_PRESET``: parameters, stage widths, depths, output shapes, attention tokens."""
 from __future__ import annotations
 
-import torch
-from rich.console import Console
-from rich.table import Table
-
-from ..arch import LowFormer, feature_shapes, resolve_config
+from . import command_help
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("info", help="describe an architecture (params, stages, shapes, attention tokens)")
+    p = sub.add_parser("info", help=command_help("info"), description=command_help("info"))
     p.add_argument("config", help="preset name (b0, b1, b15, b2, b3, e1, e2, e3) or YAML config path")
     p.add_argument("--resolution", type=int, default=None, help="input side (default: the config's)")
     p.set_defaults(func=run)
@@ -17,6 +13,9 @@ def add_parsers(sub) -> None:
 
 def describe(spec, resolution: int | None = None) -> dict:
     """Everything ``lowspace info`` prints, as a dict (the model is built on the meta device: no memory)."""
+    import torch
+
+    from ..arch import LowFormer, feature_shapes, resolve_config
     cfg = resolve_config(spec)
     if resolution is not None:
         cfg = cfg.replace(resolution=resolution)
@@ -45,6 +44,9 @@ def describe(spec, resolution: int | None = None) -> dict:
 
 
 def run(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     info = describe(args.config, args.resolution)
     console = Console(width=max(Console().width, 100))
     title = f"{info['name'] or args.config}  arch_id {info['arch_id']}  input {info['resolution']}px"

@@ -8,7 +8,10 @@ front statistic with a confidence interval over them.
 """
 from __future__ import annotations
 
+import argparse
+
 from ..errors import ConfigError
+from . import command_help
 
 CDN_HELP = "HTML loads plotly.js from its CDN (~10 KB files) instead of embedding it (~5 MB, viewable offline)"
 LEVEL_HELP = ("significance level for 'dominates' (otherwise 'within noise'), e.g. 0.95; Welch's t-test over seeds, "
@@ -26,7 +29,8 @@ def _level(text: str) -> float:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("pareto", help="Pareto front, hypervolume and trial tables of a study (HTML, PNG, CSV)")
+    p = sub.add_parser("pareto", help=command_help("pareto"), description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("study", metavar="STUDY", nargs="+",
                    help="storage URL or SQLite study file; several: the same search with other seeds")
     p.add_argument("--study-name", action="append", default=[],
@@ -44,8 +48,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--cdn", action="store_true", help=CDN_HELP)
     p.set_defaults(func=run_pareto)
 
-    e = sub.add_parser("export", help="write trials' architectures as YAML configs that `lowspace train` reads "
-                                      "(with --retrain: their final evaluation over several seeds)")
+    e = sub.add_parser("export", help=command_help("export"), description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("study", metavar="STUDY", help="storage URL or SQLite study file")
     e.add_argument("--study-name", help="study in STUDY (needed when it holds several)")
     which = e.add_mutually_exclusive_group(required=True)

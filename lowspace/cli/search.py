@@ -12,7 +12,7 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from . import CUDNN_FLAG_HELP, Flag, add_config_flags, config_overrides, cudnn_setting
+from . import CUDNN_FLAG_HELP, Flag, add_config_flags, config_overrides, command_help, cudnn_setting
 
 
 def _names(text: str) -> list[str]:
@@ -66,8 +66,7 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("search", help="run or resume a latency-aware architecture search (Optuna study)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("search", help=command_help("search"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="search config YAML (space, mode, protocol, proxy, data, storage, ...)")
     from ..search.settings import SearchConfig
     add_config_flags(p, SearchConfig, FLAGS)
@@ -78,18 +77,45 @@ def add_parsers(sub) -> None:
 def config_from_args(args):
     """The SearchConfig of a parsed command line: the config file (or the defaults), then the flags, then
     each ``--set``."""
+    return _read_config(args)[0]
+
+
+def _read_config(args):
+    """(the SearchConfig, the config file's YAML document or None, the overrides from the flags and --set)."""
+    from ..config import read_yaml
     from ..search.settings import SearchConfig
     overrides = config_overrides(args, SearchConfig, FLAGS)
-    if args.config:
-        return SearchConfig.from_yaml(Path(args.config), overrides, override_source="command line")
-    return SearchConfig.from_dict({}, overrides, override_source="command line")
+    if not args.config:
+        return SearchConfig.from_dict({}, overrides, override_source="command line"), None, overrides
+    doc = read_yaml(Path(args.config), what=SearchConfig.config_kind)
+    return SearchConfig.from_document(doc, overrides, override_source="command line"), doc, overrides
 
 
-def _preflight(space, config) -> None:
-    """Build what every trial builds first (the proxy schedule, the latency protocol, the devices), so that
-    a bad value stops the command before a study is created or resumed."""
-    from ..search.trial import TrialPipeline
-    TrialPipeline(space, config)
+def _preflight(space, config, doc, overrides):
+    """Check what every trial needs (devices, proxy schedule, latency protocol, data set), the storage and
+    where the reports go, so that a bad value stops the command before a study is created or resumed. Returns the
+    checked trial pipeline and notes for the user. Errors name the flag or the config file line they come
+    from."""
+    from ..errors import ConfigError
+    from ..search._setup import storage_for, validate_search
+    try:
+        _check_outputs(config)
+        checked = validate_search(config, space)
+        storage_for(config)  # a storage that cannot be opened, before the run is announced
+        return checked
+    except ConfigError as err:
+        if err.source is None and any(err.path == k or err.path.startswith(k + ".") for k in overrides):
+            raise err.with_source("command line") from None
+        raise (doc.locate(err) if doc is not None else err) from None
+
+
+def _check_outputs(config) -> None:
+    from ..errors import ConfigError
+    if config.out and Path(config.out).exists() and not Path(config.out).is_dir():
+        raise ConfigError("out", config.out, "a folder for the reports; this is a file")
+    peers = config.report.peers
+    if peers and not Path(peers).is_file():
+        raise ConfigError("report.peers", peers, "no such file; a lowspace bench results file (.csv or .json)")
 
 
 def run(args) -> int:
@@ -100,16 +126,20 @@ def run(args) -> int:
     from ..search.storage import load_study
 
     console = Console(stderr=True)
-    config = config_from_args(args)
+    config, doc, overrides = _read_config(args)
     space = load_space(config.space)
     if args.describe:
         _describe(console, space)
         return 0
-    _preflight(space, config)
+    pipeline, notes = _preflight(space, config, doc, overrides)
     console.print(f"[bold]lowspace search[/]: space {space.name} ({len(space.params)} parameters), mode {config.mode}, "
                   f"sampler {config.sampler_name}, {config.n_trials} complete trials, {config.workers} worker(s)",
                   highlight=False)
-    summary = run_search(config, progress=True)
+    for note in notes:
+        console.print(f"[yellow]note[/]: {note}", highlight=False)
+    # one worker in this process reuses the checked pipeline (the data set is loaded once)
+    reuse = dict(engines=pipeline.engines, data=pipeline.data) if config.workers == 1 else {}
+    summary = run_search(config, progress=True, **reuse)
     console.print(f"study {summary.study_name} in {summary.storage}: {summary.stopped_reason}", highlight=False)
     study = load_study(config.storage, summary.study_name)
     _print_front(console, study)

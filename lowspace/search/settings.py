@@ -28,7 +28,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..config import Config, option
-from ..errors import ConfigError
+from ..errors import ConfigError, unknown_key_error
 
 MODES = ("pareto", "constrained", "random")
 SAMPLERS = ("tpe", "nsga2", "gp", "random")
@@ -37,9 +37,10 @@ PRUNERS = ("median", "halving", "hyperband", "none")
 EARLY_STOPPING = ("promotion", "halving", "none")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULT_STORAGE_FILE = "lowspace.db"
-# measure() arguments that the trial pipeline passes itself (from ProtocolSettings), so not allowed in options
+# measure() arguments that the trial pipeline passes itself (from ProtocolSettings, the device gate, the
+# architecture), so not allowed in options
 PROTOCOL_MEASURE_ARGS = ("device", "batch_size", "resolution", "precision", "channels_last", "backend", "deploy",
-                         "cudnn_benchmark", "cache")
+                         "cudnn_benchmark", "cache", "timing_lock", "build_lock", "cache_key")
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,2})?")
 _DAY_S = 86_400.0
 
@@ -82,6 +83,21 @@ class ProtocolSettings(Config):
                 raise ConfigError(f"options.{key}", self.options[key],
                                   f"set by the search itself; use protocol.{key}" if key in names
                                   else "set by the search itself")
+        if self.options:
+            self._check_options()
+
+    def _check_options(self) -> None:
+        """Every option is a ``measure()`` argument; the timing ones are checked as ``Timing`` checks them."""
+        from ..cost.measure import RUN_OPTIONS
+        from ..cost.protocol import PROTOCOL_FIELDS, TIMING_FIELDS, Timing
+        allowed = [k for k in PROTOCOL_FIELDS + TIMING_FIELDS + RUN_OPTIONS if k not in PROTOCOL_MEASURE_ARGS]
+        for key in self.options:
+            if key not in allowed:
+                raise unknown_key_error("options", str(key), allowed)
+        try:
+            Timing.from_dict({k: v for k, v in self.options.items() if k in TIMING_FIELDS})
+        except ConfigError as err:
+            raise err.within("options") from None
 
     def resolve(self, device_type: str) -> "ProtocolSettings":
         """Concrete values for the ``auto`` fields. On CUDA: the deploy path (BatchNorm folded, fp16 weights,
@@ -277,6 +293,9 @@ class SearchConfig(Config):
         if len(set(self.objectives)) != len(self.objectives):
             raise ConfigError("objectives", list(self.objectives), "objectives must not repeat")
         _check_device("device", self.device)
+        if self.mode == "random" and self.sampler not in (None, "random"):
+            raise ConfigError("sampler", self.sampler, "mode random samples at random: leave sampler out (null) or "
+                                                       "set it to random")
         limits = self.constraints
         if self.mode == "constrained" and (limits.max_latency_ms, limits.max_macs, limits.max_params) == (None,) * 3:
             raise ConfigError("constraints", None,
