@@ -93,9 +93,9 @@ def _read_config(args):
 
 def _preflight(space, config, doc, overrides):
     """Check what every trial needs (devices, proxy schedule, latency protocol, data set), the storage and
-    where the reports go, so that a bad value stops the command before a study is created or resumed. Returns the
-    checked trial pipeline and notes for the user. Errors name the flag or the config file line they come
-    from."""
+    where the reports go, so that a bad value stops the command before a study is created or resumed.
+    Returns the checked trial pipeline and notes for the user. Errors name the flag or the config file line
+    they come from."""
     from ..errors import ConfigError
     from ..search._setup import storage_for, validate_search
     try:
