@@ -134,7 +134,7 @@ def _must_refuse(text: str) -> str | None:
         return "not valid YAML"
     if len(documents) > 1:
         return "several documents"
-    if any(getattr(e, "tag", None) and getattr(e, "tag") != "!" for e in events):
+    if any(getattr(e, "tag", None) for e in events):
         return "a tag"
     if documents and documents[0] is not None:
         return _bad_node(documents[0], set())

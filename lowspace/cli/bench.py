@@ -34,7 +34,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)")
     p.add_argument("--compile-mode", default=None, help="torch.compile mode for compile backends (default: default)")
-    p.add_argument("--deploy", action="store_true", help="time the deployed model (lowspace.runtime.deploy: BN folding ...)")
+    p.add_argument("--deploy", action="store_true",
+                   help="time the deployed model (lowspace.runtime.deploy: BN folding ...)")
     p.add_argument("--cudnn-benchmark", default=None, metavar="on|off|N", help=CUDNN_FLAG_HELP + " (default: off)")
     p.add_argument("--reparam", action="store_true",
                    help="re-parameterize re-parameterizable models first (timm's reparameterize_model: FastViT, "

@@ -66,7 +66,8 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("search", help=command_help("search"), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser("search", help=command_help("search"), description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="search config YAML (space, mode, protocol, proxy, data, storage, ...)")
     from ..search.settings import SearchConfig
     add_config_flags(p, SearchConfig, FLAGS)

@@ -628,7 +628,8 @@ def _parse_points(doc: YamlDocument, raw, space: SearchSpace) -> dict[str, dict[
         for p in space.params:
             if not p.active(assignment):
                 if p.name in values:
-                    raise doc.error(where + [p.name], values[p.name], "this parameter is inactive here (its 'when' fails)")
+                    raise doc.error(where + [p.name], values[p.name],
+                                    "this parameter is inactive here (its 'when' fails)")
                 continue
             if p.name not in values:
                 raise doc.error(where, p.name, f"a point must give every active parameter; missing {p.name}")
@@ -645,7 +646,8 @@ def _parse_points(doc: YamlDocument, raw, space: SearchSpace) -> dict[str, dict[
         try:
             cfg = space.build(assignment)
         except ConfigError as err:
-            raise ConfigError(".".join(map(str, where)), err.value, f"{err.path}: {err.allowed}", doc.where(*where)) from None
+            raise ConfigError(".".join(map(str, where)), err.value, f"{err.path}: {err.allowed}",
+                              doc.where(*where)) from None
         key = preset_key(str(name))
         if key:
             want = get_preset(key)
