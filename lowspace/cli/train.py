@@ -63,10 +63,15 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="top-1 / top-5 of a checkpoint on a data set's test split (or the held-out one)")
-    e.add_argument("config", help="preset name or YAML config path")
-    e.add_argument("--checkpoint", required=True,
+    e.add_argument("config", nargs="+",
+                   help="preset name or YAML config path; several (e.g. b0 b1 b15 b3) with --checkpoint-dir")
+    e.add_argument("--checkpoint", default=None,
                    help="weights file (lowspace, timm or official; .safetensors/.pth) or a `lowspace train` run "
                         "directory")
+    e.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="evaluate every model named, each with its weights from DIR (lowformer_b1*.safetensors/.pth, "
+                        "b1*.pth, b1/checkpoint/evalmodel.pt, a run folder b1/) at its own resolution and crop; "
+                        "one table")
     _data_args(e, train=False)
     e.add_argument("--resolution", type=int, default=None,
                    help="eval side (default: what training evaluated at: the run's recipe, else the config's)")
@@ -161,6 +166,11 @@ def run_train(args) -> int:
 
 
 def run_eval(args) -> int:
+    from .eval_presets import check_sources, run_eval_presets
+    check_sources(args)
+    if args.checkpoint_dir:
+        return run_eval_presets(args)
+    args.config = args.config[0]
     from ..arch import LowFormer, load_checkpoint, resolve_config
     from ..train import distributed as dist_utils
     from ..train.checkpoint import find_weights
