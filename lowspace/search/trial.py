@@ -348,7 +348,8 @@ class TrialPipeline:
             timings["throughput_s"] = time.perf_counter() - t
             if tm.status == "ok":
                 trial.set_user_attr("images_per_s", float(tm.images_per_s))
-                trial.set_user_attr("throughput", jsonable({"batch_size": tm.batch_size, "images_per_s": tm.images_per_s,
+                trial.set_user_attr("throughput", jsonable({"batch_size": tm.batch_size,
+                                                            "images_per_s": tm.images_per_s,
                                                             "median_ms": tm.median_ms, "cached": tm.cached}))
             else:  # a throughput OOM does not sink the candidate: batch-1 latency is the objective
                 trial.set_user_attr("throughput", {"batch_size": self.settings.throughput_batch, "status": tm.status,
@@ -429,7 +430,8 @@ class TrialPipeline:
     def _values(self, acc: float, latency_ms: float, macs: int):
         if self.config.mode == "constrained":
             return acc
-        return [acc if o == "accuracy" else latency_ms if o == "latency" else float(macs) for o in self.config.objectives]
+        by_name = {"accuracy": acc, "latency": latency_ms}
+        return [by_name[o] if o in by_name else float(macs) for o in self.config.objectives]
 
     # ---------------------------------------------------------------- bookkeeping
     def _record_config(self, trial, cfg: ArchConfig) -> None:
