@@ -20,6 +20,7 @@ install: $(STAMP)
 
 ## the test suite (CPU; gpu tests skip themselves without a GPU, postgres tests without a server)
 test: install
+	$(BIN)/ruff check lowspace tests experiments
 	$(BIN)/python -m pytest -q
 
 ## the main job: a small, real latency-aware search end to end on Fashion-MNIST (one CPU thread unless
