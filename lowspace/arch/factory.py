@@ -59,6 +59,7 @@ def _pretrained_state_dict(spec, cfg: ArchConfig, pretrained) -> dict[str, torch
         if key is None:
             raise ConfigError("pretrained", True, "published weights exist for presets only; give a weights file")
         import timm
+        _check_hub_reachable(key)
         try:
             ref = timm.create_model(f"lowformer_{key}", pretrained=True)
         except Exception as err:  # noqa: BLE001 - network / hub failures become one clear message
@@ -81,3 +82,20 @@ def _load_adapted(model: LowFormer, source_cfg: ArchConfig, state_dict: dict) ->
         fresh = {k: v for k, v in model.state_dict().items() if k.startswith("head.classifier.")}
         renamed.update(fresh)
     load_checkpoint(model, renamed, strict=True)
+
+
+def _check_hub_reachable(key: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not after the hub client's retries, where the weights' host cannot be reached."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # the hub client reads its local cache
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError as err:
+        raise CheckpointError(f"cannot reach {host} to fetch timm's lowformer_{key} weights ({err}); download "
+                              "them elsewhere and pass the file as pretrained=PATH") from None

@@ -97,7 +97,20 @@ class DeployedModel(nn.Module):
             return y.to(x.dtype).clone()
 
 
-def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int = 224, backend: str = "cuda_graph",
+def _auto_protocol(backend: str, precision: str, device) -> tuple[str, str]:
+    """``auto`` backend and precision resolved for the device: CUDA graph + fp16 on CUDA, eager + fp32 elsewhere."""
+    try:
+        cuda = torch.device(device).type == "cuda"
+    except (RuntimeError, TypeError):
+        return backend, precision  # check_protocol names the bad device
+    if backend == "auto":
+        backend = "cuda_graph" if cuda else "eager"
+    if precision == "auto":
+        precision = "fp16" if cuda else "fp32"
+    return backend, precision
+
+
+def deploy(model, precision: str = "auto", batch_size: int = 1, resolution: int = 224, backend: str = "auto",
            channels_last: bool = True, device: str | torch.device | None = None, **options) -> DeployedModel:
     """Build the fast inference form of ``model`` for one protocol: copy it, reparameterize the copy
     (:func:`reparameterize`), cast it, then compile and/or capture it for one static input. A build is
@@ -108,9 +121,11 @@ def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int 
             anything ``lowspace.create_model`` accepts (preset name, YAML path, ArchConfig; random weights).
             Other modules get no rewrites, only the precision cast, memory format and capture.
         precision: ``fp32``, ``fp16`` or ``bf16``; weights and activations are cast (no autocast).
+            ``auto``: fp16 on CUDA, fp32 elsewhere.
         batch_size, resolution: the static input the build is specialized and captured for.
         backend: ``eager``, ``cuda_graph``, ``compile``, ``compile_cuda_graph`` (CUDA graphs need CUDA), or
-            ``torchscript`` / ``onnxruntime`` (runners on the reparameterized module).
+            ``torchscript`` / ``onnxruntime`` (runners on the reparameterized module). ``auto``: a CUDA graph
+            on CUDA, eager elsewhere, so a model on the CPU deploys without naming a backend.
         channels_last: run in the channels_last memory format.
         device: where to run; default the model's device (a config: CUDA if available).
         **options: see :class:`~lowspace.runtime.DeployOptions` (fold_bn, fuse_attention, upsample,
@@ -129,6 +144,7 @@ def deploy(model, precision: str = "fp16", batch_size: int = 1, resolution: int 
     if device is None:
         p = next(model.parameters(), None)
         device = p.device if p is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    backend, precision = _auto_protocol(backend, precision, device)
     dev = check_protocol(backend, precision, device)
     opts = resolve_options(opts, batch_size, dev.type)
     channels = in_chans(model)
