@@ -30,3 +30,14 @@ def test_pretrained_without_network_fails_in_seconds(monkeypatch):
     monkeypatch.setattr(timm, "create_model", hub_client)
     with pytest.raises(CheckpointError, match="cannot reach .* pretrained=PATH"):
         lowspace.create_model("b0", pretrained=True)
+
+
+def test_search_val_per_class_flag_sets_the_held_out_size():
+    import argparse
+
+    from lowspace.cli import search as search_cli
+
+    parser = argparse.ArgumentParser()
+    search_cli.add_parsers(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["search", "--val-per-class", "250"])
+    assert search_cli.config_from_args(args).proxy["val_per_class"] == 250

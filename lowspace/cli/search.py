@@ -35,6 +35,8 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
         Flag("--out", "out", "write reports (Pareto HTML/PNG, CSV, summary, exported YAML) here when done"),
         Flag("--device", "device", "proxy training device: auto, cpu, cuda, cuda:N"),
         Flag("--timeout", "timeout_s", "stop starting trials after this many seconds"),
+        Flag("--val-per-class", "proxy.val_per_class", "validation images per class held out from the "
+                                                        "training set (the test set is never searched on)"),
         Flag("--budget-gpu-s", "budget_gpu_s", "stop starting trials once the trials (all rungs) spent this many "
                                                "GPU-seconds"),
         Flag("--no-presets", "presets", "do not enqueue the space's preset points", const=False),
