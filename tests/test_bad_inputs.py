@@ -83,13 +83,14 @@ def _image_folders(tmp: Path, case: dict) -> None:
 
 
 def _weights(tmp: Path, case: dict) -> None:
-    """Weights files of a config: ``{file: {config: PATH, tensors: fp32 | int8 | nan}}``."""
+    """Weights files of a config: ``{file: {config: PATH, tensors: fp32 | int8 | nan, num_classes: N}}``."""
     import torch
 
     from lowspace import create_model
     from lowspace.arch import resolve_config
     for rel, spec in (case.get("weights") or {}).items():
-        model = create_model(resolve_config(_fill(spec["config"], tmp)))
+        cfg = resolve_config(_fill(spec["config"], tmp))
+        model = create_model(cfg.replace(num_classes=spec.get("num_classes", cfg.num_classes)))
         state = model.state_dict()
         for key, t in state.items():
             if not t.is_floating_point():
