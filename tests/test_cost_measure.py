@@ -103,7 +103,7 @@ def test_stopping_rule_target_reached_and_cap_warning(tiny):
     assert loose.spread == pytest.approx(spread_of(loose.chunks_ms), rel=1e-3, abs=1e-6)
     strict = measure(tiny, cache=False, **{**FAST, "target_spread": 1e-12, "max_time_s": 30.0})
     assert strict.status == "ok" and len(strict.chunks_ms) == FAST["max_chunks"]
-    assert "too noisy" in strict.warnings[0]
+    assert any("too noisy" in w for w in strict.warnings)  # after "measured twice": noisy both times
     assert strict.median_ms == pytest.approx(statistics.median(strict.chunks_ms), abs=1e-5)
 
 
