@@ -6,17 +6,17 @@
 set -uo pipefail
 new=$(cd "$(dirname "$0")/../.." && pwd)
 base=$(cd "$1" && pwd)
-out=$(mkdir -p "${2:-$new/experiments/regression/results}" && cd "${2:-$new/experiments/regression/results}" && pwd)
+results=$(mkdir -p "${2:-$new/experiments/regression/results}" && cd "${2:-$new/experiments/regression/results}" && pwd)
 fmnist=${FMNIST_ROOT:-/usr/share/datasets/fashion-mnist}
 
 step() {  # step TAG NAME COMMAND...: run COMMAND in the TAG tree unless OUT/TAG/NAME exists
     local tag=$1 name=$2; shift 2
     local tree=$new; [ "$tag" = base ] && tree=$base
-    [ -e "$out/$tag/$name/done" ] && return 0
-    mkdir -p "$out/$tag/$name"
+    [ -e "$results/$tag/$name/done" ] && return 0
+    mkdir -p "$results/$tag/$name"
     echo "== $tag $name" >&2
-    (cd "$tree" && PYTHONPATH="$tree:${PYTHONPATH:-}" "$@" --out "$out/$tag/$name") >"$out/$tag/$name/log" 2>&1 \
-        && touch "$out/$tag/$name/done" || echo "   failed: see $out/$tag/$name/log" >&2
+    (cd "$tree" && PYTHONPATH="$tree:${PYTHONPATH:-}" "$@" --out "$results/$tag/$name") >"$results/$tag/$name/log" 2>&1 \
+        && touch "$results/$tag/$name/done" || echo "   failed: see $results/$tag/$name/log" >&2
 }
 
 # Alternate the trees so that a drift of the machine's speed hits both alike.
@@ -30,4 +30,4 @@ done
 for tag in base new; do
     step "$tag" train_c python3 experiments/train_speed/bench_train.py --part c --fmnist-root "$fmnist"
 done
-python3 "$new/experiments/regression/compare.py" "$out"
+python3 "$new/experiments/regression/compare.py" "$results"
