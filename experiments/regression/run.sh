@@ -9,7 +9,7 @@ base=$(cd "$1" && pwd)
 results=$(mkdir -p "${2:-$new/experiments/regression/results}" && cd "${2:-$new/experiments/regression/results}" && pwd)
 fmnist=${FMNIST_ROOT:-/usr/share/datasets/fashion-mnist}
 
-step() {  # step TAG NAME COMMAND...: run COMMAND in the TAG tree unless OUT/TAG/NAME exists
+step() {  # step TAG NAME COMMAND...: run COMMAND in the TAG tree unless RESULTS/TAG/NAME exists
     local tag=$1 name=$2; shift 2
     local tree=$new; [ "$tag" = base ] && tree=$base
     [ -e "$results/$tag/$name/done" ] && return 0

@@ -52,8 +52,8 @@ def write_onnx(net: nn.Module, example: torch.Tensor, path: str | Path, opset: i
 def onnx_error(path: str | Path, net: nn.Module, x: torch.Tensor) -> float:
     """Max |onnxruntime - torch| / max|torch| for input ``x`` (CPU provider)."""
     import onnxruntime as ort
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+    ort_run = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(ort_run.run(None, {"input": x.numpy()})[0])
     with torch.inference_mode():
         want = net(x)
     return ((got - want).abs().max() / want.abs().max().clamp_min(1e-6)).item()
