@@ -142,6 +142,8 @@ def _protocol_and_timing(args):
                         compile_mode=args.compile_mode,
                         **({} if args.cudnn_benchmark is None else
                            {"cudnn_benchmark": cudnn_setting("--cudnn-benchmark", args.cudnn_benchmark)}))
+    for batch_size in args.batch_size[1:]:  # plan() varies the batch size: each one valid before any model is built
+        protocol.replace(batch_size=batch_size)
     timing = {"target_spread": args.target_spread, "max_time_s": args.max_time, "chunk_ms": args.chunk_ms}
     timing = Timing(**{k: v for k, v in timing.items() if v is not None})
     return protocol, timing

@@ -22,6 +22,10 @@ __all__ = ["Protocol", "Timing", "COMPILE_BACKENDS", "COMPILE_MODES"]
 COMPILE_BACKENDS = ("compile", "compile_cuda_graph")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
+# Upper bounds that stop a typo (an extra zero or three) before the input batch is allocated
+MAX_BATCH = 65_536
+MAX_RESOLUTION = 4096
+
 # Timing defaults that depend on the device: (chunk_ms, warmup_ms, max_time_s)
 _DEVICE_TIMING = {"cuda": (40.0, 50.0, 3.0), "cpu": (100.0, 100.0, 10.0)}
 
@@ -35,8 +39,8 @@ class Protocol(Config):
         backend: eager, cuda_graph, compile, compile_cuda_graph, torchscript or onnxruntime.
         precision: fp32, fp16 or bf16.
         channels_last: the channels_last memory format for input and weights.
-        batch_size: images per forward pass.
-        resolution: input side in pixels; None times each network at its own resolution.
+        batch_size: images per forward pass (at most 65,536).
+        resolution: input side in pixels (at most 4096); None times each network at its own resolution.
         deploy: time the deployed network (BatchNorm folded, cast, captured) instead of the eval-mode one.
         deploy_options: further keyword arguments for ``deploy()`` (only with ``deploy=True``).
         reparam: apply timm's ``reparameterize_model`` first (for re-parameterizable peers).
@@ -49,8 +53,8 @@ class Protocol(Config):
     backend: str = option("eager", choices=BACKENDS)
     precision: str = option("fp32", choices=PRECISIONS)
     channels_last: bool = False
-    batch_size: int = option(1, ge=1)
-    resolution: int | None = option(None, ge=1)
+    batch_size: int = option(1, ge=1, le=MAX_BATCH)
+    resolution: int | None = option(None, ge=1, le=MAX_RESOLUTION)
     deploy: bool = False
     deploy_options: dict[str, Any] = option(default_factory=dict)
     reparam: bool = False
@@ -125,8 +129,8 @@ class Timing(Config):
                             max_time_s=max_time_s if self.max_time_s is None else self.max_time_s)
 
 
-PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(Protocol) )
-TIMING_FIELDS = tuple(f.name for f in dataclasses.fields(Timing) )
+PROTOCOL_FIELDS = tuple(f.name for f in dataclasses.fields(Protocol))
+TIMING_FIELDS = tuple(f.name for f in dataclasses.fields(Timing))
 
 
 def split_fields(fields: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
