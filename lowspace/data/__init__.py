@@ -16,7 +16,10 @@ split of the training images, which proxy training, the search and ``lowspace tr
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
+
+from ..errors import ConfigError, unknown_key_error
 
 from .base import DataError, FolderSplit, ImageData, TensorSplit, cap_per_class, select_classes
 from .fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist, read_idx
@@ -53,8 +56,7 @@ def get_dataset(spec="fashion_mnist", *, root: str | Path | None = None, classes
         workers: threads used to verify images.
         **synthetic: arguments of :func:`make_synthetic` (``num_classes``, ``train_size``, ...).
     """
-    if synthetic and not (isinstance(spec, str) and spec.lower() in SYNTHETIC_NAMES):
-        raise DataError(f"unexpected argument(s) {', '.join(synthetic)} (only synthetic data takes them)")
+    _check_options(spec, synthetic)
     if isinstance(spec, ImageData):
         data = spec
     elif not isinstance(spec, (str, Path)):
@@ -80,3 +82,16 @@ def get_dataset(spec="fashion_mnist", *, root: str | Path | None = None, classes
                 raise DataError(f"data {text}: neither a class-folder root (no {path / 'train'} folder) nor a "
                                 f"folder of Fashion-MNIST IDX files")
     return data.subset(classes, train_per_class, val_per_class, seed)
+
+
+def _check_options(spec, extra: dict) -> None:
+    """Refuse options ``get_dataset`` does not take (named ``data.<key>``, as in a search config's ``data``
+    section): only synthetic data takes :func:`make_synthetic`'s arguments."""
+    synthetic = isinstance(spec, str) and spec.lower() in SYNTHETIC_NAMES
+    synthetic_keys = [k for k in inspect.signature(make_synthetic).parameters if k != "seed"]
+    common = [k for k in inspect.signature(get_dataset).parameters if k not in ("spec", "synthetic")]
+    for key in extra:
+        if key in synthetic_keys and not synthetic:
+            raise ConfigError(f"data.{key}", extra[key], f"only synthetic data takes {key}")
+        if key not in synthetic_keys:
+            raise unknown_key_error("data", key, ["dataset", *common, *(synthetic_keys if synthetic else [])])

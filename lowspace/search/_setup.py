@@ -59,8 +59,28 @@ def validate_search(config: SearchConfig, space: SearchSpace, engines=None, data
     check_device("protocol.device", config.protocol.device)
     pipeline = TrialPipeline(space, config, engines=engines, data=data)
     _ = pipeline.data  # a missing or broken data set is one clear error now, not a failure in every trial
+    _check_classes(pipeline)
     note = _check_measurement_cache()
     return pipeline, [note] if note else []
+
+
+def _check_classes(pipeline) -> None:
+    """The proxy's (and each rung's) ``classes`` exist in the data set: a class count it has, names it holds."""
+    from ..data import DataError, select_classes
+    known = getattr(pipeline.data, "classes", None)
+    if known is None:  # data of custom engines
+        return
+    schedules = [("proxy", pipeline.schedule)]
+    if pipeline.ladder is not None:
+        schedules += [(f"promotion.rungs.{r.index}", r.schedule) for r in pipeline.ladder.rungs]
+    for path, schedule in schedules:
+        classes = getattr(schedule, "classes", None)
+        if classes is None:
+            continue
+        try:
+            select_classes(known, classes, getattr(schedule, "seed", 0) or 0)
+        except DataError as err:
+            raise ConfigError(f"{path}.classes", classes, str(err).removeprefix("classes: ")) from None
 
 
 def _check_measurement_cache() -> str | None:
