@@ -82,9 +82,12 @@ def open_storage(spec: str | Path | None, heartbeat_interval: int | None = 30, g
             raise StorageError(f"storage {shown}: no such journal file")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(path)))
+            return JournalStorage(JournalFileBackend(str(path)))  # reads the whole journal
         except OSError as err:
             raise StorageError(f"storage {shown}: cannot open the journal file ({err.strerror})") from None
+        except Exception as err:  # noqa: BLE001 - bad JSON, bad UTF-8, or records Optuna cannot replay
+            raise StorageError(f"storage {shown}: not a readable Optuna journal file ({_reason(err)}); move it "
+                               "aside or give another file") from None
     engine_kwargs: dict = {}
     if url.startswith("sqlite"):
         db = url.split(":///", 1)[-1]
@@ -123,6 +126,13 @@ def open_storage(spec: str | Path | None, heartbeat_interval: int | None = 30, g
             raise StorageError(f"storage {shown}: not a valid storage URL ({reason}); expected one of: "
                                + "; ".join(URL_FORMS)) from None
         raise StorageError(f"storage {shown}: cannot open ({kind}: {reason})") from None
+
+
+def _reason(err: Exception) -> str:
+    """The first line of an exception, shortened, with its kind."""
+    text = str(err).strip().splitlines()
+    reason = f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    return reason if len(reason) <= 120 else reason[:117] + "..."
 
 
 def _sqlite_pragmas(dbapi_connection, connection_record) -> None:
