@@ -72,12 +72,7 @@ def test_help_texts_have_no_rest_markup():
     assert leftovers == []
 
 
-_NO_HELP_YET = {"train", "eval"}  # --warmup-epochs, --seed; --batch-size, --precision
-
-
-@pytest.mark.parametrize("command", [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="training engine (lowspace/cli/train.py)"))
-    if c in _NO_HELP_YET else c for c in COMMANDS])
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_flag_has_help(command):
     _, action = _subparsers()
     missing = [a.option_strings or a.dest for a in action.choices[command]._actions if not a.help]

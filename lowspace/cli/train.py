@@ -36,16 +36,22 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train an architecture with a paper recipe (one process or torchrun)")
     p.add_argument("config", help="preset name (b0 ... e3) or YAML config path")
     _data_args(p, train=True)
+    p.add_argument("--loader", choices=("auto", "cpu", "gpu"), default=None,
+                   help="class folders: decode and augment on the GPU (gpu) or in DataLoader workers (cpu); auto "
+                        "(default) takes gpu on a CUDA device with nvJPEG")
     p.add_argument("--recipe", default=None,
                    help="recipe name (b0, b1, b15, b2, b3, e1, e2, e3) or YAML file (default: the config's recipe)")
     p.add_argument("--epochs", type=int, default=None,
                    help="total epochs, warmup included (warmup is scaled to match unless --warmup-epochs)")
-    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None,
+                   help="epochs of linear lr warmup, part of --epochs (default: the recipe's, scaled with --epochs)")
     p.add_argument("--resolution", type=int, default=None, help="train and evaluate at this one resolution")
     p.add_argument("--batch-size", type=int, default=None, help="images per process per micro-batch")
     p.add_argument("--accumulation", type=int, default=None, help="micro-batches per optimizer step")
     p.add_argument("--lr", type=float, default=None, help="base lr per process (scaled by processes x accumulation)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the weights, augmentation and data order, and of --classes / --train-per-class "
+                        "(default: the recipe's, 0)")
     p.add_argument("--eval-split", choices=("holdout", "test"), default=None,
                    help="evaluate on training images held out for validation (holdout, the default), or on the data "
                         "set's test split (test: Fashion-MNIST's 10k, a class-folder root's val/); the test split is "
@@ -78,8 +84,9 @@ def add_parsers(sub) -> None:
     e.add_argument("--crop-pct", type=float, default=None,
                    help="resize to resolution / crop_pct, then center crop (default: the run's recipe, else the "
                         "model's pretrained_cfg: 0.95)")
-    e.add_argument("--batch-size", type=int, default=200)
-    e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    e.add_argument("--batch-size", type=int, default=200, help="images per forward pass (default: 200)")
+    e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast precision of the forward pass (auto: bf16 on CUDA, fp32 on CPU)")
     e.add_argument("--split", choices=("test", "holdout"), default="test",
                    help="test: the data set's test split (Fashion-MNIST's 10k, a class-folder root's val/); holdout: "
                         "the training images a run held out for validation (as the run's recipe chose them)")
@@ -101,7 +108,7 @@ def _overrides(args) -> dict:
     flags = dict(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                  accumulation=args.accumulation, base_lr=args.lr, seed=args.seed, save_every_steps=args.save_every,
                  workers=args.workers, classes=_classes(args.classes), train_per_class=args.train_per_class,
-                 val_per_class=args.val_per_class, eval_split=args.eval_split)
+                 val_per_class=args.val_per_class, eval_split=args.eval_split, loader=args.loader)
     out = {k: v for k, v in flags.items() if v is not None}
     if args.resolution is not None:
         out.update(resolutions=[args.resolution], eval_resolution=args.resolution)
@@ -165,8 +172,27 @@ def run_train(args) -> int:
     return 0
 
 
+# the numeric flags of `lowspace eval` and the recipe fields whose bounds they take
+_EVAL_FLAG_FIELDS = {"batch_size": "eval_batch_size", "crop_pct": "crop_pct", "resolution": "eval_resolution",
+                     "seed": "seed", "workers": "workers", "val_per_class": "val_per_class"}
+
+
+def check_eval_flags(args) -> None:
+    """The numeric flags of ``lowspace eval`` within the bounds of the recipe fields they stand for."""
+    from ..train import Recipe
+    for dest, field in _EVAL_FLAG_FIELDS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        try:
+            Recipe().replace(**{field: value})
+        except ConfigError as err:
+            raise ConfigError("--" + dest.replace("_", "-"), value, err.allowed, "command line") from None
+
+
 def run_eval(args) -> int:
     from .eval_presets import check_sources, run_eval_presets
+    check_eval_flags(args)
     check_sources(args)
     if args.checkpoint_dir:
         return run_eval_presets(args)
