@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from ..config import parse_assignment
@@ -136,6 +137,14 @@ def _with_overrides(recipe, args):
         raise err.with_source("command line") from None
 
 
+def _print_scan_note(data, file=None) -> None:
+    """What scanning class folders skipped or left out, in one line."""
+    from ..data.folders import describe_scan
+    note = describe_scan(data.info)
+    if note:
+        print(note, file=file)
+
+
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -158,10 +167,7 @@ def run_train(args) -> int:
               f"({recipe.warmup_epochs:g} warmup), batch {recipe.batch_size} x accumulation {recipe.accumulation}, "
               f"resolutions {list(recipe.resolutions)}; output {out}")
         print(f"validating on {describe_validation(data)}")
-        skipped = {k: len(v) for k, v in data.info.items() if k.startswith("skipped") and v}
-        if skipped:
-            print("skipped: " + ", ".join(f"{n} {k.removeprefix('skipped_').replace('_', ' ')}"
-                                          for k, n in skipped.items()))
+        _print_scan_note(data)
     result = fit(cfg, data, recipe, out, device=args.device, resume=args.resume, max_steps=args.max_steps,
                  progress=not args.no_progress)
     if _is_main():
@@ -206,6 +212,8 @@ def run_eval(args) -> int:
     info = dist_utils.setup(args.device)
     try:
         data = _eval_data(args)
+        if info.is_main:
+            _print_scan_note(data, sys.stderr)  # stdout may be --json
         cfg = resolve_config(args.config)
         cfg = cfg.replace(num_classes=data.num_classes, in_chans=data.in_chans)
         model = LowFormer(cfg, init="torch")

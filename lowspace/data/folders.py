@@ -1,9 +1,13 @@
 """ImageNet-style class folders: ``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>``.
 
-* Scanning checks the layout and names the offending folder: no class folders, an empty class folder,
-  a val class that train lacks. Corrupt images are found when they are read (the error names the file)
-  or, with ``verify=True``, up front. With ``skip_bad=True`` all of these are skipped instead and counted
-  in ``ImageData.info`` (``skipped_files``, ``skipped_classes``, ``skipped_val_classes``).
+* Scanning checks the layout and names the offending folder or file: no class folders, an empty class
+  folder, a val class that train lacks, a class folder or image that is a broken symbolic link, an image
+  file whose first bytes are no image format's (a text or HTML file named .jpg). Images that are damaged
+  further in are found when they are read (the error names the file) or, with ``verify=True``, up front.
+  With ``skip_bad=True`` all of these are skipped instead and counted in ``ImageData.info``
+  (``skipped_files``, ``skipped_classes``, ``skipped_val_classes``). Files in class folders that are not
+  images by their extension are left out and listed in ``info["ignored_files"]`` (:func:`describe_scan`
+  says how many); hidden files and sub-folders are not looked at.
 * Training batches use the official transform (random-resized crop with a random PIL filter, flip, timm's
   RandAugment and random erasing) at a resolution chosen per micro-batch; evaluation resizes to
   ``ceil(size / crop_pct)`` and center-crops.
@@ -19,7 +23,7 @@ import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -38,16 +42,83 @@ def is_class_folder_root(path: Path) -> bool:
     return (Path(path) / "train").is_dir()
 
 
-def _image_files(folder: Path) -> list[str]:
-    with os.scandir(folder) as it:
-        files = [e.path for e in it if e.is_file() and not e.name.startswith(".")
-                 and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
-    return sorted(files)
+# how each format's files begin (JPEG: the start-of-image marker; WebP: RIFF....WEBP; PNM: P1 to P7)
+_MAGIC = (b"\xff\xd8", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a", b"II*\x00", b"MM\x00*", b"II+\x00",
+          b"MM\x00+")
+_FORMATS = "JPEG, PNG, BMP, WebP, PNM, TIFF or GIF"
 
 
-def _class_folders(split_dir: Path) -> list[str]:
-    with os.scandir(split_dir) as it:
-        return sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+@dataclass
+class _Listing:
+    """The entries of one class folder: images, broken links with an image name, other files."""
+
+    images: list[str] = field(default_factory=list)
+    broken: dict[str, str] = field(default_factory=dict)  # path -> why
+    others: list[str] = field(default_factory=list)
+
+
+def _entries(folder: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as it:
+            return list(it)
+    except OSError as err:
+        raise DataError(f"{folder}: cannot be read ({err.strerror})") from None
+
+
+def _follow(entry: os.DirEntry) -> tuple[str, str | None]:
+    """What a directory entry leads to: ("dir" | "file" | "other", None), or ("broken", why) for a link that
+    leads nowhere (dangling, or a loop)."""
+    try:
+        if entry.is_dir():
+            return "dir", None
+        if entry.is_file():
+            return "file", None
+        os.stat(entry.path)
+    except OSError as err:
+        return "broken", (f"a broken symbolic link ({err.strerror})" if entry.is_symlink() else err.strerror)
+    return "other", None
+
+
+def _list_class(folder: Path) -> _Listing:
+    listing = _Listing()
+    for e in _entries(folder):
+        if e.name.startswith("."):
+            continue
+        kind, why = _follow(e)
+        if kind == "dir":
+            continue
+        image = os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+        if kind == "broken" and image:
+            listing.broken[e.path] = why
+        elif image and kind == "file":
+            listing.images.append(e.path)
+        else:
+            listing.others.append(e.path)
+    listing.images.sort()
+    return listing
+
+
+def _class_folders(split_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The class folder names of a split, and its entries that are broken links (path -> why)."""
+    names, broken = [], {}
+    for e in _entries(split_dir):
+        if e.name.startswith("."):
+            continue
+        kind, why = _follow(e)
+        if kind == "dir":
+            names.append(e.name)
+        elif kind == "broken":
+            broken[e.path] = why
+    return sorted(names), broken
+
+
+def is_image_header(head: bytes) -> bool:
+    """Whether a file's first 16 bytes begin the way a JPEG, PNG, BMP, WebP, PNM, TIFF or GIF file does."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if len(head) >= 2 and head[:1] == b"P" and head[1] in b"1234567":
+        return True
+    return head.startswith(_MAGIC)
 
 
 def check_image(path: str) -> str | None:
@@ -71,71 +142,123 @@ def load_image(path: str):
         raise DataError(f"{path}: cannot read image ({type(err).__name__}: {err})") from None
 
 
+_SKIP_HINT = "remove them or pass skip_bad (--skip-bad) to skip and count them"
+
+
 def scan_folders(root: str | Path, skip_bad: bool = False, verify: bool = False, workers: int = 8,
                  train_dir: str = "train", val_dir: str = "val") -> ImageData:
-    """Scan a class-folder data set (see the module docstring); no image is decoded unless ``verify``
-    or ``skip_bad`` (which verifies every file with PIL, in ``workers`` threads)."""
+    """Scan a class-folder data set (see the module docstring). Every image's first bytes are checked (in
+    ``workers`` threads); none is decoded unless ``verify`` or ``skip_bad`` (which verify every file with PIL)."""
     root = Path(root)
     tdir, vdir = root / train_dir, root / val_dir
     layout = f"class-folder data needs {root}/{train_dir}/<class>/<image> and {root}/{val_dir}/<class>/<image>"
     for d in (tdir, vdir):
         if not d.is_dir():
             raise DataError(f"{d}: no such folder; {layout}")
-    names = _class_folders(tdir)
+    info: dict = dict(root=str(root), skipped_files=[], skipped_classes=[], skipped_val_classes=[],
+                      ignored_files=[])
+    names = _class_names(tdir, skip_bad, info["skipped_classes"])
     if not names:
         raise DataError(f"{tdir}: holds no class folders; {layout}")
-    exts = ", ".join(IMAGE_EXTENSIONS[:4]) + ", ..."
-    info: dict = dict(root=str(root), skipped_files=[], skipped_classes=[], skipped_val_classes=[])
-    train_files: dict[str, list[str]] = {}
-    for name in names:
-        files = _image_files(tdir / name)
-        if not files:
-            if not skip_bad:
-                raise DataError(f"{tdir / name}: empty class folder (no {exts} images); remove it or pass skip_bad")
-            info["skipped_classes"].append(str(tdir / name))
-            continue
-        train_files[name] = files
-    classes = sorted(train_files)
-    if not classes:
+    train_files = _split_files(tdir, names, skip_bad, info, "skipped_classes")
+    if not train_files:
         raise DataError(f"{tdir}: every class folder is empty")
-    val_files: dict[str, list[str]] = {}
-    for name in _class_folders(vdir):
-        if name not in train_files:
-            if not skip_bad:
-                raise DataError(f"{vdir / name}: val class {name!r} is missing from {tdir} (or its folder there "
-                                f"is empty); train and val must share class folders")
+    val_names = []
+    for name in _class_names(vdir, skip_bad, info["skipped_val_classes"]):
+        if name in train_files:
+            val_names.append(name)
+        elif skip_bad:
             info["skipped_val_classes"].append(str(vdir / name))
-            continue
-        files = _image_files(vdir / name)
-        if not files:
-            if not skip_bad:
-                raise DataError(f"{vdir / name}: empty class folder (no {exts} images)")
-            info["skipped_val_classes"].append(str(vdir / name))
-            continue
-        val_files[name] = files
-    if verify or skip_bad:
-        everything = [f for fs in list(train_files.values()) + list(val_files.values()) for f in fs]
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            problems = {f: why for f, why in zip(everything, pool.map(check_image, everything)) if why}
-        if problems and not skip_bad:
-            first, why = next(iter(problems.items()))
-            raise DataError(f"{first}: cannot read image ({why}); {len(problems)} bad file(s) in total, "
-                            f"pass skip_bad to skip them")
-        info["skipped_files"] = sorted(problems)
-        for group in (train_files, val_files):
-            for name in list(group):
-                group[name] = [f for f in group[name] if f not in problems]
-                if not group[name]:
-                    key = "skipped_classes" if group is train_files else "skipped_val_classes"
-                    info[key].append(str((tdir if group is train_files else vdir) / name))
-                    del group[name]
-        classes = sorted(train_files)
+        else:
+            raise DataError(f"{vdir / name}: val class {name!r} is missing from {tdir} (or its folder there "
+                            f"is empty); train and val must share class folders")
+    val_files = _split_files(vdir, val_names, skip_bad, info, "skipped_val_classes")
+    _check_images(train_files, val_files, verify or skip_bad, skip_bad, workers, info)
+    for group, split_dir, key in ((train_files, tdir, "skipped_classes"), (val_files, vdir, "skipped_val_classes")):
+        for name in [n for n, files in group.items() if not files]:  # every image of the class was skipped
+            info[key].append(str(split_dir / name))
+            del group[name]
+    classes = sorted(train_files)
     index = {name: i for i, name in enumerate(classes)}
     train = FolderSplit(tdir, [(f, index[c]) for c in classes for f in train_files[c]])
     val = FolderSplit(vdir, [(f, index[c]) for c in classes if c in val_files for f in val_files[c]])
     info["skip_bad"] = skip_bad
     return ImageData(root.name or str(root), tuple(classes), train, val, in_chans=3, mean=IMAGENET_MEAN,
                      std=IMAGENET_STD, info=info)
+
+
+def _class_names(split_dir: Path, skip_bad: bool, skipped: list) -> list[str]:
+    """The class folders of a split; one that is a broken link is an error (with ``skip_bad``: skipped)."""
+    names, broken = _class_folders(split_dir)
+    for path, why in broken.items():
+        if not skip_bad:
+            raise DataError(f"{path}: the class folder is {why}; remove it or pass skip_bad (--skip-bad) to skip it")
+        skipped.append(path)
+    return names
+
+
+def _split_files(split_dir: Path, names, skip_bad: bool, info: dict, key: str) -> dict[str, list[str]]:
+    """The image files of each class folder (empty ones are errors or, with ``skip_bad``, skipped); broken
+    links named as images are errors (or skipped), other files are listed in ``info["ignored_files"]``."""
+    exts = ", ".join(IMAGE_EXTENSIONS[:4]) + ", ..."
+    files, broken = {}, {}
+    for name in names:
+        listing = _list_class(split_dir / name)
+        broken.update(listing.broken)
+        info["ignored_files"] += sorted(listing.others)
+        if listing.images:
+            files[name] = listing.images
+        elif skip_bad:
+            info[key].append(str(split_dir / name))
+        elif not listing.broken:
+            raise DataError(f"{split_dir / name}: empty class folder (no {exts} images); remove it or pass skip_bad")
+    if broken and not skip_bad:
+        first, why = min(broken.items())
+        raise DataError(f"{first}: {why}; {len(broken)} such image file(s) in {split_dir}; {_SKIP_HINT}")
+    info["skipped_files"] += sorted(broken)
+    return files
+
+
+def _check_images(train_files: dict, val_files: dict, verify: bool, skip_bad: bool, workers: int,
+                  info: dict) -> None:
+    """Check every image file (its first bytes, or with ``verify`` a PIL verify); a bad one is an error naming
+    it, or with ``skip_bad`` it is dropped from its class and listed in ``info["skipped_files"]``."""
+    everything = [f for group in (train_files, val_files) for fs in group.values() for f in fs]
+    check = check_image if verify else _header_problem
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        problems = {f: why for f, why in zip(everything, pool.map(check, everything)) if why}
+    if problems and not skip_bad:
+        first, why = next(iter(problems.items()))
+        raise DataError(f"{first}: cannot read image ({why}); {len(problems)} bad file(s) in total; {_SKIP_HINT}")
+    info["skipped_files"] = sorted(info["skipped_files"] + list(problems))
+    for group in (train_files, val_files):
+        for name in group:
+            group[name] = [f for f in group[name] if f not in problems]
+
+
+def _header_problem(path: str) -> str | None:
+    """None if ``path`` begins as an image does (a cheap check: nothing is decoded); otherwise the reason."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        return f"cannot be opened: {err.strerror}"
+    if is_image_header(head):
+        return None
+    return "empty file" if not head else f"not an image file: it begins as no {_FORMATS} file does"
+
+
+def describe_scan(info: dict) -> str | None:
+    """One line on what a scan skipped (unreadable or broken files, empty class folders) and left out (files
+    that are not images by their extension); None when there was nothing."""
+    skipped = {k.removeprefix("skipped_").replace("_", " "): len(v) for k, v in info.items()
+               if k.startswith("skipped_") and v}
+    text = "skipped: " + ", ".join(f"{n} {what}" for what, n in skipped.items()) if skipped else ""
+    ignored = info.get("ignored_files") or []
+    if ignored:
+        text += ("; " if text else "") + (f"left out {len(ignored)} file(s) that are not images by their extension "
+                                          f"(e.g. {ignored[0]})")
+    return text or None
 
 
 # ------------------------------------------------------------------------------------------ transforms

@@ -52,16 +52,25 @@ def check_device(path: str, spec: str) -> None:
 
 def validate_search(config: SearchConfig, space: SearchSpace, engines=None, data=None):
     """Check what every trial needs before a study is created or resumed: the devices, the proxy schedule
-    and the latency protocol (by building the trial pipeline), and the data set (loaded once). Returns the
-    pipeline and notes for the user (a corrupt measurement cache that was rebuilt)."""
+    and the latency protocol (by building the trial pipeline), the data set (loaded once) and the proxy's
+    classes. Returns the pipeline and notes for the user (files the data scan skipped or left out, a corrupt
+    measurement cache that was rebuilt)."""
     from .trial import TrialPipeline
     check_device("device", config.device)
     check_device("protocol.device", config.protocol.device)
     pipeline = TrialPipeline(space, config, engines=engines, data=data)
     _ = pipeline.data  # a missing or broken data set is one clear error now, not a failure in every trial
     _check_classes(pipeline)
-    note = _check_measurement_cache()
-    return pipeline, [note] if note else []
+    notes = [_data_note(pipeline.data), _check_measurement_cache()]
+    return pipeline, [note for note in notes if note]
+
+
+def _data_note(data) -> str | None:
+    """What scanning class folders skipped or left out (one line), or None."""
+    from ..data.folders import describe_scan
+    info = getattr(data, "info", None)
+    note = describe_scan(info) if isinstance(info, dict) else None
+    return f"data {info.get('root', '')}: {note}" if note else None
 
 
 def _check_classes(pipeline) -> None:
