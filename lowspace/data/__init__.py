@@ -25,6 +25,8 @@ from .base import DataError, FolderSplit, ImageData, TensorSplit, cap_per_class,
 from .fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist, read_idx
 from .folders import (FolderLoader, eval_transforms, is_class_folder_root, materialize, scan_folders,
                       train_transforms)
+from .gpu_augment import DeviceEvalTransform, DeviceTrainTransform
+from .gpu_decode import LOADERS, DeviceFolderLoader, choose_loader, device_decodes_jpeg
 from .sampling import BatchPlan, mix_seed
 from .split import HoldoutSplit, default_val_per_class, hold_out, holdout_indices, is_held_out
 from .synthetic import make_synthetic
@@ -38,6 +40,8 @@ __all__ = [
     "TensorLoader", "FolderLoader", "load_fashion_mnist", "read_idx", "scan_folders", "materialize",
     "make_synthetic", "train_transforms", "eval_transforms", "select_classes", "cap_per_class", "mix_seed",
     "hold_out", "holdout_indices", "HoldoutSplit", "default_val_per_class", "is_held_out",
+    "DeviceFolderLoader", "DeviceTrainTransform", "DeviceEvalTransform", "choose_loader", "device_decodes_jpeg",
+    "LOADERS",
 ]
 
 

@@ -286,14 +286,18 @@ def build_loaders(data: data_mod.ImageData, recipe: Recipe, runtime: Runtime, in
         return Loaders(tensor_loader(data.train, plan, max(sizes), augment),
                        tensor_loader(data.val, val_plan, ev.resolution, None),
                        tensor_loader(bn_split, bn_plan, ev.resolution, augment if bn_train else None) if n_bn else None)
-    train_tf = data_mod.train_transforms(data.mean, data.std, recipe.randaugment, recipe.reprob,
-                                         recipe.interpolation, recipe.scale, recipe.ratio, recipe.hflip)
-    eval_tf = data_mod.eval_transforms(data.mean, data.std, ev.crop_pct, ev.interpolation)
+    on_device = data_mod.choose_loader(recipe.loader, data.kind, device) == "gpu"  # decode + augment on the GPU
+    make_train_tf, make_eval_tf, make_loader = (
+        (data_mod.DeviceTrainTransform, data_mod.DeviceEvalTransform, data_mod.DeviceFolderLoader) if on_device
+        else (data_mod.train_transforms, data_mod.eval_transforms, data_mod.FolderLoader))
+    train_tf = make_train_tf(data.mean, data.std, recipe.randaugment, recipe.reprob,
+                             recipe.interpolation, recipe.scale, recipe.ratio, recipe.hflip)
+    eval_tf = make_eval_tf(data.mean, data.std, ev.crop_pct, ev.interpolation)
 
     def folder_loader(split, p, res, tf, augmented):
-        return data_mod.FolderLoader(split, p, device, res, tf, workers=recipe.workers,
-                                     channels_last=runtime.channels_last, skip_bad=bool(data.info.get("skip_bad")),
-                                     augment_seed=augmented)
+        return make_loader(split, p, device, res, tf, workers=recipe.workers,
+                           channels_last=runtime.channels_last, skip_bad=bool(data.info.get("skip_bad")),
+                           augment_seed=augmented)
     return Loaders(folder_loader(data.train, plan, max(sizes), train_tf, True),
                    folder_loader(data.val, val_plan, ev.resolution, eval_tf, False),
                    folder_loader(bn_split, bn_plan, ev.resolution, train_tf if bn_train else eval_tf, bn_train)

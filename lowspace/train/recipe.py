@@ -27,6 +27,7 @@ INTERPOLATIONS = ("random", "nearest", "bilinear", "bicubic", "box", "hamming", 
 INITS = ("official", "torch")
 EVAL_SPLITS = ("holdout", "test")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+LOADERS = ("auto", "cpu", "gpu")  # class folders: lowspace.data.choose_loader decides what auto means
 _MAX_BATCH = 1_000_000        # images per (micro-)batch
 _MAX_IMAGES = 100_000_000     # images per class, or in all
 _MAX_SIDE = 4096              # pixels
@@ -91,6 +92,7 @@ class Recipe(Config):
     materialize: bool = False
     storage_resolution: Optional[int] = option(None, ge=8, le=_MAX_SIDE)
     workers: int = option(8, ge=0, le=1024)
+    loader: str = option("auto", choices=LOADERS)
     # EMA and evaluation
     ema: bool = True
     ema_decay: float = option(0.9998, ge=0, lt=1)

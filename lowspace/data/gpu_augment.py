@@ -1,0 +1,372 @@
+"""The class-folder transforms of :mod:`.folders` redone on decoded uint8 tensors on the device, batch-wise.
+
+Every random choice of a sample comes from counter-based uniforms of its own seed (the seed the CPU path
+uses, ``(seed, epoch, index)``), drawn on the host with numpy in one vectorized call per batch: a sample is
+augmented the same way whatever batch, process or thread handles it, so resume stays exact.
+
+* :class:`DeviceTrainTransform`: random-resized crop (torchvision's box sampling) resized per sample with a
+  filter drawn per sample, horizontal flip, :class:`DeviceRandAugment`, normalization, random erasing
+  (timm's box sampling, constant zero fill after normalization).
+* :class:`DeviceEvalTransform`: resize of the shorter side to ``ceil(size / crop_pct)``, center crop,
+  normalization, as :func:`~.folders.eval_transforms`.
+
+How this differs from the PIL transforms is in ``docs/training.md`` ("Loaders").
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .base import IMAGENET_MEAN, IMAGENET_STD
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_STREAM = np.uint64(0xD1B54A32D192ED03)
+# the six PIL filters of the CPU path and the closest F.interpolate mode (antialiased where it exists)
+DEVICE_FILTERS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic", "box": "area",
+                  "hamming": "bilinear", "lanczos": "bicubic"}
+CROP_ATTEMPTS = 10
+
+
+def uniforms(seeds: Sequence[int], stream: int, count: int) -> np.ndarray:
+    """``(len(seeds), count)`` uniforms in [0, 1): a splitmix64 hash of (seed, stream, k); pure functions of
+    their arguments."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(seeds, dtype=np.uint64).reshape(-1, 1) ^ (np.uint64(stream + 1) * _STREAM)
+        x = x + (np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN).reshape(1, -1)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
+
+
+def normal(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
+    """Standard normal numbers from two arrays of uniforms (Box-Muller)."""
+    return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2 * math.pi * u2)
+
+
+def crop_boxes(heights: np.ndarray, widths: np.ndarray, u: np.ndarray, scale, ratio) -> np.ndarray:
+    """``(N, 4)`` int boxes (top, left, height, width): torchvision's random-resized-crop sampling (10
+    attempts at an area in ``scale`` and a log-uniform aspect ratio in ``ratio``, else a central crop of
+    the clamped ratio) from ``u`` of shape ``(N, 4 * CROP_ATTEMPTS)``."""
+    h_img, w_img = heights.reshape(-1, 1).astype(np.float64), widths.reshape(-1, 1).astype(np.float64)
+    u = u.reshape(len(heights), CROP_ATTEMPTS, 4)
+    area = h_img * w_img * (scale[0] + u[..., 0] * (scale[1] - scale[0]))
+    aspect = np.exp(math.log(ratio[0]) + u[..., 1] * (math.log(ratio[1]) - math.log(ratio[0])))
+    w = np.round(np.sqrt(area * aspect))
+    h = np.round(np.sqrt(area / aspect))
+    ok = (w > 0) & (h > 0) & (w <= w_img) & (h <= h_img)
+    top = np.floor(u[..., 2] * (h_img - h + 1))
+    left = np.floor(u[..., 3] * (w_img - w + 1))
+    first = ok.argmax(1)
+    rows = np.arange(len(heights))
+    boxes = np.stack([top[rows, first], left[rows, first], h[rows, first], w[rows, first]], 1)
+    # no attempt fitted: the whole image cut to the nearest allowed aspect ratio, centred
+    in_ratio = widths / heights
+    fw = np.where(in_ratio < ratio[0], widths, np.where(in_ratio > ratio[1], np.round(heights * ratio[1]), widths))
+    fh = np.where(in_ratio < ratio[0], np.round(widths / ratio[0]), heights)
+    fallback = np.stack([(heights - fh) // 2, (widths - fw) // 2, fh, fw], 1)
+    boxes = np.where(ok.any(1, keepdims=True), boxes, fallback)
+    return boxes.astype(np.int64)
+
+
+def resize(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """``(1, C, H, W)`` float resized to ``size`` with an F.interpolate ``mode`` (antialiased bilinear and
+    bicubic: torch's antialiased bicubic uses PIL's kernel)."""
+    antialias = mode in ("bilinear", "bicubic")
+    kwargs = dict(align_corners=False) if antialias else {}
+    return F.interpolate(image, size=size, mode=mode, antialias=antialias, **kwargs)
+
+
+class _Normalize:
+    def __init__(self, mean, std):
+        self.mean, self.std = tuple(mean), tuple(std)
+        self._cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 255] floats to normalized ones, in place."""
+        if x.device not in self._cache:
+            mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+            self._cache[x.device] = ((1.0 / (255.0 * std)).to(x.device), (-mean / std).to(x.device))
+        scale, shift = self._cache[x.device]
+        return x.mul_(scale).add_(shift)
+
+
+class DeviceEvalTransform:
+    """Shorter side to ``ceil(size / crop_pct)`` (``interpolation``), center crop ``size``, normalize; as the
+    CPU eval transform. ``__call__(images, seeds, size)``: a list of uint8 ``(3, H, W)`` -> ``(N, 3, S, S)``."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 0.95, interpolation: str = "bicubic"):
+        self.crop_pct = crop_pct
+        self.mode = DEVICE_FILTERS.get(interpolation, "bicubic")
+        self.normalize = _Normalize(mean, std)
+
+    def __call__(self, images: list[torch.Tensor], seeds: Sequence[int], size: int) -> torch.Tensor:
+        short = math.ceil(size / self.crop_pct)
+        out = []
+        for image in images:
+            h, w = image.shape[-2:]
+            # torchvision's Resize(int): the shorter side becomes `short`, the longer one is truncated
+            new = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
+            top, left = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+            resized = resize(image.unsqueeze(0).float(), new, self.mode)
+            out.append(resized[..., top:top + size, left:left + size])
+        x = torch.cat(out).clamp_(0, 255).round_()  # PIL hands back uint8 pixels
+        return self.normalize(x)
+
+
+class DeviceTrainTransform:
+    """The training transform on the device (see the module docstring); arguments as
+    :func:`~.folders.train_transforms`. ``__call__(images, seeds, size)``."""
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, randaugment: str | None = None, reprob: float = 0.0,
+                 interpolation: str = "random", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5):
+        names = list(DEVICE_FILTERS) if interpolation == "random" else [interpolation]
+        self.modes = [DEVICE_FILTERS[n] for n in names]
+        self.scale, self.ratio, self.hflip, self.reprob = tuple(scale), tuple(ratio), hflip, reprob
+        fill = tuple(min(255, round(255 * m)) for m in mean)
+        self.randaugment = DeviceRandAugment(randaugment, fill) if randaugment else None
+        self.normalize = _Normalize(mean, std)
+
+    def __call__(self, images: list[torch.Tensor], seeds: Sequence[int], size: int) -> torch.Tensor:
+        heights = np.array([im.shape[-2] for im in images])
+        widths = np.array([im.shape[-1] for im in images])
+        boxes = crop_boxes(heights, widths, uniforms(seeds, 0, 4 * CROP_ATTEMPTS), self.scale, self.ratio)
+        u = uniforms(seeds, 1, 2)
+        pick = np.minimum((u[:, 0] * len(self.modes)).astype(int), len(self.modes) - 1)
+        crops = []
+        for image, (top, left, h, w), m in zip(images, boxes.tolist(), pick.tolist()):
+            crop = image[:, top:top + h, left:left + w].unsqueeze(0).float()
+            crops.append(resize(crop, (size, size), self.modes[m]))
+        x = torch.cat(crops).clamp_(0, 255)
+        flip = torch.from_numpy(u[:, 1] < self.hflip).to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(-1), x)
+        if self.randaugment is not None:
+            x = self.randaugment(x, seeds)
+        x = self.normalize(x)
+        if self.reprob > 0:
+            x = erase(x, seeds, self.reprob)
+        return x
+
+
+def erase(x: torch.Tensor, seeds: Sequence[int], prob: float, min_area: float = 0.02, max_area: float = 1 / 3,
+          min_aspect: float = 0.3) -> torch.Tensor:
+    """timm's random erasing (one box, constant zero fill) per sample with probability ``prob``, batch-wise."""
+    n, _, h, w = x.shape
+    u = uniforms(seeds, 3, 1 + 4 * CROP_ATTEMPTS)
+    chosen = u[:, 0] < prob
+    u = u[:, 1:].reshape(n, CROP_ATTEMPTS, 4)
+    area = (min_area + u[..., 0] * (max_area - min_area)) * h * w
+    aspect = np.exp(math.log(min_aspect) + u[..., 1] * (math.log(1 / min_aspect) - math.log(min_aspect)))
+    bh, bw = np.round(np.sqrt(area * aspect)), np.round(np.sqrt(area / aspect))
+    ok = (bw < w) & (bh < h)
+    first = ok.argmax(1)
+    rows = np.arange(n)
+    bh, bw = bh[rows, first], bw[rows, first]
+    top = np.floor(u[rows, first, 2] * (h - bh + 1))
+    left = np.floor(u[rows, first, 3] * (w - bw + 1))
+    use = chosen & ok.any(1)
+    if not use.any():
+        return x
+    box = np.stack([top, top + bh, left, left + bw], 1)
+    box[~use] = 0
+    box_t = torch.from_numpy(box.astype(np.int64)).to(x.device, non_blocking=True)
+    ys = torch.arange(h, device=x.device).view(1, h)
+    xs = torch.arange(w, device=x.device).view(1, w)
+    rows_in = (ys >= box_t[:, 0:1]) & (ys < box_t[:, 1:2])
+    cols_in = (xs >= box_t[:, 2:3]) & (xs < box_t[:, 3:4])
+    return x.masked_fill_(rows_in.view(n, 1, h, 1) & cols_in.view(n, 1, 1, w), 0.0)
+
+
+# ------------------------------------------------------------------------------------------ RandAugment
+_GEOMETRIC = ("Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel")
+_SIGNED = _GEOMETRIC + ("ColorIncreasing", "ContrastIncreasing", "BrightnessIncreasing", "SharpnessIncreasing")
+_ENHANCE = ("Color", "Contrast", "Brightness", "Sharpness")
+
+
+def _op_argument(name: str, level: np.ndarray, sign: np.ndarray, translate_pct: float) -> np.ndarray:
+    """The argument of op ``name`` at magnitude ``level`` (0..1 for magnitude 0..10), as timm's level maps."""
+    signed = np.where(sign, -1.0, 1.0)
+    if name == "Rotate":
+        return 30.0 * level * signed
+    if name in ("ShearX", "ShearY"):
+        return 0.3 * level * signed
+    if name in ("TranslateXRel", "TranslateYRel"):
+        return translate_pct * level * signed
+    if name == "Posterize":
+        return np.floor(level * 4)
+    if name == "PosterizeIncreasing":
+        return 4 - np.floor(level * 4)
+    if name == "Solarize":
+        return np.minimum(256, np.floor(level * 256))
+    if name == "SolarizeIncreasing":
+        return 256 - np.minimum(256, np.floor(level * 256))
+    if name == "SolarizeAdd":
+        return np.minimum(128, np.floor(level * 110))
+    if name in _ENHANCE:
+        return level * 1.8 + 0.1
+    if name.removesuffix("Increasing") in _ENHANCE:
+        return np.maximum(0.1, 1.0 + 0.9 * level * signed)
+    return np.zeros_like(level)  # AutoContrast, Equalize, Invert
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (degenerate + factor.view(-1, 1, 1, 1) * (x - degenerate)).clamp_(0, 255)
+
+
+def _sharpen_base(x: torch.Tensor) -> torch.Tensor:
+    """PIL's SMOOTH filter inside the border, the image itself on it."""
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device) / 13.0
+    n, c, h, w = x.shape
+    smooth = F.conv2d(x.reshape(n * c, 1, h, w), kernel.view(1, 1, 3, 3)).view(n, c, h - 2, w - 2)
+    out = x.clone()
+    out[..., 1:-1, 1:-1] = smooth
+    return out
+
+
+def _equalize(x: torch.Tensor) -> torch.Tensor:
+    """PIL's per-channel histogram equalization."""
+    n, c, h, w = x.shape
+    q = x.round().clamp(0, 255).long().view(n * c, h * w)
+    hist = torch.zeros(n * c, 256, device=x.device).scatter_add_(1, q, torch.ones_like(q, dtype=torch.float32))
+    last = hist.gather(1, q.amax(1, keepdim=True))
+    step = torch.div(h * w - last, 255, rounding_mode="floor")
+    before = hist.cumsum(1) - hist
+    lut = torch.div(torch.div(step, 2, rounding_mode="floor") + before, step.clamp(min=1), rounding_mode="floor")
+    out = torch.where(step > 0, lut.clamp(max=255).gather(1, q), q.float())
+    return out.view(n, c, h, w)
+
+
+def _autocontrast(x: torch.Tensor) -> torch.Tensor:
+    lo = x.amin((2, 3), keepdim=True)
+    hi = x.amax((2, 3), keepdim=True)
+    span = hi - lo
+    return torch.where(span > 0, ((x - lo) * (255.0 / span.clamp(min=1e-6))).floor(), x)
+
+
+def _color_op(name: str, x: torch.Tensor, arg: torch.Tensor) -> torch.Tensor:
+    a = arg.view(-1, 1, 1, 1)
+    base = name.removesuffix("Increasing")
+    if base == "Brightness":
+        return _blend(torch.zeros_like(x), x, arg)
+    if base == "Color":
+        return _blend(_gray(x).expand_as(x), x, arg)
+    if base == "Contrast":
+        return _blend(_gray(x).mean((1, 2, 3), keepdim=True).round().expand_as(x), x, arg)
+    if base == "Sharpness":
+        return _blend(_sharpen_base(x), x, arg)
+    if base == "Posterize":
+        step = torch.pow(2.0, 8 - a)
+        return torch.where(a >= 8, x, torch.floor(x / step) * step)
+    if base == "Solarize":
+        return torch.where(x >= a, 255 - x, x)
+    if name == "SolarizeAdd":
+        return torch.where(x < 128, (x + a).clamp(max=255), x)
+    if name == "Invert":
+        return 255 - x
+    if name == "AutoContrast":
+        return _autocontrast(x)
+    if name == "Equalize":
+        return _equalize(x)
+    raise AssertionError(name)
+
+
+def _affine(name: str, arg: np.ndarray) -> np.ndarray:
+    """``(k, 2, 3)`` output -> input maps in normalized coordinates of PIL's affine ops on a square image."""
+    k = len(arg)
+    theta = np.zeros((k, 2, 3))
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    if name == "Rotate":  # counter-clockwise about the centre
+        rad = np.radians(arg)
+        theta[:, 0, 0], theta[:, 0, 1] = np.cos(rad), -np.sin(rad)
+        theta[:, 1, 0], theta[:, 1, 1] = np.sin(rad), np.cos(rad)
+    elif name in ("ShearX", "ShearY"):  # PIL shears about the top-left corner
+        row, col = (0, 1) if name == "ShearX" else (1, 0)
+        theta[:, row, col] = arg
+        theta[:, row, 2] = arg
+    else:  # translation by a fraction of the side
+        theta[:, 0 if name == "TranslateXRel" else 1, 2] = 2.0 * arg
+    return theta
+
+
+class DeviceRandAugment:
+    """timm's RandAugment (the ops, probabilities and magnitudes its string gives) per sample, batch-wise:
+    the samples that drew the same op in a layer go through it together; geometric ops (rotate, shear,
+    translate) of a layer share one bicubic ``grid_sample`` with the mean colour as fill."""
+
+    SUPPORTED = _GEOMETRIC + _ENHANCE + tuple(f"{n}Increasing" for n in _ENHANCE) + (
+        "Posterize", "PosterizeIncreasing", "Solarize", "SolarizeIncreasing", "SolarizeAdd", "AutoContrast",
+        "Equalize", "Invert")
+
+    def __init__(self, spec: str, fill: tuple[int, ...] = (124, 116, 104), translate_pct: float = 0.45):
+        from timm.data import rand_augment_transform
+        try:
+            policy = rand_augment_transform(spec, dict(translate_pct=translate_pct, img_mean=fill))
+        except Exception as err:  # noqa: BLE001 - timm asserts on bad strings
+            raise ConfigError("randaugment", spec, f"a timm RandAugment string ({err})") from None
+        missing = sorted({op.name for op in policy.ops} - set(self.SUPPORTED))
+        if missing:
+            raise ConfigError("randaugment", spec, f"ops the GPU loader has (not {', '.join(missing)}); use "
+                                                   f"--loader cpu")
+        self.ops = policy.ops
+        self.layers = policy.num_layers
+        self.weights = None if policy.choice_weights is None else np.asarray(policy.choice_weights, dtype=np.float64)
+        self.translate_pct = translate_pct
+        self.fill = torch.tensor(fill, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def choices(self, seeds: Sequence[int]) -> tuple[np.ndarray, ...]:
+        """Per sample and layer: op index, applied or not, level (0..1), sign flip; each ``(N, layers)``."""
+        u = uniforms(seeds, 2, 5 * self.layers).reshape(len(seeds), self.layers, 5)
+        n_ops = len(self.ops)
+        if self.weights is None:  # with replacement, uniform
+            which = np.minimum((u[..., 0] * n_ops).astype(int), n_ops - 1)
+        else:  # weighted, without replacement: the largest keys u^(1/w) (needs layers <= ops)
+            keys = np.log(uniforms(seeds, 4, n_ops)) / self.weights
+            which = np.argsort(-keys, 1)[:, :self.layers]
+        prob = np.array([op.prob for op in self.ops])[which]
+        applied = u[..., 1] < prob
+        magnitude = np.array([op.magnitude for op in self.ops], dtype=np.float64)[which]
+        std = np.array([op.magnitude_std or 0.0 for op in self.ops])[which]
+        upper = np.array([op.magnitude_max or 10.0 for op in self.ops])[which]
+        drawn = np.where(np.isinf(std), u[..., 2] * magnitude,
+                         magnitude + np.where(std > 0, std, 0.0) * normal(u[..., 2], u[..., 3]))
+        level = np.clip(drawn, 0.0, upper) / 10.0
+        return which, applied, level, u[..., 4] > 0.5
+
+    def __call__(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        which, applied, level, sign = self.choices(seeds)
+        for layer in range(self.layers):
+            geometric: list[tuple[np.ndarray, np.ndarray]] = []
+            for op_index in np.unique(which[applied[:, layer], layer]):
+                rows = np.nonzero(applied[:, layer] & (which[:, layer] == op_index))[0]
+                name = self.ops[op_index].name
+                arg = _op_argument(name, level[rows, layer], sign[rows, layer], self.translate_pct)
+                if name in _GEOMETRIC:
+                    geometric.append((rows, _affine(name, arg)))
+                    continue
+                idx = torch.from_numpy(rows).to(x.device)
+                arg_t = torch.from_numpy(arg.astype(np.float32)).to(x.device)
+                x[idx] = _color_op(name, x.index_select(0, idx), arg_t)
+            if geometric:
+                x = self._warp(x, np.concatenate([r for r, _ in geometric]),
+                               np.concatenate([t for _, t in geometric]))
+        return x
+
+    def _warp(self, x: torch.Tensor, rows: np.ndarray, theta: np.ndarray) -> torch.Tensor:
+        idx = torch.from_numpy(rows).to(x.device)
+        fill = self.fill.to(x.device)
+        part = x.index_select(0, idx) - fill
+        grid = F.affine_grid(torch.from_numpy(theta.astype(np.float32)).to(x.device), list(part.shape),
+                             align_corners=False)
+        warped = F.grid_sample(part, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
+        x[idx] = (warped + fill).clamp_(0, 255)
+        return x

@@ -1,0 +1,300 @@
+"""The device data path for class folders, run on the CPU (torchvision decodes JPEGs there too): which loader
+a run gets, batches (shapes, labels, per-sample seeding, resume, sharding over ranks), the eval transform
+against the PIL one, the RandAugment ops against timm's PIL ops, corrupt files, and a short training run."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lowspace.cli import main
+from lowspace.data import (BatchPlan, DataError, DeviceEvalTransform, DeviceFolderLoader, DeviceTrainTransform,
+                           FolderLoader, FolderSplit, choose_loader, eval_transforms, scan_folders)
+from lowspace.data import gpu_augment, gpu_decode
+from lowspace.errors import ConfigError
+from lowspace.train import load_recipe
+from lowspace.train import engine
+from lowspace.train.distributed import DistInfo
+
+CLASSES = ("ant", "bee", "cat")
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding capabilities:DeprecationWarning")
+TINY = dict(name="tiny", resolution=16, stem=dict(width=8),
+            stages=[dict(width=16, depth=1, downsample=dict(stride=2)),
+                    dict(width=24, depth=1, block="lowformer", attention=dict(stride=1))],
+            head=dict(widths=[32]))
+
+
+def _picture(rng, h: int, w: int) -> Image.Image:
+    """Smooth colour blobs plus noise: JPEG-like content whose crops differ visibly."""
+    coarse = rng.integers(0, 256, (5, 5, 3)).astype(np.uint8)
+    image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
+    noisy = np.clip(image + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+    return Image.fromarray(noisy)
+
+
+def make_folder(root: Path, train: int = 8, val: int = 2, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train), ("val", val)):
+        for name in CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                h, w = (int(v) for v in rng.integers(36, 80, 2))
+                picture = _picture(rng, h, w)
+                if split == "train" and name == "bee" and i == 0:
+                    picture.save(folder / f"{i}.png")  # not a JPEG: decoded by PIL, as on the CPU path
+                else:
+                    picture.save(folder / f"{i}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("jpegs"))
+
+
+@pytest.fixture(scope="module")
+def data(folder):
+    return scan_folders(folder)
+
+
+def train_loader(data, batch=6, seed=3, workers=2, size=24, reprob=0.25, **plan):
+    transform = DeviceTrainTransform(randaugment="rand-m9-n2-mstd1.0-inc1", reprob=reprob)
+    return DeviceFolderLoader(data.train, BatchPlan(len(data.train), batch, seed=seed, **plan), "cpu", size,
+                              transform, workers=workers)
+
+
+# ------------------------------------------------------------------------------------------ choosing a loader
+def test_auto_takes_the_gpu_loader_only_where_jpegs_decode_on_a_cuda_device(monkeypatch):
+    assert choose_loader("auto", "folder", "cpu") == "cpu"
+    assert choose_loader("cpu", "folder", "cpu") == "cpu"
+    for requested in ("auto", "cpu", "gpu"):
+        assert choose_loader(requested, "tensor", "cpu") == "tensor"  # tensor data keeps its own GPU path
+    monkeypatch.setattr(gpu_decode, "_decodes_on", lambda device: True)
+    assert choose_loader("auto", "folder", "cuda:0") == "gpu"
+    assert choose_loader("gpu", "folder", "cuda:0") == "gpu"
+    assert choose_loader("cpu", "folder", "cuda:0") == "cpu"
+    assert choose_loader("auto", "folder", "cpu") == "cpu"  # decoding on the CPU is not the GPU loader
+    monkeypatch.setattr(gpu_decode, "_decodes_on", lambda device: False)
+    assert choose_loader("auto", "folder", "cuda:0") == "cpu"
+    with pytest.raises(ConfigError, match="nvJPEG.*--loader auto or cpu"):
+        choose_loader("gpu", "folder", "cuda:0")
+
+
+def test_gpu_loader_without_cuda_is_a_one_line_error_naming_the_flag(folder, tmp_path, capsys):
+    with pytest.raises(ConfigError) as err:
+        choose_loader("gpu", "folder", "cpu")
+    assert "--loader" in str(err.value) and "CUDA" in str(err.value) and "\n" not in str(err.value)
+    code = main(["train", "b0", "--data", str(folder), "--loader", "gpu", "--device", "cpu", "--epochs", "1",
+                 "--batch-size", "4", "--resolution", "16", "--out", str(tmp_path / "run"), "--no-progress",
+                 "--set", "val_per_class=1", "--workers", "0"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--loader" in lines[0] and "needs a CUDA device" in lines[0]
+    with pytest.raises(ConfigError, match="loader"):
+        load_recipe("b1", loader="tpu")
+
+
+# ------------------------------------------------------------------------------------------ batches
+def test_train_batches_shapes_labels_and_per_sample_seeding(data):
+    loader = train_loader(data)
+    batches = list(loader.epoch(0))
+    order = loader.plan.order(0).tolist()
+    labels = data.train.label_list()
+    assert len(batches) == len(loader) == len(data.train) // 6
+    for m, (x, y) in enumerate(batches):
+        assert x.shape == (6, 3, 24, 24) and x.dtype == torch.float32 and torch.isfinite(x).all()
+        assert y.dtype == torch.long and y.tolist() == [labels[i] for i in order[6 * m:6 * m + 6]]
+    again = list(train_loader(data, workers=1).epoch(0))  # another thread count: the same images
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    other = list(loader.epoch(1))
+    assert not any(torch.equal(a[0], b[0]) for a, b in zip(batches, other))
+    resumed = list(loader.epoch(0, start=2))  # a resume mid-epoch sees exactly the rest of the epoch
+    assert len(resumed) == len(batches) - 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(batches[2:], resumed))
+
+
+def test_an_image_is_augmented_the_same_in_any_batch(data):
+    """Per-sample seeds: a sample's crop, flip, RandAugment and erasing do not depend on its batch-mates."""
+    loader = train_loader(data)
+    transform = loader.transform
+    images = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()).permute(2, 0, 1)
+              for p, _ in data.train.samples[:5]]
+    seeds = [11, 12, 13, 14, 15]
+    together = transform(images, seeds, 20)
+    alone = torch.cat([transform([im], [s], 20) for im, s in zip(images, seeds)])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(transform(images, [s + 100 for s in seeds], 20), together)
+
+
+def test_eval_batches_match_the_cpu_eval_transform(data):
+    plan = BatchPlan(len(data.val), 4, shuffle=False, drop_last=False)
+    cpu = FolderLoader(data.val, plan, "cpu", 24, eval_transforms(crop_pct=0.875), workers=0, augment_seed=False)
+    dev = DeviceFolderLoader(data.val, plan, "cpu", 24, DeviceEvalTransform(crop_pct=0.875), workers=2,
+                             augment_seed=False)
+    pairs = list(zip(cpu.epoch(0), dev.epoch(0)))
+    assert sum(len(y) for (_, y), _ in pairs) == len(data.val)
+    for (a, ya), (b, yb) in pairs:
+        assert torch.equal(ya, yb) and a.shape == b.shape
+        diff = (a - b).abs()  # normalized units: one pixel level is 1 / (255 * 0.224) = 0.0175
+        assert diff.mean() < 0.01 and diff.max() < 0.1
+
+
+def test_channels_last_batches(data):
+    loader = DeviceFolderLoader(data.val, BatchPlan(len(data.val), 3, shuffle=False), "cpu", 16,
+                                DeviceEvalTransform(), channels_last=True, augment_seed=False)
+    x, _ = next(iter(loader.epoch(0)))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+# ------------------------------------------------------------------------------------------ corrupt files
+def _with_bad_file(tmp_path, content: bytes) -> tuple[FolderSplit, int]:
+    """Training files with ``broken.jpg`` among them (listed directly: scanning may refuse some bad files)."""
+    root = make_folder(tmp_path / "data", train=3, val=1)
+    bad = root / "train" / "cat" / "broken.jpg"
+    bad.write_bytes(content)
+    samples = sorted((str(p), CLASSES.index(p.parent.name)) for p in (root / "train").glob("*/*.*"))
+    return FolderSplit(root / "train", samples), samples.index((str(bad), 2))
+
+
+@pytest.mark.parametrize("content", [b"not a jpeg at all" * 40,
+                                     b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4 + b"\xff\xd9"],
+                         ids=["garbage", "jpeg-markers-around-garbage"])
+def test_a_corrupt_file_is_named_or_skipped_and_counted(tmp_path, content):
+    split, bad = _with_bad_file(tmp_path, content)
+    plan = BatchPlan(len(split), len(split), shuffle=False)
+    loader = DeviceFolderLoader(split, plan, "cpu", 16, DeviceEvalTransform(), augment_seed=False)
+    with pytest.raises(DataError, match=r"broken\.jpg: cannot read image"):
+        list(loader.epoch(0))
+    skipping = DeviceFolderLoader(split, plan, "cpu", 16, DeviceEvalTransform(), skip_bad=True, augment_seed=False)
+    with pytest.warns(UserWarning, match="broken.jpg"):
+        (x, y), = list(skipping.epoch(0))
+    assert skipping.skipped == [split.samples[bad][0]]
+    replacement = (bad + 1) % len(split)  # as the CPU path: the next readable sample takes its place
+    assert y[bad] == split.samples[replacement][1] and torch.equal(x[bad], x[replacement])
+
+
+# ------------------------------------------------------------------------------------------ the transforms
+def test_crop_boxes_lie_inside_and_follow_scale_and_ratio():
+    rng = np.random.default_rng(0)
+    heights, widths = rng.integers(30, 600, 500), rng.integers(30, 600, 500)
+    boxes = gpu_augment.crop_boxes(heights, widths, gpu_augment.uniforms(range(500), 0, 40), (0.08, 1.0),
+                                   (3 / 4, 4 / 3))
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= heights).all() and (left + w <= widths).all()
+    area = h * w / (heights * widths)
+    assert area.min() > 0.06 and area.max() <= 1.0 and np.median(area) < 0.7
+    assert ((w / h > 0.7) & (w / h < 1.45)).mean() > 0.95
+
+
+def test_uniforms_are_a_function_of_seed_and_stream_only():
+    a = gpu_augment.uniforms([5, 6, 7], 1, 4)
+    assert np.array_equal(a[1:], gpu_augment.uniforms([6, 7], 1, 4))
+    assert not np.array_equal(a, gpu_augment.uniforms([5, 6, 7], 2, 4))
+    assert (a >= 0).all() and (a < 1).all()
+
+
+@pytest.fixture(scope="module")
+def picture():
+    image = _picture(np.random.default_rng(1), 48, 48)
+    return image, torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float()
+
+
+@pytest.mark.parametrize("name,arg", [("AutoContrast", 0), ("Equalize", 0), ("Invert", 0), ("PosterizeIncreasing", 2),
+                                      ("SolarizeIncreasing", 100), ("SolarizeAdd", 60), ("ColorIncreasing", 1.6),
+                                      ("ContrastIncreasing", 0.4), ("BrightnessIncreasing", 1.5),
+                                      ("SharpnessIncreasing", 1.8)])
+def test_colour_ops_match_timms_pil_ops(picture, name, arg):
+    from timm.data.auto_augment import NAME_TO_OP
+    image, x = picture
+    args = () if arg == 0 else ((int(arg),) if name.startswith(("Posterize", "Solarize")) else (arg,))
+    expected = np.asarray(NAME_TO_OP[name](image, *args, fillcolor=(124, 116, 104), resample=Image.BICUBIC))
+    got = gpu_augment._color_op(name, x.clone(), torch.tensor([float(arg)]))[0].permute(1, 2, 0).numpy()
+    assert np.abs(got - expected).max() <= 1.5  # PIL rounds to uint8 in between
+
+
+@pytest.mark.parametrize("name,arg", [("Rotate", 20.0), ("ShearX", 0.2), ("ShearY", -0.2), ("TranslateXRel", 0.2),
+                                      ("TranslateYRel", -0.1)])
+def test_geometric_ops_match_timms_pil_ops(picture, name, arg):
+    from timm.data.auto_augment import NAME_TO_OP
+    image, x = picture
+    expected = np.asarray(NAME_TO_OP[name](image, arg, fillcolor=(124, 116, 104), resample=Image.BICUBIC))
+    ra = gpu_augment.DeviceRandAugment("rand-m9-n1-inc1")
+    got = ra._warp(x.clone(), np.array([0]), gpu_augment._affine(name, np.array([arg])))[0]
+    diff = np.abs(got.permute(1, 2, 0).numpy() - expected)
+    assert diff.mean() < 2.5 and np.median(diff) < 1.0  # edges of the filled area differ by a pixel
+
+
+def test_randaugment_choices_follow_the_timm_string():
+    ra = gpu_augment.DeviceRandAugment("rand-m7-n2-mstd0-inc1")
+    which, applied, level, _ = ra.choices(list(range(4000)))
+    assert which.shape == (4000, 2) and set(np.unique(which)) == set(range(len(ra.ops)))
+    assert 0.45 < applied.mean() < 0.55 and np.allclose(level, 0.7)  # timm's p=0.5, m=7 without noise
+    with pytest.raises(ConfigError, match="randaugment.*GaussianBlur"):
+        gpu_augment.DeviceRandAugment("rand-m9-n2-t3a")
+
+
+def test_random_erasing_zeroes_one_box_per_chosen_image():
+    x = torch.ones(64, 3, 32, 32)
+    out = gpu_augment.erase(x.clone(), list(range(64)), prob=0.5)
+    erased = (out == 0).all(1).float().mean((1, 2))
+    chosen = erased > 0
+    assert 0.3 < chosen.float().mean() < 0.7
+    assert erased[chosen].min() > 0.01 and erased[chosen].max() < 0.36  # timm's 2 % .. 1/3 of the area
+
+
+# ------------------------------------------------------------------------------------------ training with it
+def test_the_engine_trains_through_the_device_loader(data, monkeypatch):
+    monkeypatch.setattr(gpu_decode, "device_decodes_jpeg", lambda device: True)  # the CPU stands in for a GPU
+    recipe = load_recipe("b1", epochs=1, warmup_epochs=0, batch_size=4, resolutions=[16], eval_resolution=16,
+                         val_per_class=2, bn_reestimate_images=8, eval_batch_size=4, workers=1, log_every=0,
+                         save_every_steps=0, auto_restart=None, reprob=0.25)
+    prepared = engine.prepare_data(data, recipe)
+    setup = engine.build(TINY, prepared, recipe, engine.resolve_runtime(recipe, DistInfo()), None)
+    assert all(isinstance(lo, DeviceFolderLoader) for lo in (setup.loaders.train, setup.loaders.val, setup.loaders.bn))
+    assert isinstance(setup.loaders.val.transform, DeviceEvalTransform)
+    result = engine.run(TINY, prepared, recipe, DistInfo())
+    assert result.steps == len(prepared.train) // 4 and result.top1 is not None
+    cpu = engine.build(TINY, prepared, recipe.replace(loader="cpu"), engine.resolve_runtime(recipe, DistInfo()), None)
+    assert isinstance(cpu.loaders.train, FolderLoader)
+
+
+_RANK_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    import torch.distributed as dist
+    from lowspace.data import BatchPlan, DeviceFolderLoader, DeviceTrainTransform, scan_folders
+    from lowspace.train import distributed
+    info = distributed.setup("cpu")
+    assert dist.get_backend() == "gloo"
+    data = scan_folders(sys.argv[1])
+    plan = BatchPlan(len(data.train), 3, info.world_size, info.rank, seed=3)
+    loader = DeviceFolderLoader(data.train, plan, info.device, 24,
+                                DeviceTrainTransform(randaugment="rand-m9-n2-mstd1.0-inc1", reprob=0.25), workers=2)
+    mine = [(x, y) for x, y in loader.epoch(1)]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, mine)
+    if info.rank == 0:
+        torch.save(gathered, sys.argv[2])
+    distributed.teardown(info)
+""")
+
+
+@pytest.mark.slow
+def test_two_ranks_on_gloo_decode_their_own_rows_of_each_global_batch(data, folder, tmp_path):
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(folder), str(tmp_path / "ranks.pt")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = torch.load(tmp_path / "ranks.pt")
+    single = list(train_loader(data, batch=6, seed=3).epoch(1))  # one process, the global batch of 2 x 3
+    assert len(single) == len(ranks[0]) == len(ranks[1])
+    for (x, y), (x0, y0), (x1, y1) in zip(single, ranks[0], ranks[1]):
+        assert torch.equal(y, torch.cat([y0, y1]))
+        assert torch.allclose(x, torch.cat([x0, x1]), atol=1e-5)
