@@ -160,13 +160,19 @@ def _settings(args, entry: Entry, model):
     return EvalSettings(args.resolution or s.resolution, args.crop_pct or s.crop_pct, s.interpolation)
 
 
-def evaluate_entry(args, entry: Entry, data, device) -> dict:
-    """Load one model's weights and evaluate it on ``data``'s test split; its row of the table."""
-    from ..arch import LowFormer, load_checkpoint
-    from ..train.evaluate import evaluate_model
+def load_entry(args, entry: Entry, data):
+    """One model with its weights (checked: :func:`~lowspace.train.checkpoint.load_checked_weights`), on the CPU."""
+    from ..arch import LowFormer
+    from ..train.checkpoint import load_checked_weights
     cfg = entry.cfg.replace(num_classes=data.num_classes, in_chans=data.in_chans)
     model = LowFormer(cfg, init="torch")
-    load_checkpoint(model, entry.weights)
+    load_checked_weights(model, entry.weights, args.allow_bad_weights)
+    return model
+
+
+def evaluate_entry(args, entry: Entry, model, data, device) -> dict:
+    """Evaluate one model on ``data``'s test split; its row of the table."""
+    from ..train.evaluate import evaluate_model
     model.to(device)
     settings = _settings(args, entry, model)
     start = time.perf_counter()
@@ -188,7 +194,8 @@ def run_eval_presets(args) -> int:
     info = dist_utils.setup(args.device)
     try:
         data = _eval_data(args)
-        rows = [evaluate_entry(args, entry, data, info.device) for entry in entries]
+        models = [load_entry(args, entry, data) for entry in entries]  # every weights file fits, before any evaluation
+        rows = [evaluate_entry(args, entry, model, data, info.device) for entry, model in zip(entries, models)]
     finally:
         dist_utils.teardown(info)
     if info.is_main:

@@ -93,6 +93,9 @@ def add_parsers(sub) -> None:
                         "the training images a run held out for validation (as the run's recipe chose them)")
     e.add_argument("--seed", type=int, default=None,
                    help="seed of --classes / --val-per-class (default: the run's, or 0)")
+    e.add_argument("--allow-bad-weights", action="store_true",
+                   help="evaluate weights that hold NaN or infinite values or integers where the model has floating "
+                        "point (a warning instead of an error)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.set_defaults(func=run_eval)
 
@@ -153,15 +156,20 @@ def run_train(args) -> int:
     from ..arch import resolve_config
     from ..data import get_dataset
     from ..train import fit, load_recipe
+    from ..train.checkpoint import check_resume
     from ..train.distributed import resolve_device
     from ..train.engine import describe_validation, prepare_data
 
     resolve_device(args.device)  # a bad --device stops the command before any data is read
     cfg = resolve_config(args.config)
     recipe = _with_overrides(load_recipe(args.recipe or cfg.recipe or "b1"), args)
+    out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(str(args.config)).stem)
+    if args.resume:  # the checkpoint fits this architecture, before any data is read
+        check_resume(out, cfg)
     data = get_dataset(args.data, seed=recipe.seed, skip_bad=args.skip_bad, workers=recipe.workers or 1)
     data = prepare_data(data, recipe, recipe.eval_resolution or cfg.resolution)
-    out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(str(args.config)).stem)
+    if args.resume:  # and this data's classes and channels
+        check_resume(out, cfg, data.num_classes, data.in_chans)
     if _is_main():
         print(f"training {cfg.name or args.config} on {data.describe()}; recipe {recipe.name}: {recipe.epochs} epochs "
               f"({recipe.warmup_epochs:g} warmup), batch {recipe.batch_size} x accumulation {recipe.accumulation}, "
@@ -203,9 +211,9 @@ def run_eval(args) -> int:
     if args.checkpoint_dir:
         return run_eval_presets(args)
     args.config = args.config[0]
-    from ..arch import LowFormer, load_checkpoint, resolve_config
+    from ..arch import LowFormer, resolve_config
     from ..train import distributed as dist_utils
-    from ..train.checkpoint import find_weights
+    from ..train.checkpoint import find_weights, load_checked_weights
     from ..train.engine import validation_summary
     from ..train.evaluate import evaluate_model
 
@@ -218,7 +226,7 @@ def run_eval(args) -> int:
         cfg = cfg.replace(num_classes=data.num_classes, in_chans=data.in_chans)
         model = LowFormer(cfg, init="torch")
         weights = find_weights(args.checkpoint)
-        load_checkpoint(model, weights)
+        load_checked_weights(model, weights, args.allow_bad_weights)
         model.to(info.device)
         settings = _eval_settings(args, model, cfg)
         resolution = settings.resolution
