@@ -1,5 +1,6 @@
 """Training speed on one GPU: lowspace's training step vs timm's LowFormer trained eagerly, side by side in
-one process, plus Fashion-MNIST proxy runs. Four parts, one per invocation (each well under 5 minutes):
+one process, plus Fashion-MNIST proxy runs and class-folder loaders. Five parts, one per invocation (each well
+under 5 minutes):
 
   a  proxy-size step: B1, 64 px, batch 512, 1000 classes. Baseline: timm lowformer_b1, eager, bf16 autocast,
      channels_last, fused AdamW, one static synthetic batch on the GPU.
@@ -9,6 +10,12 @@ one process, plus Fashion-MNIST proxy runs. Four parts, one per invocation (each
   b  full-size step: B1, 224 px, batch 256: the same rows plus torch.compile variants. Goal: >= 1.3x.
   c  one Fashion-MNIST epoch (60k images) at 64 px with B0 through train_proxy. Goal: <= 2 s.
   d  B0 trained on Fashion-MNIST with the full proxy schedule (FULL_SCHEDULE below): the accuracy curve.
+  e  class-folder training of B1 at 224 px, batch 256 (the B1 recipe's loss, mixup / cutmix, RandAugment), one
+     step (torch.compile + CUDA graph by default) fed three ways: the CPU loader (PIL + timm transforms in
+     --cpu-workers DataLoader workers), the GPU loader (decode_jpeg + augmentation on the GPU) and GPU-resident
+     uint8 tensors (the upper bound), on --images synthetic JPEGs (400-560 px, about 74 KB, 100 classes, written
+     by all cores and reused). Goals: GPU loader >= 2.5x the CPU loader, within 15 % of resident; projects the
+     ImageNet-1k epoch and the 320-epoch recipe on one GPU from the measured rates.
 
 Timing: CUDA events around 5 chunks of --per-chunk steps after --warmup steps (graph capture and
 compilation happen in the warm-up); img/s = batch / median step time; spread = (max - min) / median of the
@@ -16,7 +23,7 @@ chunk times. Ours includes what the proxy really does each step (the loader's ga
 update, gradient clipping by value); timm's baseline does none of it.
 
     PYTHONPATH=. python3 experiments/train_speed/bench_train.py --part a --out OUT/a
-    (see README.md for all four commands)
+    (see README.md for all five commands)
 
 Parts a and c run on the current training API (the proxy recipe, torch's LambdaLR) and on the one before
 the training engine was unified (ProxySchedule, set_lr), so two commits can be measured side by side.
@@ -278,12 +285,13 @@ def write(out: Path, part: str, payload: dict) -> None:
     (out / f"part_{part}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     lines = [f"# Part {part}: {payload['title']}", "", f"Goal: {payload['goal']}", ""]
     if payload.get("rows"):
-        lines += ["| variant | img/s | ms/step | spread | vs timm eager | peak GiB | note |",
+        ratio_key, ratio_label = payload.get("ratio_column", ("vs_timm_eager", "vs timm eager"))
+        lines += [f"| variant | img/s | ms/step | spread | {ratio_label} | peak GiB | note |",
                   "|---|---:|---:|---:|---:|---:|---|"]
         for r in payload["rows"]:
-            note = r.get("error") or (r.get("info") or {}).get("cuda_graph", "")
+            note = r.get("error") or r.get("note") or (r.get("info") or {}).get("cuda_graph", "")
             lines.append(f"| {r['variant']} | {r.get('images_per_s', 0):,.0f} | {r.get('ms_per_step', 0):.2f} | "
-                         f"{100 * r.get('spread', 0):.1f}% | {r.get('vs_timm_eager', 0):.2f}x | "
+                         f"{100 * r.get('spread', 0):.1f}% | {r.get(ratio_key, 0):.2f}x | "
                          f"{r.get('peak_mem_gib', 0):.1f} | {str(note)[:80]} |")
     for key in ("results", "summary"):
         if payload.get(key):
@@ -412,16 +420,216 @@ def part_d(args) -> dict:
     return out
 
 
+# ------------------------------------------------------------------------------------------ part e
+IMAGENET_TRAIN = 1_281_167
+RECIPE_EPOCHS = 320
+JPEG_STYLE = dict(coarse=48, noise=7.0, quality=88)  # about 74 KB at 400-560 px
+
+
+def _write_jpegs(job: tuple) -> list[int]:
+    """Write images ``start..stop`` of the synthetic folder (run in a worker process); their sizes."""
+    import numpy as np
+    from PIL import Image
+    start, stop, root, classes, lo, hi = job
+    sizes = []
+    for i in range(start, stop):
+        rng = np.random.default_rng([7, i])
+        h, w = (int(v) for v in rng.integers(lo, hi + 1, 2))
+        coarse = rng.integers(0, 256, (JPEG_STYLE["coarse"],) * 2 + (3,), dtype=np.uint8)
+        image = np.asarray(Image.fromarray(coarse).resize((w, h), Image.BICUBIC), dtype=np.int16)
+        image += rng.normal(0.0, JPEG_STYLE["noise"], image.shape).astype(np.int16)
+        split = "val" if (i // classes) % 50 == 1 else "train"  # 2 % in val/: a complete class-folder root
+        path = Path(root, split, f"c{i % classes:03d}", f"{i:06d}.jpg")
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(path, quality=JPEG_STYLE["quality"])
+        sizes.append(path.stat().st_size)
+    return sizes
+
+
+def jpeg_folder(root: Path, n: int, classes: int, sides: tuple[int, int], workers: int) -> dict:
+    """A class-folder root of ``n`` synthetic JPEGs (reused when ``root/jpegs.json`` says it has the same
+    spec), written by ``workers`` processes; what was written and how long it took."""
+    import multiprocessing
+    import shutil
+    spec = dict(images=n, classes=classes, sides=list(sides), style=JPEG_STYLE, version=1)
+    marker = root / "jpegs.json"
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        if info.get("spec") == spec:
+            return dict(info, reused=True)
+    shutil.rmtree(root, ignore_errors=True)
+    for split in ("train", "val"):
+        for c in range(classes):
+            (root / split / f"c{c:03d}").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    step = max(1, n // (workers * 4))
+    jobs = [(a, min(n, a + step), str(root), classes, *sides) for a in range(0, n, step)]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:  # before any CUDA use in this process
+        sizes = [size for chunk in pool.map(_write_jpegs, jobs) for size in chunk]
+    info = dict(spec=spec, mean_kb=statistics.mean(sizes) / 1000, total_mb=sum(sizes) / 1e6,
+                seconds=time.perf_counter() - t0, workers=workers)
+    marker.write_text(json.dumps(info, indent=2) + "\n")
+    return dict(info, reused=False)
+
+
+def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, callable]]:
+    """(name, make) of the three data feeds: make() -> (loader, note)."""
+    from lowspace.data import (Augment, BatchPlan, DeviceFolderLoader, DeviceTrainTransform, FolderLoader,
+                               TensorLoader, TensorSplit, train_transforms)
+    tf_args = (data.mean, data.std, recipe.randaugment, recipe.reprob, recipe.interpolation, recipe.scale,
+               recipe.ratio, recipe.hflip)
+    plan = BatchPlan(len(data.train), batch, seed=0)
+
+    def resident():
+        n = min(len(data.train), batch * 16)
+        g = torch.Generator(device=DEVICE).manual_seed(0)
+        images = torch.randint(0, 256, (n, 3, res, res), dtype=torch.uint8, device=DEVICE, generator=g)
+        split = TensorSplit(images, torch.randint(0, data.num_classes, (n,), device=DEVICE, generator=g))
+        aug = Augment(hflip=recipe.hflip, scale=tuple(recipe.scale), ratio=tuple(recipe.ratio))
+        return TensorLoader(split, BatchPlan(n, batch, seed=0), DEVICE, res, data.mean, data.std, augment=aug,
+                            out_chans=3, channels_last=True), "uint8 images already on the GPU, crop + flip there"
+
+    def gpu():
+        return (DeviceFolderLoader(data.train, plan, DEVICE, res, DeviceTrainTransform(*tf_args),
+                                   workers=args.read_threads, channels_last=True),
+                f"decode_jpeg on {DEVICE}, augmentation on {DEVICE}, {args.read_threads} read threads")
+
+    def cpu():
+        return (FolderLoader(data.train, plan, DEVICE, res, train_transforms(*tf_args), workers=args.cpu_workers,
+                             channels_last=True), f"PIL + timm transforms in {args.cpu_workers} DataLoader workers")
+    return [("resident", resident), ("gpu_loader", gpu), ("cpu_loader", cpu)]
+
+
+def _b1_step(preset: str, num_classes: int, recipe, mode: str):
+    """lowspace's training step as ``lowspace train`` runs it: bf16, channels-last, the recipe's loss (BCE,
+    label smoothing) and mixup / cutmix, clip-by-value, fused AdamW, the lr update; graph / compiled."""
+    from lowspace.arch import create_model
+    from lowspace.train.losses import BatchMixer, TrainLoss
+    from lowspace.train.optim import create_optimizer
+    from lowspace.train.step import TrainStep
+    graph = mode in ("graph", "compile_graph") and DEVICE == "cuda"
+    model = create_model(preset, num_classes=num_classes).to(DEVICE).to(memory_format=torch.channels_last).train()
+    opt = create_optimizer(model, 1e-3, recipe.weight_decay, capturable=graph)
+    net = torch.compile(model) if mode.startswith("compile") and DEVICE == "cuda" else model
+    loss = TrainLoss(recipe.loss, recipe.label_smoothing)
+    train_step = TrainStep(model, opt, loss, net=net, precision=PRECISION, clip_value=recipe.clip_grad_value,
+                           cuda_graph=graph)
+    mixer = BatchMixer(num_classes, recipe.mixup_alpha, recipe.cutmix_alpha, recipe.mix_prob, recipe.mix_switch_prob,
+                       recipe.label_smoothing)
+    return train_step, mixer, lr_update(opt)
+
+
+def _fed_step(loader, train_step, mixer, update_lr):
+    state = dict(step=0)
+
+    def batches():
+        epoch = 0
+        while True:
+            yield from loader.epoch(epoch)
+            epoch += 1
+    it = batches()
+
+    def step():
+        x, y = next(it)
+        x, y = mixer(x, y, state["step"])
+        train_step([(x, y)])
+        update_lr()
+        state["step"] += 1
+    return step, it
+
+
+def _projection(rate: float) -> dict:
+    epoch_s = IMAGENET_TRAIN / rate
+    return dict(imagenet_epoch_min=epoch_s / 60, recipe_320_epochs_h=RECIPE_EPOCHS * epoch_s / 3600)
+
+
+def part_e(args) -> dict:
+    """Class-folder training of B1: the CPU loader, the GPU loader and GPU-resident tensors feeding one step."""
+    import tempfile
+    from lowspace.data import scan_folders
+    from lowspace.train import load_recipe
+    res, batch = args.resolution or 224, args.batch or 256
+    n = args.images or (48 if args.smoke else 10_000)
+    classes = min(args.classes, 4) if args.smoke else args.classes
+    if n < 2 * classes:
+        raise SystemExit(f"--images {n}: at least 2 per class ({2 * classes})")
+    sides = (40, 56) if args.smoke else (400, 560)
+    root = Path(args.jpeg_dir or Path(tempfile.gettempdir()) / f"lowspace-jpegs-{n}")
+    print(f"[e] JPEG folder {root} ...", flush=True)
+    generated = jpeg_folder(root, n, classes, sides, os.cpu_count() or 1)
+    print(f"[e] {json.dumps(generated)}", flush=True)
+    data = scan_folders(root)
+    recipe = load_recipe("b1")
+    mode = "eager" if args.smoke else args.e_step
+    train_step, mixer, update_lr = _b1_step(args.preset, data.num_classes, recipe, mode)
+    rows = []
+    for name, make in _loader_feeds(data, recipe, batch, res, args):
+        row: dict = dict(variant=name, batch=batch)
+        print(f"[e] {name} ...", flush=True)
+        loader = it = None
+        try:
+            cleanup()
+            loader, row["note"] = make()
+            step, it = _fed_step(loader, train_step, mixer, update_lr)
+            row.update(measure(step, batch, args.warmup, args.chunks, args.per_chunk))
+            if DEVICE == "cuda":
+                row["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            row["projection"] = _projection(row["images_per_s"])
+        except Exception as err:  # noqa: BLE001 - one failing feed must not lose the others
+            row["error"] = f"{type(err).__name__}: {err}"
+            row["traceback"] = traceback.format_exc()[-3000:]
+        finally:
+            if it is not None:
+                it.close()  # stops the loader's threads / DataLoader workers before the next feed
+            loader = it = step = None
+        print(f"[e] {name}: {row.get('images_per_s', 0):,.0f} img/s {row.get('error', '')}", flush=True)
+        rows.append(row)
+    cleanup()
+    rate = {r["variant"]: r.get("images_per_s") for r in rows}
+    for r in rows:
+        if rate.get("resident") and r.get("images_per_s"):
+            r["vs_resident"] = r["images_per_s"] / rate["resident"]
+    summary: dict = dict(step=mode, info={k: v for k, v in train_step.info.items() if k != "graph_checks"})
+    if rate.get("gpu_loader") and rate.get("cpu_loader"):
+        summary["gpu_over_cpu"] = rate["gpu_loader"] / rate["cpu_loader"]
+        summary["gpu_over_cpu_goal_met"] = summary["gpu_over_cpu"] >= 2.5
+    if rate.get("gpu_loader") and rate.get("resident"):
+        summary["gpu_below_resident"] = 1 - rate["gpu_loader"] / rate["resident"]
+        summary["within_15pct_of_resident"] = summary["gpu_below_resident"] <= 0.15
+    summary["projection_one_gpu"] = {k: r["projection"] for k, r in ((r["variant"], r) for r in rows)
+                                     if "projection" in r}
+    return dict(part="e", title=f"class-folder training, {args.preset.upper()}, {res} px, batch {batch}",
+                goal="gpu_loader >= 2.5x cpu_loader; gpu_loader within 15 % of resident", rows=rows,
+                ratio_column=("vs_resident", "vs resident"), summary=summary,
+                results=dict(jpegs=generated, data=data.describe(), recipe_augmentation=dict(
+                    randaugment=recipe.randaugment, reprob=recipe.reprob, mixup_alpha=recipe.mixup_alpha,
+                    cutmix_alpha=recipe.cutmix_alpha, interpolation=recipe.interpolation, scale=recipe.scale),
+                    projection_note=f"{IMAGENET_TRAIN:,} images per epoch, {RECIPE_EPOCHS} epochs, all at {res} px "
+                                    f"(the recipe draws 128-224 px, so it trains faster than this) and without "
+                                    f"evaluation"),
+                protocol=dict(warmup=args.warmup, chunks=args.chunks, per_chunk=args.per_chunk, precision=PRECISION,
+                              channels_last=True, step=mode),
+                env=dict(environment(), cpus=os.cpu_count()))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", required=True, choices=("a", "b", "c", "d"))
+    p.add_argument("--part", required=True, choices=("a", "b", "c", "d", "e"))
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--preset", default="b1", help="parts a/b: the network (timm lowformer_<preset> vs ours)")
-    p.add_argument("--batch", type=int, default=None, help="parts a/b (default 512 / 256)")
-    p.add_argument("--resolution", type=int, default=None, help="parts a/b (default 64 / 224)")
-    p.add_argument("--warmup", type=int, default=15)
+    p.add_argument("--batch", type=int, default=None, help="parts a/b/e (default 512 / 256 / 256)")
+    p.add_argument("--resolution", type=int, default=None, help="parts a/b/e (default 64 / 224 / 224)")
+    p.add_argument("--warmup", type=int, default=None, help="steps before timing (default 15; part e 10)")
     p.add_argument("--chunks", type=int, default=5)
-    p.add_argument("--per-chunk", type=int, default=20)
+    p.add_argument("--per-chunk", type=int, default=None, help="timed steps per chunk (default 20; part e 8)")
+    p.add_argument("--images", type=int, default=None, help="part e: synthetic JPEGs to write (default 10000)")
+    p.add_argument("--classes", type=int, default=100, help="part e: classes of the synthetic JPEGs")
+    p.add_argument("--jpeg-dir", default=None,
+                   help="part e: folder of the synthetic JPEGs, reused when it holds the same set (default: "
+                        "$TMPDIR/lowspace-jpegs-<images>)")
+    p.add_argument("--cpu-workers", type=int, default=15, help="part e: DataLoader workers of the CPU loader")
+    p.add_argument("--read-threads", type=int, default=8, help="part e: file-reading threads of the GPU loader")
+    p.add_argument("--e-step", default="compile_graph", choices=("eager", "graph", "compile_graph"),
+                   help="part e: the training step (compile_graph: lowspace train --compile --cuda-graph)")
     p.add_argument("--compile", action="store_true", help="part a: add the torch.compile variants")
     p.add_argument("--profile", default="", help="comma-separated variants to profile (kernel table per variant)")
     p.add_argument("--skip-proxy-api", action="store_true")
@@ -438,6 +646,9 @@ def main(argv=None) -> int:
     if args.smoke:
         args.preset, args.warmup, args.chunks, args.per_chunk = "b0", 2, 2, 2
         args.batch, args.resolution = args.batch or 4, args.resolution or 32
+        args.cpu_workers, args.read_threads = min(args.cpu_workers, 2), min(args.read_threads, 2)
+    args.warmup = args.warmup if args.warmup is not None else (10 if args.part == "e" else 15)
+    args.per_chunk = args.per_chunk if args.per_chunk is not None else (8 if args.part == "e" else 20)
     torch.backends.cudnn.benchmark = True
     t0 = time.perf_counter()
     if args.part in ("a", "b"):
@@ -446,6 +657,8 @@ def main(argv=None) -> int:
         payload = part_step(args, args.part, res, batch)
     elif args.part == "c":
         payload = part_c(args)
+    elif args.part == "e":
+        payload = part_e(args)
     else:
         payload = part_d(args)
     payload["wall_s"] = time.perf_counter() - t0

@@ -3,7 +3,7 @@
 #   bash experiments/train_speed/run.sh                         # from the repository root
 # A part whose results/part_<x>.json exists is skipped (delete it to measure it again). Parts c and d read
 # Fashion-MNIST from FASHION_MNIST (a folder of the four IDX files; default: $LOWSPACE_FASHION_MNIST,
-# /usr/share/datasets/fashion-mnist, then .fmnist/). PYTHON: the interpreter (python3).
+# /usr/share/datasets/fashion-mnist, then .fmnist/). PYTHON: the interpreter (python3). JPEG_DIR: part e's images.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 T=experiments/train_speed
@@ -18,4 +18,7 @@ done
 for part in c d; do
     [ -e "$R/part_$part.json" ] || "$PY" $T/bench_train.py --part $part --out "$R" ${data[@]+"${data[@]}"}
 done
+# class folders: the CPU loader, the GPU loader and GPU-resident tensors feeding one B1 step; writes (or reuses)
+# 10,000 synthetic JPEGs under JPEG_DIR (default: $TMPDIR/lowspace-jpegs-10000)
+[ -e "$R/part_e.json" ] || "$PY" $T/bench_train.py --part e --out "$R" ${JPEG_DIR:+--jpeg-dir "$JPEG_DIR"}
 "$PY" $T/render_curve.py "$R"    # curve.html / curve.png (no GPU needed; PNG export needs Chromium)

@@ -322,6 +322,7 @@ class DeviceRandAugment:
         self.weights = None if policy.choice_weights is None else np.asarray(policy.choice_weights, dtype=np.float64)
         self.translate_pct = translate_pct
         self.fill = torch.tensor(fill, dtype=torch.float32).view(1, -1, 1, 1)
+        self._fills: dict[torch.device, torch.Tensor] = {}
 
     def choices(self, seeds: Sequence[int]) -> tuple[np.ndarray, ...]:
         """Per sample and layer: op index, applied or not, level (0..1), sign flip; each ``(N, layers)``."""
@@ -363,7 +364,9 @@ class DeviceRandAugment:
 
     def _warp(self, x: torch.Tensor, rows: np.ndarray, theta: np.ndarray) -> torch.Tensor:
         idx = torch.from_numpy(rows).to(x.device)
-        fill = self.fill.to(x.device)
+        fill = self._fills.get(x.device)
+        if fill is None:
+            fill = self._fills[x.device] = self.fill.to(x.device)
         part = x.index_select(0, idx) - fill
         grid = F.affine_grid(torch.from_numpy(theta.astype(np.float32)).to(x.device), list(part.shape),
                              align_corners=False)
