@@ -104,6 +104,26 @@ def test_random_mode_refuses_another_sampler(tmp_path, monkeypatch, capsys):
     assert "\n" not in err and list(tmp_path.iterdir()) == []
 
 
+def test_one_epoch_search_fits_the_default_warmup_in(tmp_path, monkeypatch, capsys):
+    """--epochs 1 without a warm-up: the proxy's default 1-epoch warm-up shrinks to fit; one the user sets
+    is kept, and is an error naming it when it does not fit."""
+    monkeypatch.chdir(tmp_path)
+    seen = {}
+
+    def capture(config, **kwargs):
+        from lowspace.train import proxy_recipe
+        seen["recipe"] = proxy_recipe(config.proxy)
+        raise LowspaceError("stopped before the study (test)")
+    monkeypatch.setattr("lowspace.search.run_search", capture)
+    one_epoch = [*SEARCH[:SEARCH.index("--epochs")], "--epochs", "1", *SEARCH[SEARCH.index("--epochs") + 2:]]
+    assert main(one_epoch) == 2 and "stopped before the study (test)" in capsys.readouterr().err
+    assert (seen["recipe"].epochs, seen["recipe"].warmup_epochs) == (1, 0.1)
+    seen.clear()
+    assert main([*one_epoch, "--set", "proxy.warmup_epochs=1"]) == 2
+    assert "command line: proxy.warmup_epochs: got 1.0; must be < epochs (1)" in capsys.readouterr().err
+    assert seen == {}
+
+
 def test_preflight_errors_name_the_config_file_line(tmp_path, monkeypatch, capsys):
     """A bad proxy value is found by building the proxy schedule, after the config has been read; the error
     still names the file and line it came from, or the flag."""

@@ -257,7 +257,8 @@ def _names_a_file(text: str) -> bool:
 
 def proxy_recipe(spec: "Recipe | Mapping | None" = None, path: str = "proxy") -> Recipe:
     """The search's proxy schedule: the ``proxy`` recipe with the fields of ``spec`` (a mapping, as in a search
-    config's ``proxy:`` section) changed; a Recipe is returned as it is. Errors name ``path.<field>``, and a
+    config's ``proxy:`` section) changed; a Recipe is returned as it is. ``epochs: 1`` without a
+    ``warmup_epochs`` gets a warm-up that fits (:func:`_fitted_warmup`). Errors name ``path.<field>``, and a
     key that was renamed names its replacement."""
     if isinstance(spec, Recipe):
         return spec
@@ -267,7 +268,20 @@ def proxy_recipe(spec: "Recipe | Mapping | None" = None, path: str = "proxy") ->
     for key in changes:
         if key in _REPLACED_PROXY_KEYS:
             raise ConfigError(key, changes[key], f"no longer a field; {_REPLACED_PROXY_KEYS[key]}").within(path)
+    base = get_recipe(PROXY)
+    changes.update(_fitted_warmup(base, changes))
     try:
-        return get_recipe(PROXY).replace(**changes)
+        return base.replace(**changes)
     except ConfigError as err:  # name the caller's section
         raise err.within(path) from None
+
+
+def _fitted_warmup(base: Recipe, changes: Mapping) -> dict:
+    """A warm-up that fits ``epochs`` set without ``warmup_epochs`` (one epoch: the default 1-epoch warm-up
+    would not leave any): the default's share of the default epochs. Settings where it fits are kept."""
+    epochs = changes.get("epochs")
+    if "warmup_epochs" in changes or not isinstance(epochs, int) or isinstance(epochs, bool):
+        return {}
+    if not 1 <= epochs <= base.warmup_epochs:
+        return {}
+    return {"warmup_epochs": round(base.warmup_epochs * epochs / base.epochs, 3)}
