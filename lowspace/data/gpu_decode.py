@@ -43,7 +43,8 @@ def _decodes_on(device: str) -> bool:
     try:
         from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
         sample = encode_jpeg(torch.full((3, 16, 16), 128, dtype=torch.uint8))
-        image = decode_jpeg([sample], mode=ImageReadMode.RGB, device=device)[0]
+        with torch.cuda.device(device):  # torchvision's decoder syncs with the stream of the device current here
+            image = decode_jpeg([sample], mode=ImageReadMode.RGB, device=device)[0]
         return tuple(image.shape) == (3, 16, 16)
     except Exception:  # noqa: BLE001 - no nvJPEG, no image extension, a broken driver: not available
         return False
