@@ -91,5 +91,5 @@ def test_unknown_data_option_names_the_key_and_the_allowed_ones():
 
 def test_synthetic_options_on_other_data_name_the_key(tmp_path):
     root = _folders(tmp_path / "ds")
-    with pytest.raises(ConfigError, match=r"data\.num_classes: got 3; only synthetic data takes num_classes"):
+    with pytest.raises(DataError, match=r"data\.num_classes: got 3; only synthetic data takes num_classes"):
         get_dataset(str(root), num_classes=3)

@@ -19,8 +19,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from ..errors import ConfigError, unknown_key_error
-
+from ..errors import unknown_key_error
 from .base import DataError, FolderSplit, ImageData, TensorSplit, cap_per_class, select_classes
 from .fashion_mnist import is_fashion_mnist_dir, load_fashion_mnist, read_idx
 from .folders import (FolderLoader, eval_transforms, is_class_folder_root, materialize, scan_folders,
@@ -96,6 +95,6 @@ def _check_options(spec, extra: dict) -> None:
     common = [k for k in inspect.signature(get_dataset).parameters if k not in ("spec", "synthetic")]
     for key in extra:
         if key in synthetic_keys and not synthetic:
-            raise ConfigError(f"data.{key}", extra[key], f"only synthetic data takes {key}")
+            raise DataError(f"data.{key}: got {extra[key]!r}; only synthetic data takes {key}")
         if key not in synthetic_keys:
             raise unknown_key_error("data", key, ["dataset", *common, *(synthetic_keys if synthetic else [])])
