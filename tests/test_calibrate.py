@@ -363,3 +363,17 @@ def test_two_spawned_workers_write_every_row_once(tmp_path):
     rows = run.RowStore(tmp_path / "rows.jsonl").read()
     assert result.runs["ran"] == 12 and len({r["key"] for r in rows}) == 12
     assert all(r["status"] == "ok" for r in rows)
+
+
+def test_job_key_ignores_fields_at_their_default_and_not_changed_ones():
+    from lowspace.search._calibrate_run import _recipe_defaults, job_key
+    defaults = _recipe_defaults()
+    base = {"epochs": 3, "base_lr": 0.004}
+    key = job_key("a1", base, 0, "data")
+    # a field at its default value (as a recipe field added later would be) keeps the key
+    assert job_key("a1", {**base, "batch_size": defaults["batch_size"]}, 0, "data") == key
+    # a value that differs from the default, another seed, architecture or data set is another run
+    assert job_key("a1", {**base, "batch_size": defaults["batch_size"] * 2}, 0, "data") != key
+    assert job_key("a1", {**base, "base_lr": 0.008}, 0, "data") != key
+    assert len({key, job_key("a1", base, 1, "data"), job_key("a2", base, 0, "data"),
+                job_key("a1", base, 0, "other")}) == 4

@@ -109,9 +109,28 @@ class Job:
 
 
 def job_key(arch_id: str, options: Mapping[str, Any], seed: int, data_key: str) -> str:
-    """The identity of a run: architecture, schedule values, seed and data; equal keys = the same run."""
-    blob = json.dumps([arch_id, dict(options), seed, data_key], sort_keys=True, default=str)
+    """The identity of a run: architecture, schedule values, seed and data; equal keys = the same run.
+    Fields at the training recipe's default value are left out, so that a field added to the recipe later
+    (at a default that changes nothing) keeps the rows of an unfinished calibration valid; a changed
+    default changes the key of every run that relied on it."""
+    defaults = _recipe_defaults()
+    changed = {k: v for k, v in options.items() if k not in defaults or _plain(v) != defaults[k]}
+    blob = json.dumps([arch_id, changed, seed, data_key], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (the rows store JSON)."""
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+_DEFAULTS: dict[str, Any] = {}
+
+
+def _recipe_defaults() -> dict[str, Any]:
+    if not _DEFAULTS:
+        _DEFAULTS.update({k: _plain(v) for k, v in schedule_options(make_schedule({}, "defaults")).items()})
+    return _DEFAULTS
 
 
 class RowStore:
