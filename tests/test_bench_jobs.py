@@ -108,7 +108,7 @@ def test_a_failed_build_releases_the_others(monkeypatch):
     def broken_build(spec, protocol, resolution):
         raise RuntimeError("cannot build")
 
-    monkeypatch.setattr(bench_mod, "_build", broken_build)
+    monkeypatch.setattr(bench_mod, "build_runner", broken_build)
     gate = threading.Barrier(2)
     result, finished = _one_process(resolve_spec(TINY), gate)
     assert result["measurement"]["status"] == "error" and "cannot build" in result["measurement"]["error"]

@@ -136,7 +136,7 @@ def test_cuda_event_timing_branch_and_stopping_rule(monkeypatch, totals, chunks,
     monkeypatch.setattr(_FakeEvent, "script", list(totals))
     runner = Runner(lambda: None, torch.zeros(1), "cuda_graph", "fp32")
     settings = Timing(target_spread=0.02, chunk_ms=0.01, warmup_ms=0.0, max_time_s=60.0, min_chunks=3, max_chunks=6)
-    values, iterations, stats_from, was_noisy = measure_mod._time_runner(runner, torch.device("cuda"), settings)
+    values, iterations, stats_from, was_noisy = measure_mod.time_runner(runner, torch.device("cuda"), settings)
     assert len(values) == chunks and was_noisy is noisy
     calls = iterations // chunks
     assert values == [t / calls for t in totals[:chunks]]

@@ -29,7 +29,7 @@ from ..runtime import cudnn_autotuning
 from .count import count_all
 from .fingerprint import fingerprint, fingerprint_key
 # the build and the timing loop of measure(), so concurrent processes follow the same protocol rules
-from .measure import Measurement, _build, _is_oom, _time_runner, measure, spread_of
+from .measure import Measurement, build_runner, is_oom, measure, spread_of, time_runner
 from .protocol import Protocol, Timing
 from .spec import TIMM_PREFIX, ModelSpec, resolve_spec
 
@@ -275,21 +275,21 @@ def _time_alongside(spec: ModelSpec, protocol: Protocol, timing: Timing, resolut
     try:
         with cudnn_autotuning(protocol.cudnn_benchmark) if cuda else contextlib.nullcontext():
             try:
-                runner, info = _build(spec, protocol, resolution)
+                runner, info = build_runner(spec, protocol, resolution)
             except Exception as err:  # noqa: BLE001 - every failure becomes a result
                 gate.abort()
-                return _failure(protocol, "oom" if _is_oom(err) else "error", f"{type(err).__name__}: {err}")
+                return _failure(protocol, "oom" if is_oom(err) else "error", f"{type(err).__name__}: {err}")
             try:
                 gate.wait(_BUILD_WAIT_S)
             except threading.BrokenBarrierError:
                 return _failure(protocol, "error", "another process failed before timing began")
             active_from = time.monotonic()
             try:
-                chunks, iterations, stats_from, noisy = _time_runner(runner, device, timing)
+                chunks, iterations, stats_from, noisy = time_runner(runner, device, timing)
             except Exception as err:  # noqa: BLE001
                 done()
                 now = time.monotonic()
-                return _failure(protocol, "oom" if _is_oom(err) else "error", f"{type(err).__name__}: {err}",
+                return _failure(protocol, "oom" if is_oom(err) else "error", f"{type(err).__name__}: {err}",
                                 active_from=active_from, timed_to=now, active_to=now)
             timed_to = time.monotonic()
             done()

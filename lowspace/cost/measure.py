@@ -240,7 +240,8 @@ def warm_up(device: str | torch.device = "cuda", precisions: tuple[str, ...] = (
 
 
 # ==================================================================== in-process measurement
-def _is_oom(err: BaseException) -> bool:
+def is_oom(err: BaseException) -> bool:
+    """Whether ``err`` is the device (or the host) running out of memory."""
     if isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError)):
         return True
     text = str(err).lower()
@@ -269,7 +270,7 @@ def _measure_local(spec: ModelSpec, protocol: Protocol, timing: Timing, resoluti
         except ConfigError:
             raise
         except Exception as err:  # noqa: BLE001 - every runtime failure becomes a result, never a crash
-            failure = ("oom" if _is_oom(err) else "error",
+            failure = ("oom" if is_oom(err) else "error",
                        f"{type(err).__name__}: {err}".strip(), traceback.format_exc(limit=-3))
         if failure is None:
             result.warnings = notes + result.warnings
@@ -287,7 +288,7 @@ def _measure_local(spec: ModelSpec, protocol: Protocol, timing: Timing, resoluti
         return Measurement(status=status, batch_size=bs, error=message[:2000], warnings=notes, info=info)
 
 
-def _build(spec: ModelSpec, p: Protocol, resolution: int) -> tuple[Runner, dict[str, Any]]:
+def build_runner(spec: ModelSpec, p: Protocol, resolution: int) -> tuple[Runner, dict[str, Any]]:
     """The runner of the network under protocol ``p`` and what the build reported."""
     device = torch.device(p.device)
     t0 = time.perf_counter()
@@ -324,9 +325,9 @@ def _measure_once(spec: ModelSpec, p: Protocol, timing: Timing, resolution: int,
     cuda = p.device_type == "cuda"
     with cudnn_autotuning(p.cudnn_benchmark) if cuda else contextlib.nullcontext():
         with build_lock if build_lock is not None else contextlib.nullcontext():
-            runner, info = _build(spec, p, resolution)
+            runner, info = build_runner(spec, p, resolution)
         with timing_lock if timing_lock is not None else contextlib.nullcontext():
-            chunks, iterations, stats_from, noisy = _time_runner(runner, torch.device(p.device), timing)
+            chunks, iterations, stats_from, noisy = time_runner(runner, torch.device(p.device), timing)
     values = chunks[-stats_from:]
     median = statistics.median(values)
     p10, p90 = np.percentile(values, [10, 90]).tolist()
@@ -341,7 +342,7 @@ def _measure_once(spec: ModelSpec, p: Protocol, timing: Timing, resolution: int,
                        info=info, warnings=notes)
 
 
-def _time_runner(runner: Runner, device: torch.device, s: Timing) -> tuple[list[float], int, int, bool]:
+def time_runner(runner: Runner, device: torch.device, s: Timing) -> tuple[list[float], int, int, bool]:
     """Warm up, then time chunks until the spread target or a cap. Returns (chunk values in ms per call,
     calls timed, how many trailing chunks the statistics use, whether the cap was hit)."""
     cuda = device.type == "cuda"
