@@ -3,24 +3,36 @@
     space = load_space("lowformer")                      # or a YAML path
     config = SearchConfig.from_yaml("experiments/demo/demo.yaml")
     summary = run_search(config)                         # creates or resumes the study
-"""
-from ._accounting import counted_trials, is_duplicate, outcome_counts
-from ._gate import DeviceGate
-from .halving import HalvingSettings, ParetoHalving, keep_at_rung, rung_epochs
-from .settings import SearchConfig
-from .space import Param, SearchSpace, builtin_spaces, load_space
-from .storage import StorageError, load_study, normalize_storage, open_storage
-from ._launch import run_search
-from ._loop import SearchSummary, count_states, run_worker
-from ._samplers import make_pruner, make_sampler
-from ._setup import create_or_load_study, enqueue_points
-from .trial import Engines, TrialFailed, TrialPipeline, default_engines
 
-__all__ = [
-    "SearchSpace", "Param", "load_space", "builtin_spaces", "SearchConfig",
-    "open_storage", "load_study", "normalize_storage", "StorageError",
-    "create_or_load_study", "enqueue_points", "make_sampler", "make_pruner", "run_search", "run_worker",
-    "count_states", "SearchSummary", "TrialPipeline", "TrialFailed", "Engines", "default_engines",
-    "HalvingSettings", "ParetoHalving", "keep_at_rung", "rung_epochs", "DeviceGate",
-    "counted_trials", "is_duplicate", "outcome_counts",
-]
+Names are imported from their modules on first use (``lowspace search --help`` stays quick).
+"""
+
+from importlib import import_module
+
+_LAZY = {
+    **dict.fromkeys(("counted_trials", "is_duplicate", "outcome_counts"), "_accounting"),
+    "DeviceGate": "_gate",
+    **dict.fromkeys(("HalvingSettings", "ParetoHalving", "keep_at_rung", "rung_epochs"), "halving"),
+    "SearchConfig": "settings",
+    **dict.fromkeys(("Param", "SearchSpace", "builtin_spaces", "load_space"), "space"),
+    **dict.fromkeys(("StorageError", "load_study", "normalize_storage", "open_storage"), "storage"),
+    "run_search": "_launch",
+    **dict.fromkeys(("SearchSummary", "count_states", "run_worker"), "_loop"),
+    **dict.fromkeys(("make_pruner", "make_sampler"), "_samplers"),
+    **dict.fromkeys(("create_or_load_study", "enqueue_points"), "_setup"),
+    **dict.fromkeys(("Engines", "TrialFailed", "TrialPipeline", "default_engines"), "trial"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_LAZY})
