@@ -270,6 +270,8 @@ def test_resume_trains_only_the_runs_missing_from_the_rows(tmp_path, monkeypatch
     (dict(schedules={"x": {"resolutions": [2]}}), "schedule x.resolutions"),
     (dict(schedules={"x": {"lr": 0.1}}), "schedule x.lr"),
     (dict(schedules={"x": {"seed": 1}}), "schedule x.seed"),
+    (dict(schedules={"x": {"split_seed": 1}}), "schedule x.split_seed"),
+    (dict(schedules={"x": {"eval_split": "val"}}), "schedule x.eval_split"),
     (dict(full={"base_lr": -1}), "full.base_lr"),
     (dict(full_seeds=(0, 0)), "full_seeds"),
     (dict(max_cost_share=0), "max_cost_share"),

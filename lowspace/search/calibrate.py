@@ -37,7 +37,7 @@ from ._calibrate_stats import Agreement, KnobEffect
 PRESET_CHOICES = ("space", "all", "none")
 MIN_ARCHS = 4
 # keys a candidate may not change: the validation split is one for all runs, the seed is the run's
-FIXED_KEYS = (run.VAL_CAP, run.SEED)
+FIXED_KEYS = (run.VAL_CAP, run.SEED, "split_seed", "eval_split")  # the calibration sets these itself
 # short names of schedule keys in generated schedule names
 _SHORT = {run.EPOCHS: "e", run.IMAGES: "n", run.RESOLUTIONS: "r", run.LR: "lr"}
 
