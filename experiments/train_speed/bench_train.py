@@ -499,6 +499,88 @@ def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, c
     return [("resident", resident), ("gpu_loader", gpu), ("cpu_loader", cpu)]
 
 
+def _timed(fn) -> tuple[object, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - t0
+
+
+def _read_all(pool, samples, indices):
+    from lowspace.data.gpu_decode import read_sample
+    return list(pool.map(lambda i: read_sample(samples, i), indices))
+
+
+def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
+    """The GPU loader's stages alone, without training, on ``--stage-batches`` micro-batches (after 2 for
+    warm-up): img/s of (a) reading the files (the loader's threads), (b) reading + one batched decode_jpeg
+    on the device, (c) (b) + the train transform, (d) the loader's own iterator (reads, decoding and the
+    transform overlapped in its threads); per stage the time of decode and transform alone, and the host
+    time of the transform (until its kernels are launched: close to its total means it is bound by Python
+    and launches, not by the GPU); (e) decode_jpeg on the CPU in the same number of threads (libjpeg-turbo),
+    for comparison."""
+    from concurrent.futures import ThreadPoolExecutor
+    from lowspace.data import BatchPlan, DeviceFolderLoader, DeviceTrainTransform
+    from lowspace.data.gpu_decode import read_sample
+    from functools import partial
+    tf = DeviceTrainTransform(data.mean, data.std, recipe.randaugment, recipe.reprob, recipe.interpolation,
+                              recipe.scale, recipe.ratio, recipe.hflip)
+    loader = DeviceFolderLoader(data.train, BatchPlan(len(data.train), batch, seed=0), DEVICE, res, tf,
+                                workers=args.read_threads, channels_last=True)
+    batches = list(loader.batches(0))
+    count = min(args.stage_batches + 2, len(batches))
+    phases: dict[str, list[float]] = {k: [] for k in ("read", "decode", "transform", "transform_host")}
+    with ThreadPoolExecutor(loader.workers) as pool:
+        for k, b in enumerate(batches[:count]):
+            read, t_read = _timed(partial(_read_all, pool, loader.samples, b.indices))
+            decoded, t_decode = _timed(partial(loader.decode, read))
+            t0 = time.perf_counter()
+            loader.finish(b, decoded)
+            t_host = time.perf_counter() - t0
+            sync()
+            t_transform = time.perf_counter() - t0
+            if k >= 2:
+                for key, v in zip(phases, (t_read, t_decode, t_transform, t_host)):
+                    phases[key].append(v)
+        from torchvision.io import ImageReadMode, decode_jpeg
+        encoded = [read_sample(loader.samples, i).encoded for i in batches[0].indices]
+        encoded = [e for e in encoded if e is not None]
+        list(pool.map(lambda e: decode_jpeg(e, mode=ImageReadMode.RGB), encoded[:16]))
+        _, t_cpu = _timed(lambda: list(pool.map(lambda e: decode_jpeg(e, mode=ImageReadMode.RGB), encoded)))
+    it = loader.epoch(0)
+    try:
+        for _ in range(2):
+            next(it)
+        sync()
+        t0 = time.perf_counter()
+        done = 0
+        for _ in range(count - 2):
+            x, _ = next(it)
+            done += len(x)
+        sync()
+        t_iter = time.perf_counter() - t0
+    finally:
+        it.close()
+    n = sum(len(b.indices) for b in batches[2:count])
+    total = {k: sum(v) for k, v in phases.items()}
+
+    def rate(seconds: float, images: int = n) -> float:
+        return images / seconds if seconds > 0 else float("inf")
+    cleanup()
+    return dict(
+        batches=count - 2, batch=batch, read_threads=loader.workers,
+        a_read_img_s=rate(total["read"]),
+        b_read_decode_img_s=rate(total["read"] + total["decode"]),
+        c_read_decode_transform_img_s=rate(total["read"] + total["decode"] + total["transform"]),
+        d_loader_iterator_img_s=rate(t_iter, done),
+        decode_alone_img_s=rate(total["decode"]), transform_alone_img_s=rate(total["transform"]),
+        ms_per_batch={k: 1000 * v / (count - 2) for k, v in total.items()},
+        e_cpu_decode_threads_img_s=rate(t_cpu, len(encoded)),
+        note="a/b/c run the stages one after another on the loader's code (no overlap); d overlaps them as "
+             "training does; the bound is the slowest of read, decode_alone and transform_alone when d is "
+             "close to it, else the hand-off between the loader's threads (the GIL)")
+
+
 def _b1_step(preset: str, num_classes: int, recipe, mode: str):
     """lowspace's training step as ``lowspace train`` runs it: bf16, channels-last, the recipe's loss (BCE,
     label smoothing) and mixup / cutmix, clip-by-value, fused AdamW, the lr update; graph / compiled."""
@@ -560,6 +642,14 @@ def part_e(args) -> dict:
     data = scan_folders(root)
     recipe = load_recipe("b1")
     mode = "eager" if args.smoke else args.e_step
+    stages: dict = {}
+    if args.stage_batches > 0:
+        print("[e] GPU loader stages without training ...", flush=True)
+        try:
+            stages = loader_stages(data, recipe, batch, res, args)
+        except Exception as err:  # noqa: BLE001 - the training rows still run
+            stages = dict(error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-3000:])
+        print(f"[e] stages {json.dumps(stages, default=str)}", flush=True)
     train_step, mixer, update_lr = _b1_step(args.preset, data.num_classes, recipe, mode)
     rows = []
     for name, make in _loader_feeds(data, recipe, batch, res, args):
@@ -588,7 +678,8 @@ def part_e(args) -> dict:
     for r in rows:
         if rate.get("resident") and r.get("images_per_s"):
             r["vs_resident"] = r["images_per_s"] / rate["resident"]
-    summary: dict = dict(step=mode, info={k: v for k, v in train_step.info.items() if k != "graph_checks"})
+    summary: dict = dict(step=mode, info={k: v for k, v in train_step.info.items() if k != "graph_checks"},
+                         gpu_loader_stages=stages)
     if rate.get("gpu_loader") and rate.get("cpu_loader"):
         summary["gpu_over_cpu"] = rate["gpu_loader"] / rate["cpu_loader"]
         summary["gpu_over_cpu_goal_met"] = summary["gpu_over_cpu"] >= 2.5
@@ -628,6 +719,8 @@ def main(argv=None) -> int:
                         "$TMPDIR/lowspace-jpegs-<images>)")
     p.add_argument("--cpu-workers", type=int, default=15, help="part e: DataLoader workers of the CPU loader")
     p.add_argument("--read-threads", type=int, default=8, help="part e: file-reading threads of the GPU loader")
+    p.add_argument("--stage-batches", type=int, default=20,
+                   help="part e: micro-batches timed per stage of the GPU loader without training (0: skip)")
     p.add_argument("--e-step", default="compile_graph", choices=("eager", "graph", "compile_graph"),
                    help="part e: the training step (compile_graph: lowspace train --compile --cuda-graph)")
     p.add_argument("--compile", action="store_true", help="part a: add the torch.compile variants")
@@ -647,6 +740,7 @@ def main(argv=None) -> int:
         args.preset, args.warmup, args.chunks, args.per_chunk = "b0", 2, 2, 2
         args.batch, args.resolution = args.batch or 4, args.resolution or 32
         args.cpu_workers, args.read_threads = min(args.cpu_workers, 2), min(args.read_threads, 2)
+        args.stage_batches = min(args.stage_batches, 2)
     args.warmup = args.warmup if args.warmup is not None else (10 if args.part == "e" else 15)
     args.per_chunk = args.per_chunk if args.per_chunk is not None else (8 if args.part == "e" else 20)
     torch.backends.cudnn.benchmark = True

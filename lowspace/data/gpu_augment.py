@@ -2,11 +2,15 @@
 
 Every random choice of a sample comes from counter-based uniforms of its own seed (the seed the CPU path
 uses, ``(seed, epoch, index)``), drawn on the host with numpy in one vectorized call per batch: a sample is
-augmented the same way whatever batch, process or thread handles it, so resume stays exact.
+augmented the same way whatever batch, process or thread handles it, so resume stays exact. What the host
+computes reaches the device in one transfer per step of the transform.
 
-* :class:`DeviceTrainTransform`: random-resized crop (torchvision's box sampling) resized per sample with a
-  filter drawn per sample, horizontal flip, :class:`DeviceRandAugment`, normalization, random erasing
-  (timm's box sampling, constant zero fill after normalization).
+* :func:`resample`: PIL's two-pass resampling (``Image.resize``: the six PIL filters, antialiased, first
+  pass rounded to pixel levels) of a region of every image, the whole batch at once: the images are padded
+  into one buffer and each pass is one batched matrix product with per-sample filter weights.
+* :class:`DeviceTrainTransform`: random-resized crop (torchvision's box sampling) resampled with a filter
+  drawn per sample, horizontal flip (folded into the weights), :class:`DeviceRandAugment`, normalization,
+  random erasing (timm's box sampling, constant zero fill after normalization).
 * :class:`DeviceEvalTransform`: resize of the shorter side to ``ceil(size / crop_pct)``, center crop,
   normalization, as :func:`~.folders.eval_transforms`.
 
@@ -26,9 +30,9 @@ from .base import IMAGENET_MEAN, IMAGENET_STD
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _STREAM = np.uint64(0xD1B54A32D192ED03)
-# the six PIL filters of the CPU path and the closest F.interpolate mode (antialiased where it exists)
-DEVICE_FILTERS = {"nearest": "nearest", "bilinear": "bilinear", "bicubic": "bicubic", "box": "area",
-                  "hamming": "bilinear", "lanczos": "bicubic"}
+# the CPU path's six PIL filters, and the radius of each one's kernel (nearest takes one pixel)
+PIL_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+_SUPPORT = np.array([0.0, 0.5, 1.0, 1.0, 2.0, 3.0])
 CROP_ATTEMPTS = 10
 
 
@@ -47,6 +51,22 @@ def uniforms(seeds: Sequence[int], stream: int, count: int) -> np.ndarray:
 def normal(u1: np.ndarray, u2: np.ndarray) -> np.ndarray:
     """Standard normal numbers from two arrays of uniforms (Box-Muller)."""
     return np.sqrt(-2.0 * np.log1p(-u1)) * np.cos(2 * math.pi * u2)
+
+
+def to_device(arrays: Sequence[np.ndarray], device) -> list[torch.Tensor]:
+    """float64 copies of ``arrays`` (their shapes kept) on ``device``, in one host-to-device transfer
+    (from pinned memory, asynchronous, on CUDA)."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    host = torch.from_numpy(np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0))
+    device = torch.device(device)
+    if device.type == "cuda":
+        host = host.pin_memory()
+    moved = host.to(device, non_blocking=True)
+    out, start = [], 0
+    for a in arrays:
+        out.append(moved[start:start + a.size].view(a.shape))
+        start += a.size
+    return out
 
 
 def crop_boxes(heights: np.ndarray, widths: np.ndarray, u: np.ndarray, scale, ratio) -> np.ndarray:
@@ -74,12 +94,117 @@ def crop_boxes(heights: np.ndarray, widths: np.ndarray, u: np.ndarray, scale, ra
     return boxes.astype(np.int64)
 
 
-def resize(image: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
-    """``(1, C, H, W)`` float resized to ``size`` with an F.interpolate ``mode`` (antialiased bilinear and
-    bicubic: torch's antialiased bicubic uses PIL's kernel)."""
-    antialias = mode in ("bilinear", "bicubic")
-    kwargs = dict(align_corners=False) if antialias else {}
-    return F.interpolate(image, size=size, mode=mode, antialias=antialias, **kwargs)
+def _pil_kernel(d: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """PIL's filter kernels (box, triangle, hamming, bicubic a=-0.5, lanczos 3) at distances ``d``, the
+    kernel of each element chosen by ``filters`` (an index into :data:`PIL_FILTERS`, broadcast to ``d``)."""
+    a = d.abs()
+    sinc = torch.sinc(a)  # sin(pi a) / (pi a)
+    box = ((d > -0.5) & (d <= 0.5)).to(d.dtype)
+    triangle = (1.0 - a).clamp(min=0.0)
+    hamming = torch.where(a < 1, sinc * (0.54 + 0.46 * torch.cos(math.pi * a)), torch.zeros_like(a))
+    cubic = torch.where(a < 1, (1.5 * a - 2.5) * a * a + 1.0, -0.5 * (((a - 5.0) * a + 8.0) * a - 4.0))
+    cubic = torch.where(a < 2, cubic, torch.zeros_like(a))
+    lanczos = torch.where(a < 3, sinc * torch.sinc(a / 3), torch.zeros_like(a))
+    out = torch.where(filters == 1, box, triangle)
+    out = torch.where(filters == 3, hamming, out)
+    out = torch.where(filters == 4, cubic, out)
+    return torch.where(filters == 5, lanczos, out)
+
+
+def resample_weights(params: torch.Tensor, centers: torch.Tensor, padded: int, taps: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """``(N, size, padded)`` weights of one resampling pass along one axis, as PIL computes them
+    (``ImagingResample``; ``ImagingScaleAffine`` for nearest).
+
+    ``params`` ``(N, 4)`` per sample: input length, filter scale (the downscaling factor, at least 1),
+    filter index, kernel radius in input pixels; ``centers`` ``(N, size)``: where each output pixel sits in
+    the input. ``taps`` bounds the input pixels any output pixel reads."""
+    length, filterscale, filters, support = (p.unsqueeze(1) for p in params.unbind(1))
+    nearest = filters == 0
+    first = torch.where(nearest, centers.floor(), (centers - support + 0.5).floor()).clamp(min=0)
+    first = torch.minimum(first, length - 1)
+    stop = torch.where(nearest, first + 1, torch.minimum((centers + support + 0.5).floor(), length))
+    x = first.unsqueeze(2) + torch.arange(taps, dtype=params.dtype, device=params.device)  # (N, size, taps)
+    w = _pil_kernel((x - centers.unsqueeze(2) + 0.5) / filterscale.unsqueeze(2), filters.unsqueeze(2))
+    w = torch.where(nearest.unsqueeze(2), (x == first.unsqueeze(2)).to(w.dtype), w) * (x < stop.unsqueeze(2))
+    total = w.sum(2, keepdim=True)
+    w = w / torch.where(total == 0, torch.ones_like(total), total)
+    index = x.clamp(max=padded - 1).long()  # taps past the input carry zero weight
+    size = centers.shape[1]
+    return torch.zeros(len(params), size, padded, dtype=dtype, device=params.device).scatter_add_(
+        2, index, w.to(dtype))
+
+
+def _axis_params(length: np.ndarray, resized: np.ndarray, offset: np.ndarray, flip: np.ndarray,
+                 filters: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """For one axis: the ``(N, 4)`` ``params`` and ``(N, size)`` ``centers`` of :func:`resample_weights`
+    and its ``taps``. Output ``k`` is pixel ``offset + k`` of the resized axis (``offset + size - 1 - k``
+    when flipped)."""
+    length = np.asarray(length, dtype=np.float64)
+    scale = length / resized
+    support = _SUPPORT[filters] * np.maximum(scale, 1.0)
+    taps = int(np.max(np.ceil(support) * 2 + 1))
+    out = np.arange(size).reshape(1, -1)
+    out = np.where(np.asarray(flip).reshape(-1, 1) > 0, size - 1 - out, out) + np.asarray(offset).reshape(-1, 1)
+    out = out.astype(np.int64)
+    centers = (out + 0.5) * scale.reshape(-1, 1)
+    if (filters == 0).any():  # PIL's nearest steps through the output adding the scale: its rounding
+        steps = np.repeat(scale.reshape(-1, 1), int(out.max()) + 1, 1)
+        steps[:, 0] *= 0.5
+        stepped = np.take_along_axis(np.cumsum(steps, 1), out, 1)
+        centers = np.where((filters == 0).reshape(-1, 1), stepped, centers)
+    params = np.stack([length, np.maximum(scale, 1.0), filters, support], 1)
+    return params, centers, taps
+
+
+def _pass(buffer: torch.Tensor, weights: torch.Tensor, axis: str) -> torch.Tensor:
+    """One pass over ``buffer`` ``(N, rows, 3, cols)`` (zero-padded): ``(N, size, 3, cols)`` for ``rows``,
+    ``(N, rows, 3, size)`` for ``cols``; rounded to pixel levels like PIL's uint8 passes."""
+    n, rows, _, cols = buffer.shape
+    if axis == "rows":  # (N, size, rows) @ (N, rows, 3 * cols): all channels at once thanks to the layout
+        out = torch.bmm(weights, buffer.reshape(n, rows, 3 * cols)).view(n, -1, 3, cols)
+    else:  # (N, rows * 3, cols) @ (N, cols, size)
+        out = torch.bmm(buffer.reshape(n, rows * 3, cols), weights.transpose(1, 2)).view(n, rows, 3, -1)
+    return out.add_(0.5).floor_().clamp_(0, 255)  # PIL rounds halves up
+
+
+def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
+             filters: np.ndarray, flips: np.ndarray, size: int) -> torch.Tensor:
+    """PIL's ``image.crop(box).resize(resized, filter)`` cut to ``size`` x ``size`` at ``offsets``, for the
+    whole batch: ``(N, 3, size, size)`` float32 pixel levels (integers in [0, 255], as PIL's uint8).
+
+    ``images``: uint8 ``(3, H, W)``; ``boxes`` ``(N, 4)`` (top, left, height, width); ``resized`` and
+    ``offsets`` ``(N, 2)`` (rows, columns): the size the box is resized to and where the output starts in
+    it; ``filters`` ``(N,)`` indices into :data:`PIL_FILTERS`; ``flips`` ``(N,)``: mirror the columns.
+    The boxes are copied into one zero-padded buffer; each pass is one batched matrix product (half
+    precision on CUDA: exact for pixel levels, weights to 11 bits), rounded like PIL's. PIL resamples the
+    columns first, except when the rows shrink and the columns grow: those samples go as a second group."""
+    resized, offsets = np.asarray(resized), np.asarray(offsets)
+    rows_first = (resized[:, 0] < boxes[:, 2]) & (resized[:, 1] > boxes[:, 3])
+    if rows_first.any() and not rows_first.all():
+        groups = [np.nonzero(~rows_first)[0], np.nonzero(rows_first)[0]]
+        parts = [resample([images[i] for i in g], boxes[g], resized[g], offsets[g], filters[g], flips[g], size)
+                 for g in groups]
+        order = torch.from_numpy(np.argsort(np.concatenate(groups))).to(parts[0].device)
+        return torch.cat(parts).index_select(0, order)
+    n, device = len(images), images[0].device
+    top, left, height, width = (boxes[:, k].astype(np.int64).tolist() for k in range(4))
+    rows, cols = max(height), max(width)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    buffer = torch.zeros(n, rows, 3, cols, dtype=dtype, device=device)  # rows, channels, columns: see _pass
+    src = [im[:, t:t + h, c:c + w].permute(1, 0, 2) for im, t, c, h, w in zip(images, top, left, height, width)]
+    torch._foreach_copy_([buffer[i, :h, :, :w] for i, (h, w) in enumerate(zip(height, width))], src)
+    row_params, row_centers, row_taps = _axis_params(height, resized[:, 0], offsets[:, 0], np.zeros(n), filters, size)
+    col_params, col_centers, col_taps = _axis_params(width, resized[:, 1], offsets[:, 1], flips, filters, size)
+    row_params, row_centers, col_params, col_centers = to_device([row_params, row_centers, col_params, col_centers],
+                                                                 device)
+    row_w = resample_weights(row_params, row_centers, rows, row_taps, dtype)
+    col_w = resample_weights(col_params, col_centers, cols, col_taps, dtype)
+    if rows_first.all():
+        out = _pass(_pass(buffer, row_w, "rows"), col_w, "cols")
+    else:
+        out = _pass(_pass(buffer, col_w, "cols"), row_w, "rows")
+    return out.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
 
 
 class _Normalize:
@@ -97,26 +222,35 @@ class _Normalize:
         return x.mul_(scale).add_(shift)
 
 
+def _filter_index(name: str) -> int:
+    if name not in PIL_FILTERS:
+        raise ConfigError("interpolation", name, f"one of {', '.join(PIL_FILTERS)}")
+    return PIL_FILTERS.index(name)
+
+
+def _sizes(images: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([im.shape[-2] for im in images]), np.array([im.shape[-1] for im in images])
+
+
 class DeviceEvalTransform:
     """Shorter side to ``ceil(size / crop_pct)`` (``interpolation``), center crop ``size``, normalize; as the
     CPU eval transform. ``__call__(images, seeds, size)``: a list of uint8 ``(3, H, W)`` -> ``(N, 3, S, S)``."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 0.95, interpolation: str = "bicubic"):
         self.crop_pct = crop_pct
-        self.mode = DEVICE_FILTERS.get(interpolation, "bicubic")
+        self.filter = _filter_index(interpolation)
         self.normalize = _Normalize(mean, std)
 
     def __call__(self, images: list[torch.Tensor], seeds: Sequence[int], size: int) -> torch.Tensor:
         short = math.ceil(size / self.crop_pct)
-        out = []
-        for image in images:
-            h, w = image.shape[-2:]
-            # torchvision's Resize(int): the shorter side becomes `short`, the longer one is truncated
-            new = (short, int(short * w / h)) if h <= w else (int(short * h / w), short)
-            top, left = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
-            resized = resize(image.unsqueeze(0).float(), new, self.mode)
-            out.append(resized[..., top:top + size, left:left + size])
-        x = torch.cat(out).clamp_(0, 255).round_()  # PIL hands back uint8 pixels
+        h, w = _sizes(images)
+        # torchvision's Resize(int): the shorter side becomes `short`, the longer one is truncated
+        new_h = np.where(h <= w, short, (short * h / w).astype(np.int64))
+        new_w = np.where(h <= w, (short * w / h).astype(np.int64), short)
+        offsets = np.stack([np.round((new_h - size) / 2.0), np.round((new_w - size) / 2.0)], 1)
+        boxes = np.stack([np.zeros_like(h), np.zeros_like(w), h, w], 1)
+        n = len(images)
+        x = resample(images, boxes, np.stack([new_h, new_w], 1), offsets, np.full(n, self.filter), np.zeros(n), size)
         return self.normalize(x)
 
 
@@ -126,26 +260,21 @@ class DeviceTrainTransform:
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, randaugment: str | None = None, reprob: float = 0.0,
                  interpolation: str = "random", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5):
-        names = list(DEVICE_FILTERS) if interpolation == "random" else [interpolation]
-        self.modes = [DEVICE_FILTERS[n] for n in names]
+        names = PIL_FILTERS if interpolation == "random" else (interpolation,)
+        self.filters = np.array([_filter_index(n) for n in names])
         self.scale, self.ratio, self.hflip, self.reprob = tuple(scale), tuple(ratio), hflip, reprob
         fill = tuple(min(255, round(255 * m)) for m in mean)
         self.randaugment = DeviceRandAugment(randaugment, fill) if randaugment else None
         self.normalize = _Normalize(mean, std)
 
     def __call__(self, images: list[torch.Tensor], seeds: Sequence[int], size: int) -> torch.Tensor:
-        heights = np.array([im.shape[-2] for im in images])
-        widths = np.array([im.shape[-1] for im in images])
+        heights, widths = _sizes(images)
         boxes = crop_boxes(heights, widths, uniforms(seeds, 0, 4 * CROP_ATTEMPTS), self.scale, self.ratio)
         u = uniforms(seeds, 1, 2)
-        pick = np.minimum((u[:, 0] * len(self.modes)).astype(int), len(self.modes) - 1)
-        crops = []
-        for image, (top, left, h, w), m in zip(images, boxes.tolist(), pick.tolist()):
-            crop = image[:, top:top + h, left:left + w].unsqueeze(0).float()
-            crops.append(resize(crop, (size, size), self.modes[m]))
-        x = torch.cat(crops).clamp_(0, 255)
-        flip = torch.from_numpy(u[:, 1] < self.hflip).to(x.device, non_blocking=True).view(-1, 1, 1, 1)
-        x = torch.where(flip, x.flip(-1), x)
+        pick = np.minimum((u[:, 0] * len(self.filters)).astype(int), len(self.filters) - 1)
+        n = len(images)
+        x = resample(images, boxes, np.full((n, 2), size), np.zeros((n, 2)), self.filters[pick],
+                     (u[:, 1] < self.hflip).astype(np.float64), size)
         if self.randaugment is not None:
             x = self.randaugment(x, seeds)
         x = self.normalize(x)
@@ -175,7 +304,7 @@ def erase(x: torch.Tensor, seeds: Sequence[int], prob: float, min_area: float = 
         return x
     box = np.stack([top, top + bh, left, left + bw], 1)
     box[~use] = 0
-    box_t = torch.from_numpy(box.astype(np.int64)).to(x.device, non_blocking=True)
+    box_t, = to_device([box], x.device)
     ys = torch.arange(h, device=x.device).view(1, h)
     xs = torch.arange(w, device=x.device).view(1, w)
     rows_in = (ys >= box_t[:, 0:1]) & (ys < box_t[:, 1:2])
@@ -344,32 +473,46 @@ class DeviceRandAugment:
         return which, applied, level, u[..., 4] > 0.5
 
     def __call__(self, x: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
-        which, applied, level, sign = self.choices(seeds)
+        groups = self._groups(seeds)
+        if not groups:
+            return x
+        # the rows and arguments of every op group reach the device in one transfer
+        moved = to_device([a for _, _, rows, arg in groups for a in (rows, arg)], x.device)
         for layer in range(self.layers):
-            geometric: list[tuple[np.ndarray, np.ndarray]] = []
+            geometric: list[tuple[torch.Tensor, torch.Tensor]] = []
+            for k, (at, name, _, _) in enumerate(groups):
+                if at != layer:
+                    continue
+                idx, arg = moved[2 * k].long(), moved[2 * k + 1].float()
+                if name in _GEOMETRIC:
+                    geometric.append((idx, arg))
+                else:
+                    x[idx] = _color_op(name, x.index_select(0, idx), arg)
+            if geometric:
+                x = self._warp(x, torch.cat([i for i, _ in geometric]), torch.cat([t for _, t in geometric]))
+        return x
+
+    def _groups(self, seeds: Sequence[int]) -> list[tuple[int, str, np.ndarray, np.ndarray]]:
+        """(layer, op name, rows, argument) for each op a layer applies to some samples; geometric ops
+        carry their ``(k, 2, 3)`` affine maps as the argument."""
+        which, applied, level, sign = self.choices(seeds)
+        groups = []
+        for layer in range(self.layers):
             for op_index in np.unique(which[applied[:, layer], layer]):
                 rows = np.nonzero(applied[:, layer] & (which[:, layer] == op_index))[0]
                 name = self.ops[op_index].name
                 arg = _op_argument(name, level[rows, layer], sign[rows, layer], self.translate_pct)
-                if name in _GEOMETRIC:
-                    geometric.append((rows, _affine(name, arg)))
-                    continue
-                idx = torch.from_numpy(rows).to(x.device)
-                arg_t = torch.from_numpy(arg.astype(np.float32)).to(x.device)
-                x[idx] = _color_op(name, x.index_select(0, idx), arg_t)
-            if geometric:
-                x = self._warp(x, np.concatenate([r for r, _ in geometric]),
-                               np.concatenate([t for _, t in geometric]))
-        return x
+                groups.append((layer, name, rows, _affine(name, arg) if name in _GEOMETRIC else arg))
+        return groups
 
-    def _warp(self, x: torch.Tensor, rows: np.ndarray, theta: np.ndarray) -> torch.Tensor:
-        idx = torch.from_numpy(rows).to(x.device)
+    def _warp(self, x: torch.Tensor, idx: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Samples ``idx`` of ``x`` through the ``(k, 2, 3)`` output -> input maps ``theta`` (bicubic,
+        filled with the mean colour)."""
         fill = self._fills.get(x.device)
         if fill is None:
             fill = self._fills[x.device] = self.fill.to(x.device)
         part = x.index_select(0, idx) - fill
-        grid = F.affine_grid(torch.from_numpy(theta.astype(np.float32)).to(x.device), list(part.shape),
-                             align_corners=False)
+        grid = F.affine_grid(theta.to(x.dtype), list(part.shape), align_corners=False)
         warped = F.grid_sample(part, grid, mode="bicubic", padding_mode="zeros", align_corners=False)
         x[idx] = (warped + fill).clamp_(0, 255)
         return x

@@ -15,6 +15,7 @@ this same code), augmented there (:mod:`.gpu_augment`), one micro-batch ahead on
 from __future__ import annotations
 
 import functools
+import os
 import queue
 import threading
 import warnings
@@ -88,9 +89,11 @@ class _Sample:
     error: str | None = None
 
 
-def is_complete_jpeg(data: bytes) -> bool:
+def is_complete_jpeg(data: bytes | bytearray) -> bool:
     """Starts with a JPEG start-of-image marker and ends with an end-of-image one (trailing padding aside)."""
-    return data[:3] == b"\xff\xd8\xff" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    if data[:3] != b"\xff\xd8\xff":
+        return False
+    return data[-2:] == b"\xff\xd9" or bytes(data).rstrip(b"\x00")[-2:] == b"\xff\xd9"
 
 
 def _pil_tensor(path: str) -> torch.Tensor:
@@ -103,13 +106,14 @@ def read_sample(samples: Sequence[tuple[str, int]], index: int) -> _Sample:
     path, label = samples[index]
     sample = _Sample(index, path, label)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        with open(path, "rb", buffering=0) as fh:  # read straight into the buffer the tensor will share
+            data = bytearray(os.fstat(fh.fileno()).st_size)
+            del data[fh.readinto(data):]
     except OSError as err:
         sample.error = f"{path}: cannot read image ({type(err).__name__}: {err})"
         return sample
     if is_complete_jpeg(data):
-        sample.encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        sample.encoded = torch.frombuffer(data, dtype=torch.uint8)
         return sample
     _decode_with_pil(sample)
     return sample
@@ -177,6 +181,7 @@ class DeviceFolderLoader(PlannedLoader):
         self.prefetch = max(1, prefetch)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.skipped: list[str] = []
+        self.decode_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[_Batch]:
         """This rank's micro-batches of ``epoch`` from ``start`` on: sample indices, size, per-sample seeds."""
@@ -201,12 +206,36 @@ class DeviceFolderLoader(PlannedLoader):
 
     def make_batch(self, batch: _Batch, read: list[_Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode, replace bad files (``skip_bad``) and transform one micro-batch."""
+        return self.finish(batch, self.decode(read))
+
+    def decode(self, read: list[_Sample]) -> list[_Sample]:
+        """Decode one micro-batch (one batched call), bad files replaced (``skip_bad``) or a DataError.
+        On CUDA the images are allocated on the loader's decode stream (see :meth:`finish`)."""
+        if self.decode_stream is None:
+            return self._decode(read)
+        with torch.cuda.device(self.device), torch.cuda.stream(self.decode_stream):
+            return self._decode(read)
+
+    def _decode(self, read: list[_Sample]) -> list[_Sample]:
         decode_samples(read, self.device)
-        for k, sample in enumerate(read):
-            if sample.error is not None:
-                read[k] = self._replacement(sample)
-        x = self.transform([s.image for s in read], batch.seeds, batch.size)
-        labels = torch.tensor([s.label for s in read], dtype=torch.long).to(self.device, non_blocking=True)
+        return [self._replacement(s) if s.error is not None else s for s in read]
+
+    def finish(self, batch: _Batch, read: list[_Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transform decoded samples on the current stream: ``(images, labels)``."""
+        images = [s.image for s in read]
+        if self.decode_stream is not None:
+            # nvJPEG writes on a stream of its own that orders nothing after the transform: the decoded
+            # images come from the decode stream's memory and are only handed back to it after the
+            # transform has read them
+            current = torch.cuda.current_stream(self.device)
+            current.wait_stream(self.decode_stream)
+            for image in images:
+                image.record_stream(current)
+        x = self.transform(images, batch.seeds, batch.size)
+        labels = torch.tensor([s.label for s in read], dtype=torch.long)
+        if self.device.type == "cuda":
+            labels = labels.pin_memory()
+        labels = labels.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=self.memory_format), labels
 
     def _replacement(self, bad: _Sample) -> _Sample:
@@ -226,8 +255,10 @@ class DeviceFolderLoader(PlannedLoader):
 
 
 class _Producer:
-    """Prepares micro-batches in a thread (on a side CUDA stream) while the caller trains on earlier ones;
-    file reads run ``prefetch + 1`` micro-batches ahead in a thread pool. Iterating yields ``(x, y)``."""
+    """Prepares micro-batches ahead of the caller: file reads run ``prefetch + 1`` micro-batches ahead in a
+    thread pool, decoding as far ahead in a thread of its own (nvJPEG blocks its caller until the batch is
+    decoded), and a third thread transforms them on a side CUDA stream while the caller trains on earlier
+    ones. Iterating yields ``(x, y)``."""
 
     _DONE = object()
 
@@ -276,29 +307,37 @@ class _Producer:
         except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
             self._put(err)
 
+    def _decode(self, reads: list) -> list[_Sample] | None:
+        if self.stop.is_set():  # closing: what is still queued returns at once
+            return None
+        return self.loader.decode([f.result() for f in reads])
+
     def _produce(self) -> None:
         loader = self.loader
-        with ThreadPoolExecutor(loader.workers, thread_name_prefix="lowspace-read") as pool:
+        with ThreadPoolExecutor(loader.workers, thread_name_prefix="lowspace-read") as readers, \
+                ThreadPoolExecutor(1, thread_name_prefix="lowspace-decode") as decoder:
             pending: deque = deque()
 
             def submit() -> None:
                 batch = next(self.batches, None)
                 if batch is not None:
-                    pending.append((batch, [pool.submit(read_sample, loader.samples, i) for i in batch.indices]))
+                    reads = [readers.submit(read_sample, loader.samples, i) for i in batch.indices]
+                    pending.append((batch, reads, decoder.submit(self._decode, reads)))
             for _ in range(loader.prefetch + 1):
                 submit()
             while pending and not self.stop.is_set():
-                batch, futures = pending.popleft()
+                batch, _, decoded = pending.popleft()
                 submit()
-                x, y = loader.make_batch(batch, [f.result() for f in futures])
+                x, y = loader.finish(batch, decoded.result())
                 ready = None
                 if self.stream is not None:
                     ready = torch.cuda.Event()
                     ready.record(self.stream)
                 if not self._put((x, y, ready)):
                     break
-            for _, futures in pending:
-                for f in futures:
+            for _, reads, decoded in pending:
+                decoded.cancel()
+                for f in reads:
                     f.cancel()
 
     def close(self) -> None:
