@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 from pathlib import Path
 
@@ -12,8 +13,28 @@ def _json(path: Path) -> dict | None:
 
 
 def deploy_rows(out: Path, tag: str) -> dict:
-    data = _json(out / tag / "deploy" / "results.json") or {"rows": []}
-    return {(r["model"], r["batch"]): r for r in data["rows"] if r.get("status") == "ok"}
+    """(model, batch) -> ms of every deploy round of ``tag``, in round order."""
+    rows: dict = {}
+    for folder in sorted((out / tag).glob("deploy_*"), key=lambda p: int(p.name.split("_")[-1])):
+        data = _json(folder / "results.json") or {"rows": []}
+        for r in data["rows"]:
+            if r.get("status") == "ok":
+                rows.setdefault((r["model"], r["batch"]), []).append(r["ms"])
+    return rows
+
+
+def profiles(out: Path, tag: str) -> dict:
+    """(model, batch) -> (kernels, kernel us) per forward of the last profiled deploy round of ``tag``."""
+    found = {}
+    for folder in sorted((out / tag).glob("deploy_*"), key=lambda p: int(p.name.split("_")[-1])):
+        for r in (_json(folder / "results.json") or {"rows": []})["rows"]:
+            if r.get("profile"):
+                found[(r["model"], r["batch"])] = (r["profile"]["kernels_per_forward"], r["profile"]["device_us"])
+    return found
+
+
+def _ms(values: list[float]) -> str:
+    return " ".join(f"{v:.3f}" for v in values)
 
 
 def train_rows(out: Path, tag: str, part: str) -> dict:
@@ -32,8 +53,15 @@ def table(out: Path) -> str:
              "| what | base | new | new speed / base |", "|---|---:|---:|---:|"]
     base, new = deploy_rows(out, "base"), deploy_rows(out, "new")
     for key in sorted(base.keys() & new.keys()):
-        b, n = base[key]["ms"], new[key]["ms"]
-        lines.append(f"| deploy {key[0]} batch {key[1]}, ms | {b:.3f} | {n:.3f} | {b / n:.3f} |")
+        b, n = statistics.median(base[key]), statistics.median(new[key])
+        rounds = f" (median of {len(base[key])} rounds: base {_ms(base[key])}, new {_ms(new[key])})" \
+            if len(base[key]) > 1 else ""
+        lines.append(f"| deploy {key[0]} batch {key[1]}, ms{rounds} | {b:.3f} | {n:.3f} | {b / n:.3f} |")
+    base, new = profiles(out, "base"), profiles(out, "new")
+    for key in sorted(base.keys() & new.keys()):
+        (bk, bu), (nk, nu) = base[key], new[key]
+        lines.append(f"| deploy {key[0]} batch {key[1]}, kernels / kernel us per forward | {bk:.0f} / {bu:.0f} "
+                     f"| {nk:.0f} / {nu:.0f} | {bu / nu:.3f} |")
     base, new = train_rows(out, "base", "a"), train_rows(out, "new", "a")
     for key in sorted(base.keys() & new.keys()):
         b, n = base[key]["images_per_s"], new[key]["images_per_s"]
