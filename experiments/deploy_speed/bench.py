@@ -319,14 +319,9 @@ def warm_phase(jobs: list[tuple], resolution: int, device: str, parallel: int, c
 
 # ----------------------------------------------------------------------------------------- report
 def fingerprint() -> dict:
-    import lowspace
+    from lowspace.provenance import provenance
     fp = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-          "cudnn": torch.backends.cudnn.version(), "host": platform.node(), "lowspace": lowspace.__version__}
-    try:
-        fp["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                      timeout=20, cwd=Path(__file__).parent).stdout.strip() or None
-    except Exception:  # noqa: BLE001 - not a git checkout
-        pass
+          "cudnn": torch.backends.cudnn.version(), "host": platform.node(), **provenance()}
     try:
         import timm
         fp["timm"] = timm.__version__

@@ -243,7 +243,9 @@ def run_job(job: Job, device: str | None = None, data=None, data_spec: dict | No
         row.update(status="failed", error=f"{type(err).__name__}: {text[0][:500] if text else ''}")
         if cuda:
             torch.cuda.empty_cache()
-    row.update(fingerprint=environment(device), finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    from ..provenance import provenance
+    row.update(fingerprint=environment(device), provenance=provenance(),
+               finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     row = _finite(row)
     (store or _STATE["store"]).append(row)
     return row

@@ -1,0 +1,55 @@
+"""Where a result came from: the lowspace version and commit and a hash of the package's source, recorded
+with every result file so that a number can be traced to the code that produced it."""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+@lru_cache(maxsize=None)
+def package_hash() -> str:
+    """A short hash of every Python file of the installed lowspace package (names and contents)."""
+    digest = hashlib.sha256()
+    for file in sorted(PACKAGE.rglob("*.py")):
+        digest.update(file.relative_to(PACKAGE).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def git_commit() -> str | None:
+    """``LOWSPACE_COMMIT`` when set, else the commit of the checkout the package runs from (``+dirty`` when
+    its tracked files differ from it), else None (an installed wheel)."""
+    if os.environ.get("LOWSPACE_COMMIT"):
+        return os.environ["LOWSPACE_COMMIT"]
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=PACKAGE.parent, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "lowspace")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def _version() -> str:
+    if __version__ != "0+unknown":
+        return __version__
+    try:  # a source tree that was never installed: the version its pyproject.toml declares
+        import tomllib
+        return tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["version"]
+    except (OSError, KeyError, ValueError, ImportError):
+        return __version__
+
+
+def provenance() -> dict[str, Any]:
+    """``{"lowspace": version, "commit": ..., "source": package hash}`` for a result file."""
+    return {"lowspace": _version(), "commit": git_commit(), "source": package_hash()}
