@@ -6,8 +6,9 @@ does not import torch):
     ArchConfig, ConfigError, create_model, load_checkpoint, export_state_dict,
     count_params, count_macs, measure, deploy
 """
-from importlib import import_module, metadata
+from importlib import metadata
 
+from ._lazy import lazy_exports
 from .errors import ConfigError, LowspaceError
 
 try:
@@ -16,23 +17,17 @@ except metadata.PackageNotFoundError:  # a source tree that was never installed
     __version__ = "0+unknown"
 
 _LAZY = {
-    "ArchConfig": "lowspace.arch.config",
-    "create_model": "lowspace.arch.factory",
-    "load_checkpoint": "lowspace.arch.checkpoint",
-    "export_state_dict": "lowspace.arch.checkpoint",
-    "get_preset": "lowspace.arch.presets",
-    "count_params": "lowspace.cost.count",
-    "count_macs": "lowspace.cost.count",
-    "measure": "lowspace.cost.measure",
-    "deploy": "lowspace.runtime",
+    "ArchConfig": "arch.config",
+    "create_model": "arch.factory",
+    "load_checkpoint": "arch.checkpoint",
+    "export_state_dict": "arch.checkpoint",
+    "get_preset": "arch.presets",
+    "count_params": "cost.count",
+    "count_macs": "cost.count",
+    "measure": "cost.measure",
+    "deploy": "runtime",
 }
 
 __all__ = ["ConfigError", "LowspaceError", "__version__", *_LAZY]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'lowspace' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -2,7 +2,7 @@
 
 Names are imported from their modules on first use, so that reading a config does not import torch or timm.
 """
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _LAZY = {
     **dict.fromkeys(("CheckpointError", "LoadReport", "export_state_dict", "load_checkpoint"), "checkpoint"),
@@ -16,14 +16,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -7,7 +7,7 @@
 Names are imported from their modules on first use (``lowspace search --help`` stays quick).
 """
 
-from importlib import import_module
+from .._lazy import lazy_exports
 
 _LAZY = {
     **dict.fromkeys(("counted_trials", "is_duplicate", "outcome_counts"), "_accounting"),
@@ -25,14 +25,4 @@ _LAZY = {
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
