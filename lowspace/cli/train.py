@@ -1,4 +1,4 @@
-"""``lowspace train CONFIG --data DATA`` and ``lowspace eval CONFIG --checkpoint PATH --data DATA``.
+"""``lowspace train CONFIG --data DATA`` (or ``lowspace train --timm NAME --data DATA``) and ``lowspace eval CONFIG --checkpoint PATH --data DATA``.
 
 Both work under torchrun (``torchrun --nproc_per_node N -m lowspace train ...``).
 """
@@ -35,13 +35,17 @@ def _data_args(p, train: bool) -> None:
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("train", help="train an architecture with a paper recipe (one process or torchrun)")
-    p.add_argument("config", help="preset name (b0 ... e3) or YAML config path")
+    p.add_argument("config", nargs="?", default=None, help="preset name (b0 ... e3) or YAML config path")
+    p.add_argument("--timm", default=None, metavar="NAME",
+                   help="train timm's model NAME from scratch instead (in_chans and num_classes from the data), with "
+                        "the same recipe, data, seeds, checkpoints and evaluation as a config")
     _data_args(p, train=True)
     p.add_argument("--loader", choices=("auto", "cpu", "gpu"), default=None,
                    help="class folders: decode and augment on the GPU (gpu) or in DataLoader workers (cpu); auto "
                         "(default) takes gpu on a CUDA device with nvJPEG")
     p.add_argument("--recipe", default=None,
-                   help="recipe name (b0, b1, b15, b2, b3, e1, e2, e3) or YAML file (default: the config's recipe)")
+                   help="recipe name (b0, b1, b15, b2, b3, e1, e2, e3) or YAML file (default: the config's recipe; "
+                        "b1 for --timm)")
     p.add_argument("--epochs", type=int, default=None,
                    help="total epochs, warmup included (warmup is scaled to match unless --warmup-epochs)")
     p.add_argument("--warmup-epochs", type=float, default=None,
@@ -57,7 +61,7 @@ def add_parsers(sub) -> None:
                    help="evaluate on training images held out for validation (holdout, the default), or on the data "
                         "set's test split (test: Fashion-MNIST's 10k, a class-folder root's val/); the test split is "
                         "for the final evaluation of an architecture chosen without it")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<config name>, runs/timm_<NAME>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--save-every", type=int, default=None, help="checkpoint every N optimizer steps (0: epoch ends)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (checkpoint first)")
@@ -153,30 +157,32 @@ def _is_main() -> bool:
 
 
 def run_train(args) -> int:
-    from ..arch import resolve_config
     from ..data import get_dataset
-    from ..train import fit, load_recipe
+    from ..train import TimmModel, fit, load_recipe, model_source
     from ..train.checkpoint import check_resume
     from ..train.distributed import resolve_device
     from ..train.engine import describe_validation, prepare_data
 
+    source = model_source(args.config, args.timm)  # a LowFormer config or a timm model
+    timm = isinstance(source, TimmModel)
     resolve_device(args.device)  # a bad --device stops the command before any data is read
-    cfg = resolve_config(args.config)
-    recipe = _with_overrides(load_recipe(args.recipe or cfg.recipe or "b1"), args)
-    out = Path(args.out) if args.out else Path("runs") / (cfg.name or Path(str(args.config)).stem)
-    if args.resume:  # the checkpoint fits this architecture, before any data is read
-        check_resume(out, cfg)
+    recipe = _with_overrides(load_recipe(args.recipe or (None if timm else source.recipe) or "b1"), args)
+    name = source.label if timm else source.name or args.config
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"timm_{source.name}" if timm else source.name or Path(str(args.config)).stem)
+    if args.resume and not timm:  # the checkpoint fits this architecture, before any data is read
+        check_resume(out, source)
     data = get_dataset(args.data, seed=recipe.seed, skip_bad=args.skip_bad, workers=recipe.workers or 1)
-    data = prepare_data(data, recipe, recipe.eval_resolution or cfg.resolution)
-    if args.resume:  # and this data's classes and channels
-        check_resume(out, cfg, data.num_classes, data.in_chans)
+    data = prepare_data(data, recipe, recipe.eval_resolution or source.resolution)
+    if args.resume and not timm:  # and this data's classes and channels
+        check_resume(out, source, data.num_classes, data.in_chans)
     if _is_main():
-        print(f"training {cfg.name or args.config} on {data.describe()}; recipe {recipe.name}: {recipe.epochs} epochs "
+        print(f"training {name} on {data.describe()}; recipe {recipe.name}: {recipe.epochs} epochs "
               f"({recipe.warmup_epochs:g} warmup), batch {recipe.batch_size} x accumulation {recipe.accumulation}, "
               f"resolutions {list(recipe.resolutions)}; output {out}")
         print(f"validating on {describe_validation(data)}")
         _print_scan_note(data)
-    result = fit(cfg, data, recipe, out, device=args.device, resume=args.resume, max_steps=args.max_steps,
+    result = fit(source, data, recipe, out, device=args.device, resume=args.resume, max_steps=args.max_steps,
                  progress=not args.no_progress)
     if _is_main():
         state = "stopped (--max-steps)" if result.interrupted else "done"

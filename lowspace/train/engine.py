@@ -36,6 +36,7 @@ from .ema import WarmupEMA
 from .evaluate import Evaluator, reestimate_bn
 from .fastpath import channels_last_groupnorm
 from .losses import BatchMixer, TrainLoss
+from .models import TimmModel, build_timm
 from .metrics import MetricsLog, TrainProgress
 from .optim import StepClock, create_optimizer, create_scheduler
 from .recipe import Recipe
@@ -44,6 +45,7 @@ from .step import TrainStep
 OnEpoch = Callable[[int, dict], Optional[bool]]
 DROP_PATH_LEVELS = 7  # quantization of the drop-path schedule under compile / CUDA graphs (8 values)
 MAX_RESTARTS = 5      # auto-restarts per run (the official trainer has no limit)
+TIMM_RECORD = "timm.json"  # a timm run's model name in its run directory (LowFormer runs: config.yaml)
 STORAGE_CROP = 0.875  # materialized class folders keep a margin: stored side = resolution / 0.875
 
 
@@ -187,7 +189,8 @@ def describe_validation(data: data_mod.ImageData) -> str:
 def build_model(model_or_config, data: data_mod.ImageData, recipe: Recipe) -> tuple[nn.Module, object]:
     """The model to train and its ArchConfig (None for a module without one). A config (preset name, YAML,
     dict, ArchConfig) is adapted to the data's channels and classes and built with the recipe's drop path
-    and init, seeded by ``recipe.seed``; a module is trained as given (its classes must match the data;
+    and init, seeded by ``recipe.seed``; a :class:`~.models.TimmModel` likewise (timm's init, the recipe's
+    drop path as timm's ``drop_path_rate`` where the architecture has one); a module is trained as given (its classes must match the data;
     1-channel images are repeated when its stem wants 3)."""
     if isinstance(model_or_config, nn.Module):
         model = model_or_config
@@ -199,6 +202,8 @@ def build_model(model_or_config, data: data_mod.ImageData, recipe: Recipe) -> tu
         if chans != data.in_chans and data.in_chans != 1:
             raise ConfigError("model.in_chans", chans, f"{data.in_chans} (the channels of {data.name})")
         return model, getattr(model, "cfg", None)
+    if isinstance(model_or_config, TimmModel):
+        return build_timm(model_or_config, data.num_classes, data.in_chans, recipe.drop_path, recipe.seed), None
     cfg = resolve_config(model_or_config).replace(num_classes=data.num_classes, in_chans=data.in_chans)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
@@ -214,9 +219,12 @@ def model_in_chans(model: nn.Module, cfg) -> int:
 
 
 def train_sizes(recipe: Recipe, cfg) -> tuple[int, ...]:
-    """Training resolutions: the recipe's, or the architecture's own when it names none."""
+    """Training resolutions: the recipe's, or the architecture's own (a config's or a timm model's) when it
+    names none."""
     if recipe.resolutions:
         return tuple(recipe.resolutions)
+    if isinstance(cfg, TimmModel):
+        return (cfg.resolution,)
     if cfg is None:
         raise ConfigError("recipe.resolutions", None, "a list of resolutions when training a module without a config")
     return (cfg.resolution,)
@@ -360,6 +368,7 @@ class Setup:
     metrics: MetricsLog
     seed: int
     scheduler: object = None
+    timm: str | None = None  # the timm model's name when the run trains one
 
     @property
     def images_per_step(self) -> int:
@@ -377,7 +386,8 @@ def build(model_or_config, data: data_mod.ImageData, recipe: Recipe, runtime: Ru
     dist = runtime.dist
     model, cfg = build_model(model_or_config, data, recipe)
     in_chans = model_in_chans(model, cfg)
-    sizes, ev = train_sizes(recipe, cfg), eval_settings(recipe, model, cfg)
+    sizes = train_sizes(recipe, model_or_config if isinstance(model_or_config, TimmModel) else cfg)
+    ev = eval_settings(recipe, model, cfg)
     model.to(runtime.device).train()
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -415,7 +425,8 @@ def build(model_or_config, data: data_mod.ImageData, recipe: Recipe, runtime: Ru
     return Setup(recipe=recipe, data=data, cfg=cfg, model=model, net=net, runtime=runtime, sizes=sizes, ev=ev,
                  in_chans=in_chans, loaders=loaders, clock=clock, peak_lr=peak_lr, optimizer=optimizer, ema=ema,
                  loss=loss, mixer=mixer, train_step=train_step, eval_model=eval_model, evaluator=evaluator,
-                 drop_path=drop_path, out_dir=out_dir, metrics=metrics, seed=recipe.seed)
+                 drop_path=drop_path, out_dir=out_dir, metrics=metrics, seed=recipe.seed,
+                 timm=model_or_config.name if isinstance(model_or_config, TimmModel) else None)
 
 
 def reseed(s: Setup, restarts: int) -> None:
@@ -497,6 +508,13 @@ def evaluate(s: Setup) -> dict:
 
 
 # ===================================================================================== checkpoints
+def _model_id(s: Setup) -> str | None:
+    """What a checkpoint records as its architecture: the config's arch_id, or ``timm:NAME``."""
+    if s.cfg is not None:
+        return s.cfg.arch_id
+    return TimmModel(s.timm).label if s.timm is not None else None
+
+
 def save_checkpoint(s: Setup, state: TrainState, partial: tuple[float, int], epoch_done: bool) -> None:
     """Weights, EMA, optimizer, every rank's random state and running loss, and ``state``."""
     mine = dict(rng=ckpt.rng_state(), partial=dict(loss_sum=partial[0], loss_count=partial[1]))
@@ -506,7 +524,7 @@ def save_checkpoint(s: Setup, state: TrainState, partial: tuple[float, int], epo
         torch.distributed.all_gather_object(ranks, mine)
     if s.runtime.dist.is_main:
         payload = dict(optimizer=s.optimizer.state_dict(), ranks=ranks, step=state.step,
-                       arch_id=s.cfg.arch_id if s.cfg is not None else None, images_per_step=s.images_per_step,
+                       arch_id=_model_id(s), images_per_step=s.images_per_step,
                        recipe=s.recipe.to_dict(), epoch_done=epoch_done, progress=asdict(state))
         ckpt.save_checkpoint(s.out_dir, state.step, s.model.state_dict(),
                              s.ema.module.state_dict() if s.ema is not None else None, payload,
@@ -518,9 +536,9 @@ def load_checkpoint(s: Setup, path: Path) -> tuple[TrainState, tuple[float, int]
     """Restore weights, EMA, optimizer and this rank's random state from checkpoint ``path``; returns the
     state and this rank's running loss of the unfinished epoch."""
     loaded = ckpt.load_checkpoint_dir(path)
-    saved_arch = loaded.state.get("arch_id")
-    if s.cfg is not None and saved_arch and saved_arch != s.cfg.arch_id:
-        raise ckpt.ResumeError(f"{path}: was trained with architecture {saved_arch}, not {s.cfg.arch_id}")
+    saved_arch, own = loaded.state.get("arch_id"), _model_id(s)
+    if own is not None and saved_arch and saved_arch != own:
+        raise ckpt.ResumeError(f"{path}: was trained with architecture {saved_arch}, not {own}")
     if loaded.state.get("images_per_step", s.images_per_step) != s.images_per_step:
         raise ckpt.ResumeError(f"{path}: global batch was {loaded.state['images_per_step']} images per step, "
                                f"now {s.images_per_step}; resume with the same batch, processes and accumulation")
@@ -608,6 +626,8 @@ def run(model_or_config, data: data_mod.ImageData, recipe: Recipe, dist: DistInf
         out_dir.mkdir(parents=True, exist_ok=True)
         if s.cfg is not None:
             s.cfg.to_yaml(out_dir / "config.yaml")
+        if s.timm is not None:
+            atomic_write_json(out_dir / TIMM_RECORD, dict(timm=s.timm))
         recipe.to_yaml(out_dir / "recipe.yaml")
     s.scheduler = create_scheduler(s.optimizer, s.clock, s.peak_lr, recipe.min_lr, state.step)
     setup_s = time.perf_counter() - t0
@@ -683,6 +703,7 @@ def _finish(s: Setup, outcome: dict, setup_s: float, t0: float) -> FitResult:
     last = next((row for row in reversed(state.history) if row.get("top1") is not None), None)
     step_info = s.train_step.info
     info = dict(params=sum(p.numel() for p in s.model.parameters()), arch_id=s.cfg.arch_id if s.cfg else None,
+                timm=s.timm,
                 recipe=r.name, resolution=s.ev.resolution, crop_pct=s.ev.crop_pct, train_resolutions=list(s.sizes),
                 in_chans=s.in_chans,
                 num_classes=s.data.num_classes, data=s.data.describe(), validation=validation_summary(s.data),

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
-from ..arch import resolve_config
 from . import distributed as dist_utils
 from .engine import FitResult, OnEpoch, TrainingError, prepare_data, run
+from .models import model_source
 from .recipe import load_recipe
 
 
@@ -29,7 +29,8 @@ def fit(model_or_config, data, recipe=None, out_dir: str | Path = "runs/train", 
     """Train with a recipe (see the module docstring). Works in one process or under torchrun.
 
     Args:
-        model_or_config: a preset name, YAML path, ArchConfig or an ``nn.Module``.
+        model_or_config: a preset name, YAML path, ArchConfig, a :class:`~.models.TimmModel` (or
+            ``"timm:NAME"``) built for the data, or an ``nn.Module``.
         data: an :class:`~lowspace.data.ImageData` or a spec for :func:`lowspace.data.get_dataset`.
         recipe: a recipe name (``b1``...), YAML path, dict or :class:`~.recipe.Recipe` (default: ``b1``).
         out_dir: the run directory.
@@ -41,11 +42,12 @@ def fit(model_or_config, data, recipe=None, out_dir: str | Path = "runs/train", 
         **overrides: recipe fields to change (``epochs=10``...).
     """
     recipe = load_recipe(recipe, **overrides)
-    cfg = None if isinstance(model_or_config, nn.Module) else resolve_config(model_or_config)
-    data = prepare_data(data, recipe, recipe.eval_resolution or (cfg.resolution if cfg is not None else None))
+    module = isinstance(model_or_config, nn.Module)
+    source = model_or_config if module else model_source(model_or_config)
+    data = prepare_data(data, recipe, recipe.eval_resolution or (None if module else source.resolution))
     info = dist_utils.setup(device)
     try:
-        result = run(cfg or model_or_config, data, recipe, info, Path(out_dir), resume=resume, max_steps=max_steps,
+        result = run(source, data, recipe, info, Path(out_dir), resume=resume, max_steps=max_steps,
                      progress=progress, on_epoch=on_epoch)
     finally:
         dist_utils.teardown(info)
