@@ -90,3 +90,12 @@ def test_model_source_decides_config_or_timm():
 
 def test_a_recipe_without_resolutions_trains_at_the_timm_models_own_size():
     assert train_sizes(proxy_recipe(dict(resolutions=None)), TimmModel(TINY_TIMM)) == (160,)  # test_resnet's input size
+
+
+def test_img_size_reaches_architectures_that_depend_on_it():
+    model = TimmModel.named("levit_conv_128s").build(10, 1, img_size=64).eval()  # attention biases sized for 64 px
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 64, 64)).shape == (2, 10)
+    plain = TimmModel.named("efficientvit_b0").build(10, 1, drop_path=0.1, img_size=64).eval()  # takes neither
+    with torch.no_grad():
+        assert plain(torch.zeros(1, 1, 32, 32)).shape == (1, 10)

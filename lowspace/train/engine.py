@@ -203,7 +203,8 @@ def build_model(model_or_config, data: data_mod.ImageData, recipe: Recipe) -> tu
             raise ConfigError("model.in_chans", chans, f"{data.in_chans} (the channels of {data.name})")
         return model, getattr(model, "cfg", None)
     if isinstance(model_or_config, TimmModel):
-        return build_timm(model_or_config, data.num_classes, data.in_chans, recipe.drop_path, recipe.seed), None
+        side = recipe.eval_resolution or max(train_sizes(recipe, model_or_config))
+        return build_timm(model_or_config, data.num_classes, data.in_chans, recipe.drop_path, recipe.seed, side), None
     cfg = resolve_config(model_or_config).replace(num_classes=data.num_classes, in_chans=data.in_chans)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)

@@ -50,21 +50,33 @@ class TimmModel:
         import timm
         return int(timm.get_pretrained_cfg(self.name).input_size[-1])
 
-    def build(self, num_classes: int, in_chans: int, drop_path: float = 0.0) -> nn.Module:
+    def build(self, num_classes: int, in_chans: int, drop_path: float = 0.0, img_size: int | None = None) -> nn.Module:
         """The model with random weights (the global torch seed decides them) for ``in_chans`` channels and
-        ``num_classes`` classes, evaluated by lowspace's rule (crop 0.95, bicubic) unless the recipe sets one."""
-        import timm
-
+        ``num_classes`` classes, evaluated by lowspace's rule (crop 0.95, bicubic) unless the recipe sets one.
+        ``drop_path`` and ``img_size`` (the side it is trained and evaluated at: LeViT's attention biases
+        depend on it) are passed where the architecture takes them."""
         from ..arch.model import EVAL_CROP_PCT, EVAL_INTERPOLATION
-        kwargs = dict(pretrained=False, in_chans=in_chans, num_classes=num_classes)
-        try:
-            model = timm.create_model(self.name, drop_path_rate=drop_path, **kwargs) if drop_path else \
-                timm.create_model(self.name, **kwargs)
-        except TypeError:  # an architecture without stochastic depth: train it without
-            model = timm.create_model(self.name, **kwargs)
+        optional = {"drop_path_rate": drop_path or None, "img_size": img_size}
+        model = _create(self.name, dict(pretrained=False, in_chans=in_chans, num_classes=num_classes),
+                        {k: v for k, v in optional.items() if v is not None})
         model.pretrained_cfg = dict(getattr(model, "pretrained_cfg", None) or {}, crop_pct=EVAL_CROP_PCT,
                                     interpolation=EVAL_INTERPOLATION)
         return model
+
+
+def _create(name: str, required: dict, optional: dict) -> nn.Module:
+    """``timm.create_model(name, **required, **optional)``, leaving out each optional argument the
+    architecture does not take (timm raises TypeError naming it)."""
+    import timm
+    optional = dict(optional)
+    while True:
+        try:
+            return timm.create_model(name, **required, **optional)
+        except TypeError as err:
+            unknown = next((k for k in optional if f"'{k}'" in str(err)), None)
+            if unknown is None:
+                raise
+            del optional[unknown]
 
 
 def _suggest(text: str) -> str:
@@ -99,8 +111,9 @@ def model_source(config=None, timm: str | None = None):
     return TimmModel.named(timm) if timm is not None else resolve_config(config)
 
 
-def build_timm(source: TimmModel, num_classes: int, in_chans: int, drop_path: float, seed: int) -> nn.Module:
+def build_timm(source: TimmModel, num_classes: int, in_chans: int, drop_path: float, seed: int,
+               img_size: int | None = None) -> nn.Module:
     """``source`` built for the data, its weights drawn from ``seed`` (the recipe's, as a config's are)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return source.build(num_classes, in_chans, drop_path)
+        return source.build(num_classes, in_chans, drop_path, img_size)
