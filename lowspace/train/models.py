@@ -45,6 +45,11 @@ class TimmModel:
         return TIMM_PREFIX + self.name
 
     @property
+    def arch_id(self) -> str:
+        """The key reports and caches use for it (a LowFormer config's is a hash): ``timm:NAME``."""
+        return self.label
+
+    @property
     def resolution(self) -> int:
         """The model's own input side (timm's default ``input_size``), used where a recipe names none."""
         import timm

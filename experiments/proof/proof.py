@@ -1,0 +1,439 @@
+"""The phases of the proof (README.md), each resumable and using only lowspace's API and CLI.
+
+    python experiments/proof/proof.py PHASE --results DIR [--smoke] [--deadline UNIX_S] [--shard K/N] [--data D]
+
+PHASE: speed (a), train (b), search (c), front (d), report (e). ``rules.yaml`` fixes every choice; ``--smoke``
+applies its ``smoke:`` section. A phase skips what its results already hold and starts nothing new after
+``--deadline``; ``--shard K/N`` makes this process take every N-th run of train and front (several GPUs).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+LOWSPACE = [sys.executable, "-m", "lowspace"]
+
+
+# ======================================================================== rules, records, time
+def load_rules(smoke: bool) -> dict:
+    rules = yaml.safe_load((HERE / "rules.yaml").read_text())
+    overrides = rules.pop("smoke")
+    return {**rules, **overrides} if smoke else rules
+
+
+def record(device: str | None) -> dict:
+    """What every result file carries: lowspace's provenance and the environment fingerprint of ``device``
+    (None or auto: CUDA where present)."""
+    import torch
+
+    from lowspace.cost.fingerprint import fingerprint
+    from lowspace.provenance import provenance
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return dict(provenance=provenance(), fingerprint=fingerprint(device))
+
+
+def write_json(path: Path, data) -> None:
+    from lowspace.io import atomic_write_json
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, data)
+
+
+class Clock:
+    """Whether new work may start (before the deadline) and which runs are this process's (its shard)."""
+
+    def __init__(self, deadline: float | None, shard: str):
+        self.deadline = deadline
+        k, n = (int(v) for v in shard.split("/"))
+        self.k, self.n = k, n
+
+    def open(self) -> bool:
+        return self.deadline is None or time.time() < self.deadline
+
+    def left_s(self) -> float | None:
+        return None if self.deadline is None else max(1.0, self.deadline - time.time())
+
+    def mine(self, index: int) -> bool:
+        return index % self.n == self.k
+
+
+def say(text: str) -> None:
+    print(f"[proof] {text}", flush=True)
+
+
+# ======================================================================== a: speed
+def bench_args(model: str, speed: dict, group: str, timm_model: bool) -> list[str]:
+    """``lowspace bench`` arguments of one model under one protocol group (``graph``: the backends of
+    rules.yaml; ``deploy``: lowspace.deploy in the first backend)."""
+    args = ["bench", model, "-b", *map(str, speed["batch_sizes"]), "--img-size", str(speed["resolution"]),
+            "--precision", speed["precision"], "--device", speed["device"], "--no-cache", "--no-fvcore",
+            "--no-progress"]
+    args += ["--target-spread", str(speed["target_spread"])] if speed.get("target_spread") else []
+    args += ["--channels-last"] if speed["channels_last"] else []
+    args += ["--backend", speed["backends"][0], "--deploy"] if group == "deploy" else ["--backend", *speed["backends"]]
+    args += ["--reparam"] if timm_model and speed.get("reparam_peers") else []
+    args += ["--max-time", str(speed["max_time_s"])] if speed.get("max_time_s") else []
+    return args
+
+
+def bench_model(name: str, model: str, group: str, timm_model: bool, rules: dict, out: Path, clock: Clock) -> None:
+    path = out / "speed" / "rows" / f"{name}__{group}.json"
+    if path.is_file() or not clock.open():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    say(f"speed: {name} ({group})")
+    from lowspace.cli import main as lowspace_cli  # `lowspace bench` in this process: no start-up per model
+    rc = lowspace_cli([*bench_args(model, rules["speed"], group, timm_model), "--results-file", str(path)])
+    if rc not in (0, 1):  # 1: some row failed (recorded in the file with its error); 2: bad arguments
+        raise SystemExit(f"lowspace bench {model}: exit status {rc}")
+
+
+def speed_models(rules: dict) -> list[tuple[str, str, str, bool]]:
+    """(name, model argument, group, is timm) of phase a."""
+    out = []
+    for preset in rules["presets"]:
+        out.append((preset, preset, "graph", False))
+        if rules["speed"].get("deploy"):
+            out.append((preset, preset, "deploy", False))
+    out += [(p["name"], f"timm:{p['name']}", "graph", True) for p in rules["peers"]]
+    return out
+
+
+# timm's benchmark.py column names where they exist, then lowspace's
+TIMM_COLUMNS = {"model": "model", "images_per_s": "infer_samples_per_sec", "median_ms": "infer_step_time",
+                "batch_size": "infer_batch_size", "resolution": "infer_img_size", "params": "param_count"}
+EXTRA_COLUMNS = ("implementation", "backend", "deploy", "reparam", "precision", "channels_last", "p10_ms", "p90_ms",
+                 "spread", "build_s", "status", "device_name", "fingerprint_key")
+
+
+def speed_table(out: Path, device: str) -> list[dict]:
+    """Every bench row of ``out/speed/rows`` as one CSV (timm's column names) and one JSON with the records."""
+    import csv
+    from lowspace.cost.bench import read_results
+    rows = []
+    for path in sorted((out / "speed" / "rows").glob("*.json")):
+        name, group = path.stem.split("__")
+        for r in read_results(path):
+            row = {new: r.get(old) for old, new in TIMM_COLUMNS.items()}
+            row["param_count"] = round(r["params"] / 1e6, 3) if r.get("params") else None
+            row.update({k: r.get(k) for k in EXTRA_COLUMNS}, name=name, group=group)
+            rows.append(row)
+    prov = record(device)
+    for row in rows:
+        row.update(lowspace=prov["provenance"]["lowspace"], commit=prov["provenance"]["commit"],
+                   source=prov["provenance"]["source"])
+    if rows:
+        with open(out / "speed" / "speed.csv", "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    write_json(out / "speed" / "speed.json", dict(record=prov, rows=rows))
+    return rows
+
+
+def phase_speed(rules: dict, out: Path, clock: Clock) -> None:
+    for name, model, group, is_timm in speed_models(rules):
+        bench_model(name, model, group, is_timm, rules, out, clock)
+    speed_table(out, rules["speed"]["device"])
+
+
+# ======================================================================== b, d: final runs
+def final_runs(entries: list, rules: dict, out: Path, clock: Clock, device: str | None, data: str) -> None:
+    """Each entry trained with every seed of rules.yaml and tested once (lowspace.report.evaluate_final, one
+    seed at a time so a deadline or a shard applies per run; finished runs are read back)."""
+    from lowspace.data import get_dataset
+    from lowspace.report.evaluate import evaluate_final
+    from lowspace.train import proxy_recipe
+    recipe = proxy_recipe(rules["schedule"])
+    dataset = None
+    index = -1
+    for entry in entries:
+        for seed in rules["seeds"]:
+            index += 1
+            if not clock.mine(index) or not clock.open():
+                continue
+            dataset = dataset or get_dataset(data, seed=recipe.seed)
+            evaluate_final([entry], dataset, recipe, repeats=1, seed=seed, device=device, out_dir=out,
+                           progress=lambda line: say(f"train: {line}"))
+
+
+def collect(entries: list, out: Path) -> list:
+    """The finished runs of ``entries`` under ``out/runs`` as FinalResults (unfinished seeds left out)."""
+    from lowspace.report.evaluate import FinalResult
+    results = []
+    for entry in entries:  # names are preset keys, timm names and <study>-t<trial>: evaluate_final keeps them
+        result = FinalResult(entry)
+        for path in sorted((out / "runs" / entry.name).glob("seed*/result.json")):
+            stored = json.loads(path.read_text())
+            validation = stored["info"].get("validation") or {}
+            result.runs.append(dict(seed=int(path.parent.name.removeprefix("seed")), top1=stored["top1"],
+                                    top5=stored["top5"], images=validation.get("images"),
+                                    resolution=stored["info"].get("resolution"), train_s=stored["train_s"]))
+        if result.runs:
+            results.append(result)
+    return results
+
+
+def write_finals(results: list, out: Path, title: str, rules: dict, device: str, png: bool) -> None:
+    from lowspace.report.evaluate import final_frame, write_final_report
+    if not results:
+        return
+    write_final_report(results, out, title, rules["significance"], png=png)
+    frame = final_frame(results, rules["significance"])
+    write_json(out / "final.json", dict(record=record(device), schedule=rules["schedule"], seeds=rules["seeds"],
+                                        rows=json.loads(frame.to_json(orient="records"))))
+
+
+def reference_entries(rules: dict) -> list:
+    from lowspace.arch import resolve_config
+    from lowspace.report.evaluate import Entry
+    from lowspace.train import TimmModel
+    presets = [Entry(p, resolve_config(p), "preset") for p in rules["presets"]]
+    return presets + [Entry(p["name"], TimmModel.named(p["name"]), "peer") for p in rules["peers"]]
+
+
+def speed_rows(out: Path) -> list[dict]:
+    path = out / "speed" / "speed.json"
+    return json.loads(path.read_text())["rows"] if path.is_file() else []
+
+
+def with_latency(entries: list, rules: dict, out: Path) -> list:
+    """``entries`` with the latency dominance claims use (:func:`claim_latency`; nan where not measured)."""
+    from dataclasses import replace
+    rows, batch = speed_rows(out), rules["speed"]["claims"]["batch_size"]
+    found = {e.name: claim_latency(rows, e.name, batch) for e in entries}
+    return [replace(e, latency_ms=found[e.name][0], latency_spread=found[e.name][1]) if found[e.name]
+            else replace(e, latency_ms=math.nan, latency_spread=None) for e in entries]
+
+
+def phase_train(rules: dict, out: Path, clock: Clock, device: str | None, data: str, png: bool) -> None:
+    entries = reference_entries(rules)
+    final_runs(entries, rules, out / "train", clock, device, data)
+    write_finals(collect(with_latency(entries, rules, out), out / "train"), out / "train", "Presets and peers on the full proxy schedule",
+                 rules, device, png)
+
+
+# ======================================================================== c: searches
+def studies(rules: dict, out: Path) -> list[tuple[str, int, str, str]]:
+    """(method, seed, storage, study name) of every study of the proof, the pareto ones first."""
+    return [(m, s, f"sqlite:///{(out / 'studies' / f'{m}-s{s}.db').resolve()}", f"{m}-s{s}")
+            for m in rules["search"]["methods"] for s in rules["search"]["seeds"]]
+
+
+def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[str], png: bool) -> None:
+    search = rules["search"]
+    (out / "studies").mkdir(parents=True, exist_ok=True)
+    for method, seed, storage, name in studies(rules, out):
+        if not clock.open():
+            return
+        args = ["search", "--config", search["methods"][method], "--seed", str(seed), "--study-name", name,
+                "--storage", storage, "--budget-gpu-s", str(search["budget_gpu_s"]),
+                "--workers", str(search["workers"]), "--data", data, "--out", str(out / "studies" / name)]
+        args += ["--n-trials", str(search["n_trials"])] if search.get("n_trials") else []
+        args += ["--timeout", f"{clock.left_s():.0f}"] if clock.deadline is not None else []
+        args += [] if png else ["--no-png"]
+        say(f"search: {name}")
+        subprocess.run([*LOWSPACE, *args, *extra], cwd=ROOT, check=True)
+        write_json(out / "studies" / f"{name}.record.json", dict(
+            record=record(rules["speed"]["device"]), method=method, seed=seed, config=search["methods"][method],
+            budget_gpu_s=search["budget_gpu_s"], command=args + extra))
+
+
+def load(storage: str, name: str):
+    from lowspace.search.storage import load_study
+    return load_study(storage, name)
+
+
+# ======================================================================== d: front members
+def spaced(items: list, k: int) -> list:
+    """At most ``k`` of ``items`` (sorted), evenly spaced, the first and last always among them."""
+    if len(items) <= k:
+        return list(items)
+    if k == 1:
+        return [items[0]]
+    picks = sorted({round(i * (len(items) - 1) / (k - 1)) for i in range(k)})
+    return [items[i] for i in picks]
+
+
+def front_entries(rules: dict, out: Path) -> list:
+    """The rule of rules.yaml (front.rule): each study's front without presets, at most max_per_study spaced
+    in latency, each architecture once."""
+    from lowspace.report.evaluate import Entry, study_entries
+    chosen, seen = [], set()
+    for method, seed, storage, name in studies(rules, out):
+        if not Path(storage.removeprefix("sqlite:///")).is_file():
+            continue
+        members = [e for e in study_entries(load(storage, name), presets=False) if e.kind == "front"]
+        members = sorted(members, key=lambda e: (e.latency_ms is None, e.latency_ms or 0.0, e.trial))
+        for e in spaced(members, rules["front"]["max_per_study"]):
+            if e.config.arch_id in seen:
+                continue
+            seen.add(e.config.arch_id)
+            chosen.append(Entry(f"{name}-t{e.trial}", e.config, "front", e.trial, e.latency_ms, e.latency_spread))
+    return chosen
+
+
+def phase_front(rules: dict, out: Path, clock: Clock, device: str | None, data: str, png: bool) -> None:
+    entries = front_entries(rules, out)
+    configs = out / "front" / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    write_json(out / "front" / "chosen.json", dict(record=record(device), rule=rules["front"],
+                                                   members=[dict(name=e.name, arch_id=e.config.arch_id,
+                                                                 trial=e.trial, latency_ms=e.latency_ms)
+                                                            for e in entries]))
+    for e in entries:
+        path = configs / f"{e.name}.yaml"
+        if not path.is_file():
+            e.config.to_yaml(path)
+        bench_model(e.name, str(path), "deploy", False, rules, out, clock)
+    speed_table(out, rules["speed"]["device"])
+    final_runs(entries, rules, out / "front", clock, device, data)
+    write_finals(collect(with_latency(entries, rules, out), out / "front"), out / "front", "Front members on the full proxy schedule", rules,
+                 device, png)
+
+
+# ======================================================================== e: report
+def claim_latency(rows: list[dict], name: str, batch: int) -> tuple[float, float] | None:
+    """(ms, spread) a dominance claim uses: the deploy row of a LowFormer architecture, else the fastest row,
+    at the claims batch."""
+    mine = [r for r in rows if r["name"] == name and r["infer_batch_size"] == batch and r["status"] == "ok"]
+    deploy = [r for r in mine if r["group"] == "deploy"]
+    pick = min(deploy or mine, key=lambda r: r["infer_step_time"], default=None)
+    return (pick["infer_step_time"], pick["spread"]) if pick else None
+
+
+def dominance(rules: dict, out: Path) -> list[dict]:
+    """Each retrained front member against each preset and trained peer at rules.yaml's level."""
+    from lowspace.report.significance import compare
+    found = collect(with_latency(front_entries(rules, out), rules, out), out / "front")
+    references = collect(with_latency(reference_entries(rules), rules, out), out / "train")
+    table = []
+    for a in found:
+        for b in references:
+            la, lb = (a.entry.latency_ms, a.entry.latency_spread), (b.entry.latency_ms, b.entry.latency_spread)
+            if math.isnan(la[0]) or math.isnan(lb[0]):
+                continue
+            c = compare(a.accuracy, la[0], la[1], b.accuracy, lb[0], lb[1], rules["significance"])
+            table.append(dict(searched=a.entry.name, against=b.entry.name, kind=b.entry.kind, verdict=c.verdict,
+                              accuracy_difference=c.accuracy.difference, p_value=c.accuracy.p_value,
+                              test=c.accuracy.test, latency=c.latency, searched_ms=la[0], against_ms=lb[0],
+                              sentence=c.sentence(a.entry.name, b.entry.name)))
+    return table
+
+
+def search_statistics(rules: dict, out: Path) -> tuple[list[dict], list[dict], str]:
+    """Hypervolume per method (mean and interval over search seeds, one reference point), distinct
+    architectures, and cost per counted trial by stage (duplicates counted apart)."""
+    from lowspace.report.fronts import group_statistics, resolve_reference
+    from lowspace.report.tables import trials_frame
+    found = [(m, s, load(st, n), n) for m, s, st, n in studies(rules, out)
+             if Path(st.removeprefix("sqlite:///")).is_file()]
+    if not found:
+        return [], [], "no study"
+    frames = {n: trials_frame(study) for _, _, study, n in found}
+    reference = resolve_reference({n: study for _, _, study, n in found}, frames, ["accuracy", "latency"])
+    hv, cost = [], []
+    for method in rules["search"]["methods"]:
+        mine = {n: frames[n] for m, _, _, n in found if m == method}
+        if not mine:
+            continue
+        stats = group_statistics(mine, ["accuracy", "latency"], reference, rules["significance"])
+        mean, low, high = stats.summary("hypervolume")
+        counted = [f[f["counted"]] for f in mine.values()]
+        hv.append(dict(method=method, seeds=len(mine), hypervolume=mean, ci_low=low, ci_high=high,
+                       per_seed={n: s["hypervolume"] for n, s in stats.per_study.items()},
+                       counted_trials=int(sum(len(c) for c in counted)),
+                       distinct_architectures=int(sum(c["arch_id"].nunique() for c in counted)),
+                       duplicates=int(sum(f["duplicate"].sum() for f in mine.values()))))
+        for n, f in mine.items():
+            c = f[f["counted"]]
+            stages = {k.removeprefix("time_"): float(c[k].mean()) for k in c if k.startswith("time_") and len(c)}
+            total_h = float(c.get("time_total_s", c.get("duration_s")).sum()) / 3600 if len(c) else math.nan
+            cost.append(dict(study=n, method=method, counted=len(c), cache_hits=int(f["duplicate"].sum()),
+                             mean_s_per_trial_by_stage=stages,
+                             unique_per_hour=len(c) / total_h if total_h and total_h == total_h else None))
+    return hv, cost, reference.describe()
+
+
+def pareto_reports(rules: dict, out: Path, png: bool) -> None:
+    """``lowspace pareto`` of the pareto studies against each baseline method (their seeds as groups)."""
+    found = [(m, st, n) for m, _, st, n in studies(rules, out) if Path(st.removeprefix("sqlite:///")).is_file()]
+    main = [(st, n) for m, st, n in found if m == "pareto"]
+    for method in [m for m in rules["search"]["methods"] if m != "pareto"]:
+        base = [(st, n) for m, st, n in found if m == method]
+        if not main or not base:
+            continue
+        args = ["pareto", *[st for st, _ in main]] + [a for _, n in main for a in ("--study-name", n)]
+        args += ["--baseline", *[st for st, _ in base]] + [a for _, n in base for a in ("--baseline-study-name", n)]
+        args += ["--out", str(out / "report" / f"pareto_vs_{method}"), "--significance", str(rules["significance"])]
+        args += [] if png else ["--no-png"]
+        subprocess.run([*LOWSPACE, *args], cwd=ROOT, check=True)
+
+
+def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
+    report = out / "report"
+    report.mkdir(parents=True, exist_ok=True)
+    pareto_reports(rules, out, png)
+    hv, cost, reference = search_statistics(rules, out)
+    table = dominance(rules, out)
+    write_json(report / "report.json", dict(record=record(device), rules=rules, reference=reference, hypervolume=hv,
+                                            cost=cost, dominance=table))
+    level = f"{rules['significance'] * 100:g} %"
+    lines = ["# The proof: what the numbers say", "", f"Hypervolume reference: {reference}.", "",
+             "| method | seeds | hypervolume (mean, CI over seeds) | counted trials | distinct architectures |"
+             " duplicates |", "|---|---|---|---|---|---|"]
+    lines += [f"| {h['method']} | {h['seeds']} | {h['hypervolume']:.4f} ({h['ci_low']:.4f} to {h['ci_high']:.4f}) | "
+              f"{h['counted_trials']} | {h['distinct_architectures']} | {h['duplicates']} |" for h in hv]
+    lines += ["", f"## Searched architectures against every preset and trained peer ({level})", ""]
+    lines += [f"- {t['sentence']}" for t in table] or ["- nothing to compare yet"]
+    winners = sorted({t["searched"] for t in table} - {t["searched"] for t in table if t["verdict"] != "dominates"})
+    lines += ["", "Dominates every preset and peer: " + (", ".join(winners) if winners else "none"), "",
+              "## Cost per counted trial (seconds, by stage)", ""]
+    lines += [f"- {c['study']}: {c['counted']} counted, {c['cache_hits']} cache hits; "
+              + ", ".join(f"{k} {v:.1f}" for k, v in c["mean_s_per_trial_by_stage"].items()) for c in cost]
+    (report / "summary.md").write_text("\n".join(lines) + "\n")
+    say(f"report: {report / 'summary.md'}")
+
+
+# ======================================================================== entry point
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("phase", choices=("speed", "train", "search", "front", "report"))
+    p.add_argument("--results", required=True, type=Path)
+    p.add_argument("--smoke", action="store_true", help="rules.yaml's smoke section (a toy run on the CPU)")
+    p.add_argument("--deadline", type=float, default=None, help="start no new work after this UNIX time")
+    p.add_argument("--shard", default="0/1", help="K/N: this process takes every N-th run of train and front")
+    p.add_argument("--data", default=None, help="data set (default: rules.yaml's)")
+    p.add_argument("--device", default=None, help="training device (default: CUDA if available)")
+    p.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra `lowspace search --set` (smoke: a toy space and data)")
+    args = p.parse_args(argv)
+    rules = load_rules(args.smoke)
+    clock = Clock(args.deadline, args.shard)
+    data = args.data or rules["data"]
+    out, png = args.results, not args.smoke
+    device = args.device or ("cpu" if args.smoke else None)
+    if args.phase == "speed":
+        phase_speed(rules, out, clock)
+    elif args.phase == "train":
+        phase_train(rules, out, clock, device, data, png)
+    elif args.phase == "search":
+        phase_search(rules, out, clock, data, [a for kv in args.search_set for a in ("--set", kv)], png)
+    elif args.phase == "front":
+        phase_front(rules, out, clock, device, data, png)
+    else:
+        phase_report(rules, out, device, png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
