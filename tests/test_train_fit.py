@@ -179,3 +179,9 @@ def test_fit_with_cuda_graph_step(data, tmp_path, drop_path):
         skipped = [c for c in checks if c == "skipped (stochastic layers)"]
         assert skipped and all(isinstance(c, (list, tuple)) for c in checks if c not in skipped), checks
     assert result.best_top1 > 40
+
+
+def test_a_batch_larger_than_the_training_set_shrinks_to_fit(data, tmp_path, capsys):
+    result = run(data, tmp_path / "big", small_recipe(epochs=1, batch_size=256))
+    assert "training with batch_size 64" in capsys.readouterr().out  # 96 - 4 x 8 held out
+    assert result.info["train_images"] == 64

@@ -89,9 +89,9 @@ def resolve_reference(studies: Mapping[str, object], frames: Mapping[str, pd.Dat
             continue
         fixed = False
         costs[key] = _fallback(frames.values(), key)
-        why = ("were created before studies recorded one" if any(rec is None for rec in recorded.values())
-               else "have no limit or declared value for it")
-        notes.append(f"hypervolume {key} reference not fixed before the search ({', '.join(missing)} {why}): "
+        why = ("created before studies recorded one" if any(rec is None for rec in recorded.values())
+               else "no limit or declared value for it")
+        notes.append(f"hypervolume {key} reference not fixed before the search ({', '.join(missing)}: {why}): "
                      f"{FALLBACK_FACTOR:g} x the largest complete trial = {costs[key]:.4g}, so these hypervolumes "
                      f"compare only within this report (set report.reference_{key} or a limit before the search)")
     accs = [v for f in frames.values() if not f.empty for v in candidates(f)["accuracy"].tolist()]
