@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,6 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-LOWSPACE = [sys.executable, "-m", "lowspace"]
 
 
 # ======================================================================== rules, records, time
@@ -229,9 +227,23 @@ def studies(rules: dict, out: Path) -> list[tuple[str, int, str, str]]:
             for m in rules["search"]["methods"] for s in rules["search"]["seeds"]]
 
 
+def reference_latency(rules: dict, out: Path) -> float:
+    """The hypervolume reference latency, by the rule of rules.yaml (search.reference), from phase a's rows:
+    ``factor`` x the slowest preset's deploy latency at ``batch_size``. Every study records it when created."""
+    rule = rules["search"]["reference"]
+    rows = [r for r in speed_rows(out) if r["name"] in rules["presets"] and r["group"] == "deploy"
+            and r["infer_batch_size"] == rule["batch_size"] and r["status"] == "ok"]
+    if not rows:
+        raise SystemExit(f"phase search: the hypervolume reference needs phase speed's deploy rows of the presets at "
+                         f"batch {rule['batch_size']} in {out / 'speed'}; run phase speed first")
+    return rule["factor"] * max(r["infer_step_time"] for r in rows)
+
+
 def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[str], png: bool) -> None:
+    from lowspace.cli import main as lowspace_cli
     search = rules["search"]
     (out / "studies").mkdir(parents=True, exist_ok=True)
+    reference = reference_latency(rules, out)
     for method, seed, storage, name in studies(rules, out):
         if not clock.open():
             return
@@ -241,11 +253,13 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
         args += ["--n-trials", str(search["n_trials"])] if search.get("n_trials") else []
         args += ["--timeout", f"{clock.left_s():.0f}"] if clock.deadline is not None else []
         args += [] if png else ["--no-png"]
+        args += ["--set", f"report.reference_latency_ms={reference:.6g}", *extra]
         say(f"search: {name}")
-        subprocess.run([*LOWSPACE, *args, *extra], cwd=ROOT, check=True)
+        if lowspace_cli(args) != 0:
+            raise SystemExit(f"lowspace search {name} failed (see above)")
         write_json(out / "studies" / f"{name}.record.json", dict(
             record=record(rules["speed"]["device"]), method=method, seed=seed, config=search["methods"][method],
-            budget_gpu_s=search["budget_gpu_s"], command=args + extra))
+            budget_gpu_s=search["budget_gpu_s"], reference_latency_ms=reference, command=args))
 
 
 def load(storage: str, name: str):
@@ -376,7 +390,9 @@ def pareto_reports(rules: dict, out: Path, png: bool) -> None:
         args += ["--baseline", *[st for st, _ in base]] + [a for _, n in base for a in ("--baseline-study-name", n)]
         args += ["--out", str(out / "report" / f"pareto_vs_{method}"), "--significance", str(rules["significance"])]
         args += [] if png else ["--no-png"]
-        subprocess.run([*LOWSPACE, *args], cwd=ROOT, check=True)
+        from lowspace.cli import main as lowspace_cli
+        if lowspace_cli(args) != 0:
+            raise SystemExit(f"lowspace pareto (pareto vs {method}) failed (see above)")
 
 
 def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
@@ -398,8 +414,10 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
     winners = sorted({t["searched"] for t in table} - {t["searched"] for t in table if t["verdict"] != "dominates"})
     lines += ["", "Dominates every preset and peer: " + (", ".join(winners) if winners else "none"), "",
               "## Cost per counted trial (seconds, by stage)", ""]
-    lines += [f"- {c['study']}: {c['counted']} counted, {c['cache_hits']} cache hits; "
-              + ", ".join(f"{k} {v:.1f}" for k, v in c["mean_s_per_trial_by_stage"].items()) for c in cost]
+    lines += [f"- {c['study']}: {c['counted']} counted, {c['cache_hits']} cache hits (duplicates, not counted); "
+              + ", ".join(f"{k} {v:.1f}" for k, v in c["mean_s_per_trial_by_stage"].items())
+              + (f"; {c['unique_per_hour']:.0f} unique evaluations per hour" if c["unique_per_hour"] else "")
+              for c in cost]
     (report / "summary.md").write_text("\n".join(lines) + "\n")
     say(f"report: {report / 'summary.md'}")
 

@@ -22,7 +22,7 @@ if [[ "${SMOKE:-0}" == 1 ]]; then
          --search-set "protocol.options={max_time_s: 0.2, target_spread: 0.5}"
          --search-set "proxy={epochs: 1, warmup_epochs: 0.5, resolutions: [16], batch_size: 64, base_lr: 0.002, val_per_class: 8, bn_reestimate_images: 32}"
          --search-set "promotion.rungs=[{train_per_class: 20}, {}]" --search-set promotion.eta=2
-         --search-set heartbeat.heartbeat_interval=5)
+         --search-set heartbeat.heartbeat_interval=5 --search-set presets=false)
 else
   RESULTS=${RESULTS:-experiments/proof/results}
 fi

@@ -1,0 +1,46 @@
+"""experiments/proof end to end at toy scale: ``SMOKE=1 bash experiments/proof/run.sh`` on the CPU runs every phase
+(speed table, presets and peers trained, three searches with two seeds, front members retrained, the report) and
+each phase writes its files with lowspace's provenance; a second run finds everything done."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_every_phase(tmp_path):
+    env = dict(os.environ, SMOKE="1", RESULTS=str(tmp_path / "proof"), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    done = subprocess.run(["bash", "experiments/proof/run.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "proof"
+    speed = json.loads((out / "speed" / "speed.json").read_text())
+    assert {r["name"] for r in speed["rows"]} >= {"b0", "test_resnet", "test_efficientnet"}
+    assert speed["record"]["provenance"]["source"] and speed["record"]["fingerprint"]
+    assert "infer_samples_per_sec" in (out / "speed" / "speed.csv").read_text().splitlines()[0]
+    trained = json.loads((out / "train" / "final.json").read_text())
+    assert {r["name"]: r["seeds"] for r in trained["rows"]} == {"b0": 2, "test_resnet": 2, "test_efficientnet": 2}
+    for method in ("pareto", "random", "nsga2"):
+        for seed in (0, 1):
+            assert (out / "studies" / f"{method}-s{seed}.db").is_file()
+            assert json.loads((out / "studies" / f"{method}-s{seed}.record.json").read_text())["reference_latency_ms"] > 0
+    chosen = json.loads((out / "front" / "chosen.json").read_text())["members"]
+    assert chosen and (out / "front" / "final.json").is_file()
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert [h["method"] for h in report["hypervolume"]] == ["pareto", "random", "nsga2"]
+    assert all(h["seeds"] == 2 for h in report["hypervolume"])
+    assert report["dominance"] and report["record"]["provenance"]["commit"]
+    assert (out / "report" / "pareto_vs_random" / "summary.md").is_file()
+    assert (out / "report" / "summary.md").read_text().startswith("# The proof")
+    finished = {p: p.stat().st_mtime_ns for p in [*out.glob("*/runs/*/seed*/result.json"),
+                                                   *out.glob("speed/rows/*.json")]}
+    again = subprocess.run(["bash", "experiments/proof/run.sh"], cwd=ROOT, env=dict(env, PHASES="speed train front"),
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "[proof] speed:" not in again.stdout  # nothing measured again
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # nor trained again: the runs are read back
+    assert len(finished) == 6 + 4 + 5  # 3 models x 2 seeds, 2 front members x 2 seeds, 5 bench files
