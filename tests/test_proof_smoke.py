@@ -43,4 +43,5 @@ def test_smoke_run_writes_every_phase(tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "[proof] speed:" not in again.stdout  # nothing measured again
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # nor trained again: the runs are read back
-    assert len(finished) == 6 + 4 + 5  # 3 models x 2 seeds, 2 front members x 2 seeds, 5 bench files
+    # 3 models x 2 seeds and each front member x 2 seeds trained; b0 (2 protocols), 2 peers, each member timed
+    assert len(finished) == 6 + 2 * len(chosen) + 4 + len(chosen)
