@@ -98,8 +98,9 @@ def test_clean_errors(folders, tmp_path, capsys):
     base = ["train", str(cfg), "--out", str(tmp_path / "x"), *FAST]
     assert main(base + ["--data", str(root), "--batch-size", "6"]) == 2  # the corrupt image, no --skip-bad
     assert "corrupt.jpg: cannot read image" in capsys.readouterr().err
-    assert main(base + ["--data", str(root), "--skip-bad"]) == 2
-    assert "recipe.batch_size: got 128" in capsys.readouterr().err
+    # a batch larger than the data shrinks to fit; accumulation beyond the images cannot
+    assert main(base + ["--data", str(root), "--skip-bad", "--accumulation", "1000"]) == 2
+    assert "recipe.batch_size: got" in capsys.readouterr().err
     assert main(base + ["--data", "synthetic", "--set", "warmup_epochs=500"]) == 2
     assert "command line: warmup_epochs: got 500.0; must be < epochs (320)" in capsys.readouterr().err
     assert main(base + ["--data", "synthetic", "--set", "warmup_epoch=5"]) == 2
