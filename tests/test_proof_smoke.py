@@ -28,7 +28,8 @@ def test_smoke_run_writes_every_phase(tmp_path):
     for method in ("pareto", "random", "nsga2"):
         for seed in (0, 1):
             assert (out / "studies" / f"{method}-s{seed}.db").is_file()
-            assert json.loads((out / "studies" / f"{method}-s{seed}.record.json").read_text())["reference_latency_ms"] > 0
+            record = json.loads((out / "studies" / f"{method}-s{seed}.record.json").read_text())
+            assert record["reference_latency_ms"] > 0
     chosen = json.loads((out / "front" / "chosen.json").read_text())["members"]
     assert chosen and (out / "front" / "final.json").is_file()
     report = json.loads((out / "report" / "report.json").read_text())

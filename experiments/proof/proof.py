@@ -216,8 +216,8 @@ def with_latency(entries: list, rules: dict, out: Path) -> list:
 def phase_train(rules: dict, out: Path, clock: Clock, device: str | None, data: str, png: bool) -> None:
     entries = reference_entries(rules)
     final_runs(entries, rules, out / "train", clock, device, data)
-    write_finals(collect(with_latency(entries, rules, out), out / "train"), out / "train", "Presets and peers on the full proxy schedule",
-                 rules, device, png)
+    write_finals(collect(with_latency(entries, rules, out), out / "train"), out / "train",
+                 "Presets and peers on the full proxy schedule", rules, device, png)
 
 
 # ======================================================================== c: searches
@@ -283,7 +283,7 @@ def front_entries(rules: dict, out: Path) -> list:
     in latency, each architecture once."""
     from lowspace.report.evaluate import Entry, study_entries
     chosen, seen = [], set()
-    for method, seed, storage, name in studies(rules, out):
+    for _method, _seed, storage, name in studies(rules, out):
         if not Path(storage.removeprefix("sqlite:///")).is_file():
             continue
         members = [e for e in study_entries(load(storage, name), presets=False) if e.kind == "front"]
@@ -311,8 +311,8 @@ def phase_front(rules: dict, out: Path, clock: Clock, device: str | None, data: 
         bench_model(e.name, str(path), "deploy", False, rules, out, clock)
     speed_table(out, rules["speed"]["device"])
     final_runs(entries, rules, out / "front", clock, device, data)
-    write_finals(collect(with_latency(entries, rules, out), out / "front"), out / "front", "Front members on the full proxy schedule", rules,
-                 device, png)
+    write_finals(collect(with_latency(entries, rules, out), out / "front"), out / "front",
+                 "Front members on the full proxy schedule", rules, device, png)
 
 
 # ======================================================================== e: report

@@ -1,4 +1,5 @@
-"""``lowspace train CONFIG --data DATA`` (or ``lowspace train --timm NAME --data DATA``) and ``lowspace eval CONFIG --checkpoint PATH --data DATA``.
+"""``lowspace train CONFIG --data DATA`` (or ``lowspace train --timm NAME --data DATA``) and
+``lowspace eval CONFIG --checkpoint PATH --data DATA``.
 
 Both work under torchrun (``torchrun --nproc_per_node N -m lowspace train ...``).
 """

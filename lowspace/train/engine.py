@@ -190,8 +190,8 @@ def build_model(model_or_config, data: data_mod.ImageData, recipe: Recipe) -> tu
     """The model to train and its ArchConfig (None for a module without one). A config (preset name, YAML,
     dict, ArchConfig) is adapted to the data's channels and classes and built with the recipe's drop path
     and init, seeded by ``recipe.seed``; a :class:`~.models.TimmModel` likewise (timm's init, the recipe's
-    drop path as timm's ``drop_path_rate`` where the architecture has one); a module is trained as given (its classes must match the data;
-    1-channel images are repeated when its stem wants 3)."""
+    drop path as timm's ``drop_path_rate`` where the architecture has one); a module is trained as given (its
+    classes must match the data; 1-channel images are repeated when its stem wants 3)."""
     if isinstance(model_or_config, nn.Module):
         model = model_or_config
         classes = getattr(model, "num_classes", data.num_classes)
