@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_smoke_run_writes_every_phase(tmp_path):
-    env = dict(os.environ, SMOKE="1", RESULTS=str(tmp_path / "proof"), PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    env = dict(os.environ, SMOKE="1", RESULTS=str(tmp_path / "proof"), PYTHON=sys.executable, OMP_NUM_THREADS="1",
+               LOWSPACE_CACHE_DIR=str(tmp_path / "cache"))  # not the user's measurement cache
     done = subprocess.run(["bash", "experiments/proof/run.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
