@@ -379,3 +379,11 @@ def test_job_key_ignores_fields_at_their_default_and_not_changed_ones():
     assert job_key("a1", {**base, "base_lr": 0.008}, 0, "data") != key
     assert len({key, job_key("a1", base, 1, "data"), job_key("a2", base, 0, "data"),
                 job_key("a1", base, 0, "other")}) == 4
+
+
+def test_jobs_start_with_both_full_seeds_then_the_cheapest_candidates(tmp_path):
+    plan = make_plan(tiny(tmp_path, schedules={"e1": {"epochs": 1}, "n2": {"train_per_class": 2}}))
+    waves = list(dict.fromkeys((j.schedule, j.seed) for j in plan.jobs()))
+    full = waves[:2]
+    assert [w[0] for w in full] == ["full", "full"] and {w[1] for w in full} == set(plan.settings.full_seeds)
+    assert [w[0] for w in waves[2:]] == ["n2", "e1"]  # 2 epochs of 2 images per class cost less than 1 of all

@@ -308,12 +308,13 @@ class Plan:
         return self.settings.full_seeds if schedule == "full" else self.settings.candidate_seeds
 
     def jobs(self) -> list[run.Job]:
-        """Every run, in the order they start: full schedule seed A, the candidates from the cheapest, full
-        seed B, further candidate seeds; within a schedule the largest architectures first."""
+        """Every run, in the order they start: the full schedule with both seeds (the reference and the seed
+        ceiling, which every later number needs), then the candidates from the cheapest, seed by seed; within
+        a schedule the largest architectures first. A calibration stopped early thus has its ceiling."""
         s = self.settings
         order = sorted(self.candidates, key=lambda c: relative_cost(c.options, self.full.options, self.per_class))
-        waves = [(self.full, s.full_seeds[0])] + [(c, s.candidate_seeds[0]) for c in order]
-        waves += [(self.full, s.full_seeds[1])] + [(c, seed) for seed in s.candidate_seeds[1:] for c in order]
+        waves = [(self.full, seed) for seed in s.full_seeds]
+        waves += [(c, seed) for seed in s.candidate_seeds for c in order]
         archs = sorted(self.archs, key=lambda a: -self.costs.get(a.arch_id, {}).get("macs", 0))
         return [self.job(a, sched, seed) for sched, seed in waves for a in archs]
 
