@@ -192,12 +192,7 @@ def ours_step(preset: str, batch: int, res: int, mode: str, fast_gn: bool = Fals
                            net=net, precision=PRECISION, clip_value=2.0, cuda_graph=graph)
     update_lr = lr_update(opt)
 
-    def batches():
-        epoch = 0
-        while True:
-            yield from loader.epoch(epoch)
-            epoch += 1
-    it = batches()
+    it = endless(loader)
 
     def step():
         x, y = next(it)
@@ -600,15 +595,18 @@ def _b1_step(preset: str, num_classes: int, recipe, mode: str):
     return train_step, mixer, lr_update(opt)
 
 
+def endless(loader):
+    """The loader's batches, epoch after epoch."""
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
 def _fed_step(loader, train_step, mixer, update_lr):
     state = dict(step=0)
 
-    def batches():
-        epoch = 0
-        while True:
-            yield from loader.epoch(epoch)
-            epoch += 1
-    it = batches()
+    it = endless(loader)
 
     def step():
         x, y = next(it)
