@@ -204,6 +204,13 @@ def test_summary_of_constructed_rows_gives_ceiling_taus_costs_and_the_snippet(tm
     assert proxy["warmup_epochs"] == pytest.approx(0.25)
     assert result.snippet == tmp_path / "recommended.yaml"
     assert "recommended: good" in result.message
+    # the pareto variant: screen with the recommended schedule, promote to the full one; a valid search config
+    from lowspace.search import SearchConfig
+    promoted = yaml.safe_load((tmp_path / "recommended_promotion.yaml").read_text())
+    assert promoted["proxy"]["epochs"] == FULL["epochs"]
+    assert promoted["promotion"]["rungs"][0]["epochs"] == 1 and promoted["promotion"]["rungs"][-1] == {}
+    config = SearchConfig.from_dict(dict(promoted, space="demo", data=SYNTHETIC, mode="pareto"))
+    assert config.promotion.rungs[0]["epochs"] == 1
 
 
 def test_without_a_qualifying_schedule_it_names_the_knob_that_moved_tau_most(tmp_path):

@@ -3,8 +3,9 @@
 Trains N architectures of a space (plus its presets) on the full schedule (the search config's proxy, two
 seeds) and on candidate short schedules, all evaluated on a split held out from the training images, and
 reports Kendall tau / Spearman rho with bootstrap intervals, the seed ceiling, the #params and MAC
-baselines and GPU-seconds per run. It recommends the cheapest schedule that ranks well enough and writes a
-search-config snippet (``OUT/recommended.yaml``). Re-running the same command continues an interrupted run.
+baselines and GPU-seconds per run. It recommends the cheapest schedule that ranks well enough and writes
+search-config snippets (``OUT/recommended.yaml``; ``OUT/recommended_promotion.yaml`` for pareto mode).
+Re-running the same command continues an interrupted run.
 Each flag sets one field of ``lowspace.search.calibrate.CalibrationSettings``; ``--set KEY=VALUE`` any
 field (docs/calibration.md).
 """

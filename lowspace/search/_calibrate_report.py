@@ -13,6 +13,7 @@ import yaml
 
 from ._calibrate_stats import Agreement, Candidate, KnobEffect, agreement, knob_effects, recommend
 from .calibrate import CalibrationResult, Plan, ScheduleSummary
+from .settings import FIXED_RUNG_KEYS
 
 
 @dataclass
@@ -148,12 +149,14 @@ def write_outputs(plan: Plan, summary: Summary, out: Path, runs: dict[str, int])
     from ..io import atomic_write_json, atomic_write_text
     files = [out / "rows.jsonl", out / "archs.json"]
     notes = list(summary.notes)
-    snippet = out / "recommended.yaml"
+    snippet, promotion = out / "recommended.yaml", out / "recommended_promotion.yaml"
     if summary.recommended is not None:
         atomic_write_text(snippet, snippet_text(plan, summary))
-        files.append(snippet)
+        atomic_write_text(promotion, promotion_snippet_text(plan, summary))
+        files += [snippet, promotion]
     else:
-        snippet.unlink(missing_ok=True)  # a recommendation of earlier rows no longer holds
+        for stale in (snippet, promotion):
+            stale.unlink(missing_ok=True)  # a recommendation of earlier rows no longer holds
         snippet = None
     atomic_write_json(out / "summary.json", _summary_json(plan, summary, runs))
     atomic_write_text(out / "summary.md", _summary_md(plan, summary, runs))
@@ -182,6 +185,19 @@ def snippet_text(plan: Plan, summary: Summary) -> str:
             f"[{a.tau_low:.2f}, {a.tau_high:.2f}] against the full schedule over {a.n} architectures\n"
             f"# (seed ceiling {summary.full.agreement.tau:.2f}), {stats.cost_share:.0%} of its GPU time per run.\n")
     return head + yaml.safe_dump({"proxy": proxy}, sort_keys=False, default_flow_style=False)
+
+
+def promotion_snippet_text(plan: Plan, summary: Summary) -> str:
+    """The ``proxy:`` and ``promotion:`` sections of a pareto search that screens with the recommended
+    schedule and promotes to the full one: the proxy is the full schedule, the first rung the recommended
+    schedule's changes to it, the last rung the full schedule itself."""
+    pick = next(c for c in plan.candidates if c.name == summary.recommended)
+    proxy = {**plan.source.proxy, **plan.settings.full}
+    rung = {k: v for k, v in pick.options.items() if plan.full.options.get(k) != v and k not in FIXED_RUNG_KEYS}
+    head = (f"# lowspace calibrate {plan.source.path}: pareto mode screening with schedule {pick.name} and "
+            f"promoting to the full schedule\n")
+    return head + yaml.safe_dump({"proxy": proxy, "early_stopping": {"kind": "promotion"},
+                                  "promotion": {"rungs": [rung, {}]}}, sort_keys=False, default_flow_style=False)
 
 
 def _summary_json(plan: Plan, summary: Summary, runs: dict[str, int]) -> dict[str, Any]:
