@@ -7,20 +7,29 @@ import os
 import subprocess
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from . import __version__
 
 PACKAGE = Path(__file__).resolve().parent
 
 
+def files_hash(root: Path, parts: Iterable[str] = (".",)) -> str:
+    """A short hash of the names and contents of every Python file under ``root / part`` (a folder or one
+    file) for each of ``parts``; parts that do not exist are skipped."""
+    digest = hashlib.sha256()
+    for part in parts:
+        path = root / part
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 @lru_cache(maxsize=None)
 def package_hash() -> str:
     """A short hash of every Python file of the installed lowspace package (names and contents)."""
-    digest = hashlib.sha256()
-    for file in sorted(PACKAGE.rglob("*.py")):
-        digest.update(file.relative_to(PACKAGE).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    return files_hash(PACKAGE)
 
 
 @lru_cache(maxsize=None)

@@ -118,14 +118,8 @@ def _fingerprint(device_type: str, index: int | None, threads: int) -> str:
 def source_hash(root: Path | None = None) -> str:
     """A short hash of every Python file under :data:`MEASUREMENT_SOURCES` (names and contents) in the
     lowspace package folder, or in ``root``; parts that do not exist are skipped."""
-    root = Path(__file__).resolve().parents[1] if root is None else Path(root)
-    digest = hashlib.sha256()
-    for part in MEASUREMENT_SOURCES:
-        path = root / part
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.is_file() else []
-        for file in files:
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    from ..provenance import files_hash
+    return files_hash(Path(__file__).resolve().parents[1] if root is None else Path(root), MEASUREMENT_SOURCES)
 
 
 def fingerprint(device: torch.device | str = "cpu") -> dict[str, Any]:
