@@ -252,6 +252,15 @@ def eval_settings(recipe: Recipe | None, model: nn.Module, cfg=None) -> EvalSett
     return EvalSettings(resolution, crop, pcfg.get("interpolation", "bicubic"))
 
 
+def batch_that_fits(recipe: Recipe, images: int, processes: int = 1) -> Recipe:
+    """``recipe`` with a batch larger than ``images`` training images (over ``processes`` x accumulation)
+    shrunk to the largest that fits, so a small data set trains one step per epoch; unchanged when it fits
+    or cannot fit at all (:func:`build_loaders` then says so)."""
+    per_step = processes * recipe.accumulation
+    if recipe.batch_size * per_step <= images or images < per_step:
+        return recipe
+    return recipe.replace(batch_size=images // per_step)
+
 @dataclass
 class Loaders:
     train: object

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from . import distributed as dist_utils
-from .engine import FitResult, OnEpoch, TrainingError, prepare_data, run
+from .engine import FitResult, OnEpoch, TrainingError, batch_that_fits, prepare_data, run
 from .models import model_source
 from .recipe import load_recipe
 
@@ -46,7 +46,12 @@ def fit(model_or_config, data, recipe=None, out_dir: str | Path = "runs/train", 
     source = model_or_config if module else model_source(model_or_config)
     data = prepare_data(data, recipe, recipe.eval_resolution or (None if module else source.resolution))
     info = dist_utils.setup(device)
-    recipe = _batch_for_small_data(recipe, len(data.train), info)
+    fitted = batch_that_fits(recipe, len(data.train), info.world_size)
+    if fitted.batch_size != recipe.batch_size and info.is_main:
+        print(f"note: recipe.batch_size {recipe.batch_size} x {info.world_size * recipe.accumulation} exceeds the "
+              f"{len(data.train)} training images; training with batch_size {fitted.batch_size}, as the "
+              f"search's proxy does")
+    recipe = fitted
     try:
         result = run(source, data, recipe, info, Path(out_dir), resume=resume, max_steps=max_steps,
                      progress=progress, on_epoch=on_epoch)
@@ -57,17 +62,3 @@ def fit(model_or_config, data, recipe=None, out_dir: str | Path = "runs/train", 
         raise TrainingError(f"the training loss became {row['train_loss']} in epoch {row['epoch']} (lr "
                             f"{row['lr']:.3g}); lower the learning rate or check the data")
     return result
-
-
-def _batch_for_small_data(recipe, images: int, info) -> object:
-    """A batch larger than the training set (a recipe exported from a search on a small data set) shrinks
-    to the largest one that fits, as the search's proxy training does; the user is told."""
-    per_step = info.world_size * recipe.accumulation
-    if recipe.batch_size * per_step <= images or images < per_step:
-        return recipe  # fits, or cannot fit at all (the engine says so)
-    smaller = images // per_step
-    if info.is_main:
-        print(f"note: recipe.batch_size {recipe.batch_size} x {per_step} exceeds the {images} training images; "
-              f"training with batch_size {smaller}, as the search's proxy does")
-    return recipe.replace(batch_size=smaller)
-

@@ -32,7 +32,7 @@ import torch.nn as nn
 from ..arch import resolve_config
 from ..errors import ConfigError
 from .distributed import DistInfo, resolve_device
-from .engine import FitResult, OnEpoch, prepare_data, run
+from .engine import FitResult, OnEpoch, batch_that_fits, prepare_data, run
 from .recipe import Recipe, proxy_recipe
 
 
@@ -66,7 +66,6 @@ def train_proxy(cfg_or_model, data="fashion_mnist", recipe: Recipe | Mapping | N
         resolution = cfg.resolution
     data = prepare_data(data, recipe, resolution)
     # evaluated at the training resolution; the batch fits tiny subsets
-    recipe = recipe.replace(eval_resolution=recipe.eval_resolution or resolution,
-                            batch_size=min(recipe.batch_size, len(data.train)))
+    recipe = batch_that_fits(recipe.replace(eval_resolution=recipe.eval_resolution or resolution), len(data.train))
     return run(cfg_or_model, data, recipe, DistInfo(device=resolve_device(device)), started=started,
                on_epoch=on_epoch)
