@@ -174,12 +174,18 @@ def write_outputs(plan: Plan, summary: Summary, out: Path, runs: dict[str, int])
                              summary.recommended, summary.message, summary.knobs, snippet, files, notes, runs)
 
 
+def _recommended_changes(plan: Plan, summary: Summary) -> tuple[Any, dict, dict]:
+    """The recommended schedule, the full schedule's proxy section and the fields the former changes."""
+    pick = next(c for c in plan.candidates if c.name == summary.recommended)
+    changes = {k: v for k, v in pick.options.items() if plan.full.options.get(k) != v}
+    return pick, {**plan.source.proxy, **plan.settings.full}, changes
+
+
 def snippet_text(plan: Plan, summary: Summary) -> str:
     """The ``proxy:`` section of a search config that uses the recommended schedule."""
-    pick = next(c for c in plan.candidates if c.name == summary.recommended)
+    pick, full, changes = _recommended_changes(plan, summary)
     stats = next(c for c in summary.candidates if c.name == pick.name)
-    proxy = {**plan.source.proxy, **plan.settings.full}
-    proxy.update({k: v for k, v in pick.options.items() if plan.full.options.get(k) != v})
+    proxy = {**full, **changes}
     a = stats.agreement
     head = (f"# lowspace calibrate {plan.source.path}: schedule {pick.name}, Kendall tau {a.tau:.2f} "
             f"[{a.tau_low:.2f}, {a.tau_high:.2f}] against the full schedule over {a.n} architectures\n"
@@ -191,9 +197,8 @@ def promotion_snippet_text(plan: Plan, summary: Summary) -> str:
     """The ``proxy:`` and ``promotion:`` sections of a pareto search that screens with the recommended
     schedule and promotes to the full one: the proxy is the full schedule, the first rung the recommended
     schedule's changes to it, the last rung the full schedule itself."""
-    pick = next(c for c in plan.candidates if c.name == summary.recommended)
-    proxy = {**plan.source.proxy, **plan.settings.full}
-    rung = {k: v for k, v in pick.options.items() if plan.full.options.get(k) != v and k not in FIXED_RUNG_KEYS}
+    pick, proxy, changes = _recommended_changes(plan, summary)
+    rung = {k: v for k, v in changes.items() if k not in FIXED_RUNG_KEYS}
     head = (f"# lowspace calibrate {plan.source.path}: pareto mode screening with schedule {pick.name} and "
             f"promoting to the full schedule\n")
     return head + yaml.safe_dump({"proxy": proxy, "early_stopping": {"kind": "promotion"},

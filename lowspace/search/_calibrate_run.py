@@ -11,6 +11,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -124,13 +125,9 @@ def _plain(value: Any) -> Any:
     return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
-_DEFAULTS: dict[str, Any] = {}
-
-
+@lru_cache(maxsize=1)
 def _recipe_defaults() -> dict[str, Any]:
-    if not _DEFAULTS:
-        _DEFAULTS.update({k: _plain(v) for k, v in schedule_options(make_schedule({}, "defaults")).items()})
-    return _DEFAULTS
+    return {k: _plain(v) for k, v in schedule_options(make_schedule({}, "defaults")).items()}
 
 
 class RowStore:
