@@ -85,17 +85,21 @@ def _write(path, tag, n, go, progress=None):
             progress.value = i
 
 
-def test_two_processes_write_concurrently(tmp_path):
-    path = tmp_path / "shared.sqlite"
-    n = 60
-    go = FORK.Event()
-    procs = [FORK.Process(target=_write, args=(path, tag, n, go)) for tag in ("a", "b")]
+def _run_together(procs, go) -> None:
+    """Start ``procs``, release them at once through the event ``go``, and require each to exit cleanly."""
     for p in procs:
         p.start()
     go.set()
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
+
+
+def test_two_processes_write_concurrently(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    n = 60
+    go = FORK.Event()
+    _run_together([FORK.Process(target=_write, args=(path, tag, n, go)) for tag in ("a", "b")], go)
     cache = MeasurementCache(path)
     assert len(cache) == 2 * n
     assert cache.integrity_ok()
@@ -136,12 +140,7 @@ def test_concurrent_writers_of_one_key_agree_on_the_first_record(tmp_path):
     MeasurementCache(path).check()
     go, results = FORK.Event(), FORK.Queue()
     procs = [FORK.Process(target=_put_one, args=(path, f"w{i}", go, results)) for i in range(4)]
-    for p in procs:
-        p.start()
-    go.set()
-    for p in procs:
-        p.join(120)
-        assert p.exitcode == 0
+    _run_together(procs, go)
     got = dict(results.get(timeout=10) for _ in procs)
     stored = MeasurementCache(path).get("arch:same", PROTOCOL, "fp")["tag"]
     assert set(got) == {"w0", "w1", "w2", "w3"} and set(got.values()) == {stored}
