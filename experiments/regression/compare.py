@@ -15,22 +15,22 @@ def _json(path: Path) -> dict | None:
 def deploy_rows(out: Path, tag: str) -> dict:
     """(model, batch) -> ms of every deploy round of ``tag``, in round order."""
     rows: dict = {}
-    for folder in sorted((out / tag).glob("deploy_*"), key=lambda p: int(p.name.split("_")[-1])):
-        data = _json(folder / "results.json") or {"rows": []}
-        for r in data["rows"]:
-            if r.get("status") == "ok":
-                rows.setdefault((r["model"], r["batch"]), []).append(r["ms"])
+    for r in _deploy_results(out, tag):
+        if r.get("status") == "ok":
+            rows.setdefault((r["model"], r["batch"]), []).append(r["ms"])
     return rows
+
+
+def _deploy_results(out: Path, tag: str):
+    """Every row of ``tag``'s deploy rounds, round by round."""
+    for folder in sorted((out / tag).glob("deploy_*"), key=lambda p: int(p.name.split("_")[-1])):
+        yield from (_json(folder / "results.json") or {"rows": []})["rows"]
 
 
 def profiles(out: Path, tag: str) -> dict:
     """(model, batch) -> (kernels, kernel us) per forward of the last profiled deploy round of ``tag``."""
-    found = {}
-    for folder in sorted((out / tag).glob("deploy_*"), key=lambda p: int(p.name.split("_")[-1])):
-        for r in (_json(folder / "results.json") or {"rows": []})["rows"]:
-            if r.get("profile"):
-                found[(r["model"], r["batch"])] = (r["profile"]["kernels_per_forward"], r["profile"]["device_us"])
-    return found
+    return {(r["model"], r["batch"]): (r["profile"]["kernels_per_forward"], r["profile"]["device_us"])
+            for r in _deploy_results(out, tag) if r.get("profile")}
 
 
 def _ms(values: list[float]) -> str:
