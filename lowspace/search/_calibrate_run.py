@@ -43,7 +43,9 @@ def train_once(cfg, data, options: Mapping[str, Any], device: str) -> dict:
     result = train_proxy(cfg, data, make_schedule(options, "schedule"), device)
     return dict(top1=result.top1, top5=result.top5, best_top1=result.best_top1, epochs_run=result.epochs_run,
                 train_s=result.train_s, trained_params=result.info.get("params"),
-                diverged=bool(result.info.get("diverged")))
+                diverged=bool(result.info.get("diverged")),
+                # where the time outside the training steps went (set-up, CUDA-graph capture, evaluation)
+                **{k: result.info.get(k) for k in ("setup_s", "capture_s", "eval_s", "total_s")})
 
 
 def load_data(options: Mapping[str, Any]):
