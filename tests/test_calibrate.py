@@ -84,10 +84,10 @@ def test_recommend_picks_the_cheapest_schedule_that_reaches_the_target():
 
 
 def test_knob_effects_compare_schedules_differing_in_one_knob_only():
-    base = dict(epochs=2, warmup_epochs=0.2, resolutions=[64], base_lr=0.002, train_per_class=None)
-    schedules = {"e2": base, "e1": {**base, "epochs": 1, "warmup_epochs": 0.1},
+    base = dict(epochs=2, warmup_epochs=0.2, eval_every=2, resolutions=[64], base_lr=0.002, train_per_class=None)
+    schedules = {"e2": base, "e1": {**base, "epochs": 1, "warmup_epochs": 0.1, "eval_every": 1},
                  "e2-r32": {**base, "resolutions": [32]},
-                 "e1-r32": {**base, "epochs": 1, "warmup_epochs": 0.1, "resolutions": [32]},
+                 "e1-r32": {**base, "epochs": 1, "warmup_epochs": 0.1, "eval_every": 1, "resolutions": [32]},
                  "e2-lr": {**base, "base_lr": 0.004}}
     taus = {"e2": 0.5, "e1": 0.45, "e2-r32": 0.2, "e1-r32": 0.9, "e2-lr": 0.55}
     effects = {e.knob: e for e in knob_effects(schedules, taus)}
@@ -395,3 +395,16 @@ def test_jobs_start_with_both_full_seeds_then_the_cheapest_candidates(tmp_path):
     full = waves[:2]
     assert [w[0] for w in full] == ["full", "full"] and {w[1] for w in full} == set(plan.settings.full_seeds)
     assert [w[0] for w in waves[2:]] == ["n2", "e1"]  # 2 epochs of 2 images per class cost less than 1 of all
+
+
+def test_candidates_evaluate_once_and_runs_are_charged_for_one_evaluation():
+    full = full_options({}, dict(epochs=10, warmup_epochs=1.0, resolutions=[64]))
+    sched = resolve_schedule("e2", {"epochs": 2}, full)
+    assert sched.options["eval_every"] == 2 and sched.options["epochs"] == 2
+    kept = resolve_schedule("e2-all", {"epochs": 2, "eval_every": 1}, full)
+    assert kept.options["eval_every"] == 1
+    from lowspace.search._calibrate_report import run_cost
+    every_epoch = dict(gpu_s=100.0, eval_s=20.0, epochs_run=10, schedule_config={"eval_every": 1})
+    assert run_cost(every_epoch) == pytest.approx(100.0 - 20.0 * 9 / 10)
+    assert run_cost(dict(every_epoch, schedule_config={"eval_every": 10})) == 100.0
+    assert math.isnan(run_cost(dict(every_epoch, eval_s=None)))

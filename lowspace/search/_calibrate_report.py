@@ -42,8 +42,22 @@ def collect(plan: Plan, rows: list[dict]) -> tuple[dict, dict]:
         if job is None or row.get("status") != "ok" or row.get("top1") is None:
             continue
         top1[job.schedule].setdefault(job.arch_id, {})[job.seed] = float(row["top1"])
-        gpu[job.schedule].setdefault(job.arch_id, {})[job.seed] = float(row.get("gpu_s") or math.nan)
+        gpu[job.schedule].setdefault(job.arch_id, {})[job.seed] = run_cost(row)
     return top1, gpu
+
+
+def run_cost(row: dict) -> float:
+    """The GPU-seconds of a run counting one evaluation, the final one the ranking reads: a schedule that
+    evaluated every epoch (for its learning curve) is not charged for the evaluations before the last.
+    NaN for a run that evaluated more than once without recording its evaluation time."""
+    gpu_s = float(row.get("gpu_s") or math.nan)
+    every = (row.get("schedule_config") or {}).get("eval_every") or 1
+    evaluations = math.ceil((row.get("epochs_run") or 1) / every)
+    if evaluations <= 1:
+        return gpu_s
+    if row.get("eval_s") is None:
+        return math.nan
+    return gpu_s - float(row["eval_s"]) * (evaluations - 1) / evaluations
 
 
 def _mean(values) -> float:

@@ -21,7 +21,7 @@ from ..errors import ConfigError, LowspaceError
 # ==================================================================== adapters to the other engines
 # the schedule fields the calibration itself reads or writes (fields of the proxy training recipe)
 EPOCHS, WARMUP, IMAGES, RESOLUTIONS, LR = "epochs", "warmup_epochs", "train_per_class", "resolutions", "base_lr"
-SEED, VAL_CAP = "seed", "val_per_class"
+SEED, VAL_CAP, EVAL_EVERY = "seed", "val_per_class", "eval_every"
 
 
 def make_schedule(options: Mapping[str, Any], where: str):

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from ._calibrate_run import EPOCHS, IMAGES, LR, RESOLUTIONS, SEED, WARMUP
+from ._calibrate_run import EPOCHS, EVAL_EVERY, IMAGES, LR, RESOLUTIONS, SEED, WARMUP
 
 # above this many resampled (n x n) sign matrices the bootstrap works in chunks
 _CHUNK_ELEMENTS = 4_000_000
@@ -153,7 +153,8 @@ class KnobEffect:
 
 def knob_effects(schedules: Mapping[str, Mapping], taus: Mapping[str, float]) -> list[KnobEffect]:
     """Per knob, the pair of schedules differing in that knob only with the largest |tau difference|,
-    largest first. A warm-up that moves with the epochs is part of the epochs knob."""
+    largest first. A warm-up and an evaluation interval that move with the epochs are part of the epochs
+    knob."""
     best: dict[str, KnobEffect] = {}
     names = [n for n in schedules if math.isfinite(taus.get(n, float("nan")))]
     for i, a in enumerate(names):
@@ -171,5 +172,5 @@ def knob_effects(schedules: Mapping[str, Mapping], taus: Mapping[str, float]) ->
 def _single_knob(a: Mapping, b: Mapping) -> str | None:
     diff = {k for k in set(a) | set(b) if a.get(k) != b.get(k)} - {SEED}
     if EPOCHS in diff:
-        diff.discard(WARMUP)
+        diff -= {WARMUP, EVAL_EVERY}
     return next(iter(diff)) if len(diff) == 1 else None

@@ -206,7 +206,9 @@ def full_options(proxy: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict
 
 def resolve_schedule(name: str, overrides: Mapping[str, Any], full: Mapping[str, Any]) -> Schedule:
     """A candidate's complete options: the full ones with ``overrides``; when only ``epochs`` changes, the
-    warm-up keeps its share of the epochs."""
+    warm-up keeps its share of the epochs. Unless ``overrides`` say otherwise a candidate is evaluated once,
+    after its last epoch: the ranking reads only the final accuracy, and evaluating every epoch of a short
+    schedule costs a large share of it."""
     where = f"schedule {name}"
     for key in overrides:
         if key in FIXED_KEYS:
@@ -217,6 +219,8 @@ def resolve_schedule(name: str, overrides: Mapping[str, Any], full: Mapping[str,
     epochs, warmup = run.EPOCHS, run.WARMUP
     if epochs in overrides and warmup not in overrides and isinstance(overrides[epochs], int) and full[epochs]:
         options[warmup] = full[warmup] * overrides[epochs] / full[epochs]
+    if run.EVAL_EVERY not in overrides and isinstance(options.get(epochs), int) and options != dict(full):
+        options[run.EVAL_EVERY] = options[epochs]
     return Schedule(name, dict(overrides), run.schedule_options(run.make_schedule(options, where)))
 
 
