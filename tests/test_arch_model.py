@@ -9,6 +9,7 @@ import timm
 import torch
 
 import lowspace
+from lowspace.errors import ConfigError
 from lowspace.arch import PRESET_NAMES, LowFormer, create_model, get_preset, load_checkpoint, pretrained_cfg_for
 from lowspace.arch.model import residual_branches, set_drop_path
 
@@ -109,6 +110,18 @@ def test_features_only_gives_timm_stage_outputs():
     assert [g.shape for g in got] == [w.shape for w in want]
     assert all(torch.allclose(g, w, atol=1e-5) for g, w in zip(got, want))
     assert features.pretrained_cfg["mean"] == ref.pretrained_cfg["mean"] and "classifier" not in features.pretrained_cfg
+
+
+def test_stage_indices_read_none_last_n_and_negative_indices_as_timm_does():
+    from lowspace.arch.model import stage_indices
+    assert stage_indices(4, None) == ([0, 1, 2, 3], 3)
+    assert stage_indices(4, 2) == ([2, 3], 3)
+    assert stage_indices(4, (-1, 1)) == ([3, 1], 3)
+    for bad in (0, 5, (4,), (-5,), ()):
+        with pytest.raises(ConfigError, match="indices"):
+            stage_indices(4, bad)
+    features = create_model("b0", features_only=True, out_indices=2)
+    assert features.out_indices == [2, 3] and features.feature_info.channels() == [128, 256]
 
 
 def test_pretrained_cfg_matches_timm_and_follows_the_config():

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from timm.models._features import FeatureGetterNet
+from timm.models import FeatureInfo
 
 from ..errors import ConfigError
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, to_lowspace_keys
 from .config import ArchConfig
-from .model import LowFormer
+from .model import LowFormer, stage_indices
 from .presets import preset_key, resolve_config
 
 
@@ -29,9 +29,10 @@ def create_model(spec: str | Path | ArchConfig | dict, pretrained: bool | str | 
             freshly initialized; with a different ``in_chans`` the stem conv is adapted as timm does.
         num_classes, in_chans, resolution: override the config's values.
         drop_path_rate, drop_path_skip, init: see :class:`lowspace.arch.model.LowFormer`.
-        features_only: return timm's feature extractor (``FeatureGetterNet``) instead: calling it gives the
-            list of stage outputs ``out_indices`` (default: every stage), its ``feature_info`` their
-            channels and reductions; the stages after the last one and the head are pruned.
+        features_only: return a feature extractor (:class:`StageFeatures`, timm's ``features_only``
+            contract) instead: calling it gives the list of stage outputs ``out_indices`` (default: every
+            stage), its ``feature_info`` their channels and reductions; the stages after the last one and
+            the head are pruned.
     """
     cfg = resolve_config(spec)
     overrides = {k: v for k, v in dict(num_classes=num_classes, in_chans=in_chans, resolution=resolution).items()
@@ -44,13 +45,27 @@ def create_model(spec: str | Path | ArchConfig | dict, pretrained: bool | str | 
     return feature_extractor(model, out_indices) if features_only else model
 
 
-def feature_extractor(model: LowFormer, out_indices: int | tuple[int, ...] | None = None) -> FeatureGetterNet:
-    """timm's ``FeatureGetterNet`` around ``model`` (pruned in place): returns the stage outputs
-    ``out_indices`` (an int n: the last n; default: all) as a list."""
-    indices = tuple(range(len(model.stages))) if out_indices is None else out_indices
-    net = FeatureGetterNet(model, out_indices=indices)
-    net.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
-    return net
+class StageFeatures(nn.Module):
+    """A LowFormer as a feature extractor, timm's ``features_only`` contract: calling it returns the list of
+    the stage outputs ``out_indices``; ``feature_info`` (a ``timm.models.FeatureInfo``) gives their channels
+    and reductions. The stages after the last one taken and the head are pruned from the model."""
+
+    def __init__(self, model: LowFormer, out_indices: int | tuple[int, ...] | None = None):
+        super().__init__()
+        self.feature_info = FeatureInfo([dict(info) for info in model.feature_info],
+                                        tuple(stage_indices(len(model.stages), out_indices)[0]))
+        self.out_indices = model.prune_intermediate_layers(out_indices)
+        self.model = model
+        self.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=self.out_indices, intermediates_only=True)
+
+
+def feature_extractor(model: LowFormer, out_indices: int | tuple[int, ...] | None = None) -> StageFeatures:
+    """``model`` (pruned in place) as a :class:`StageFeatures` of the stages ``out_indices`` (an int n: the
+    last n; default: all)."""
+    return StageFeatures(model, out_indices)
 
 
 def _pretrained_state_dict(spec, cfg: ArchConfig, pretrained) -> dict[str, torch.Tensor]:

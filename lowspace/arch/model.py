@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
-from timm.models._features import feature_take_indices
 
 from ..errors import ConfigError
 from .blocks import ClassifierHead, ConvNormAct, FusedMBConv, LowFormerBlock, MBConv, conv_block
@@ -16,6 +16,26 @@ from .config import ArchConfig, validate
 # Evaluation as in the paper: bicubic resize to size / crop_pct, centre crop.
 EVAL_CROP_PCT = 0.95
 EVAL_INTERPOLATION = "bicubic"
+
+
+def stage_indices(num_stages: int, indices: int | Sequence[int] | None) -> tuple[list[int], int]:
+    """The stages an ``indices`` argument names, as timm reads it (None: all; an int n: the last n; a
+    sequence: those stages, negative ones counted from the end), and the last stage needed."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ConfigError("indices", indices, f"1 to {num_stages} (the last n stages)")
+        take = list(range(num_stages - indices, num_stages))
+    else:
+        take = []
+        for i in indices:
+            if not -num_stages <= i < num_stages:
+                raise ConfigError("indices", i, f"a stage index from {-num_stages} to {num_stages - 1}")
+            take.append(i % num_stages)
+        if not take:
+            raise ConfigError("indices", list(indices), "at least one stage")
+    return take, max(take)
 
 
 def pretrained_cfg_for(cfg: ArchConfig) -> dict:
@@ -160,7 +180,7 @@ class LowFormer(nn.Module):
         """
         if output_fmt != "NCHW":
             raise ConfigError("output_fmt", output_fmt, "'NCHW' (LowFormer's feature maps)")
-        take, last = feature_take_indices(len(self.stages), indices)
+        take, last = stage_indices(len(self.stages), indices)
         stages = self.stages[:last + 1] if stop_early else self.stages
         x = self.stem(x)
         intermediates = []
@@ -175,7 +195,7 @@ class LowFormer(nn.Module):
         """Drop what the intermediates ``indices`` do not need: the stages after the last one and (with
         ``prune_head``, or when stages go) the head's layers, leaving average pooling. Returns the
         indices as absolute stage numbers; ``cfg`` becomes that of the pruned network."""
-        take, last = feature_take_indices(len(self.stages), indices)
+        take, last = stage_indices(len(self.stages), indices)
         cut = last < len(self.stages) - 1
         if not (prune_head or cut):
             return take
