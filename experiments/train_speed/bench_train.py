@@ -506,6 +506,26 @@ def _read_all(pool, samples, indices):
     return list(pool.map(lambda i: read_sample(samples, i), indices))
 
 
+def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
+    """The operators that take the train transform's host time: torch.profiler over ``batches`` (read and
+    decoded first, outside the profile), the top ``rows`` by host (self CPU) time, per batch, and the host
+    time of all operators (the rest of the transform's host time is Python)."""
+    from torch.profiler import ProfilerActivity, profile
+    ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices))) for b in batches]
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for b, decoded in ready:
+            loader.finish(b, decoded)
+        sync()
+    n = max(len(ready), 1)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    top = [dict(op=e.key, calls_per_batch=e.count / n, self_cpu_ms_per_batch=e.self_cpu_time_total / 1000 / n,
+                device_ms_per_batch=getattr(e, "self_device_time_total", 0) / 1000 / n) for e in events[:rows]]
+    return dict(operators_self_cpu_ms_per_batch=sum(e.self_cpu_time_total for e in events) / 1000 / n,
+                operator_calls_per_batch=sum(e.count for e in events) / n, top=top)
+
+
 def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
     """The GPU loader's stages alone, without training, on ``--stage-batches`` micro-batches (after 2 for
     warm-up): img/s of (a) reading the files (the loader's threads), (b) reading + one batched decode_jpeg
@@ -537,6 +557,7 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
             if k >= 2:
                 for key, v in zip(phases, (t_read, t_decode, t_transform, t_host)):
                     phases[key].append(v)
+        profile = _transform_profile(loader, batches[2:min(count, 5)], pool)
         from torchvision.io import ImageReadMode, decode_jpeg
         encoded = [read_sample(loader.samples, i).encoded for i in batches[0].indices]
         encoded = [e for e in encoded if e is not None]
@@ -571,6 +592,7 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
         decode_alone_img_s=rate(total["decode"]), transform_alone_img_s=rate(total["transform"]),
         ms_per_batch={k: 1000 * v / (count - 2) for k, v in total.items()},
         e_cpu_decode_threads_img_s=rate(t_cpu, len(encoded)),
+        transform_profile=profile,
         note="a/b/c run the stages one after another on the loader's code (no overlap); d overlaps them as "
              "training does; the bound is the slowest of read, decode_alone and transform_alone when d is "
              "close to it, else the hand-off between the loader's threads (the GIL)")
