@@ -349,6 +349,7 @@ def test_calibrate_end_to_end_on_cpu_then_resume_and_report_only(tmp_path, capsy
         assert {"arch_id", "config", "schedule", "seed", "top1", "gpu_s", "lowspace_version", "fingerprint"} <= set(row)
         assert row["status"] == "ok" and row["gpu_s"] > 0 and row["validation"]["source"] == "train"
         assert 0 <= row["setup_s"] and 0 <= row["eval_s"] and row["train_s"] <= row["total_s"] <= row["gpu_s"]
+        assert set(row["capture_parts_s"]) == {"warmup", "reference", "capture", "compare"}
     assert {(r["schedule"], r["seed"]) for r in rows} == {("full", 0), ("full", 1), ("e1", 2)}
     assert result.ceiling is not None and result.ceiling.n == 4
     assert result.candidates[0].agreement.n == 4 and 0 < result.candidates[0].cost_share < 1.5

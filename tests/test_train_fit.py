@@ -178,6 +178,9 @@ def test_fit_with_cuda_graph_step(data, tmp_path, drop_path):
     else:  # rates grow from 0 after warmup: graphs captured at rate 0 are compared, later ones cannot be
         skipped = [c for c in checks if c == "skipped (stochastic layers)"]
         assert skipped and all(isinstance(c, (list, tuple)) for c in checks if c not in skipped), checks
+    parts = result.info["capture_parts_s"]
+    assert all(v >= 0 for v in parts.values()) and sum(parts.values()) <= result.info["capture_s"]
+    assert parts["warmup"] > 0 and parts["capture"] > 0
     assert result.best_top1 > 40
 
 

@@ -45,7 +45,7 @@ def train_once(cfg, data, options: Mapping[str, Any], device: str) -> dict:
                 train_s=result.train_s, trained_params=result.info.get("params"),
                 diverged=bool(result.info.get("diverged")),
                 # where the time outside the training steps went (set-up, CUDA-graph capture, evaluation)
-                **{k: result.info.get(k) for k in ("setup_s", "capture_s", "eval_s", "total_s")})
+                **{k: result.info.get(k) for k in ("setup_s", "capture_s", "capture_parts_s", "eval_s", "total_s")})
 
 
 def load_data(options: Mapping[str, Any]):

@@ -723,6 +723,7 @@ def _finish(s: Setup, outcome: dict, setup_s: float, t0: float) -> FitResult:
                 steps=state.step, train_images=state.images_seen, lr=s.peak_lr,
                 cuda_graph=step_info["cuda_graph"], graph_checks=step_info["graph_checks"],
                 eval_graph=s.evaluator.info.get("cuda_graph", s.evaluator.cuda_graph), capture_s=step_info["capture_s"],
+                capture_parts_s=dict(step_info["capture_parts_s"]),
                 eval_s=state.eval_s, setup_s=setup_s, total_s=time.perf_counter() - t0, diverged=outcome["diverged"],
                 compile=r.compile, fast_groupnorm=r.fast_groupnorm and runtime.channels_last, restarts=state.restarts)
     if s.data.kind == "tensor" and (r.randaugment or r.reprob):

@@ -75,7 +75,10 @@ class TrainStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.buffers = [b for b in model.buffers()]
         self.graphs: dict[Hashable, tuple] = {}
-        self.info: dict = {"cuda_graph": "on" if self.cuda_graph else "off", "graph_checks": [], "capture_s": 0.0}
+        self.info: dict = {"cuda_graph": "on" if self.cuda_graph else "off", "graph_checks": [], "capture_s": 0.0,
+                           # capture_s in parts: eager warm-up steps (cuDNN autotuning), the eager reference
+                           # step of the check, the capture itself with one replay, the comparison
+                           "capture_parts_s": dict(warmup=0.0, reference=0.0, capture=0.0, compare=0.0)}
 
     # ------------------------------------------------------------------------------------------ eager
     def _autocast(self, graph: bool = False):
@@ -174,6 +177,7 @@ class TrainStep:
                         self.eager([(static_x, static_t)])
                 torch.cuda.current_stream(self.device).wait_stream(side)
                 self._restore(snap)
+                mark = self._part("warmup", start)
                 reference = None
                 compare = self.check and not is_stochastic(self.model)
                 if compare:
@@ -182,6 +186,7 @@ class TrainStep:
                                                         for p in self.params],
                                  [p.detach().float().clone() for p in self.params])
                     self._restore(snap)
+                mark = self._part("reference", mark)
             self.optimizer.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
@@ -190,7 +195,7 @@ class TrainStep:
                 self._clip_and_step()
                 static_loss = loss.detach()
             graph.replay()
-            torch.cuda.synchronize(self.device)
+            mark = self._part("capture", mark)
             if reference is not None:
                 errors = self._compare(reference, static_loss, snap)
                 self.info["graph_checks"].append(errors)
@@ -202,6 +207,7 @@ class TrainStep:
             else:
                 self.info["graph_checks"].append("skipped (stochastic layers)" if self.check else "off")
             self._restore(snap)
+            self._part("compare", mark)
         except Exception as err:  # noqa: BLE001 - any capture problem: fall back to eager, say why
             with contextlib.suppress(Exception):
                 torch.cuda.synchronize(self.device)
@@ -215,6 +221,13 @@ class TrainStep:
         finally:
             self.info["capture_s"] += time.perf_counter() - start
         return graph, static_x, static_t, static_loss
+
+    def _part(self, name: str, since: float) -> float:
+        """Add the time since ``since`` (the device synchronized) to capture part ``name``; returns now."""
+        torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.info["capture_parts_s"][name] += now - since
+        return now
 
     def _compare(self, reference, static_loss, snap) -> tuple[float, float, float]:
         ref_loss, ref_grads, ref_params = reference
