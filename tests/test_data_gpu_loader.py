@@ -213,6 +213,23 @@ def test_batched_crops_match_pils_crop_and_resize(name):
     assert diff.max() <= 2 and (diff > 0).mean() < 0.05  # PIL's fixed-point weights round a level apart
 
 
+def test_crops_gathered_into_one_buffer_equal_slicing_each_image():
+    rng = np.random.default_rng(4)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+              for h, w in rng.integers(5, 40, (9, 2))]
+    boxes = []
+    for im in images:
+        h, w = im.shape[1:]
+        top, left = int(rng.integers(0, h)), int(rng.integers(0, w))
+        boxes.append((top, left, int(rng.integers(1, h - top + 1)), int(rng.integers(1, w - left + 1))))
+    boxes = np.array(boxes)
+    got = gpu_augment.crop_into_buffer(images, boxes)
+    assert got.dtype == torch.uint8 and got.shape == (9, boxes[:, 2].max(), 3, boxes[:, 3].max())
+    for k, (im, (top, left, h, w)) in enumerate(zip(images, boxes)):
+        assert torch.equal(got[k, :h, :, :w], im[:, top:top + h, left:left + w].permute(1, 0, 2))
+        assert not got[k, h:].any() and not got[k, :, :, w:].any()  # padding is zero
+
+
 def test_uniforms_are_a_function_of_seed_and_stream_only():
     a = gpu_augment.uniforms([5, 6, 7], 1, 4)
     assert np.array_equal(a[1:], gpu_augment.uniforms([6, 7], 1, 4))

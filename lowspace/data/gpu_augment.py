@@ -57,16 +57,21 @@ def to_device(arrays: Sequence[np.ndarray], device) -> list[torch.Tensor]:
     """float64 copies of ``arrays`` (their shapes kept) on ``device``, in one host-to-device transfer
     (from pinned memory, asynchronous, on CUDA)."""
     arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
-    host = torch.from_numpy(np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0))
-    device = torch.device(device)
-    if device.type == "cuda":
-        host = host.pin_memory()
-    moved = host.to(device, non_blocking=True)
+    moved = host_to(torch.from_numpy(np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0)), device)
     out, start = [], 0
     for a in arrays:
         out.append(moved[start:start + a.size].view(a.shape))
         start += a.size
     return out
+
+
+def host_to(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device`` without waiting: a copy from pageable memory would first wait
+    for the device's queued work, stalling the loader's thread."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def crop_boxes(heights: np.ndarray, widths: np.ndarray, u: np.ndarray, scale, ratio) -> np.ndarray:
@@ -157,6 +162,30 @@ def _axis_params(length: np.ndarray, resized: np.ndarray, offset: np.ndarray, fl
     return params, centers, taps
 
 
+def crop_into_buffer(images: Sequence[torch.Tensor], boxes: np.ndarray) -> torch.Tensor:
+    """The ``boxes`` (top, left, height, width) of ``images`` (uint8 ``(3, H, W)``) in one zero-padded uint8
+    buffer ``(N, rows, 3, cols)`` (rows, channels, columns; the largest box's size): one gather from the
+    images laid end to end, so the host issues a few operations per batch rather than several per image."""
+    device = images[0].device
+    top, left, height, width = (boxes[:, k].astype(np.int64) for k in range(4))
+    rows, cols = int(height.max()), int(width.max())
+    sides = np.array([(im.shape[-2], im.shape[-1]) for im in images], dtype=np.int64)
+    sizes = 3 * sides[:, 0] * sides[:, 1]
+    zero = int(sizes.sum())  # where the flat buffer holds one extra zero, for the padding
+    offset_type = np.int32 if 3 * zero < 2 ** 31 else np.int64  # a sum below clamps to at most 3 * zero
+    flat = torch.cat([im.reshape(-1) for im in images] + [torch.zeros(1, dtype=torch.uint8, device=device)])
+    start = np.concatenate([[0], np.cumsum(sizes)[:-1]]) + top * sides[:, 1] + left  # first pixel of each box
+    r, c = np.arange(rows), np.arange(cols)
+    # every part is a valid offset or at least `zero`: the sum of a padding position clamps to `zero`
+    row_off = np.where(r[None, :] < height[:, None], start[:, None] + r[None, :] * sides[:, 1:2], zero)
+    col_off = np.where(c[None, :] < width[:, None], c[None, :], zero)
+    plane = np.stack([np.arange(3)] * len(images)) * (sides[:, 0] * sides[:, 1])[:, None]
+    row_t, col_t, plane_t = (host_to(torch.from_numpy(a.astype(offset_type)), device)
+                             for a in (row_off, col_off, plane))
+    index = (row_t[:, :, None, None] + plane_t[:, None, :, None]) + col_t[:, None, None, :]
+    return flat[index.clamp_(max=zero)]
+
+
 def _pass(buffer: torch.Tensor, weights: torch.Tensor, axis: str) -> torch.Tensor:
     """One pass over ``buffer`` ``(N, rows, 3, cols)`` (zero-padded): ``(N, size, 3, cols)`` for ``rows``,
     ``(N, rows, 3, size)`` for ``cols``; rounded to pixel levels like PIL's uint8 passes."""
@@ -185,15 +214,13 @@ def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndar
         groups = [np.nonzero(~rows_first)[0], np.nonzero(rows_first)[0]]
         parts = [resample([images[i] for i in g], boxes[g], resized[g], offsets[g], filters[g], flips[g], size)
                  for g in groups]
-        order = torch.from_numpy(np.argsort(np.concatenate(groups))).to(parts[0].device)
+        order = host_to(torch.from_numpy(np.argsort(np.concatenate(groups))), parts[0].device)
         return torch.cat(parts).index_select(0, order)
     n, device = len(images), images[0].device
-    top, left, height, width = (boxes[:, k].astype(np.int64).tolist() for k in range(4))
-    rows, cols = max(height), max(width)
+    height, width = boxes[:, 2].astype(np.int64), boxes[:, 3].astype(np.int64)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    buffer = torch.zeros(n, rows, 3, cols, dtype=dtype, device=device)  # rows, channels, columns: see _pass
-    src = [im[:, t:t + h, c:c + w].permute(1, 0, 2) for im, t, c, h, w in zip(images, top, left, height, width)]
-    torch._foreach_copy_([buffer[i, :h, :, :w] for i, (h, w) in enumerate(zip(height, width))], src)
+    buffer = crop_into_buffer(images, boxes).to(dtype)  # rows, channels, columns: see _pass
+    rows, cols = buffer.shape[1], buffer.shape[3]
     row_params, row_centers, row_taps = _axis_params(height, resized[:, 0], offsets[:, 0], np.zeros(n), filters, size)
     col_params, col_centers, col_taps = _axis_params(width, resized[:, 1], offsets[:, 1], flips, filters, size)
     row_params, row_centers, col_params, col_centers = to_device([row_params, row_centers, col_params, col_centers],
@@ -354,7 +381,8 @@ def _blend(degenerate: torch.Tensor, x: torch.Tensor, factor: torch.Tensor) -> t
 
 def _sharpen_base(x: torch.Tensor) -> torch.Tensor:
     """PIL's SMOOTH filter inside the border, the image itself on it."""
-    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=x.device) / 13.0
+    kernel = torch.full((1, 1, 3, 3), 1.0 / 13.0, device=x.device)  # made on the device: no host copy
+    kernel[..., 1, 1] = 5.0 / 13.0
     n, c, h, w = x.shape
     smooth = F.conv2d(x.reshape(n * c, 1, h, w), kernel.view(1, 1, 3, 3)).view(n, c, h - 2, w - 2)
     out = x.clone()

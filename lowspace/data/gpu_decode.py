@@ -30,6 +30,7 @@ import torch
 from ..errors import ConfigError
 from .base import DataError, FolderSplit
 from .folders import load_image
+from .gpu_augment import host_to
 from .sampling import BatchPlan, PlannedLoader, mix_seed
 
 LOADERS = ("auto", "cpu", "gpu")
@@ -149,7 +150,7 @@ def decode_samples(samples: list[_Sample], device: torch.device) -> None:
                 s.image = image
     for s in samples:
         if s.image is not None and s.image.device != device:
-            s.image = s.image.to(device, non_blocking=True)
+            s.image = host_to(s.image, device)
 
 
 # ------------------------------------------------------------------------------------------ the loader
@@ -232,10 +233,7 @@ class DeviceFolderLoader(PlannedLoader):
             for image in images:
                 image.record_stream(current)
         x = self.transform(images, batch.seeds, batch.size)
-        labels = torch.tensor([s.label for s in read], dtype=torch.long)
-        if self.device.type == "cuda":
-            labels = labels.pin_memory()
-        labels = labels.to(self.device, non_blocking=True)
+        labels = host_to(torch.tensor([s.label for s in read], dtype=torch.long), self.device)
         return x.contiguous(memory_format=self.memory_format), labels
 
     def _replacement(self, bad: _Sample) -> _Sample:
