@@ -60,9 +60,12 @@ VARIANTS = {
     "ours_tuned_cdt": ("ours", "compile_cuda_graph", "fp16",
                        {"triton": False, "compile_mode": "tuned", "inductor": {"coordinate_descent_tuning": True}}),
     "ours_autotune": ("ours", "compile_cuda_graph", "fp16", {"triton": False, "compile_mode": "tuned-autotune"}),
+    # 1x1 convs as matmuls that inductor's autotuned GEMM templates may fuse with their epilogues
+    "ours_autotune_linear": ("ours", "compile_cuda_graph", "fp16",
+                             {"triton": False, "compile_mode": "tuned-autotune", "conv1x1": "linear"}),
     "ours_fp32_graph": ("ours", "cuda_graph", "fp32", {"triton": False}),
 }
-CAPPED = {"timm_maxautotune", "ours_autotune"}  # run in a child process under --cap seconds
+CAPPED = {"timm_maxautotune", "ours_autotune", "ours_autotune_linear"}  # run in a child process under --cap seconds
 TOL = {"fp32": 2e-2, "fp16": 3e-2, "bf16": 8e-2}  # max |out - fp32 ref| / max |ref| (TF32 / half rounding)
 
 
