@@ -143,7 +143,7 @@ SWITCH_CFG = ArchConfig.from_dict({
                {"width": 64, "depth": 1, "block": "lowformer", "attention": {"stride": 1}}],
     "head": {"widths": [64, 80]}})
 SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subpixel"), dict(conv1x1="linear"),
-            dict(groupnorm="decomposed"), dict(sdpa="math"), dict(triton=True),
+            dict(groupnorm="decomposed"), dict(groupnorm="channels_last"), dict(sdpa="math"), dict(triton=True),
             dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False)]
 
 
@@ -157,8 +157,9 @@ def test_every_rewrite_switch_is_exact(options):
     x = torch.randn(2, 3, 45, 45)
     with torch.no_grad():
         assert rel_err(d(x), model(x)) <= TOL
-    expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear", "groupnorm": "groupnorm_decomposed",
-                "sdpa": "sdpa_math", "triton": "triton_depthwise", "fuse_attention": "fuse_attention"}
+    expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear",
+                "groupnorm": f"groupnorm_{options.get('groupnorm')}", "sdpa": "sdpa_math", "triton": "triton_depthwise",
+                "fuse_attention": "fuse_attention"}
     for name, value in options.items():
         if name in expected:
             assert (expected[name] in d.info["rewrites"]) == (value not in (False, "conv_transpose")), name

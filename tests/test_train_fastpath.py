@@ -1,17 +1,18 @@
-"""The layout-preserving GroupNorm computes the same function and gradients as nn.GroupNorm(1, C)."""
+"""The channels-last way of computing GroupNorm(1, C) (the training fast path, ``fast_groupnorm``) gives the
+same function and gradients as nn.GroupNorm(1, C)."""
 import copy
 
 import torch
 
 from lowspace.arch import create_model
-from lowspace.train.fastpath import ChannelsLastGroupNorm, channels_last_groupnorm
+from lowspace.arch.blocks import GroupNorm1, use_groupnorm_mode
 
 
 def test_channels_last_groupnorm_same_function_and_gradients():
     torch.manual_seed(0)
     ref = create_model("b0", resolution=32, init="torch").train()
     fast = copy.deepcopy(ref)
-    assert channels_last_groupnorm(fast) == 14  # 7 LowFormer blocks x (attention + MLP) pre-norms
+    assert use_groupnorm_mode(fast, "channels_last") == 14  # 7 LowFormer blocks x (attention + MLP) pre-norms
     assert fast.state_dict().keys() == ref.state_dict().keys()
     fast = fast.to(memory_format=torch.channels_last)
     x = torch.randn(3, 3, 32, 32)
@@ -25,10 +26,16 @@ def test_channels_last_groupnorm_same_function_and_gradients():
         num += (a.grad - b.grad).pow(2).sum().item()
         den += a.grad.pow(2).sum().item()
     assert (num / den) ** 0.5 < 1e-3
-    # a GroupNorm layer alone, non-channels-last input falls back to the native kernel
+
+
+def test_a_plain_groupnorm_switched_in_place_keeps_its_function_in_either_layout():
     norm = torch.nn.GroupNorm(1, 8)
-    norm.__class__ = ChannelsLastGroupNorm
+    with torch.no_grad():
+        norm.weight.normal_(), norm.bias.normal_()
+    model = torch.nn.Sequential(norm)
+    assert use_groupnorm_mode(model, "channels_last") == 1 and isinstance(norm, GroupNorm1)
     y = torch.randn(2, 8, 5, 5)
-    assert torch.allclose(norm(y), torch.nn.functional.group_norm(y, 1, norm.weight, norm.bias), atol=1e-6)
-    assert torch.allclose(norm(y.contiguous(memory_format=torch.channels_last)),
-                          torch.nn.functional.group_norm(y, 1, norm.weight, norm.bias), atol=1e-5)
+    want = torch.nn.functional.group_norm(y, 1, norm.weight, norm.bias)
+    assert torch.allclose(norm(y), want, atol=1e-6)  # NCHW input: the native path
+    assert torch.allclose(norm(y.contiguous(memory_format=torch.channels_last)), want, atol=1e-5)
+    assert use_groupnorm_mode(torch.nn.Sequential(torch.nn.GroupNorm(2, 8)), "channels_last") == 0

@@ -173,13 +173,13 @@ def ours_step(preset: str, batch: int, res: int, mode: str, fast_gn: bool = Fals
     """lowspace's model, GPU-resident loader and TrainStep. mode: eager | graph | compile | compile_graph."""
     from lowspace.arch import create_model
     from lowspace.data import Augment, BatchPlan, TensorLoader, TensorSplit
-    from lowspace.train.fastpath import channels_last_groupnorm
+    from lowspace.arch.blocks import use_groupnorm_mode
     from lowspace.train.optim import create_optimizer
     from lowspace.train.step import TrainStep
     graph = mode in ("graph", "compile_graph")
     model = create_model(preset, num_classes=1000).to(DEVICE).to(memory_format=torch.channels_last).train()
     if fast_gn:
-        channels_last_groupnorm(model)
+        use_groupnorm_mode(model, "channels_last")
     n_images = n_images or batch * (64 if res <= 64 else 16)
     g = torch.Generator(device=DEVICE).manual_seed(0)
     images = torch.randint(0, 256, (n_images, 3, res, res), dtype=torch.uint8, device=DEVICE, generator=g)

@@ -321,23 +321,47 @@ class LowFormerAttention(nn.Module):
 
 
 class GroupNorm1(nn.GroupNorm):
-    """GroupNorm with one group (normalizes over C, H and W). ``decomposed``: written as mean / variance
-    ops in float32 that a compiler fuses freely (set by :meth:`reparameterize` with ``groupnorm``)."""
+    """GroupNorm with one group (normalizes over C, H and W), computed one of three ways (``mode``, all the
+    same function): ``native`` (``F.group_norm``); ``decomposed``: mean / variance ops in float32 that a
+    compiler fuses freely; ``channels_last``: for a channels-last input a LayerNorm over each sample's
+    (H, W, C) block, which is contiguous there, plus the per-channel affine, so no layout round trip to NCHW
+    and back (other inputs take the native path). :meth:`reparameterize` sets it from the ``groupnorm``
+    deploy option; :func:`use_groupnorm_mode` sets it on any ``GroupNorm(1, C)`` (the training fast path)."""
 
     def __init__(self, channels: int):
         super().__init__(1, channels)
-        self.decomposed = False
+        self.mode = "native"
 
     def forward(self, x):
-        if not self.decomposed:
-            return super().forward(x)
-        xf = x.float()
-        var, mean = torch.var_mean(xf, dim=(1, 2, 3), keepdim=True, correction=0)
-        y = (xf - mean) * torch.rsqrt(var + self.eps)
-        return (y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]).to(x.dtype)
+        mode = getattr(self, "mode", "native")  # a plain nn.GroupNorm switched in place has no mode yet
+        if mode == "decomposed":
+            xf = x.float()
+            var, mean = torch.var_mean(xf, dim=(1, 2, 3), keepdim=True, correction=0)
+            y = (xf - mean) * torch.rsqrt(var + self.eps)
+            return (y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]).to(x.dtype)
+        if (mode == "channels_last" and self.num_groups == 1 and x.dim() == 4 and not x.is_contiguous()
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            n, c, h, w = x.shape
+            y = F.layer_norm(x.permute(0, 2, 3, 1), (h, w, c), eps=self.eps).permute(0, 3, 1, 2)
+            return torch.addcmul(self.bias.view(1, -1, 1, 1), y, self.weight.view(1, -1, 1, 1)) if self.affine else y
+        return super().forward(x)
 
     def reparameterize(self, options: DeployOptions | None = None) -> None:
-        self.decomposed = _options(options).groupnorm == "decomposed"
+        self.mode = _options(options).groupnorm
+
+
+def use_groupnorm_mode(model: nn.Module, mode: str) -> int:
+    """Compute every ``GroupNorm(1, C)`` of ``model`` (the blocks' :class:`GroupNorm1` or a plain one, as in
+    timm models) the :class:`GroupNorm1` way ``mode``, in place (same parameters and state dict); returns how
+    many norms it set."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, nn.GroupNorm) and m.num_groups == 1:
+            if not isinstance(m, GroupNorm1):
+                m.__class__ = GroupNorm1
+            m.mode = mode
+            count += 1
+    return count
 
 
 class ConvMlp(nn.Module):
@@ -443,7 +467,8 @@ def inference_rewrites(model: nn.Module) -> list[str]:
         "subpixel_upsample": any(isinstance(m, nn.PixelShuffle) for m in mods),
         "conv1x1_as_linear": any(isinstance(m, Conv1x1Linear) for m in mods),
         "triton_depthwise": any(isinstance(m, DepthwiseConvAct) for m in mods),
-        "groupnorm_decomposed": any(isinstance(m, GroupNorm1) and m.decomposed for m in mods),
+        "groupnorm_decomposed": any(isinstance(m, GroupNorm1) and m.mode == "decomposed" for m in mods),
+        "groupnorm_channels_last": any(isinstance(m, GroupNorm1) and m.mode == "channels_last" for m in mods),
     }
     out = [name for name, present in found.items() if present]
     return out + sorted({f"sdpa_{a.sdpa}" for a in attns if a.sdpa != "auto"})

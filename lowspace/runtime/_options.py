@@ -10,7 +10,7 @@ from ..config import Config, option
 UPSAMPLE_REWRITES = ("auto", "conv_transpose", "subpixel")
 CONV1X1_KINDS = ("conv", "linear")
 SDPA_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
-GROUPNORM_KINDS = ("native", "decomposed")
+GROUPNORM_KINDS = ("native", "decomposed", "channels_last")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "tuned",
                  "tuned-autotune")
 MAX_CUDNN_ALGORITHMS = 1000  # an autotuning limit N (cudnn_benchmark) is at most this
@@ -29,7 +29,8 @@ class DeployOptions(Config):
     conv1x1: ``conv`` (cuDNN) or ``linear`` (a matmul on the NHWC view, which inductor fuses with its
         epilogue).
     sdpa: attention kernel: ``auto`` (PyTorch's choice) or one of flash, efficient, cudnn, math.
-    groupnorm: ``native`` (F.group_norm) or ``decomposed`` (mean/var ops that a compiler can fuse).
+    groupnorm: ``native`` (F.group_norm), ``decomposed`` (mean/var ops that a compiler can fuse) or
+        ``channels_last`` (a LayerNorm over each sample's contiguous (H, W, C) block of a channels-last input).
     triton: depthwise convs (+ bias + activation) through lowspace's Triton kernel (CUDA only). ``auto``:
         on for batch size 1 on CUDA (faster there), off otherwise (slower than cuDNN inside inductor
         graphs at large batches); experiments/deploy_speed has the measurements.

@@ -26,6 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .. import data as data_mod
 from ..arch import LowFormer, pretrained_cfg_for, resolve_config
+from ..arch.blocks import use_groupnorm_mode
 from ..arch.model import residual_branches, set_drop_path
 from ..errors import ConfigError, LowspaceError
 from ..io import atomic_write_json
@@ -34,7 +35,6 @@ from . import distributed as dist_utils
 from .distributed import DistInfo
 from .ema import WarmupEMA
 from .evaluate import Evaluator, reestimate_bn
-from .fastpath import channels_last_groupnorm
 from .losses import BatchMixer, TrainLoss
 from .models import TimmModel, build_timm
 from .metrics import MetricsLog, TrainProgress
@@ -402,7 +402,7 @@ def build(model_or_config, data: data_mod.ImageData, recipe: Recipe, runtime: Ru
     if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
         if recipe.fast_groupnorm:
-            channels_last_groupnorm(model)
+            use_groupnorm_mode(model, "channels_last")  # same function, no layout round trips
     if dist.distributed and recipe.sync_bn:
         if not runtime.cuda:
             raise ConfigError("recipe.sync_bn", True, "SyncBatchNorm needs CUDA; use false on CPU")
