@@ -7,14 +7,25 @@ does not import torch):
     count_params, count_macs, measure, deploy
 """
 from importlib import metadata
+from pathlib import Path
 
 from ._lazy import lazy_exports
 from .errors import ConfigError, LowspaceError
 
+
+def _source_version() -> str:
+    """The version a source tree's pyproject.toml declares (a tree that was never installed)."""
+    try:
+        import tomllib
+        return tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]["version"]
+    except (OSError, KeyError, ValueError, ImportError):
+        return "0+unknown"
+
+
 try:
     __version__ = metadata.version("lowspace")
-except metadata.PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+unknown"
+except metadata.PackageNotFoundError:
+    __version__ = _source_version()
 
 _LAZY = {
     "ArchConfig": "arch.config",

@@ -49,16 +49,6 @@ def git_commit() -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def _version() -> str:
-    if __version__ != "0+unknown":
-        return __version__
-    try:  # a source tree that was never installed: the version its pyproject.toml declares
-        import tomllib
-        return tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["version"]
-    except (OSError, KeyError, ValueError, ImportError):
-        return __version__
-
-
 def provenance() -> dict[str, Any]:
     """``{"lowspace": version, "commit": ..., "source": package hash}`` for a result file."""
-    return {"lowspace": _version(), "commit": git_commit(), "source": package_hash()}
+    return {"lowspace": __version__, "commit": git_commit(), "source": package_hash()}

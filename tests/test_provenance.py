@@ -24,3 +24,12 @@ def test_package_hash_changes_with_a_source_file(tmp_path, monkeypatch):
         assert prov.package_hash() != first
     finally:
         prov.package_hash.cache_clear()
+
+
+def test_an_uninstalled_source_tree_reports_its_pyprojects_version():
+    import tomllib
+    from pathlib import Path
+
+    import lowspace
+    declared = tomllib.loads((Path(lowspace.__file__).parent.parent / "pyproject.toml").read_text())
+    assert lowspace._source_version() == declared["project"]["version"] == lowspace.__version__

@@ -218,6 +218,7 @@ def run_job(job: Job, device: str | None = None, data=None, data_spec: dict | No
     import torch
 
     from .. import __version__
+    from ..provenance import provenance
     from ..arch.config import ArchConfig
     device = device or _STATE["device"]
     if data is None:
@@ -242,7 +243,6 @@ def run_job(job: Job, device: str | None = None, data=None, data_spec: dict | No
         row.update(status="failed", error=f"{type(err).__name__}: {text[0][:500] if text else ''}")
         if cuda:
             torch.cuda.empty_cache()
-    from ..provenance import provenance
     row.update(fingerprint=environment(device), provenance=provenance(),
                finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     row = _finite(row)
