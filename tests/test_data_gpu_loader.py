@@ -230,6 +230,24 @@ def test_crops_gathered_into_one_buffer_equal_slicing_each_image():
         assert not got[k, h:].any() and not got[k, :, :, w:].any()  # padding is zero
 
 
+def test_a_batch_too_large_for_one_buffer_is_resampled_in_parts_with_the_same_result(monkeypatch):
+    rng = np.random.default_rng(5)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+              for h, w in rng.integers(8, 60, (10, 2))]
+    boxes = np.array([(0, 0, im.shape[1], im.shape[2]) for im in images])
+    n = len(images)
+    args = (np.full((n, 2), 16), np.zeros((n, 2)), np.full(n, 4), np.arange(n) % 2, 16)
+    whole = gpu_augment.resample(images, boxes, *args)
+    monkeypatch.setattr(gpu_augment, "MAX_BUFFER", 3 * 3 * 40 * 40)
+    parts = gpu_augment.size_parts(boxes)
+    assert len(parts) > 2 and sorted(np.concatenate(parts).tolist()) == list(range(n))
+    for part in parts:  # every part fits, or is one box that alone does not
+        b = boxes[part]
+        assert len(part) == 1 or 3 * len(part) * b[:, 2].max() * b[:, 3].max() <= gpu_augment.MAX_BUFFER
+    split = gpu_augment.resample(images, boxes, *args)
+    assert (split - whole).abs().max() <= 1 and (split != whole).float().mean() < 0.01
+
+
 def test_uniforms_are_a_function_of_seed_and_stream_only():
     a = gpu_augment.uniforms([5, 6, 7], 1, 4)
     assert np.array_equal(a[1:], gpu_augment.uniforms([6, 7], 1, 4))

@@ -34,6 +34,9 @@ _STREAM = np.uint64(0xD1B54A32D192ED03)
 PIL_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 _SUPPORT = np.array([0.0, 0.5, 1.0, 1.0, 2.0, 3.0])
 CROP_ATTEMPTS = 10
+# pixel values (3 per pixel) in one padded crop buffer (256 MB in half precision); a batch with larger crops
+# is resampled in parts, so a few very large photos cannot exhaust the GPU's memory
+MAX_BUFFER = 1 << 27
 
 
 def uniforms(seeds: Sequence[int], stream: int, count: int) -> np.ndarray:
@@ -207,15 +210,41 @@ def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndar
     it; ``filters`` ``(N,)`` indices into :data:`PIL_FILTERS`; ``flips`` ``(N,)``: mirror the columns.
     The boxes are copied into one zero-padded buffer; each pass is one batched matrix product (half
     precision on CUDA: exact for pixel levels, weights to 11 bits), rounded like PIL's. PIL resamples the
-    columns first, except when the rows shrink and the columns grow: those samples go as a second group."""
+    columns first, except when the rows shrink and the columns grow: those samples go as a group of their
+    own, and so do parts of a batch whose buffer would exceed :data:`MAX_BUFFER` values."""
     resized, offsets = np.asarray(resized), np.asarray(offsets)
     rows_first = (resized[:, 0] < boxes[:, 2]) & (resized[:, 1] > boxes[:, 3])
-    if rows_first.any() and not rows_first.all():
-        groups = [np.nonzero(~rows_first)[0], np.nonzero(rows_first)[0]]
-        parts = [resample([images[i] for i in g], boxes[g], resized[g], offsets[g], filters[g], flips[g], size)
-                 for g in groups]
-        order = host_to(torch.from_numpy(np.argsort(np.concatenate(groups))), parts[0].device)
-        return torch.cat(parts).index_select(0, order)
+    groups = [g for g in (np.nonzero(~rows_first)[0], np.nonzero(rows_first)[0]) if len(g)]
+    groups = [g[part] for g in groups for part in size_parts(boxes[g])]
+    parts = [_resample_group([images[i] for i in g], boxes[g], resized[g], offsets[g], filters[g], flips[g], size,
+                             bool(rows_first[g[0]])) for g in groups]
+    if len(parts) == 1:
+        return parts[0]
+    order = host_to(torch.from_numpy(np.argsort(np.concatenate(groups))), parts[0].device)
+    return torch.cat(parts).index_select(0, order)
+
+
+def size_parts(boxes: np.ndarray) -> list[np.ndarray]:
+    """Indices of ``boxes`` in parts whose padded buffers hold at most :data:`MAX_BUFFER` values, boxes of
+    similar size together (less padding); one part when the whole batch fits."""
+    height, width = boxes[:, 2], boxes[:, 3]
+    if 3 * len(boxes) * int(height.max()) * int(width.max()) <= MAX_BUFFER:
+        return [np.arange(len(boxes))]
+    parts, current, widest = [], [], 0
+    for i in np.lexsort((width, height)):  # by height, then width: a part's tallest box is its last
+        wider = max(widest, int(width[i]))
+        if current and 3 * (len(current) + 1) * int(height[i]) * wider > MAX_BUFFER:
+            parts.append(np.array(current))
+            current, wider = [], int(width[i])
+        current.append(i)
+        widest = wider
+    parts.append(np.array(current))
+    return parts
+
+
+def _resample_group(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
+                    filters: np.ndarray, flips: np.ndarray, size: int, rows_first: bool) -> torch.Tensor:
+    """:func:`resample` of samples that share one pass order, in one buffer."""
     n, device = len(images), images[0].device
     height, width = boxes[:, 2].astype(np.int64), boxes[:, 3].astype(np.int64)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -227,7 +256,7 @@ def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndar
                                                                  device)
     row_w = resample_weights(row_params, row_centers, rows, row_taps, dtype)
     col_w = resample_weights(col_params, col_centers, cols, col_taps, dtype)
-    if rows_first.all():
+    if rows_first:
         out = _pass(_pass(buffer, row_w, "rows"), col_w, "cols")
     else:
         out = _pass(_pass(buffer, col_w, "cols"), row_w, "rows")
