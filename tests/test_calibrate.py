@@ -235,6 +235,20 @@ def test_without_a_qualifying_schedule_it_names_the_knob_that_moved_tau_most(tmp
     assert s.knobs[0].knob == best and f"knob that moved tau most: {s.knobs[0].label}" in s.message
 
 
+def test_no_verdict_on_the_candidates_before_they_have_results(tmp_path):
+    schedules = {"e1": {"epochs": 1}, "e1-lr": {"epochs": 1, "base_lr": 0.02}}
+    plan = make_plan(tiny(tmp_path, n_archs=6, schedules=schedules))
+    order = {a.arch_id: i for i, a in enumerate(plan.archs)}
+    plan.costs = {a.arch_id: dict(params=1, macs=1) for a in plan.archs}
+    full_only = [r for r in fake_rows(plan, lambda j: 50 + order[j.arch_id]) if r["schedule"] == "full"]
+    s = summarize(plan, full_only)
+    assert s.full.agreement is not None and s.recommended is None
+    assert s.message.startswith("no recommendation yet: no candidate schedule has results")
+    with_e1 = full_only + [r for r in fake_rows(plan, lambda j: 50 - order[j.arch_id]) if r["schedule"] == "e1"]
+    message = summarize(plan, with_e1).message
+    assert "no candidate measured so far reaches" in message and "1 candidate not measured yet" in message
+
+
 def test_row_store_skips_a_torn_line_and_seals_it_before_appending(tmp_path):
     store = run.RowStore(tmp_path / "rows.jsonl")
     store.append(dict(key="a", status="ok"))

@@ -140,17 +140,22 @@ def _message(plan: Plan, candidates: list[ScheduleSummary], ceiling: Agreement |
                 f"{c.agreement.tau_high:.2f}] vs the full schedule over {c.archs} architectures = "
                 f"{c.agreement.tau / ceiling.tau:.0%} of the seed ceiling {ceiling.tau:.2f}, at "
                 f"{c.cost_share:.0%} of the full schedule's GPU time)")
+    ranked = [c for c in candidates if c.agreement and math.isfinite(c.agreement.tau)]
+    pending = len(candidates) - len(ranked)
     if ceiling.tau <= 0:
         text = (f"no recommendation: the seed ceiling is {ceiling.tau:.2f}: two seeds of the full schedule do "
                 f"not rank these architectures alike, so no short schedule can be judged against it")
+    elif not ranked:
+        return (f"no recommendation yet: no candidate schedule has results on 3 architectures (target: tau >= "
+                f"{s.target * ceiling.tau:.2f}, {s.target:.0%} of the seed ceiling; re-run to finish)")
     else:
-        text = (f"no candidate reaches {s.target:.0%} of the seed ceiling (tau >= {s.target * ceiling.tau:.2f}) "
-                f"within {s.max_cost_share:.0%} of the full schedule's GPU time")
-        ranked = [c for c in candidates if c.agreement and math.isfinite(c.agreement.tau)]
-        if ranked:
-            best = max(ranked, key=lambda c: c.agreement.tau)
-            share = f"{best.cost_share:.0%}" if best.cost_share is not None else "?"
-            text += f"; the best is {best.name} (tau {best.agreement.tau:.2f}, {share} of the GPU time)"
+        text = (f"no candidate{' measured so far' if pending else ''} reaches {s.target:.0%} of the seed ceiling "
+                f"(tau >= {s.target * ceiling.tau:.2f}) within {s.max_cost_share:.0%} of the full schedule's GPU time")
+        best = max(ranked, key=lambda c: c.agreement.tau)
+        share = f"{best.cost_share:.0%}" if best.cost_share is not None else "?"
+        text += f"; the best is {best.name} (tau {best.agreement.tau:.2f}, {share} of the GPU time)"
+        if pending:
+            text += f"; {pending} candidate{'s' if pending > 1 else ''} not measured yet (re-run to finish)"
     if knobs:
         k = knobs[0]
         text += f"; the knob that moved tau most: {k.describe()}"
