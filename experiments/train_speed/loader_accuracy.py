@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -81,26 +79,22 @@ def run_one(out: Path, folder: Path, loader: str, seed: int, args) -> dict:
 
 
 def compare(rows: list[dict], level: float = 0.95) -> dict:
-    """Mean, sd and 95 % interval of top-1 per loader, and Welch's t-test of GPU against CPU."""
-    from scipy import stats
-    out: dict = {}
-    for loader in ("cpu", "gpu"):
-        acc = [r["top1"] for r in rows if r["loader"] == loader and r.get("top1") is not None]
-        if not acc:
-            continue
-        sd = statistics.stdev(acc) if len(acc) > 1 else math.nan
-        half = stats.t.ppf(0.5 + level / 2, len(acc) - 1) * sd / math.sqrt(len(acc)) if len(acc) > 1 else math.nan
-        out[loader] = dict(n=len(acc), mean=statistics.fmean(acc), sd=sd, ci95=[statistics.fmean(acc) - half,
-                                                                               statistics.fmean(acc) + half])
-    if all(k in out and out[k]["n"] > 1 for k in ("cpu", "gpu")):
-        a = [r["top1"] for r in rows if r["loader"] == "gpu" and r.get("top1") is not None]
-        b = [r["top1"] for r in rows if r["loader"] == "cpu" and r.get("top1") is not None]
-        test = stats.ttest_ind(a, b, equal_var=False)
-        diff = out["gpu"]["mean"] - out["cpu"]["mean"]
-        out["gpu_minus_cpu"] = dict(diff=diff, p=float(test.pvalue), significant=bool(test.pvalue < 1 - level),
-                                    verdict=(f"GPU loader {'higher' if diff > 0 else 'lower'} by {abs(diff):.2f} "
-                                             f"points (p = {test.pvalue:.3f})") if test.pvalue < 1 - level else
-                                    f"within noise (difference {diff:+.2f} points, p = {test.pvalue:.3f})")
+    """Mean, sd and 95 % interval of top-1 per loader, and Welch's t-test of GPU against CPU
+    (``lowspace.report.significance``, the rules of every lowspace report)."""
+    from lowspace.report.significance import Accuracy, compare_accuracy
+    acc = {loader: Accuracy(tuple(r["top1"] for r in rows if r["loader"] == loader and r.get("top1") is not None))
+           for loader in ("cpu", "gpu")}
+    out: dict = {loader: dict(n=a.seeds, mean=a.mean, sd=a.std, ci95=list(a.interval(level)))
+                 for loader, a in acc.items() if a.seeds}
+    if acc["cpu"].seeds > 1 and acc["gpu"].seeds > 1:
+        test = compare_accuracy(acc["gpu"], acc["cpu"], level)
+        diff, p = test.difference, test.p_value
+        if test.significant:
+            verdict = f"GPU loader {'higher' if diff > 0 else 'lower'} by {abs(diff):.2f} points (p = {p:.3f})"
+        else:
+            verdict = f"within noise (difference {diff:+.2f} points, " + (f"p = {p:.3f})" if p is not None else
+                                                                          f"{test.test})")
+        out["gpu_minus_cpu"] = dict(diff=diff, p=p, significant=test.significant, verdict=verdict)
     return out
 
 
