@@ -11,7 +11,7 @@ from timm.models import FeatureInfo
 from ..errors import ConfigError
 from .checkpoint import CheckpointError, load_checkpoint, read_state_dict, to_lowspace_keys
 from .config import ArchConfig
-from .model import LowFormer, stage_indices
+from .model import LowFormer
 from .presets import preset_key, resolve_config
 
 
@@ -52,9 +52,8 @@ class StageFeatures(nn.Module):
 
     def __init__(self, model: LowFormer, out_indices: int | tuple[int, ...] | None = None):
         super().__init__()
-        self.feature_info = FeatureInfo([dict(info) for info in model.feature_info],
-                                        tuple(stage_indices(len(model.stages), out_indices)[0]))
-        self.out_indices = model.prune_intermediate_layers(out_indices)
+        self.out_indices = model.prune_intermediate_layers(out_indices)  # keeps the full feature_info list
+        self.feature_info = FeatureInfo([dict(info) for info in model.feature_info], tuple(self.out_indices))
         self.model = model
         self.pretrained_cfg = {k: v for k, v in model.pretrained_cfg.items() if k not in ("num_classes", "classifier")}
 
