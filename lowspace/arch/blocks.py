@@ -333,13 +333,12 @@ class GroupNorm1(nn.GroupNorm):
         self.mode = "native"
 
     def forward(self, x):
-        mode = getattr(self, "mode", "native")  # a plain nn.GroupNorm switched in place has no mode yet
-        if mode == "decomposed":
+        if self.mode == "decomposed":
             xf = x.float()
             var, mean = torch.var_mean(xf, dim=(1, 2, 3), keepdim=True, correction=0)
             y = (xf - mean) * torch.rsqrt(var + self.eps)
             return (y * self.weight.float()[:, None, None] + self.bias.float()[:, None, None]).to(x.dtype)
-        if (mode == "channels_last" and self.num_groups == 1 and x.dim() == 4 and not x.is_contiguous()
+        if (self.mode == "channels_last" and x.dim() == 4 and not x.is_contiguous()
                 and x.is_contiguous(memory_format=torch.channels_last)):
             n, c, h, w = x.shape
             y = F.layer_norm(x.permute(0, 2, 3, 1), (h, w, c), eps=self.eps).permute(0, 3, 1, 2)
@@ -467,8 +466,7 @@ def inference_rewrites(model: nn.Module) -> list[str]:
         "subpixel_upsample": any(isinstance(m, nn.PixelShuffle) for m in mods),
         "conv1x1_as_linear": any(isinstance(m, Conv1x1Linear) for m in mods),
         "triton_depthwise": any(isinstance(m, DepthwiseConvAct) for m in mods),
-        "groupnorm_decomposed": any(isinstance(m, GroupNorm1) and m.mode == "decomposed" for m in mods),
-        "groupnorm_channels_last": any(isinstance(m, GroupNorm1) and m.mode == "channels_last" for m in mods),
     }
     out = [name for name, present in found.items() if present]
-    return out + sorted({f"sdpa_{a.sdpa}" for a in attns if a.sdpa != "auto"})
+    norms = {f"groupnorm_{m.mode}" for m in mods if isinstance(m, GroupNorm1) and m.mode != "native"}
+    return out + sorted(norms) + sorted({f"sdpa_{a.sdpa}" for a in attns if a.sdpa != "auto"})
