@@ -16,6 +16,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def host_to(tensor: torch.Tensor, device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device`` without waiting: a copy from pageable memory would first wait
+    for the device's queued work, stalling the thread that asked for it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 class DataError(LowspaceError):
     """A data set that cannot be read: missing or corrupt file, empty class folder, bad class list."""
 

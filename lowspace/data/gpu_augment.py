@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import IMAGENET_MEAN, IMAGENET_STD
+from .base import IMAGENET_MEAN, IMAGENET_STD, host_to
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _STREAM = np.uint64(0xD1B54A32D192ED03)
@@ -66,15 +66,6 @@ def to_device(arrays: Sequence[np.ndarray], device) -> list[torch.Tensor]:
         out.append(moved[start:start + a.size].view(a.shape))
         start += a.size
     return out
-
-
-def host_to(tensor: torch.Tensor, device) -> torch.Tensor:
-    """``tensor`` (on the host) on ``device`` without waiting: a copy from pageable memory would first wait
-    for the device's queued work, stalling the loader's thread."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=True)
 
 
 def crop_boxes(heights: np.ndarray, widths: np.ndarray, u: np.ndarray, scale, ratio) -> np.ndarray:

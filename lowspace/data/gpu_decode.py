@@ -28,9 +28,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from .base import DataError, FolderSplit
+from .base import DataError, FolderSplit, host_to
 from .folders import load_image
-from .gpu_augment import host_to
 from .sampling import BatchPlan, PlannedLoader, mix_seed
 
 LOADERS = ("auto", "cpu", "gpu")

@@ -18,7 +18,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .base import TensorSplit
+from .base import TensorSplit, host_to
 from .sampling import BatchPlan, PlannedLoader, seeded_generator
 
 
@@ -109,10 +109,10 @@ class TensorLoader(PlannedLoader):
         """This rank's ``(images, labels)`` micro-batches of ``epoch``, from micro-step ``start`` on."""
         plan = self.plan
         used = plan.samples_per_epoch
-        order = plan.order(epoch)[:used].to(self.device, non_blocking=True)
+        order = host_to(plan.order(epoch)[:used], self.device)
         theta = None
         if self.augment is not None:
-            theta = sample_affine(used, self.augment, seeded_generator(plan.seed, 3, epoch)).to(self.device)
+            theta = host_to(sample_affine(used, self.augment, seeded_generator(plan.seed, 3, epoch)), self.device)
         sizes = plan.micro_sizes(epoch)
         for m in range(start, plan.micro_steps):
             lo, hi = plan.rows(m)
