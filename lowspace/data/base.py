@@ -17,10 +17,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def host_to(tensor: torch.Tensor, device) -> torch.Tensor:
-    """``tensor`` (on the host) on ``device`` without waiting: a copy from pageable memory would first wait
-    for the device's queued work, stalling the thread that asked for it."""
+    """``tensor`` on ``device`` without waiting: a copy from pageable host memory would first wait for the
+    device's queued work, stalling the thread that asked for it. A tensor already on a GPU is moved as is."""
     device = torch.device(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and tensor.device.type == "cpu":
         tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
 
