@@ -15,7 +15,7 @@ from lowspace.train import engine
 from lowspace.train.distributed import DistInfo
 from lowspace.train.evaluate import reestimate_bn
 from lowspace.train.optim import create_optimizer
-from lowspace.train.step import TrainStep
+from lowspace.train.step import TrainStep, step_errors
 
 TINY = dict(name="tiny", resolution=16, stem=dict(width=8),
             stages=[dict(width=16, depth=1, downsample=dict(stride=2)),
@@ -165,6 +165,24 @@ def test_step_snapshot_restore_is_exact():
     assert torch.equal(loss_a, loss_b)
     assert all(torch.equal(after_a[k], v) for k, v in model.state_dict().items())
 
+
+
+def test_step_errors_are_the_relative_l2_errors_of_loss_gradients_and_update():
+    torch.manual_seed(0)
+    initial = [torch.randn(3, 4), torch.randn(5)]
+    ref_params = [p + 0.1 * torch.randn_like(p) for p in initial]
+    ref_grads = [torch.randn(3, 4), None]
+    grads = [g + 0.01 * torch.randn_like(g) if g is not None else torch.randn(5) for g in ref_grads]
+    params = [p + 0.001 * torch.randn_like(p) for p in ref_params]
+    ref_loss, loss = torch.tensor(2.0), torch.tensor(2.02, dtype=torch.bfloat16)
+    errors = step_errors(ref_loss, ref_grads, ref_params, loss, grads, params, initial)
+    update = torch.cat([(p - r).flatten() for p, r in zip(params, ref_params)])
+    ref_update = torch.cat([(r - p0).flatten() for r, p0 in zip(ref_params, initial)])
+    expected = ((loss.float() - ref_loss).abs().item() / 2.0,  # the parameter without a reference gradient
+                ((grads[0] - ref_grads[0]).norm() / ref_grads[0].norm()).item(),  # is left out of the gradients
+                (update.norm() / ref_update.norm()).item())
+    assert errors == pytest.approx(expected, rel=1e-5)
+    assert step_errors(ref_loss, ref_grads, ref_params, ref_loss, ref_grads, ref_params, initial) == (0.0, 0.0, 0.0)
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("drop_path", [0.0, 0.2])
