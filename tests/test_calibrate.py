@@ -192,6 +192,8 @@ def test_summary_of_constructed_rows_gives_ceiling_taus_costs_and_the_snippet(tm
     assert by["good"].agreement.tau == pytest.approx(sps.kendalltau(range(8), [0.5, 0.5, 2, 3, 4, 5, 6, 7])
                                                      .statistic)
     assert by["bad"].agreement.tau < -0.9
+    # like the ceiling, against one seed at a time: seed A in the same order, seed B with the first two swapped
+    assert by["good"].tau_one_seed == pytest.approx(((1.0) + (1 - 2 / 28)) / 2)
     assert by["good"].cost_share == pytest.approx(0.1) and by["dear"].cost_share == pytest.approx(0.5)
     assert s.baselines["params"].tau < -0.9  # params fall as accuracy rises
     assert s.recommended == "good"  # "dear" ranks as well but costs 50 %
@@ -233,6 +235,35 @@ def test_without_a_qualifying_schedule_it_names_the_knob_that_moved_tau_most(tmp
     moved = {"base_lr": abs(taus["e1-lr"] - taus["e1"]), "resolutions": abs(taus["e1-r16"] - taus["e1"])}
     best = max(moved, key=moved.get)
     assert s.knobs[0].knob == best and f"knob that moved tau most: {s.knobs[0].label}" in s.message
+
+
+def test_when_none_fits_the_cost_cap_the_cheapest_that_ranks_well_enough_is_recommended_over_it(tmp_path):
+    schedules = {"cheap-bad": {"epochs": 1}, "dear-good": {"batch_size": 16}, "dearer-good": {"base_lr": 0.01}}
+    plan = make_plan(tiny(tmp_path, n_archs=6, schedules=schedules))
+    order = {a.arch_id: i for i, a in enumerate(plan.archs)}
+    plan.costs = {a.arch_id: dict(params=1, macs=1) for a in plan.archs}
+    noise = [0, 3, 1, 5, 2, 4]
+
+    def top1(job):
+        i = order[job.arch_id]
+        return 50 + i if job.schedule in ("full", "dear-good", "dearer-good") else 30 + noise[i]
+
+    costs = {"full": 10.0, "cheap-bad": 1.0, "dear-good": 4.0, "dearer-good": 6.0}
+    rows = fake_rows(plan, top1, gpu_s=lambda j: costs[j.schedule])
+    s = summarize(plan, rows)
+    assert s.recommended == "dear-good" and s.over_cost_cap
+    assert s.message.startswith("no candidate reaches 85% of the seed ceiling (tau >= 0.85) within 20%")
+    assert "recommended over the cost cap: dear-good" in s.message and "40% of the full schedule's" in s.message
+    from lowspace.search._calibrate_report import write_outputs
+    result = write_outputs(plan, s, tmp_path, dict(planned=len(rows)))
+    assert result.over_cost_cap and result.snippet is not None
+    assert "# over the cost cap: no candidate reached the target within 20%" in result.snippet.read_text()
+    assert "(recommended, over the cost cap)" in (tmp_path / "summary.md").read_text()
+    # within the cap it is an ordinary recommendation; with a candidate still unmeasured, none over the cap yet
+    within = summarize(plan, [dict(r, gpu_s=1.5) if r["schedule"] == "dear-good" else r for r in rows])
+    assert within.recommended == "dear-good" and not within.over_cost_cap
+    pending = summarize(plan, [r for r in rows if r["schedule"] != "cheap-bad"])
+    assert pending.recommended is None and not pending.over_cost_cap
 
 
 def test_no_verdict_on_the_candidates_before_they_have_results(tmp_path):

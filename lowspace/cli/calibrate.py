@@ -104,12 +104,12 @@ def run(args) -> int:
     settings = settings_from_args(args)
     result = calibrate(settings, progress=lambda text: console.print(text, highlight=False))
     table = Table(title=f"proxy calibration: {result.archs} architectures, {settings.source}")
-    for col in ("schedule", "archs", "mean top-1", "Kendall tau [95 %]", "Spearman rho [95 %]", "GPU s / run",
-                "cost"):
+    for col in ("schedule", "archs", "mean top-1", "Kendall tau [95 %]", "tau vs one seed", "Spearman rho [95 %]",
+                "GPU s / run", "cost"):
         table.add_column(col, justify="left" if col == "schedule" else "right")
     for r in result_table(result):
         name = f"[bold]{r['schedule']}[/]" if r["recommended"] else r["schedule"]
-        table.add_row(name, str(r["archs"]), r["top1"], r["tau"], r["rho"], r["gpu_s"], r["share"])
+        table.add_row(name, str(r["archs"]), r["top1"], r["tau"], r["tau_one_seed"], r["rho"], r["gpu_s"], r["share"])
     console.print(table)
     console.print(result.message, highlight=False)
     for note in result.notes:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from ._calibrate_stats import Agreement, Candidate, KnobEffect, agreement, knob_effects, recommend
+from ._calibrate_stats import Agreement, Candidate, KnobEffect, agreement, kendall_tau, knob_effects, recommend
 from .calibrate import CalibrationResult, Plan, ScheduleSummary
 from .settings import FIXED_RUNG_KEYS
 
@@ -29,6 +29,7 @@ class Summary:
     message: str
     knobs: list[KnobEffect]
     notes: list[str]
+    over_cost_cap: bool = False
 
 
 def collect(plan: Plan, rows: list[dict]) -> tuple[dict, dict]:
@@ -89,35 +90,55 @@ def summarize(plan: Plan, rows: list[dict]) -> Summary:
                      f"is that seed")
     full_summary = ScheduleSummary("full", plan.full.overrides, plan.full.options,
                                    sum(len(v) for v in full.values()), len(both), _none(_mean(ref.values())),
-                                   _none(_mean(full_gpu.values())), 1.0 if full_gpu else None, ceiling)
-    candidates = [_candidate(plan, c, top1[c.name], gpu[c.name], ref, full_gpu) for c in plan.candidates]
+                                   _none(_mean(full_gpu.values())), 1.0 if full_gpu else None, ceiling,
+                                   ceiling.tau if ceiling else None)
+    candidates = [_candidate(plan, c, top1[c.name], gpu[c.name], full, full_gpu) for c in plan.candidates]
     baselines = _baselines(plan, ref)
     ceiling_tau = ceiling.tau if ceiling else math.nan
-    pick = recommend([Candidate(c.name, c.agreement.tau if c.agreement else math.nan,
-                                c.cost_share if c.cost_share is not None else math.nan) for c in candidates],
-                     ceiling_tau, s.target, s.max_cost_share)
+    ranked = [Candidate(c.name, _decision_tau(c), c.cost_share if c.cost_share is not None else math.nan)
+              for c in candidates]
+    pick = recommend(ranked, ceiling_tau, s.target, s.max_cost_share)
+    over_cap = pick is None and not any(c.agreement is None for c in candidates)
+    if over_cap:  # none within the cap: the cheapest that ranks well enough at any cost, said to be over it
+        pick = recommend(ranked, ceiling_tau, s.target, math.inf)
+        over_cap = pick is not None
     knobs = knob_effects({c.name: c.options for c in plan.candidates},
                          {c.name: c.agreement.tau for c in candidates if c.agreement})
-    message = _message(plan, candidates, ceiling, pick.name if pick else None, knobs)
+    message = _message(plan, candidates, ceiling, pick.name if pick else None, knobs, over_cap)
     missing = len(plan.archs) - len(ref)
     if missing:
         notes.append(f"{missing} of {len(plan.archs)} architectures have no full-schedule result yet")
-    return Summary(top1, gpu, full_summary, candidates, baselines, pick.name if pick else None, message, knobs, notes)
+    return Summary(top1, gpu, full_summary, candidates, baselines, pick.name if pick else None, message, knobs, notes,
+                   over_cap)
 
 
-def _candidate(plan: Plan, sched, top1: dict, gpu: dict, ref: dict, full_gpu: dict) -> ScheduleSummary:
+def _decision_tau(c: ScheduleSummary) -> float:
+    """The tau the recommendation compares with the ceiling: against one full seed, like the ceiling itself."""
+    if c.tau_one_seed is not None and math.isfinite(c.tau_one_seed):
+        return c.tau_one_seed
+    return c.agreement.tau if c.agreement else math.nan
+
+
+def _candidate(plan: Plan, sched, top1: dict, gpu: dict, full: dict, full_gpu: dict) -> ScheduleSummary:
     s = plan.settings
+    ref = {a: _mean(seeds.values()) for a, seeds in full.items()}
     archs = [a.arch_id for a in plan.archs if a.arch_id in top1 and a.arch_id in ref]
     acc = {a: _mean(top1[a].values()) for a in archs}
     cost = {a: _mean(gpu[a].values()) for a in archs}
     agree = agreement([acc[a] for a in archs], [ref[a] for a in archs], s.resamples, s.seed) if len(archs) >= 3 \
         else None
+    per_seed = []
+    for seed in s.full_seeds:
+        with_seed = [a for a in archs if seed in full[a]]
+        if len(with_seed) >= 3:
+            per_seed.append(kendall_tau([acc[a] for a in with_seed], [full[a][seed] for a in with_seed]))
     share = math.nan
     paired = [a for a in archs if math.isfinite(cost[a]) and math.isfinite(full_gpu.get(a, math.nan))]
     if paired:
         share = _mean(cost[a] for a in paired) / _mean(full_gpu[a] for a in paired)
     return ScheduleSummary(sched.name, sched.overrides, sched.options, sum(len(v) for v in top1.values()), len(archs),
-                           _none(_mean(acc.values())), _none(_mean(cost.values())), _none(share), agree)
+                           _none(_mean(acc.values())), _none(_mean(cost.values())), _none(share), agree,
+                           _none(_mean(per_seed)))
 
 
 def _baselines(plan: Plan, ref: dict) -> dict[str, Agreement]:
@@ -130,16 +151,18 @@ def _baselines(plan: Plan, ref: dict) -> dict[str, Agreement]:
 
 
 def _message(plan: Plan, candidates: list[ScheduleSummary], ceiling: Agreement | None, pick: str | None,
-             knobs: list[KnobEffect]) -> str:
+             knobs: list[KnobEffect], over_cap: bool = False) -> str:
     s = plan.settings
     if ceiling is None:
         return "no recommendation yet: the seed ceiling needs both full-schedule seeds (re-run to finish)"
+    target = (f"{s.target:.0%} of the seed ceiling (tau >= {s.target * ceiling.tau:.2f}) within "
+              f"{s.max_cost_share:.0%} of the full schedule's GPU time")
     if pick is not None:
-        c = next(c for c in candidates if c.name == pick)
-        return (f"recommended: {pick} (Kendall tau {c.agreement.tau:.2f} [{c.agreement.tau_low:.2f}, "
-                f"{c.agreement.tau_high:.2f}] vs the full schedule over {c.archs} architectures = "
-                f"{c.agreement.tau / ceiling.tau:.0%} of the seed ceiling {ceiling.tau:.2f}, at "
-                f"{c.cost_share:.0%} of the full schedule's GPU time)")
+        text = f"no candidate reaches {target}; recommended over the cost cap: " if over_cap else "recommended: "
+        text += _describe_pick(next(c for c in candidates if c.name == pick), ceiling)
+        if over_cap and knobs:
+            text += f"; the knob that moved tau most: {knobs[0].describe()}"
+        return text
     ranked = [c for c in candidates if c.agreement and math.isfinite(c.agreement.tau)]
     pending = len(candidates) - len(ranked)
     if ceiling.tau <= 0:
@@ -149,17 +172,24 @@ def _message(plan: Plan, candidates: list[ScheduleSummary], ceiling: Agreement |
         return (f"no recommendation yet: no candidate schedule has results on 3 architectures (target: tau >= "
                 f"{s.target * ceiling.tau:.2f}, {s.target:.0%} of the seed ceiling; re-run to finish)")
     else:
-        text = (f"no candidate{' measured so far' if pending else ''} reaches {s.target:.0%} of the seed ceiling "
-                f"(tau >= {s.target * ceiling.tau:.2f}) within {s.max_cost_share:.0%} of the full schedule's GPU time")
-        best = max(ranked, key=lambda c: c.agreement.tau)
+        text = f"no candidate{' measured so far' if pending else ''} reaches {target}"
+        best = max(ranked, key=_decision_tau)
         share = f"{best.cost_share:.0%}" if best.cost_share is not None else "?"
-        text += f"; the best is {best.name} (tau {best.agreement.tau:.2f}, {share} of the GPU time)"
+        text += f"; the best is {best.name} (tau {_decision_tau(best):.2f}, {share} of the GPU time)"
         if pending:
             text += f"; {pending} candidate{'s' if pending > 1 else ''} not measured yet (re-run to finish)"
     if knobs:
-        k = knobs[0]
-        text += f"; the knob that moved tau most: {k.describe()}"
+        text += f"; the knob that moved tau most: {knobs[0].describe()}"
     return text
+
+
+def _describe_pick(c: ScheduleSummary, ceiling: Agreement) -> str:
+    a = c.agreement
+    tau = _decision_tau(c)
+    return (f"{c.name} (Kendall tau {tau:.2f} against one full seed = {tau / ceiling.tau:.0%} of the seed ceiling "
+            f"{ceiling.tau:.2f}; {a.tau:.2f} [{a.tau_low:.2f}, {a.tau_high:.2f}] against the "
+            f"mean of both seeds; over {c.archs} architectures, at {c.cost_share:.0%} of the full schedule's GPU "
+            f"time)")
 
 
 # ==================================================================== files
@@ -190,7 +220,8 @@ def write_outputs(plan: Plan, summary: Summary, out: Path, runs: dict[str, int])
             notes.append(note)
     files = [p for p in files if p.exists()]
     return CalibrationResult(out, len(plan.archs), summary.full, summary.candidates, summary.baselines,
-                             summary.recommended, summary.message, summary.knobs, snippet, files, notes, runs)
+                             summary.recommended, summary.message, summary.knobs, snippet, files, notes, runs,
+                             summary.over_cost_cap)
 
 
 def _recommended_changes(plan: Plan, summary: Summary) -> tuple[Any, dict, dict]:
@@ -208,8 +239,10 @@ def snippet_text(plan: Plan, summary: Summary) -> str:
     a = stats.agreement
     head = (f"# lowspace calibrate {plan.source.path}: schedule {pick.name}, Kendall tau {a.tau:.2f} "
             f"[{a.tau_low:.2f}, {a.tau_high:.2f}] against the full schedule over {a.n} architectures\n"
-            f"# (seed ceiling {summary.full.agreement.tau:.2f}), {stats.cost_share:.0%} of its GPU time per run.\n")
-    return head + yaml.safe_dump({"proxy": proxy}, sort_keys=False, default_flow_style=False)
+            f"# ({_decision_tau(stats):.2f} against one seed; seed ceiling {summary.full.agreement.tau:.2f}), "
+            f"{stats.cost_share:.0%} of its GPU time per run.\n")
+    body = yaml.safe_dump({"proxy": proxy}, sort_keys=False, default_flow_style=False)
+    return head + _over_cap_line(plan, summary) + body
 
 
 def promotion_snippet_text(plan: Plan, summary: Summary) -> str:
@@ -220,8 +253,16 @@ def promotion_snippet_text(plan: Plan, summary: Summary) -> str:
     rung = {k: v for k, v in changes.items() if k not in FIXED_RUNG_KEYS}
     head = (f"# lowspace calibrate {plan.source.path}: pareto mode screening with schedule {pick.name} and "
             f"promoting to the full schedule\n")
-    return head + yaml.safe_dump({"proxy": proxy, "early_stopping": {"kind": "promotion"},
-                                  "promotion": {"rungs": [rung, {}]}}, sort_keys=False, default_flow_style=False)
+    body = yaml.safe_dump({"proxy": proxy, "early_stopping": {"kind": "promotion"},
+                           "promotion": {"rungs": [rung, {}]}}, sort_keys=False, default_flow_style=False)
+    return head + _over_cap_line(plan, summary) + body
+
+
+def _over_cap_line(plan: Plan, summary: Summary) -> str:
+    if not summary.over_cost_cap:
+        return ""
+    return (f"# over the cost cap: no candidate reached the target within {plan.settings.max_cost_share:.0%} of the "
+            f"full schedule's GPU time; this is the cheapest that reached it\n")
 
 
 def _summary_json(plan: Plan, summary: Summary, runs: dict[str, int]) -> dict[str, Any]:
@@ -231,7 +272,7 @@ def _summary_json(plan: Plan, summary: Summary, runs: dict[str, int]) -> dict[st
                 archs=len(plan.archs), full=summary.full.to_dict(),
                 candidates=[c.to_dict() for c in summary.candidates],
                 baselines={k: v.to_dict() for k, v in summary.baselines.items()},
-                recommended=summary.recommended, message=summary.message,
+                recommended=summary.recommended, over_cost_cap=summary.over_cost_cap, message=summary.message,
                 knobs=[dict(asdict(k), label=k.label) for k in summary.knobs],
                 runs=runs, notes=summary.notes)
 
@@ -255,18 +296,24 @@ def _summary_md(plan: Plan, summary: Summary, runs: dict[str, int]) -> str:
              f"full schedule seeds {list(s.full_seeds)}, candidate seeds {list(s.candidate_seeds)}; "
              f"{s.resamples} bootstrap resamples, 95 % intervals.", "",
              f"**{summary.message}**", "",
-             "| schedule | overrides | archs | mean top-1 | Kendall tau [95 %] | Spearman rho [95 %] | GPU s / run "
-             "| cost share |", "|:--|:--|--:|--:|--:|--:|--:|--:|"]
+             "Kendall tau [95 %]: against the mean of the full schedule's seeds; tau vs one seed: the mean over "
+             "the full schedule's seeds of tau against that seed alone, measured like the seed ceiling (the "
+             "recommendation compares this one with the ceiling).", "",
+             "| schedule | overrides | archs | mean top-1 | Kendall tau [95 %] | tau vs one seed | Spearman rho [95 %] "
+             "| GPU s / run | cost share |", "|:--|:--|--:|--:|--:|--:|--:|--:|--:|"]
     f = summary.full
     lines.append(f"| full (seed ceiling) | - | {f.archs} | {_fmt(f.mean_top1)} | {_interval(f.agreement, 'tau')} | "
-                 f"{_interval(f.agreement, 'rho')} | {_fmt(f.gpu_s, '.1f')} | 100% |")
+                 f"{_fmt(f.tau_one_seed)} | {_interval(f.agreement, 'rho')} | {_fmt(f.gpu_s, '.1f')} | 100% |")
+    picked = " **(recommended, over the cost cap)**" if summary.over_cost_cap else " **(recommended)**"
     for c in sorted(summary.candidates, key=lambda c: c.cost_share if c.cost_share is not None else math.inf):
         over = ", ".join(f"{k}={v}" for k, v in c.overrides.items())
-        mark = " **(recommended)**" if c.name == summary.recommended else ""
+        mark = picked if c.name == summary.recommended else ""
         lines.append(f"| {c.name}{mark} | {over} | {c.archs} | {_fmt(c.mean_top1)} | {_interval(c.agreement, 'tau')} "
-                     f"| {_interval(c.agreement, 'rho')} | {_fmt(c.gpu_s, '.1f')} | {_fmt(c.cost_share, '.0%')} |")
+                     f"| {_fmt(c.tau_one_seed)} | {_interval(c.agreement, 'rho')} | {_fmt(c.gpu_s, '.1f')} "
+                     f"| {_fmt(c.cost_share, '.0%')} |")
     for key, a in summary.baselines.items():
-        lines.append(f"| #{key} (baseline) | - | {a.n} | - | {_interval(a, 'tau')} | {_interval(a, 'rho')} | 0 | 0% |")
+        lines.append(f"| #{key} (baseline) | - | {a.n} | - | {_interval(a, 'tau')} | - | {_interval(a, 'rho')} | 0 "
+                     f"| 0% |")
     if summary.knobs:
         lines += ["", "One-knob comparisons (largest tau change per knob):", ""]
         lines += [f"- {k.describe()}" for k in summary.knobs]
@@ -321,7 +368,8 @@ def tau_cost_figure(plan: Plan, summary: Summary):
         taus = [c.agreement.tau for c in group]
         fig.add_trace(go.Scatter(
             x=[100 * c.cost_share for c in group], y=taus, mode="markers+text", text=[c.name for c in group],
-            textposition="top center", name="recommended" if picked else "candidate schedules",
+            textposition="top center", name=("recommended" + (" (over the cost cap)" if summary.over_cost_cap else ""))
+            if picked else "candidate schedules (tau vs the mean of the full seeds)",
             marker=dict(size=14 if picked else 9, symbol="star" if picked else "circle",
                         color="crimson" if picked else "royalblue"),
             error_y=dict(type="data", symmetric=False,
@@ -329,6 +377,13 @@ def tau_cost_figure(plan: Plan, summary: Summary):
                          arrayminus=[_gap(c.agreement.tau - c.agreement.tau_low) for c in group]),
             hovertext=[f"{c.name}: tau {_interval(c.agreement, 'tau')}, rho {_interval(c.agreement, 'rho')}, "
                        f"{c.gpu_s:.1f} GPU s / run, {c.archs} archs" for c in group], hoverinfo="text"))
+    alike = [c for c in cands if c.tau_one_seed is not None]
+    if alike:
+        fig.add_trace(go.Scatter(x=[100 * c.cost_share for c in alike], y=[c.tau_one_seed for c in alike],
+                                 mode="markers", name="tau vs one full seed (like the ceiling)",
+                                 marker=dict(size=9, symbol="circle-open", color="black"),
+                                 hovertext=[f"{c.name}: tau {c.tau_one_seed:.2f} vs one full seed" for c in alike],
+                                 hoverinfo="text"))
     fig.update_layout(title=f"Short schedules vs the full schedule: {plan.source.space.name}, {len(plan.archs)} "
                             f"architectures", xaxis_title="GPU time per run (% of the full schedule)",
                       yaxis_title="Kendall tau vs the full schedule (95 % bootstrap interval)",
@@ -354,11 +409,13 @@ def result_table(result: CalibrationResult) -> list[dict[str, Any]]:
                                    else math.inf)]:
         a = c.agreement
         rows.append(dict(schedule="full (ceiling)" if c.name == "full" else c.name, archs=c.archs,
-                         top1=_fmt(c.mean_top1), tau=_interval(a, "tau"), rho=_interval(a, "rho"),
+                         top1=_fmt(c.mean_top1), tau=_interval(a, "tau"), tau_one_seed=_fmt(c.tau_one_seed),
+                         rho=_interval(a, "rho"),
                          gpu_s=_fmt(c.gpu_s, ".1f"), share=_fmt(c.cost_share, ".0%"),
                          recommended=c.name == result.recommended))
     for key, a in result.baselines.items():
-        rows.append(dict(schedule=f"#{key}", archs=a.n, top1="-", tau=_interval(a, "tau"), rho=_interval(a, "rho"),
+        rows.append(dict(schedule=f"#{key}", archs=a.n, top1="-", tau=_interval(a, "tau"), tau_one_seed="-",
+                         rho=_interval(a, "rho"),
                          gpu_s="0", share="0%", recommended=False))
     return rows
 
