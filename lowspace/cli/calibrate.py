@@ -3,8 +3,9 @@
 Trains N architectures of a space (plus its presets) on the full schedule (the search config's proxy, two
 seeds) and on candidate short schedules, all evaluated on a split held out from the training images, and
 reports Kendall tau / Spearman rho with bootstrap intervals, the seed ceiling, the #params and MAC
-baselines and GPU-seconds per run. It recommends the cheapest schedule that ranks well enough and writes
-search-config snippets (``OUT/recommended.yaml``; ``OUT/recommended_promotion.yaml`` for pareto mode).
+baselines and GPU-seconds per run. It recommends the cheapest schedule that ranks well enough (within the
+cost cap, or, when none fits it, the cheapest over it, said so) and writes search-config snippets
+(``OUT/recommended.yaml``; ``OUT/recommended_promotion.yaml`` for pareto mode).
 Re-running the same command continues an interrupted run.
 Each flag sets one field of ``lowspace.search.calibrate.CalibrationSettings``; ``--set KEY=VALUE`` any
 field (docs/calibration.md).
@@ -58,7 +59,8 @@ FLAGS: dict[str, tuple[Flag, ...]] = {
     ),
     "recommendation": (
         Flag("--target", "target", "share of the seed ceiling a schedule's tau must reach"),
-        Flag("--max-cost-share", "max_cost_share", "largest share of the full schedule's GPU time"),
+        Flag("--max-cost-share", "max_cost_share",
+             "largest share of the full schedule's GPU time (none within it: the cheapest over it, flagged)"),
         Flag("--resamples", "resamples", "bootstrap resamples for the intervals"),
     ),
 }
