@@ -69,6 +69,10 @@ VARIANTS = {
     "ours_autotune_conv": ("ours", "compile_cuda_graph", "fp16",
                            {"triton": False, "compile_mode": "tuned-autotune", "conv1x1": "linear",
                             "inductor": {"max_autotune_conv_backends": "TRITON,ATEN"}}),
+    # inductor switches on the deploy defaults: one-kernel (cooperative) reductions for the GroupNorm
+    # statistics instead of split reductions; independent small kernels launched as one (batch 1)
+    "ours_deploy_coop": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"triton.cooperative_reductions": True}}),
+    "ours_deploy_combo": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"combo_kernels": True}}),
     "ours_fp32_graph": ("ours", "cuda_graph", "fp32", {"triton": False}),
 }
 # run in a child process under --cap seconds
