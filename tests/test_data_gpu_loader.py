@@ -179,6 +179,18 @@ def test_a_corrupt_file_is_named_or_skipped_and_counted(tmp_path, content):
 
 
 # ------------------------------------------------------------------------------------------ the transforms
+def test_files_are_read_in_contiguous_runs_one_task_per_run_in_order(data):
+    from concurrent.futures import ThreadPoolExecutor
+    samples, indices = data.train.samples, [5, 0, 3, 1, 4, 2, 6]
+    with ThreadPoolExecutor(2) as pool:
+        futures = gpu_decode.read_in_parts(pool, samples, indices, 3)
+        read = [s for f in futures for s in f.result()]
+    assert len(futures) == 3  # runs of 3, 3 and 1 files
+    assert [s.index for s in read] == indices
+    assert [s.path for s in read] == [samples[i][0] for i in indices]
+    assert all(s.encoded is not None and s.error is None for s in read)
+
+
 def test_crop_boxes_lie_inside_and_follow_scale_and_ratio():
     rng = np.random.default_rng(0)
     heights, widths = rng.integers(30, 600, 500), rng.integers(30, 600, 500)

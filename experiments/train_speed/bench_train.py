@@ -501,9 +501,9 @@ def _timed(fn) -> tuple[object, float]:
     return out, time.perf_counter() - t0
 
 
-def _read_all(pool, samples, indices):
-    from lowspace.data.gpu_decode import read_sample
-    return list(pool.map(lambda i: read_sample(samples, i), indices))
+def _read_all(pool, samples, indices, parts):
+    from lowspace.data.gpu_decode import read_in_parts
+    return [s for f in read_in_parts(pool, samples, indices, parts) for s in f.result()]
 
 
 def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
@@ -511,7 +511,7 @@ def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
     decoded first, outside the profile), the top ``rows`` by host (self CPU) time, per batch, and the host
     time of all operators (the rest of the transform's host time is Python)."""
     from torch.profiler import ProfilerActivity, profile
-    ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices))) for b in batches]
+    ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices, loader.workers))) for b in batches]
     sync()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -547,7 +547,7 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
     phases: dict[str, list[float]] = {k: [] for k in ("read", "decode", "transform", "transform_host")}
     with ThreadPoolExecutor(loader.workers) as pool:
         for k, b in enumerate(batches[:count]):
-            read, t_read = _timed(partial(_read_all, pool, loader.samples, b.indices))
+            read, t_read = _timed(partial(_read_all, pool, loader.samples, b.indices, loader.workers))
             decoded, t_decode = _timed(partial(loader.decode, read))
             t0 = time.perf_counter()
             loader.finish(b, decoded)

@@ -119,6 +119,17 @@ def read_sample(samples: Sequence[tuple[str, int]], index: int) -> _Sample:
     return sample
 
 
+def read_in_parts(pool, samples: Sequence[tuple[str, int]], indices: Sequence[int], parts: int) -> list:
+    """Futures reading ``indices`` (:func:`read_sample`) in ``parts`` contiguous runs on ``pool``, one task per
+    run: a task per file would cost a hand-off between threads (and the GIL) per image."""
+    step = max(1, -(-len(indices) // max(1, parts)))
+    return [pool.submit(_read_run, samples, indices[i:i + step]) for i in range(0, len(indices), step)]
+
+
+def _read_run(samples: Sequence[tuple[str, int]], indices: Sequence[int]) -> list[_Sample]:
+    return [read_sample(samples, i) for i in indices]
+
+
 def _decode_with_pil(sample: _Sample) -> None:
     try:
         sample.image = _pil_tensor(sample.path)
@@ -253,9 +264,9 @@ class DeviceFolderLoader(PlannedLoader):
 
 class _Producer:
     """Prepares micro-batches ahead of the caller: file reads run ``prefetch + 1`` micro-batches ahead in a
-    thread pool, decoding as far ahead in a thread of its own (nvJPEG blocks its caller until the batch is
-    decoded), and a third thread transforms them on a side CUDA stream while the caller trains on earlier
-    ones. Iterating yields ``(x, y)``."""
+    thread pool (each micro-batch as one run of files per thread), decoding as far ahead in a thread of its
+    own (nvJPEG blocks its caller until the batch is decoded), and a third thread transforms them on a side
+    CUDA stream while the caller trains on earlier ones. Iterating yields ``(x, y)``."""
 
     _DONE = object()
 
@@ -307,7 +318,7 @@ class _Producer:
     def _decode(self, reads: list) -> list[_Sample] | None:
         if self.stop.is_set():  # closing: what is still queued returns at once
             return None
-        return self.loader.decode([f.result() for f in reads])
+        return self.loader.decode([s for f in reads for s in f.result()])
 
     def _produce(self) -> None:
         loader = self.loader
@@ -318,7 +329,7 @@ class _Producer:
             def submit() -> None:
                 batch = next(self.batches, None)
                 if batch is not None:
-                    reads = [readers.submit(read_sample, loader.samples, i) for i in batch.indices]
+                    reads = read_in_parts(readers, loader.samples, batch.indices, loader.workers)
                     pending.append((batch, reads, decoder.submit(self._decode, reads)))
             for _ in range(loader.prefetch + 1):
                 submit()
