@@ -144,6 +144,7 @@ SWITCH_CFG = ArchConfig.from_dict({
     "head": {"widths": [64, 80]}})
 SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subpixel"), dict(conv1x1="linear"),
             dict(groupnorm="decomposed"), dict(groupnorm="channels_last"), dict(sdpa="math"), dict(triton=True),
+            dict(triton_stem=True),
             dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False)]
 
 
@@ -159,7 +160,7 @@ def test_every_rewrite_switch_is_exact(options):
         assert rel_err(d(x), model(x)) <= TOL
     expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear",
                 "groupnorm": f"groupnorm_{options.get('groupnorm')}", "sdpa": "sdpa_math", "triton": "triton_depthwise",
-                "fuse_attention": "fuse_attention"}
+                "triton_stem": "triton_stem", "fuse_attention": "fuse_attention"}
     for name, value in options.items():
         if name in expected:
             assert (expected[name] in d.info["rewrites"]) == (value not in (False, "conv_transpose")), name
@@ -302,7 +303,7 @@ def test_onnx_export_matches_torch(tmp_path):
 
 TRITON_SCRIPT = r"""
 import torch, torch.nn.functional as F
-from lowspace.runtime._triton import _launch
+from lowspace.runtime._triton import _launch, _launch_stem
 from lowspace.arch.blocks import make_act
 g = torch.Generator().manual_seed(0)
 for n, c, h, k, s, act, fmt in [(2, 24, 9, 3, 1, "hardswish", 1), (1, 40, 13, 5, 2, None, 1),
@@ -313,12 +314,23 @@ for n, c, h, k, s, act, fmt in [(2, 24, 9, 3, 1, "hardswish", 1), (1, 40, 13, 5,
     y = _launch(x, w, b, s, k // 2, act)
     ref = make_act(act)(F.conv2d(x, w, b, s, k // 2, 1, c))
     assert y.shape == ref.shape and (y - ref).abs().max() < 1e-4, (n, c, h, k, s, act)
+for n, cin, c, h, k, s, act, fmt in [(2, 3, 16, 11, 3, 2, "hardswish", 1), (1, 1, 24, 9, 3, 1, None, 1),
+                                     (2, 4, 70, 8, 5, 2, "relu", 0), (1, 3, 8, 7, 7, 4, "gelu", 1)]:
+    x = torch.randn(n, cin, h, h, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last) if fmt else x
+    w, b = torch.randn(c, cin, k, k, generator=g), torch.randn(c, generator=g)
+    y = _launch_stem(x, w, b, s, k // 2, act)
+    ref = make_act(act)(F.conv2d(x, w, b, s, k // 2))
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y - ref).abs().max() < 1e-4, (n, cin, c, h, k, s, act)
+y = _launch_stem(x, w, None, 1, 0, None)
+assert (y - F.conv2d(x, w, None, 1, 0)).abs().max() < 1e-4
 print("ok")
 """
 
 
 @pytest.mark.slow
-def test_triton_depthwise_kernel_in_interpreter():
+def test_triton_depthwise_and_stem_kernels_in_interpreter():
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
@@ -335,6 +347,27 @@ def test_triton_op_falls_back_and_traces_on_cpu():
     assert rel_err(f(x), F.gelu(F.conv2d(x, w, b, 2, 1, 1, 8))) <= 1e-6
     with pytest.raises(ValueError, match="gelu_tanh"):
         depthwise_conv(x, w, b, 2, 1, "gelu_tanh")
+
+
+def test_triton_stem_op_falls_back_traces_and_refuses_wide_inputs_on_cpu():
+    from lowspace.runtime._triton import stem_conv
+    x = torch.randn(2, 3, 11, 11).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(16, 3, 3, 3), torch.randn(16)
+    want = F.hardswish(F.conv2d(x, w, b, 2, 1))
+    assert rel_err(stem_conv(x, w, b, 2, 1, "hardswish"), want) <= 1e-6
+    f = torch.compile(lambda t: stem_conv(t, w, None, 2, 1, None), backend="eager", fullgraph=True)
+    assert rel_err(f(x), F.conv2d(x, w, None, 2, 1)) <= 1e-6
+    with pytest.raises(ValueError, match="at most 4 input channels; got 8"):
+        stem_conv(torch.randn(1, 8, 5, 5), torch.randn(4, 8, 3, 3), None, 1, 1, None)
+
+
+def test_triton_stem_rewrites_only_the_first_conv_of_a_preset():
+    d = deploy(randomize(create_model("b0", init="torch"), seed=1), precision="fp32", batch_size=1,
+               resolution=64, backend="eager", device="cpu", triton_stem=True)
+    from lowspace.arch.blocks import TritonConvAct
+    rewritten = [m for m in d.module.modules() if isinstance(m, TritonConvAct)]
+    assert [m.kind for m in rewritten] == ["stem"] and rewritten[0].weight.shape[1] == 3
+    assert "triton_stem" in d.info["rewrites"] and "triton_depthwise" not in d.info["rewrites"]
 
 
 # ------------------------------------------------------------------------------------------ GPU
@@ -363,8 +396,8 @@ def test_gpu_triton_and_the_other_switches_keep_the_function():
     with torch.no_grad():
         want = model(x)
     d = deploy(model, precision="fp16", batch_size=2, resolution=96, backend="cuda_graph", triton=True,
-               upsample="subpixel", conv1x1="linear", groupnorm="decomposed")
-    assert {"triton_depthwise", "subpixel_upsample", "conv1x1_as_linear"} <= set(d.info["rewrites"])
+               triton_stem=True, upsample="subpixel", conv1x1="linear", groupnorm="decomposed")
+    assert {"triton_depthwise", "triton_stem", "subpixel_upsample", "conv1x1_as_linear"} <= set(d.info["rewrites"])
     assert rel_err(d(x), want) <= 3e-2
 
 

@@ -73,6 +73,8 @@ VARIANTS = {
     # statistics instead of split reductions; independent small kernels launched as one (batch 1)
     "ours_deploy_coop": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"triton.cooperative_reductions": True}}),
     "ours_deploy_combo": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"combo_kernels": True}}),
+    # the stem's conv + bias + hardswish as lowspace's Triton stem kernel
+    "ours_deploy_stem": ("ours", "compile_cuda_graph", "fp16", {"triton_stem": True}),
     "ours_fp32_graph": ("ours", "cuda_graph", "fp32", {"triton": False}),
 }
 # run in a child process under --cap seconds

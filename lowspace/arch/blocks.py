@@ -90,31 +90,41 @@ def pointwise(conv: nn.Module, options: DeployOptions) -> nn.Module:
     return Conv1x1Linear(conv) if options.conv1x1 == "linear" and Conv1x1Linear.applies(conv) else conv
 
 
-class DepthwiseConvAct(nn.Module):
-    """Depthwise conv + bias + activation as one Triton kernel on CUDA (``lowspace.runtime``'s kernel; an
-    activation the kernel lacks runs after it); on other devices, and while exporting to ONNX, conv2d
-    followed by the activation."""
+class TritonConvAct(nn.Module):
+    """Conv + bias + activation as one of lowspace's Triton kernels on CUDA (``lowspace.runtime``): a
+    depthwise conv (``kind="depthwise"``) or a dense conv with few input channels (``kind="stem"``, the
+    network's first conv). An activation the kernels lack runs after them; on other devices, and while
+    exporting to ONNX, conv2d followed by the activation."""
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module):
         super().__init__()
         from ..runtime._triton import TRITON_ACTS
         self.weight, self.bias = conv.weight, conv.bias
-        self.stride, self.padding = conv.stride[0], conv.padding[0]
+        self.stride, self.padding, self.groups = conv.stride[0], conv.padding[0], conv.groups
+        self.kind = "depthwise" if self.applies(conv, "depthwise") else "stem"
         self.act = act
         name = act_name(act)
         self.kernel_act = name if name in TRITON_ACTS else None
 
     @staticmethod
-    def applies(conv: nn.Module) -> bool:
-        return (isinstance(conv, nn.Conv2d) and conv.groups == conv.out_channels == conv.in_channels
-                and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1])
+    def applies(conv: nn.Module, kind: str) -> bool:
+        """Whether ``conv`` is a conv the ``kind`` kernel computes (square stride and padding)."""
+        from ..runtime._triton import STEM_MAX_IN
+        if not (isinstance(conv, nn.Conv2d) and conv.stride[0] == conv.stride[1]
+                and conv.padding[0] == conv.padding[1] and conv.dilation == (1, 1)
+                and conv.kernel_size[0] == conv.kernel_size[1] and conv.padding_mode == "zeros"):
+            return False
+        if kind == "depthwise":
+            return conv.groups == conv.out_channels == conv.in_channels
+        return conv.groups == 1 and conv.in_channels <= STEM_MAX_IN
 
     def forward(self, x):
         if x.is_cuda and not torch.onnx.is_in_onnx_export():
-            from ..runtime._triton import depthwise_conv
-            y = depthwise_conv(x, self.weight, self.bias, self.stride, self.padding, self.kernel_act)
+            from ..runtime._triton import depthwise_conv, stem_conv
+            kernel = depthwise_conv if self.kind == "depthwise" else stem_conv
+            y = kernel(x, self.weight, self.bias, self.stride, self.padding, self.kernel_act)
             return y if self.kernel_act is not None else self.act(y)
-        return self.act(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.weight.shape[0]))
+        return self.act(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups))
 
 
 class ConvNormAct(nn.Module):
@@ -141,14 +151,16 @@ class ConvNormAct(nn.Module):
     @torch.no_grad()
     def reparameterize(self, options: DeployOptions | None = None) -> None:
         """Fold the BatchNorm (``fold_bn``); then, with no norm left, a 1x1 conv may become a matmul
-        (``conv1x1``) and a depthwise conv one Triton kernel with its activation (``triton``)."""
+        (``conv1x1``), a depthwise conv one Triton kernel with its activation (``triton``), and so may a
+        dense conv with few input channels, the stem's (``triton_stem``)."""
         options = _options(options)
         if options.fold_bn:
             self.fold_norm()
         if isinstance(self.bn, nn.BatchNorm2d):
             return
-        if options.triton is True and DepthwiseConvAct.applies(self.conv):
-            self.conv, self.act = DepthwiseConvAct(self.conv, self.act), nn.Identity()
+        if ((options.triton is True and TritonConvAct.applies(self.conv, "depthwise"))
+                or (options.triton_stem and TritonConvAct.applies(self.conv, "stem"))):
+            self.conv, self.act = TritonConvAct(self.conv, self.act), nn.Identity()
         else:
             self.conv = pointwise(self.conv, options)
 
@@ -465,7 +477,8 @@ def inference_rewrites(model: nn.Module) -> list[str]:
         "fuse_attention": any(a.channels_last_qkv for a in attns),
         "subpixel_upsample": any(isinstance(m, nn.PixelShuffle) for m in mods),
         "conv1x1_as_linear": any(isinstance(m, Conv1x1Linear) for m in mods),
-        "triton_depthwise": any(isinstance(m, DepthwiseConvAct) for m in mods),
+        "triton_depthwise": any(isinstance(m, TritonConvAct) and m.kind == "depthwise" for m in mods),
+        "triton_stem": any(isinstance(m, TritonConvAct) and m.kind == "stem" for m in mods),
     }
     out = [name for name, present in found.items() if present]
     norms = {f"groupnorm_{m.mode}" for m in mods if isinstance(m, GroupNorm1) and m.mode != "native"}

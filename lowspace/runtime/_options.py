@@ -34,6 +34,9 @@ class DeployOptions(Config):
     triton: depthwise convs (+ bias + activation) through lowspace's Triton kernel (CUDA only). ``auto``:
         on for batch size 1 on CUDA (faster there), off otherwise (slower than cuDNN inside inductor
         graphs at large batches); experiments/deploy_speed has the measurements.
+    triton_stem: a dense conv with at most 4 input channels (the stem's first conv on RGB input) + bias +
+        activation through lowspace's Triton stem kernel (CUDA only), instead of a cuDNN conv and a separate
+        activation pass over its output.
     compile_mode: mode of ``torch.compile`` for the compile backends: torch's modes, or ``tuned``
         (lowspace's inductor settings, no autotuning) and ``tuned-autotune`` (plus GEMM/conv autotuning).
     compile_backend: torch.compile backend (``inductor``; ``aot_eager`` / ``eager`` for debugging).
@@ -56,6 +59,7 @@ class DeployOptions(Config):
     sdpa: str = option("auto", choices=SDPA_KERNELS)
     groupnorm: str = option("native", choices=GROUPNORM_KINDS)
     triton: Union[bool, Literal["auto"]] = "auto"
+    triton_stem: bool = False
     compile_mode: str = option("tuned", choices=COMPILE_MODES)
     compile_backend: str = "inductor"
     inductor: dict[str, Any] = option(default_factory=dict)

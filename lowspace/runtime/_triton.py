@@ -1,12 +1,17 @@
-"""Triton kernel: depthwise conv + bias + activation on channels_last tensors, as a torch custom op.
+"""Triton kernels: conv + bias + activation on channels_last tensors, as torch custom ops.
 
-``torch.ops.lowspace.depthwise_conv`` runs the Triton kernel for CUDA tensors and ``F.conv2d`` elsewhere,
-so a module using it still runs (and exports) on CPU. It has a fake implementation, so ``torch.compile``
-keeps it in the graph as one opaque kernel and CUDA graphs capture it.
+* ``torch.ops.lowspace.depthwise_conv``: a depthwise conv (one input channel per output channel);
+* ``torch.ops.lowspace.stem_conv``: a dense conv with few input channels (at most :data:`STEM_MAX_IN`, as the
+  network's first conv on RGB images), whose output a GEMM-shaped cuDNN kernel computes at a fraction of the
+  memory bandwidth and whose activation would be one more pass over the largest activation of the network.
 
-One program computes a tile of ``BLOCK_P`` output positions (of one image, flattened) x ``BLOCK_C``
-channels: channels are the contiguous (coalesced) axis of channels_last tensors, the k x k taps are
-unrolled, accumulation is in float32. Inputs of any strides are accepted.
+Each runs its Triton kernel for CUDA tensors and ``F.conv2d`` elsewhere, so a module using it still runs
+(and exports) on CPU. Both have fake implementations, so ``torch.compile`` keeps them in the graph as one
+opaque kernel each and CUDA graphs capture them.
+
+One program computes a tile of ``BLOCK_P`` output positions (of one image, flattened) x ``BLOCK_C`` output
+channels: channels are the contiguous (coalesced) axis of channels_last tensors, the k x k taps (and the few
+input channels of the stem) are unrolled, accumulation is in float32. Inputs of any strides are accepted.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
 TRITON_ACTS = (None, "hardswish", "relu", "relu6", "silu", "gelu")
+STEM_MAX_IN = 4  # input channels up to which a dense conv goes through the stem kernel
 _ACT_CODES = {a: i for i, a in enumerate(TRITON_ACTS)}
 
 
@@ -29,6 +35,20 @@ def _torch_act(x, act):
 
 
 if triton is not None:
+    @triton.jit
+    def _activate(acc, ACT: tl.constexpr):
+        if ACT == 1:  # hardswish
+            acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
+        elif ACT == 2:  # relu
+            acc = tl.maximum(acc, 0.0)
+        elif ACT == 3:  # relu6
+            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
+        elif ACT == 4:  # silu
+            acc = acc / (1.0 + tl.exp(-acc))
+        elif ACT == 5:  # exact gelu
+            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        return acc
+
     @triton.jit
     def _dw_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, HO, WO,
                    sxn, sxc, sxh, sxw, swc, swy, swx, syn, syc, syh, syw,
@@ -56,16 +76,39 @@ if triton is not None:
                 acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
         if HAS_BIAS:
             acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        if ACT == 1:  # hardswish
-            acc = acc * tl.minimum(tl.maximum(acc + 3.0, 0.0), 6.0) / 6.0
-        elif ACT == 2:  # relu
-            acc = tl.maximum(acc, 0.0)
-        elif ACT == 3:  # relu6
-            acc = tl.minimum(tl.maximum(acc, 0.0), 6.0)
-        elif ACT == 4:  # silu
-            acc = acc / (1.0 + tl.exp(-acc))
-        elif ACT == 5:  # exact gelu
-            acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))
+        acc = _activate(acc, ACT)
+        out = y_ptr + n.to(tl.int64) * syn + (oy * syh + ox * syw)[:, None] + c[None, :] * syc
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+
+    @triton.jit
+    def _stem_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, HO, WO,
+                     sxn, sxc, sxh, sxw, swo, swi, swy, swx, syn, syc, syh, syw,
+                     CIN: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr,
+                     HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        n_pb = tl.cdiv(HO * WO, BLOCK_P)
+        pid = tl.program_id(0)  # n * n_pb + position block
+        n = pid // n_pb
+        p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)  # flattened output positions
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # output channels
+        pmask = p < HO * WO
+        cmask = c < C
+        oy = p // WO
+        ox = p % WO
+        acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
+        x_base = x_ptr + n.to(tl.int64) * sxn
+        for ky in tl.static_range(K):
+            iy = oy * STRIDE - PAD + ky
+            row_ok = pmask & (iy >= 0) & (iy < H)
+            for kx in tl.static_range(K):
+                ix = ox * STRIDE - PAD + kx
+                m = row_ok & (ix >= 0) & (ix < W)
+                for ci in tl.static_range(CIN):  # every output channel reads the same input value
+                    xv = tl.load(x_base + ci * sxc + iy * sxh + ix * sxw, mask=m, other=0.0)
+                    wv = tl.load(w_ptr + c * swo + ci * swi + ky * swy + kx * swx, mask=cmask, other=0.0)
+                    acc += xv.to(tl.float32)[:, None] * wv.to(tl.float32)[None, :]
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        acc = _activate(acc, ACT)
         out = y_ptr + n.to(tl.int64) * syn + (oy * syh + ox * syw)[:, None] + c[None, :] * syc
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
 
@@ -97,6 +140,20 @@ def _launch(x, weight, bias, stride, padding, act):
                      *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(),
                      STRIDE=stride, PAD=padding, K=k, HAS_BIAS=bias is not None, ACT=_ACT_CODES[act],
                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    return y
+
+
+def _launch_stem(x, weight, bias, stride, padding, act):
+    n, cin, h, w = x.shape
+    c, k = weight.shape[0], weight.shape[-1]
+    ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
+    y = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    block_p, block_c = _tiles(n, c, ho * wo)
+    grid = (n * triton.cdiv(ho * wo, block_p), triton.cdiv(c, block_c))
+    _stem_kernel[grid](x, weight, bias if bias is not None else weight, y, c, h, w, ho, wo,
+                       *x.stride(), *weight.stride(), *y.stride(),
+                       CIN=cin, STRIDE=stride, PAD=padding, K=k, HAS_BIAS=bias is not None, ACT=_ACT_CODES[act],
+                       BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
     return y
 
 
@@ -135,3 +192,32 @@ def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     if act not in _ACT_CODES:
         raise ValueError(f"activation {act!r}: the kernel has {', '.join(map(str, TRITON_ACTS))}")
     return _depthwise_conv(x, weight, bias, stride, padding, act or "")
+
+
+@torch.library.custom_op("lowspace::stem_conv", mutates_args=(), tags=_TAGS)
+def _stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
+               act: str) -> torch.Tensor:
+    act_ = act or None
+    if x.is_cuda and triton is not None:
+        return _launch_stem(x, weight, bias, stride, padding, act_)
+    y = F.conv2d(x, weight, bias, stride, padding)
+    return _torch_act(y, act_).contiguous(memory_format=torch.channels_last)
+
+
+@_stem_conv.register_fake
+def _(x, weight, bias, stride, padding, act):
+    n, _, h, w = x.shape
+    k = weight.shape[-1]
+    return torch.empty((n, weight.shape[0], _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)),
+                       dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+
+
+def stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
+              act: str | None) -> torch.Tensor:
+    """Dense conv with at most :data:`STEM_MAX_IN` input channels (weight (C, Cin, k, k)) + bias + activation
+    (one of :data:`TRITON_ACTS`); Triton on CUDA, PyTorch elsewhere."""
+    if act not in _ACT_CODES:
+        raise ValueError(f"activation {act!r}: the kernel has {', '.join(map(str, TRITON_ACTS))}")
+    if weight.shape[1] > STEM_MAX_IN:
+        raise ValueError(f"stem_conv takes at most {STEM_MAX_IN} input channels; got {weight.shape[1]}")
+    return _stem_conv(x, weight, bias, stride, padding, act or "")
