@@ -404,7 +404,7 @@ def _sharpen_base(x: torch.Tensor) -> torch.Tensor:
     kernel = torch.full((1, 1, 3, 3), 1.0 / 13.0, device=x.device)  # made on the device: no host copy
     kernel[..., 1, 1] = 5.0 / 13.0
     n, c, h, w = x.shape
-    smooth = F.conv2d(x.reshape(n * c, 1, h, w), kernel.view(1, 1, 3, 3)).view(n, c, h - 2, w - 2)
+    smooth = F.conv2d(x.reshape(n * c, 1, h, w), kernel).view(n, c, h - 2, w - 2)
     out = x.clone()
     out[..., 1:-1, 1:-1] = smooth
     return out

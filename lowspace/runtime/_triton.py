@@ -129,32 +129,41 @@ def _tiles(n: int, c: int, positions: int) -> tuple[int, int]:
     return block_p, block_c
 
 
-def _launch(x, weight, bias, stride, padding, act):
-    n, c, h, w = x.shape
+def _empty_output(x, weight, stride, padding):
+    """The channels_last output of a conv of ``x`` with ``weight`` (out channels first, k x k), uninitialized."""
+    n, _, h, w = x.shape
     k = weight.shape[-1]
-    ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
-    y = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    return torch.empty((n, weight.shape[0], _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)),
+                       device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+
+def _run(kernel, x, weight, weight_strides, bias, stride, padding, act, **constexprs):
+    """Launch ``kernel`` (the shared signature of both kernels) over the output's tiles; returns the output."""
+    y = _empty_output(x, weight, stride, padding)
+    n, c, ho, wo = y.shape
     block_p, block_c = _tiles(n, c, ho * wo)
     grid = (n * triton.cdiv(ho * wo, block_p), triton.cdiv(c, block_c))
-    _dw_kernel[grid](x, weight, bias if bias is not None else weight, y, c, h, w, ho, wo,
-                     *x.stride(), weight.stride(0), weight.stride(2), weight.stride(3), *y.stride(),
-                     STRIDE=stride, PAD=padding, K=k, HAS_BIAS=bias is not None, ACT=_ACT_CODES[act],
-                     BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
+    kernel[grid](x, weight, bias if bias is not None else weight, y, c, x.shape[2], x.shape[3], ho, wo,
+                 *x.stride(), *weight_strides, *y.stride(), STRIDE=stride, PAD=padding, K=weight.shape[-1],
+                 HAS_BIAS=bias is not None, ACT=_ACT_CODES[act], BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4,
+                 **constexprs)
     return y
+
+
+def _launch(x, weight, bias, stride, padding, act):
+    strides = (weight.stride(0), weight.stride(2), weight.stride(3))
+    return _run(_dw_kernel, x, weight, strides, bias, stride, padding, act)
 
 
 def _launch_stem(x, weight, bias, stride, padding, act):
-    n, cin, h, w = x.shape
-    c, k = weight.shape[0], weight.shape[-1]
-    ho, wo = _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)
-    y = torch.empty((n, c, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    block_p, block_c = _tiles(n, c, ho * wo)
-    grid = (n * triton.cdiv(ho * wo, block_p), triton.cdiv(c, block_c))
-    _stem_kernel[grid](x, weight, bias if bias is not None else weight, y, c, h, w, ho, wo,
-                       *x.stride(), *weight.stride(), *y.stride(),
-                       CIN=cin, STRIDE=stride, PAD=padding, K=k, HAS_BIAS=bias is not None, ACT=_ACT_CODES[act],
-                       BLOCK_P=block_p, BLOCK_C=block_c, num_warps=4)
-    return y
+    return _run(_stem_kernel, x, weight, weight.stride(), bias, stride, padding, act, CIN=weight.shape[1])
+
+
+def _kernel_act(act: str | None) -> str:
+    """``act`` as the ops take it ("" for none), or a ValueError naming what the kernels have."""
+    if act not in _ACT_CODES:
+        raise ValueError(f"activation {act!r}: the kernel has {', '.join(map(str, TRITON_ACTS))}")
+    return act or ""
 
 
 # Inductor must hand the op the strides seen when tracing (channels_last): with a free layout it may pick
@@ -179,19 +188,14 @@ def _depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
 
 @_depthwise_conv.register_fake
 def _(x, weight, bias, stride, padding, act):
-    n, c, h, w = x.shape
-    k = weight.shape[-1]
-    return torch.empty((n, c, _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)),
-                       dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return _empty_output(x, weight, stride, padding)
 
 
 def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
                    act: str | None) -> torch.Tensor:
     """Depthwise conv (weight (C, 1, k, k)) + bias + activation (one of :data:`TRITON_ACTS`); Triton on CUDA,
     PyTorch elsewhere."""
-    if act not in _ACT_CODES:
-        raise ValueError(f"activation {act!r}: the kernel has {', '.join(map(str, TRITON_ACTS))}")
-    return _depthwise_conv(x, weight, bias, stride, padding, act or "")
+    return _depthwise_conv(x, weight, bias, stride, padding, _kernel_act(act))
 
 
 @torch.library.custom_op("lowspace::stem_conv", mutates_args=(), tags=_TAGS)
@@ -206,18 +210,14 @@ def _stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 @_stem_conv.register_fake
 def _(x, weight, bias, stride, padding, act):
-    n, _, h, w = x.shape
-    k = weight.shape[-1]
-    return torch.empty((n, weight.shape[0], _out_size(h, k, stride, padding), _out_size(w, k, stride, padding)),
-                       dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    return _empty_output(x, weight, stride, padding)
 
 
 def stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int,
               act: str | None) -> torch.Tensor:
     """Dense conv with at most :data:`STEM_MAX_IN` input channels (weight (C, Cin, k, k)) + bias + activation
     (one of :data:`TRITON_ACTS`); Triton on CUDA, PyTorch elsewhere."""
-    if act not in _ACT_CODES:
-        raise ValueError(f"activation {act!r}: the kernel has {', '.join(map(str, TRITON_ACTS))}")
+    act = _kernel_act(act)
     if weight.shape[1] > STEM_MAX_IN:
         raise ValueError(f"stem_conv takes at most {STEM_MAX_IN} input channels; got {weight.shape[1]}")
-    return _stem_conv(x, weight, bias, stride, padding, act or "")
+    return _stem_conv(x, weight, bias, stride, padding, act)
