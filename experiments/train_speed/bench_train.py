@@ -519,11 +519,74 @@ def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
             loader.finish(b, decoded)
         sync()
     n = max(len(ready), 1)
+    breakdown = _transform_breakdown(loader, batches, pool)
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     top = [dict(op=e.key, calls_per_batch=e.count / n, self_cpu_ms_per_batch=e.self_cpu_time_total / 1000 / n,
                 device_ms_per_batch=getattr(e, "self_device_time_total", 0) / 1000 / n) for e in events[:rows]]
+    on_device = sorted(events, key=lambda e: -getattr(e, "self_device_time_total", 0))[:rows]
+    top_device = [dict(op=e.key, calls_per_batch=e.count / n,
+                       device_ms_per_batch=getattr(e, "self_device_time_total", 0) / 1000 / n) for e in on_device]
     return dict(operators_self_cpu_ms_per_batch=sum(e.self_cpu_time_total for e in events) / 1000 / n,
-                operator_calls_per_batch=sum(e.count for e in events) / n, top=top)
+                operator_calls_per_batch=sum(e.count for e in events) / n, top=top, top_device=top_device,
+                **breakdown)
+
+
+_TIMED_STEPS = ("crop_into_buffer", "_axis_params", "to_device", "resample_weights", "_pass", "resample",
+                "uniforms", "crop_boxes")
+
+
+def _transform_breakdown(loader, batches, pool, rows: int = 15) -> dict:
+    """Where the transform's time goes, two ways, over ``batches`` (decoded first):
+
+    * ``steps_ms_per_batch``: the transform's steps (functions of ``lowspace.data.gpu_augment``, RandAugment
+      and the normalization), each timed with the device synchronized before and after: its host plus
+      device time, nested steps inside their callers' time;
+    * ``host_python_top``: cProfile of the unsynchronized transform, the functions with the most own host
+      time (a torch call that waits for the device shows its wait here)."""
+    import cProfile
+    import pstats
+    from lowspace.data import gpu_augment as ga
+    totals: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync()
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+            return out
+        return wrapper
+
+    ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices, loader.workers))) for b in batches]
+    sync()
+    patched = [(ga, name, getattr(ga, name)) for name in _TIMED_STEPS]
+    patched += [(ga.DeviceRandAugment, "__call__", ga.DeviceRandAugment.__call__),
+                (ga._Normalize, "__call__", ga._Normalize.__call__)]
+    try:
+        for owner, name, fn in patched:
+            label = name if owner is ga else f"{owner.__name__}"
+            setattr(owner, name, timed(label, fn))
+        for b, decoded in ready:
+            timed("finish (all)", loader.finish)(b, decoded)
+    finally:
+        for owner, name, fn in patched:
+            setattr(owner, name, fn)
+    n = max(len(ready), 1)
+    ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices, loader.workers))) for b in batches]
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    for b, decoded in ready:
+        loader.finish(b, decoded)
+    prof.disable()
+    sync()
+    stats = pstats.Stats(prof).stats
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:rows]
+    return dict(steps_ms_per_batch={k: 1000 * v / n for k, v in totals.items()},
+                host_python_top=[dict(function=f"{Path(f).name}:{line}({fn})", calls_per_batch=v[1] / n,
+                                      own_ms_per_batch=1000 * v[2] / n, total_ms_per_batch=1000 * v[3] / n)
+                                 for (f, line, fn), v in top])
 
 
 def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
@@ -670,6 +733,12 @@ def part_e(args) -> dict:
         except Exception as err:  # noqa: BLE001 - the training rows still run
             stages = dict(error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc()[-3000:])
         print(f"[e] stages {json.dumps(stages, default=str)}", flush=True)
+    if args.stages_only:
+        out = args.out / "part_e_stages.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(dict(stages=stages, jpegs=generated, env=dict(environment(), cpus=os.cpu_count()),
+                                       command=" ".join([Path(sys.executable).name] + sys.argv)), indent=2))
+        raise SystemExit(0)
     train_step, mixer, update_lr = _b1_step(args.preset, data.num_classes, recipe, mode)
     rows = []
     for name, make in _loader_feeds(data, recipe, batch, res, args):
@@ -741,6 +810,8 @@ def main(argv=None) -> int:
     p.add_argument("--read-threads", type=int, default=8, help="part e: file-reading threads of the GPU loader")
     p.add_argument("--stage-batches", type=int, default=20,
                    help="part e: micro-batches timed per stage of the GPU loader without training (0: skip)")
+    p.add_argument("--stages-only", action="store_true",
+                   help="part e: only the GPU loader's stages (part_e_stages.json), no training")
     p.add_argument("--e-step", default="compile_graph", choices=("eager", "graph", "compile_graph"),
                    help="part e: the training step (compile_graph: lowspace train --compile --cuda-graph)")
     p.add_argument("--compile", action="store_true", help="part a: add the torch.compile variants")
