@@ -75,6 +75,11 @@ VARIANTS = {
     "ours_deploy_combo": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"combo_kernels": True}}),
     # the stem's conv + bias + hardswish as lowspace's Triton stem kernel
     "ours_deploy_stem": ("ours", "compile_cuda_graph", "fp16", {"triton_stem": True}),
+    # the switches that measured faster, together
+    "ours_deploy_gncl_coop": ("ours", "compile_cuda_graph", "fp16",
+                              {"groupnorm": "channels_last", "inductor": {"triton.cooperative_reductions": True}}),
+    "ours_deploy_gncl_stem": ("ours", "compile_cuda_graph", "fp16",
+                              {"groupnorm": "channels_last", "triton_stem": True}),
     "ours_fp32_graph": ("ours", "cuda_graph", "fp32", {"triton": False}),
 }
 # run in a child process under --cap seconds
