@@ -68,8 +68,9 @@ def sync():
 
 
 def environment() -> dict:
+    from lowspace.provenance import provenance
     env = dict(python=platform.python_version(), torch=torch.__version__, cuda=torch.version.cuda,
-               cudnn=torch.backends.cudnn.version(), host=platform.node())
+               cudnn=torch.backends.cudnn.version(), host=platform.node(), **provenance())
     try:
         import timm
         env["timm"] = timm.__version__
