@@ -239,7 +239,15 @@ def test_crops_gathered_into_one_buffer_equal_slicing_each_image():
     assert got.dtype == torch.uint8 and got.shape == (9, boxes[:, 2].max(), 3, boxes[:, 3].max())
     for k, (im, (top, left, h, w)) in enumerate(zip(images, boxes)):
         assert torch.equal(got[k, :h, :, :w], im[:, top:top + h, left:left + w].permute(1, 0, 2))
-        assert not got[k, h:].any() and not got[k, :, :, w:].any()  # padding is zero
+
+
+def test_pass_weights_are_zero_past_each_samples_input_so_buffer_padding_is_ignored():
+    rng, size = np.random.default_rng(8), 10
+    args = _pass_inputs(rng, 24, size)
+    rows, cols = int(args[0].max()) + 5, int(args[1].max()) + 5
+    for length, matrix in zip(args[:2], _direct_passes(*args, size, rows, cols)):
+        for k, n in enumerate(length):
+            assert matrix[k, :, n:].abs().max() == 0 and (matrix[k, :, :n].sum(1) - 1).abs().max() < 1e-5
 
 
 def test_a_batch_too_large_for_one_buffer_is_resampled_in_parts_with_the_same_result(monkeypatch):
@@ -258,6 +266,52 @@ def test_a_batch_too_large_for_one_buffer_is_resampled_in_parts_with_the_same_re
         assert len(part) == 1 or 3 * len(part) * b[:, 2].max() * b[:, 3].max() <= gpu_augment.MAX_BUFFER
     split = gpu_augment.resample(images, boxes, *args)
     assert (split - whole).abs().max() <= 1 and (split != whole).float().mean() < 0.01
+
+
+def _pass_inputs(rng, n, size):
+    heights, widths = rng.integers(3, 90, n), rng.integers(3, 90, n)
+    resized = np.stack([rng.integers(size, 2 * size, n), rng.integers(size, 2 * size, n)], 1)
+    offsets = np.array([[rng.integers(0, a - size + 1), rng.integers(0, b - size + 1)] for a, b in resized])
+    return heights, widths, resized, offsets, rng.integers(0, 2, n), rng.integers(0, 6, n)
+
+
+def _direct_passes(heights, widths, resized, offsets, flips, filters, size, rows, cols):
+    out = []
+    for length, k, flip, padded in ((heights, 0, np.zeros(len(flips)), rows), (widths, 1, flips, cols)):
+        params, centers, taps = gpu_augment._axis_params(length, resized[:, k], offsets[:, k], flip, filters, size)
+        params, centers = gpu_augment.to_device([params, centers], "cpu")
+        out.append(gpu_augment.resample_weights(params, centers, padded, taps, torch.float32))
+    return out
+
+
+def test_stored_pass_weights_equal_the_formula_for_every_sample():
+    """Looked-up weights (stored per key, flips as reversed outputs) equal the per-sample formula, across
+    batches that add keys, widen the taps and restart a full table."""
+    rng, size = np.random.default_rng(6), 12
+    for weights in (gpu_augment.PassWeights(), gpu_augment.PassWeights(max_keys=40)):
+        for _ in range(4):
+            args = _pass_inputs(rng, 16, size)
+            rows, cols = int(args[0].max()) + 3, int(args[1].max())
+            got = weights.passes(*args, size, rows, cols, torch.device("cpu"), torch.float32)
+            want = _direct_passes(*args, size, rows, cols)
+            for g, w in zip(got, want):
+                assert g.shape == w.shape
+                torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+        table = next(iter(weights._tables.values()))
+        assert 0 < len(table["index"]) <= weights.max_keys
+
+
+def test_resampling_with_stored_weights_equals_computing_them():
+    rng = np.random.default_rng(7)
+    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+              for h, w in rng.integers(8, 60, (10, 2))]
+    boxes = gpu_augment.crop_boxes(*gpu_augment._sizes(images), gpu_augment.uniforms(range(10), 0, 40), (0.08, 1.0),
+                                   (3 / 4, 4 / 3))
+    n = len(images)
+    args = (boxes, np.full((n, 2), 16), np.zeros((n, 2)), rng.integers(0, 6, n), np.arange(n) % 2, 16)
+    weights = gpu_augment.PassWeights()
+    for _ in range(2):  # the second batch finds every key stored
+        assert torch.equal(gpu_augment.resample(images, *args, weights=weights), gpu_augment.resample(images, *args))
 
 
 def test_uniforms_are_a_function_of_seed_and_stream_only():

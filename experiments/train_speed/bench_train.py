@@ -532,8 +532,10 @@ def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
                 **breakdown)
 
 
-_TIMED_STEPS = ("crop_into_buffer", "_axis_params", "to_device", "resample_weights", "_pass", "resample",
-                "uniforms", "crop_boxes")
+_TIMED_STEPS = ("_axis_params", "to_device", "tap_weights", "dense_weights", "_pass", "resample", "uniforms",
+                "crop_boxes")
+_TIMED_METHODS = (("_Flat", "__init__"), ("_Flat", "crops"), ("PassWeights", "passes"),
+                  ("DeviceRandAugment", "__call__"), ("_Normalize", "__call__"))
 
 
 def _transform_breakdown(loader, batches, pool, rows: int = 15) -> dict:
@@ -561,12 +563,12 @@ def _transform_breakdown(loader, batches, pool, rows: int = 15) -> dict:
 
     ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices, loader.workers))) for b in batches]
     sync()
-    patched = [(ga, name, getattr(ga, name)) for name in _TIMED_STEPS]
-    patched += [(ga.DeviceRandAugment, "__call__", ga.DeviceRandAugment.__call__),
-                (ga._Normalize, "__call__", ga._Normalize.__call__)]
+    patched = [(ga, name, getattr(ga, name)) for name in _TIMED_STEPS if hasattr(ga, name)]
+    patched += [(getattr(ga, cls), name, getattr(getattr(ga, cls), name)) for cls, name in _TIMED_METHODS
+                if hasattr(ga, cls)]
     try:
         for owner, name, fn in patched:
-            label = name if owner is ga else f"{owner.__name__}"
+            label = name if owner is ga else f"{owner.__name__}.{name}"
             setattr(owner, name, timed(label, fn))
         for b, decoded in ready:
             timed("finish (all)", loader.finish)(b, decoded)

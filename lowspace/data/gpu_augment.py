@@ -7,7 +7,8 @@ computes reaches the device in one transfer per step of the transform.
 
 * :func:`resample`: PIL's two-pass resampling (``Image.resize``: the six PIL filters, antialiased, first
   pass rounded to pixel levels) of a region of every image, the whole batch at once: the images are padded
-  into one buffer and each pass is one batched matrix product with per-sample filter weights.
+  into one buffer and each pass is one batched matrix product with per-sample filter weights, looked up
+  in :class:`PassWeights` (computed once per input length, output length, offset and filter).
 * :class:`DeviceTrainTransform`: random-resized crop (torchvision's box sampling) resampled with a filter
   drawn per sample, horizontal flip (folded into the weights), :class:`DeviceRandAugment`, normalization,
   random erasing (timm's box sampling, constant zero fill after normalization).
@@ -110,14 +111,14 @@ def _pil_kernel(d: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     return torch.where(filters == 5, lanczos, out)
 
 
-def resample_weights(params: torch.Tensor, centers: torch.Tensor, padded: int, taps: int,
-                     dtype: torch.dtype) -> torch.Tensor:
-    """``(N, size, padded)`` weights of one resampling pass along one axis, as PIL computes them
-    (``ImagingResample``; ``ImagingScaleAffine`` for nearest).
+def tap_weights(params: torch.Tensor, centers: torch.Tensor, taps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weights of one resampling pass along one axis, as PIL computes them (``ImagingResample``;
+    ``ImagingScaleAffine`` for nearest): ``(N, size, taps)`` weights of the input pixels ``first + k``, and
+    ``first`` ``(N, size)``.
 
     ``params`` ``(N, 4)`` per sample: input length, filter scale (the downscaling factor, at least 1),
     filter index, kernel radius in input pixels; ``centers`` ``(N, size)``: where each output pixel sits in
-    the input. ``taps`` bounds the input pixels any output pixel reads."""
+    the input. ``taps`` bounds the input pixels any output pixel reads (more taps add zero weights)."""
     length, filterscale, filters, support = (p.unsqueeze(1) for p in params.unbind(1))
     nearest = filters == 0
     first = torch.where(nearest, centers.floor(), (centers - support + 0.5).floor()).clamp(min=0)
@@ -127,11 +128,96 @@ def resample_weights(params: torch.Tensor, centers: torch.Tensor, padded: int, t
     w = _pil_kernel((x - centers.unsqueeze(2) + 0.5) / filterscale.unsqueeze(2), filters.unsqueeze(2))
     w = torch.where(nearest.unsqueeze(2), (x == first.unsqueeze(2)).to(w.dtype), w) * (x < stop.unsqueeze(2))
     total = w.sum(2, keepdim=True)
-    w = w / torch.where(total == 0, torch.ones_like(total), total)
-    index = x.clamp(max=padded - 1).long()  # taps past the input carry zero weight
-    size = centers.shape[1]
-    return torch.zeros(len(params), size, padded, dtype=dtype, device=params.device).scatter_add_(
-        2, index, w.to(dtype))
+    return w / torch.where(total == 0, torch.ones_like(total), total), first
+
+
+def dense_weights(w: torch.Tensor, first: torch.Tensor, padded: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, size, padded)`` pass matrices from :func:`tap_weights`' output (taps past the input carry zero
+    weight and land on its last pixel)."""
+    n, size, taps = w.shape
+    index = (first.long().unsqueeze(2) + torch.arange(taps, device=w.device)).clamp_(max=padded - 1)
+    return torch.zeros(n, size, padded, dtype=dtype, device=w.device).scatter_add_(2, index, w.to(dtype))
+
+
+def resample_weights(params: torch.Tensor, centers: torch.Tensor, padded: int, taps: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """``(N, size, padded)`` weights of one pass, computed for every sample (see :func:`tap_weights`)."""
+    w, first = tap_weights(params, centers, taps)
+    return dense_weights(w.to(dtype), first, padded, dtype)
+
+
+class PassWeights:
+    """The weights of resampling passes kept on the device per key (input length, resized length, offset,
+    filter), for each output size, device and dtype: a key is computed once with :func:`tap_weights`, and a
+    batch costs a lookup and a scatter instead of evaluating six filter kernels for every sample. A flip
+    reverses the output order of the stored weights. A table starts over beyond ``max_keys`` keys or
+    ``max_values`` stored weights (very large photos need many taps per key)."""
+
+    def __init__(self, max_keys: int = 1 << 13, max_values: int = 1 << 26):
+        self.max_keys, self.max_values = max_keys, max_values
+        self._tables: dict[tuple, dict] = {}
+
+    def passes(self, heights, widths, resized, offsets, flips, filters, size: int, rows: int, cols: int,
+               device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The row and column pass matrices ``(N, size, rows)``, ``(N, size, cols)`` of :func:`resample`'s
+        arguments (one host-to-device transfer for both)."""
+        table = self._tables.setdefault((str(device), size, dtype), dict(index={}, w=None, first=None, taps=0))
+        keys = [np.stack([np.rint(a).astype(np.int64) for a in (length, resized[:, k], offsets[:, k], filters)], 1)
+                for k, length in enumerate((heights, widths))]
+        found = self._rows(table, np.concatenate(keys), size, device, dtype)
+        n = len(heights)
+        moved, flip = to_device([found, np.asarray(flips, dtype=np.float64)], device)
+        idx = moved.long()
+        flip = flip.bool().view(-1, 1)
+        out = []
+        for part, padded, flipped in ((idx[:n], rows, None), (idx[n:], cols, flip)):
+            w, first = table["w"].index_select(0, part), table["first"].index_select(0, part)
+            if flipped is not None:
+                w = torch.where(flipped.unsqueeze(2), w.flip(1), w)
+                first = torch.where(flipped, first.flip(1), first)
+            out.append(dense_weights(w, first, padded, dtype))
+        return out[0], out[1]
+
+    def _rows(self, table: dict, keys: np.ndarray, size: int, device, dtype) -> np.ndarray:
+        """The table row of every key, computing the keys it lacks (after starting over when they would
+        not fit)."""
+        index = table["index"]
+        rows, new = self._lookup(index, keys)
+        full = table["w"] is not None and table["w"].numel() > self.max_values
+        if new and (len(index) + len(new) > self.max_keys or full):
+            index.clear()
+            table.update(w=None, first=None, taps=0)
+            rows, new = self._lookup(index, keys)
+        if new:
+            self._add(table, np.array(list(new), dtype=np.int64), size, device, dtype)
+            index.update(new)
+        return rows
+
+    @staticmethod
+    def _lookup(index: dict, keys: np.ndarray) -> tuple[np.ndarray, dict]:
+        """Rows of ``keys`` in ``index``, and the keys it lacks with the rows they will take."""
+        rows, new = np.empty(len(keys), dtype=np.int64), {}
+        for k, key in enumerate(map(tuple, keys.tolist())):
+            row = index.get(key)
+            if row is None:
+                row = new.setdefault(key, len(index) + len(new))
+            rows[k] = row
+        return rows, new
+
+    @staticmethod
+    def _add(table: dict, keys: np.ndarray, size: int, device, dtype) -> None:
+        length, resized, offset, filters = keys.T
+        params, centers, taps = _axis_params(length, resized, offset, np.zeros(len(keys)), filters, size)
+        params, centers = to_device([params, centers], device)
+        taps = max(taps, table["taps"])
+        w, first = tap_weights(params, centers, taps)
+        w, first = w.to(dtype), first.to(torch.int32)
+        if table["w"] is not None:
+            old = table["w"]
+            if old.shape[2] < taps:  # stored keys take zero weights for the new taps
+                old = torch.cat([old, old.new_zeros(*old.shape[:2], taps - old.shape[2])], 2)
+            w, first = torch.cat([old, w]), torch.cat([table["first"], first])
+        table.update(w=w, first=first, taps=taps)
 
 
 def _axis_params(length: np.ndarray, resized: np.ndarray, offset: np.ndarray, flip: np.ndarray,
@@ -157,27 +243,39 @@ def _axis_params(length: np.ndarray, resized: np.ndarray, offset: np.ndarray, fl
 
 
 def crop_into_buffer(images: Sequence[torch.Tensor], boxes: np.ndarray) -> torch.Tensor:
-    """The ``boxes`` (top, left, height, width) of ``images`` (uint8 ``(3, H, W)``) in one zero-padded uint8
-    buffer ``(N, rows, 3, cols)`` (rows, channels, columns; the largest box's size): one gather from the
-    images laid end to end, so the host issues a few operations per batch rather than several per image."""
-    device = images[0].device
-    top, left, height, width = (boxes[:, k].astype(np.int64) for k in range(4))
-    rows, cols = int(height.max()), int(width.max())
-    sides = np.array([(im.shape[-2], im.shape[-1]) for im in images], dtype=np.int64)
-    sizes = 3 * sides[:, 0] * sides[:, 1]
-    zero = int(sizes.sum())  # where the flat buffer holds one extra zero, for the padding
-    offset_type = np.int32 if 3 * zero < 2 ** 31 else np.int64  # a sum below clamps to at most 3 * zero
-    flat = torch.cat([im.reshape(-1) for im in images] + [torch.zeros(1, dtype=torch.uint8, device=device)])
-    start = np.concatenate([[0], np.cumsum(sizes)[:-1]]) + top * sides[:, 1] + left  # first pixel of each box
-    r, c = np.arange(rows), np.arange(cols)
-    # every part is a valid offset or at least `zero`: the sum of a padding position clamps to `zero`
-    row_off = np.where(r[None, :] < height[:, None], start[:, None] + r[None, :] * sides[:, 1:2], zero)
-    col_off = np.where(c[None, :] < width[:, None], c[None, :], zero)
-    plane = np.stack([np.arange(3)] * len(images)) * (sides[:, 0] * sides[:, 1])[:, None]
-    row_t, col_t, plane_t = (host_to(torch.from_numpy(a.astype(offset_type)), device)
-                             for a in (row_off, col_off, plane))
-    index = (row_t[:, :, None, None] + plane_t[:, None, :, None]) + col_t[:, None, None, :]
-    return flat[index.clamp_(max=zero)]
+    """The ``boxes`` (top, left, height, width) of ``images`` (uint8 ``(3, H, W)``) in one uint8 buffer
+    ``(N, rows, 3, cols)`` (rows, channels, columns; the largest box's size), gathered from the images laid
+    end to end, so the host issues a few operations per batch rather than several per image. Past a box's
+    own height and width the buffer holds other pixels: the resampling passes give them zero weight."""
+    return _Flat(images).crops(np.arange(len(images)), boxes)
+
+
+class _Flat:
+    """A batch's images laid end to end in one flat uint8 tensor, made once per batch, followed by as
+    many zeros as the widest image has columns, so a run of ``cols`` pixels from any pixel stays inside."""
+
+    def __init__(self, images: Sequence[torch.Tensor]):
+        self.device = images[0].device
+        self.sides = np.array([(im.shape[-2], im.shape[-1]) for im in images], dtype=np.int64)
+        sizes = 3 * self.sides[:, 0] * self.sides[:, 1]
+        self.starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        tail = torch.zeros(int(self.sides[:, 1].max()), dtype=torch.uint8, device=self.device)
+        self.flat = torch.cat([im.reshape(-1) for im in images] + [tail])
+
+    def crops(self, which: np.ndarray, boxes: np.ndarray) -> torch.Tensor:
+        """:func:`crop_into_buffer` of images ``which`` (their ``boxes``): every (image, row, channel) of
+        the buffer is one run of ``cols`` pixels of the flat tensor, so the gather's index has one entry
+        per run, not per pixel. Rows past a box's height repeat its last row."""
+        top, left, height, width = (boxes[:, k].astype(np.int64) for k in range(4))
+        rows, cols = int(height.max()), int(width.max())
+        sides = self.sides[which]
+        start = self.starts[which] + top * sides[:, 1] + left  # first pixel of each box
+        row_off = start[:, None] + np.minimum(np.arange(rows)[None, :], height[:, None] - 1) * sides[:, 1:2]
+        plane = np.arange(3)[None, :] * (sides[:, 0] * sides[:, 1])[:, None]
+        moved = host_to(torch.from_numpy(np.concatenate([row_off.ravel(), plane.ravel()])), self.device)
+        row_t, plane_t = moved[:row_off.size].view(row_off.shape), moved[row_off.size:].view(plane.shape)
+        runs = self.flat.unfold(0, cols, 1)  # a view: run k is flat[k:k + cols]
+        return runs[row_t[:, :, None] + plane_t[:, None, :]]
 
 
 def _pass(buffer: torch.Tensor, weights: torch.Tensor, axis: str) -> torch.Tensor:
@@ -192,7 +290,7 @@ def _pass(buffer: torch.Tensor, weights: torch.Tensor, axis: str) -> torch.Tenso
 
 
 def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
-             filters: np.ndarray, flips: np.ndarray, size: int) -> torch.Tensor:
+             filters: np.ndarray, flips: np.ndarray, size: int, weights: PassWeights | None = None) -> torch.Tensor:
     """PIL's ``image.crop(box).resize(resized, filter)`` cut to ``size`` x ``size`` at ``offsets``, for the
     whole batch: ``(N, 3, size, size)`` float32 pixel levels (integers in [0, 255], as PIL's uint8).
 
@@ -202,13 +300,16 @@ def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndar
     The boxes are copied into one zero-padded buffer; each pass is one batched matrix product (half
     precision on CUDA: exact for pixel levels, weights to 11 bits), rounded like PIL's. PIL resamples the
     columns first, except when the rows shrink and the columns grow: those samples go as a group of their
-    own, and so do parts of a batch whose buffer would exceed :data:`MAX_BUFFER` values."""
+    own, and so do parts of a batch whose buffer would exceed :data:`MAX_BUFFER` values. ``weights``: a
+    :class:`PassWeights` to look the pass weights up in (else they are computed for every sample)."""
     resized, offsets = np.asarray(resized), np.asarray(offsets)
+    filters, flips = np.asarray(filters), np.asarray(flips)
     rows_first = (resized[:, 0] < boxes[:, 2]) & (resized[:, 1] > boxes[:, 3])
     groups = [g for g in (np.nonzero(~rows_first)[0], np.nonzero(rows_first)[0]) if len(g)]
     groups = [g[part] for g in groups for part in size_parts(boxes[g])]
-    parts = [_resample_group([images[i] for i in g], boxes[g], resized[g], offsets[g], filters[g], flips[g], size,
-                             bool(rows_first[g[0]])) for g in groups]
+    flat = _Flat(images)
+    parts = [_resample_group(flat, g, boxes[g], resized[g], offsets[g], filters[g], flips[g], size,
+                             bool(rows_first[g[0]]), weights) for g in groups]
     if len(parts) == 1:
         return parts[0]
     order = host_to(torch.from_numpy(np.argsort(np.concatenate(groups))), parts[0].device)
@@ -233,20 +334,26 @@ def size_parts(boxes: np.ndarray) -> list[np.ndarray]:
     return parts
 
 
-def _resample_group(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
-                    filters: np.ndarray, flips: np.ndarray, size: int, rows_first: bool) -> torch.Tensor:
-    """:func:`resample` of samples that share one pass order, in one buffer."""
-    n, device = len(images), images[0].device
+def _resample_group(flat: _Flat, which: np.ndarray, boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
+                    filters: np.ndarray, flips: np.ndarray, size: int, rows_first: bool,
+                    weights: PassWeights | None) -> torch.Tensor:
+    """:func:`resample` of the images ``which`` of ``flat``, which share one pass order, in one buffer."""
+    n, device = len(which), flat.device
     height, width = boxes[:, 2].astype(np.int64), boxes[:, 3].astype(np.int64)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    buffer = crop_into_buffer(images, boxes).to(dtype)  # rows, channels, columns: see _pass
+    buffer = flat.crops(which, boxes).to(dtype)  # rows, channels, columns: see _pass
     rows, cols = buffer.shape[1], buffer.shape[3]
-    row_params, row_centers, row_taps = _axis_params(height, resized[:, 0], offsets[:, 0], np.zeros(n), filters, size)
-    col_params, col_centers, col_taps = _axis_params(width, resized[:, 1], offsets[:, 1], flips, filters, size)
-    row_params, row_centers, col_params, col_centers = to_device([row_params, row_centers, col_params, col_centers],
-                                                                 device)
-    row_w = resample_weights(row_params, row_centers, rows, row_taps, dtype)
-    col_w = resample_weights(col_params, col_centers, cols, col_taps, dtype)
+    if weights is not None:
+        row_w, col_w = weights.passes(height, width, resized, offsets, flips, filters, size, rows, cols, device,
+                                      dtype)
+    else:
+        row_params, row_centers, row_taps = _axis_params(height, resized[:, 0], offsets[:, 0], np.zeros(n), filters,
+                                                         size)
+        col_params, col_centers, col_taps = _axis_params(width, resized[:, 1], offsets[:, 1], flips, filters, size)
+        row_params, row_centers, col_params, col_centers = to_device([row_params, row_centers, col_params,
+                                                                      col_centers], device)
+        row_w = resample_weights(row_params, row_centers, rows, row_taps, dtype)
+        col_w = resample_weights(col_params, col_centers, cols, col_taps, dtype)
     if rows_first:
         out = _pass(_pass(buffer, row_w, "rows"), col_w, "cols")
     else:
@@ -287,6 +394,7 @@ class DeviceEvalTransform:
         self.crop_pct = crop_pct
         self.filter = _filter_index(interpolation)
         self.normalize = _Normalize(mean, std)
+        self.weights = PassWeights()
 
     def __call__(self, images: list[torch.Tensor], seeds: Sequence[int], size: int) -> torch.Tensor:
         short = math.ceil(size / self.crop_pct)
@@ -297,7 +405,8 @@ class DeviceEvalTransform:
         offsets = np.stack([np.round((new_h - size) / 2.0), np.round((new_w - size) / 2.0)], 1)
         boxes = np.stack([np.zeros_like(h), np.zeros_like(w), h, w], 1)
         n = len(images)
-        x = resample(images, boxes, np.stack([new_h, new_w], 1), offsets, np.full(n, self.filter), np.zeros(n), size)
+        x = resample(images, boxes, np.stack([new_h, new_w], 1), offsets, np.full(n, self.filter), np.zeros(n), size,
+                     self.weights)
         return self.normalize(x)
 
 
@@ -313,6 +422,7 @@ class DeviceTrainTransform:
         fill = tuple(min(255, round(255 * m)) for m in mean)
         self.randaugment = DeviceRandAugment(randaugment, fill) if randaugment else None
         self.normalize = _Normalize(mean, std)
+        self.weights = PassWeights()
 
     def __call__(self, images: list[torch.Tensor], seeds: Sequence[int], size: int) -> torch.Tensor:
         heights, widths = _sizes(images)
@@ -321,7 +431,7 @@ class DeviceTrainTransform:
         pick = np.minimum((u[:, 0] * len(self.filters)).astype(int), len(self.filters) - 1)
         n = len(images)
         x = resample(images, boxes, np.full((n, 2), size), np.zeros((n, 2)), self.filters[pick],
-                     (u[:, 1] < self.hflip).astype(np.float64), size)
+                     (u[:, 1] < self.hflip).astype(np.float64), size, self.weights)
         if self.randaugment is not None:
             x = self.randaugment(x, seeds)
         x = self.normalize(x)
