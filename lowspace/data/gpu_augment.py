@@ -35,9 +35,11 @@ _STREAM = np.uint64(0xD1B54A32D192ED03)
 PIL_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 _SUPPORT = np.array([0.0, 0.5, 1.0, 1.0, 2.0, 3.0])
 CROP_ATTEMPTS = 10
-# pixel values (3 per pixel) in one padded crop buffer (256 MB in half precision); a batch with larger crops
-# is resampled in parts, so a few very large photos cannot exhaust the GPU's memory
-MAX_BUFFER = 1 << 27
+# pixel values (3 per pixel) in one padded crop buffer (512 MB in half precision, about 1 GB with the gather
+# and the first pass): 256 crops of up to 560 x 560 px fit in one. A batch with larger crops is resampled in
+# parts, so a few very large photos cannot exhaust the GPU's memory; each part costs the host a full set of
+# operations, which is what bounds the transform
+MAX_BUFFER = 1 << 28
 
 
 def uniforms(seeds: Sequence[int], stream: int, count: int) -> np.ndarray:
