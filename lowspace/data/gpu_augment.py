@@ -20,6 +20,7 @@ How this differs from the PIL transforms is in ``docs/training.md`` ("Loaders").
 from __future__ import annotations
 
 import math
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -158,22 +159,25 @@ class PassWeights:
     def __init__(self, max_keys: int = 1 << 13, max_values: int = 1 << 26):
         self.max_keys, self.max_values = max_keys, max_values
         self._tables: dict[tuple, dict] = {}
+        self._lock = threading.Lock()  # a transform may serve two loaders' threads at once
 
     def passes(self, heights, widths, resized, offsets, flips, filters, size: int, rows: int, cols: int,
                device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The row and column pass matrices ``(N, size, rows)``, ``(N, size, cols)`` of :func:`resample`'s
         arguments (one host-to-device transfer for both)."""
-        table = self._tables.setdefault((str(device), size, dtype), dict(index={}, w=None, first=None, taps=0))
         keys = [np.stack([np.rint(a).astype(np.int64) for a in (length, resized[:, k], offsets[:, k], filters)], 1)
                 for k, length in enumerate((heights, widths))]
-        found = self._rows(table, np.concatenate(keys), size, device, dtype)
+        with self._lock:
+            table = self._tables.setdefault((str(device), size, dtype), dict(index={}, w=None, first=None, taps=0))
+            found = self._rows(table, np.concatenate(keys), size, device, dtype)
+            stored_w, stored_first = table["w"], table["first"]
         n = len(heights)
         moved, flip = to_device([found, np.asarray(flips, dtype=np.float64)], device)
         idx = moved.long()
         flip = flip.bool().view(-1, 1)
         out = []
         for part, padded, flipped in ((idx[:n], rows, None), (idx[n:], cols, flip)):
-            w, first = table["w"].index_select(0, part), table["first"].index_select(0, part)
+            w, first = stored_w.index_select(0, part), stored_first.index_select(0, part)
             if flipped is not None:
                 w = torch.where(flipped.unsqueeze(2), w.flip(1), w)
                 first = torch.where(flipped, first.flip(1), first)
