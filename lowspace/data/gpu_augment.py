@@ -303,7 +303,7 @@ def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndar
     ``images``: uint8 ``(3, H, W)``; ``boxes`` ``(N, 4)`` (top, left, height, width); ``resized`` and
     ``offsets`` ``(N, 2)`` (rows, columns): the size the box is resized to and where the output starts in
     it; ``filters`` ``(N,)`` indices into :data:`PIL_FILTERS`; ``flips`` ``(N,)``: mirror the columns.
-    The boxes are copied into one zero-padded buffer; each pass is one batched matrix product (half
+    The boxes are copied into one padded buffer; each pass is one batched matrix product (half
     precision on CUDA: exact for pixel levels, weights to 11 bits), rounded like PIL's. PIL resamples the
     columns first, except when the rows shrink and the columns grow: those samples go as a group of their
     own, and so do parts of a batch whose buffer would exceed :data:`MAX_BUFFER` values. ``weights``: a
