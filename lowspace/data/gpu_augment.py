@@ -285,8 +285,9 @@ class _Flat:
 
 
 def _pass(buffer: torch.Tensor, weights: torch.Tensor, axis: str) -> torch.Tensor:
-    """One pass over ``buffer`` ``(N, rows, 3, cols)`` (zero-padded): ``(N, size, 3, cols)`` for ``rows``,
-    ``(N, rows, 3, size)`` for ``cols``; rounded to pixel levels like PIL's uint8 passes."""
+    """One pass over ``buffer`` ``(N, rows, 3, cols)`` (padded; the weights are zero there):
+    ``(N, size, 3, cols)`` for ``rows``, ``(N, rows, 3, size)`` for ``cols``; rounded to pixel levels like
+    PIL's uint8 passes."""
     n, rows, _, cols = buffer.shape
     if axis == "rows":  # (N, size, rows) @ (N, rows, 3 * cols): all channels at once thanks to the layout
         out = torch.bmm(weights, buffer.reshape(n, rows, 3 * cols)).view(n, -1, 3, cols)
