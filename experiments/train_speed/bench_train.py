@@ -542,8 +542,8 @@ def _transform_breakdown(loader, batches, pool, rows: int = 15) -> dict:
     """Where the transform's time goes, two ways, over ``batches`` (decoded first):
 
     * ``steps_ms_per_batch``: the transform's steps (functions of ``lowspace.data.gpu_augment``, RandAugment
-      and the normalization), each timed with the device synchronized before and after: its host plus
-      device time, nested steps inside their callers' time;
+      and the normalization), each timed with the GPU synchronized before and after: its host plus
+      GPU time, nested steps inside their callers' time;
     * ``host_python_top``: cProfile of the unsynchronized transform, the functions with the most own host
       time (a torch call that waits for the device shows its wait here)."""
     import cProfile
