@@ -159,6 +159,12 @@ def _launch_stem(x, weight, bias, stride, padding, act):
     return _run(_stem_kernel, x, weight, weight.stride(), bias, stride, padding, act, CIN=weight.shape[1])
 
 
+def _conv_act(x, weight, bias, stride, padding, groups, act):
+    """What the kernels compute, in PyTorch (the ops off CUDA): conv2d, the activation, channels_last out."""
+    y = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    return _torch_act(y, act).contiguous(memory_format=torch.channels_last)
+
+
 def _kernel_act(act: str | None) -> str:
     """``act`` as the ops take it ("" for none), or a ValueError naming what the kernels have."""
     if act not in _ACT_CODES:
@@ -182,8 +188,7 @@ def _depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
             # Channel-strided loads of a large NCHW input cost several times a copy.
             x = x.contiguous(memory_format=torch.channels_last)
         return _launch(x, weight, bias, stride, padding, act_)
-    y = F.conv2d(x, weight, bias, stride, padding, 1, weight.shape[0])
-    return _torch_act(y, act_).contiguous(memory_format=torch.channels_last)
+    return _conv_act(x, weight, bias, stride, padding, weight.shape[0], act_)
 
 
 @_depthwise_conv.register_fake
@@ -204,8 +209,7 @@ def _stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     act_ = act or None
     if x.is_cuda and triton is not None:
         return _launch_stem(x, weight, bias, stride, padding, act_)
-    y = F.conv2d(x, weight, bias, stride, padding)
-    return _torch_act(y, act_).contiguous(memory_format=torch.channels_last)
+    return _conv_act(x, weight, bias, stride, padding, 1, act_)
 
 
 @_stem_conv.register_fake
