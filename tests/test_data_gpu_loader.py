@@ -235,7 +235,7 @@ def test_crops_gathered_into_one_buffer_equal_slicing_each_image():
         top, left = int(rng.integers(0, h)), int(rng.integers(0, w))
         boxes.append((top, left, int(rng.integers(1, h - top + 1)), int(rng.integers(1, w - left + 1))))
     boxes = np.array(boxes)
-    got = gpu_augment.crop_into_buffer(images, boxes)
+    got = gpu_augment._Flat(images).crops(np.arange(len(images)), boxes)
     assert got.dtype == torch.uint8 and got.shape == (9, boxes[:, 2].max(), 3, boxes[:, 3].max())
     for k, (im, (top, left, h, w)) in enumerate(zip(images, boxes)):
         assert torch.equal(got[k, :h, :, :w], im[:, top:top + h, left:left + w].permute(1, 0, 2))
@@ -280,7 +280,8 @@ def _direct_passes(heights, widths, resized, offsets, flips, filters, size, rows
     for length, k, flip, padded in ((heights, 0, np.zeros(len(flips)), rows), (widths, 1, flips, cols)):
         params, centers, taps = gpu_augment._axis_params(length, resized[:, k], offsets[:, k], flip, filters, size)
         params, centers = gpu_augment.to_device([params, centers], "cpu")
-        out.append(gpu_augment.resample_weights(params, centers, padded, taps, torch.float32))
+        w, first = gpu_augment.tap_weights(params, centers, taps)
+        out.append(gpu_augment.dense_weights(w, first, padded, torch.float32))
     return out
 
 
@@ -301,7 +302,7 @@ def test_stored_pass_weights_equal_the_formula_for_every_sample():
         assert 0 < len(table["index"]) <= weights.max_keys
 
 
-def test_resampling_with_stored_weights_equals_computing_them():
+def test_resampling_with_stored_weights_equals_computing_them_afresh():
     rng = np.random.default_rng(7)
     images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
               for h, w in rng.integers(8, 60, (10, 2))]
@@ -310,7 +311,7 @@ def test_resampling_with_stored_weights_equals_computing_them():
     n = len(images)
     args = (boxes, np.full((n, 2), 16), np.zeros((n, 2)), rng.integers(0, 6, n), np.arange(n) % 2, 16)
     weights = gpu_augment.PassWeights()
-    for _ in range(2):  # the second batch finds every key stored
+    for _ in range(2):  # the second batch finds every key stored; a new table computes every key again
         assert torch.equal(gpu_augment.resample(images, *args, weights=weights), gpu_augment.resample(images, *args))
 
 

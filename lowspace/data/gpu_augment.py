@@ -142,13 +142,6 @@ def dense_weights(w: torch.Tensor, first: torch.Tensor, padded: int, dtype: torc
     return torch.zeros(n, size, padded, dtype=dtype, device=w.device).scatter_add_(2, index, w.to(dtype))
 
 
-def resample_weights(params: torch.Tensor, centers: torch.Tensor, padded: int, taps: int,
-                     dtype: torch.dtype) -> torch.Tensor:
-    """``(N, size, padded)`` weights of one pass, computed for every sample (see :func:`tap_weights`)."""
-    w, first = tap_weights(params, centers, taps)
-    return dense_weights(w.to(dtype), first, padded, dtype)
-
-
 class PassWeights:
     """The weights of resampling passes kept on the device per key (input length, resized length, offset,
     filter), for each output size, device and dtype: a key is computed once with :func:`tap_weights`, and a
@@ -228,7 +221,7 @@ class PassWeights:
 
 def _axis_params(length: np.ndarray, resized: np.ndarray, offset: np.ndarray, flip: np.ndarray,
                  filters: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """For one axis: the ``(N, 4)`` ``params`` and ``(N, size)`` ``centers`` of :func:`resample_weights`
+    """For one axis: the ``(N, 4)`` ``params`` and ``(N, size)`` ``centers`` of :func:`tap_weights`
     and its ``taps``. Output ``k`` is pixel ``offset + k`` of the resized axis (``offset + size - 1 - k``
     when flipped)."""
     length = np.asarray(length, dtype=np.float64)
@@ -248,14 +241,6 @@ def _axis_params(length: np.ndarray, resized: np.ndarray, offset: np.ndarray, fl
     return params, centers, taps
 
 
-def crop_into_buffer(images: Sequence[torch.Tensor], boxes: np.ndarray) -> torch.Tensor:
-    """The ``boxes`` (top, left, height, width) of ``images`` (uint8 ``(3, H, W)``) in one uint8 buffer
-    ``(N, rows, 3, cols)`` (rows, channels, columns; the largest box's size), gathered from the images laid
-    end to end, so the host issues a few operations per batch rather than several per image. Past a box's
-    own height and width the buffer holds other pixels: the resampling passes give them zero weight."""
-    return _Flat(images).crops(np.arange(len(images)), boxes)
-
-
 class _Flat:
     """A batch's images laid end to end in one flat uint8 tensor, made once per batch, followed by as
     many zeros as the widest image has columns, so a run of ``cols`` pixels from any pixel stays inside."""
@@ -269,9 +254,12 @@ class _Flat:
         self.flat = torch.cat([im.reshape(-1) for im in images] + [tail])
 
     def crops(self, which: np.ndarray, boxes: np.ndarray) -> torch.Tensor:
-        """:func:`crop_into_buffer` of images ``which`` (their ``boxes``): every (image, row, channel) of
-        the buffer is one run of ``cols`` pixels of the flat tensor, so the gather's index has one entry
-        per run, not per pixel. Rows past a box's height repeat its last row."""
+        """The ``boxes`` (top, left, height, width) of images ``which`` in one uint8 buffer ``(N, rows, 3,
+        cols)`` (rows, channels, columns; the largest box's size), so the host issues a few operations per
+        batch rather than several per image. Every (image, row, channel) of the buffer is one run of
+        ``cols`` pixels of the flat tensor, so the gather's index has one entry per run, not per pixel. Past
+        a box's own height and width the buffer holds other pixels (rows past its height repeat its last
+        row): the resampling passes give them zero weight."""
         top, left, height, width = (boxes[:, k].astype(np.int64) for k in range(4))
         rows, cols = int(height.max()), int(width.max())
         sides = self.sides[which]
@@ -307,14 +295,15 @@ def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndar
     The boxes are copied into one padded buffer; each pass is one batched matrix product (half
     precision on CUDA: exact for pixel levels, weights to 11 bits), rounded like PIL's. PIL resamples the
     columns first, except when the rows shrink and the columns grow: those samples go as a group of their
-    own, and so do parts of a batch whose buffer would exceed :data:`MAX_BUFFER` values. ``weights``: a
-    :class:`PassWeights` to look the pass weights up in (else they are computed for every sample)."""
+    own, and so do parts of a batch whose buffer would exceed :data:`MAX_BUFFER` values. ``weights``: the
+    :class:`PassWeights` to look the pass weights up in (a transform keeps one across batches; default a new
+    one)."""
     resized, offsets = np.asarray(resized), np.asarray(offsets)
     filters, flips = np.asarray(filters), np.asarray(flips)
     rows_first = (resized[:, 0] < boxes[:, 2]) & (resized[:, 1] > boxes[:, 3])
     groups = [g for g in (np.nonzero(~rows_first)[0], np.nonzero(rows_first)[0]) if len(g)]
     groups = [g[part] for g in groups for part in size_parts(boxes[g])]
-    flat = _Flat(images)
+    flat, weights = _Flat(images), weights if weights is not None else PassWeights()
     parts = [_resample_group(flat, g, boxes[g], resized[g], offsets[g], filters[g], flips[g], size,
                              bool(rows_first[g[0]]), weights) for g in groups]
     if len(parts) == 1:
@@ -343,24 +332,14 @@ def size_parts(boxes: np.ndarray) -> list[np.ndarray]:
 
 def _resample_group(flat: _Flat, which: np.ndarray, boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
                     filters: np.ndarray, flips: np.ndarray, size: int, rows_first: bool,
-                    weights: PassWeights | None) -> torch.Tensor:
+                    weights: PassWeights) -> torch.Tensor:
     """:func:`resample` of the images ``which`` of ``flat``, which share one pass order, in one buffer."""
-    n, device = len(which), flat.device
+    device = flat.device
     height, width = boxes[:, 2].astype(np.int64), boxes[:, 3].astype(np.int64)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     buffer = flat.crops(which, boxes).to(dtype)  # rows, channels, columns: see _pass
     rows, cols = buffer.shape[1], buffer.shape[3]
-    if weights is not None:
-        row_w, col_w = weights.passes(height, width, resized, offsets, flips, filters, size, rows, cols, device,
-                                      dtype)
-    else:
-        row_params, row_centers, row_taps = _axis_params(height, resized[:, 0], offsets[:, 0], np.zeros(n), filters,
-                                                         size)
-        col_params, col_centers, col_taps = _axis_params(width, resized[:, 1], offsets[:, 1], flips, filters, size)
-        row_params, row_centers, col_params, col_centers = to_device([row_params, row_centers, col_params,
-                                                                      col_centers], device)
-        row_w = resample_weights(row_params, row_centers, rows, row_taps, dtype)
-        col_w = resample_weights(col_params, col_centers, cols, col_taps, dtype)
+    row_w, col_w = weights.passes(height, width, resized, offsets, flips, filters, size, rows, cols, device, dtype)
     if rows_first:
         out = _pass(_pass(buffer, row_w, "rows"), col_w, "cols")
     else:
