@@ -548,16 +548,15 @@ def _transform_breakdown(loader, batches, pool, rows: int = 15) -> dict:
       time (a torch call that waits for the device shows its wait here)."""
     import cProfile
     import pstats
+    from functools import partial
     from lowspace.data import gpu_augment as ga
     totals: dict[str, float] = {}
 
     def timed(name, fn):
         def wrapper(*a, **k):
-            sync()
-            t0 = time.perf_counter()
-            out = fn(*a, **k)
-            sync()
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+            sync()  # the step's own time only: nothing queued before it
+            out, seconds = _timed(partial(fn, *a, **k))
+            totals[name] = totals.get(name, 0.0) + seconds
             return out
         return wrapper
 
