@@ -40,6 +40,7 @@ def test_smoke_run_trains_writes_results_and_resumes(tmp_path):
     assert [(r["loader"], r["seed"]) for r in payload["rows"]] == [("cpu", 0), ("cpu", 1)]
     assert all(r["top1"] is not None and r["images"] == 96 and r["train_s"] > 0 for r in payload["rows"])
     assert payload["summary"]["cpu"]["n"] == 2 and payload["provenance"]["commit"]
+    assert all(r["commit"] == payload["provenance"]["commit"] for r in payload["rows"])  # each run's own commit
     assert len(list((folder / "train").iterdir())) == 10  # one folder per Fashion-MNIST class
     before = (out / "runs" / "cpu_s0" / "result.json").stat().st_mtime_ns
     assert script.main(["--smoke", "--out", str(out), "--folder", str(folder)]) == 0  # resumes: nothing retrained

@@ -82,6 +82,8 @@ def test_run_directory_files(data, tmp_path):
     csv_lines = (out / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("kind,epoch,step,train_loss") and len(csv_lines) == 3
     assert "top1" in csv_lines[0] and "top5" in csv_lines[0]
+    result = json.loads((out / "result.json").read_text())
+    assert set(result["provenance"]) == {"lowspace", "commit", "source"} and result["provenance"]["source"]
 
 
 def test_accumulation_mesa_ce(data, tmp_path):

@@ -75,7 +75,8 @@ def run_one(out: Path, folder: Path, loader: str, seed: int, args) -> dict:
     info = stored.get("info", {})
     return dict(loader=loader, seed=seed, top1=stored["top1"], best_top1=stored.get("best_top1"),
                 train_s=stored.get("train_s"), images=info.get("train_images"),
-                images_per_s=(info.get("train_images") or 0) / stored["train_s"] if stored.get("train_s") else None)
+                images_per_s=(info.get("train_images") or 0) / stored["train_s"] if stored.get("train_s") else None,
+                commit=stored.get("provenance", {}).get("commit"))
 
 
 def compare(rows: list[dict], level: float = 0.95) -> dict:
@@ -100,14 +101,14 @@ def compare(rows: list[dict], level: float = 0.95) -> dict:
 
 def markdown(payload: dict) -> str:
     lines = [f"# Loader accuracy: {payload['title']}", "", f"Command: `{payload['command']}`", "",
-             "| loader | seed | top-1 | best top-1 | train s | img/s |", "|---|---:|---:|---:|---:|---:|"]
+             "| loader | seed | top-1 | best top-1 | train s | img/s | commit |", "|---|---:|---:|---:|---:|---:|---|"]
     for r in payload["rows"]:
         if "error" in r:
-            lines.append(f"| {r['loader']} | {r['seed']} | failed: {r['error']} | | | |")
+            lines.append(f"| {r['loader']} | {r['seed']} | failed: {r['error']} | | | | |")
             continue
         ips = f"{r['images_per_s']:,.0f}" if r.get("images_per_s") else "-"
         lines.append(f"| {r['loader']} | {r['seed']} | {r['top1']:.2f} | {r['best_top1']:.2f} | "
-                     f"{r['train_s']:.1f} | {ips} |")
+                     f"{r['train_s']:.1f} | {ips} | {r.get('commit') or '-'} |")
     lines += ["", "| loader | runs | mean top-1 | sd | 95 % interval |", "|---|---:|---:|---:|---|"]
     for loader in ("cpu", "gpu"):
         s = payload["summary"].get(loader)

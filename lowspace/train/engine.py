@@ -30,6 +30,7 @@ from ..arch.blocks import use_groupnorm_mode
 from ..arch.model import residual_branches, set_drop_path
 from ..errors import ConfigError, LowspaceError
 from ..io import atomic_write_json
+from ..provenance import provenance
 from . import checkpoint as ckpt
 from . import distributed as dist_utils
 from .distributed import DistInfo
@@ -742,5 +743,5 @@ def _finish(s: Setup, outcome: dict, setup_s: float, t0: float) -> FitResult:
         atomic_write_json(s.out_dir / "result.json", dict(
             top1=result.top1, top5=result.top5, best_top1=result.best_top1, best_epoch=result.best_epoch,
             steps=result.steps, epochs=result.epochs_run, train_s=result.train_s, data=s.data.describe(),
-            recipe=r.name, info=info))
+            recipe=r.name, info=info, provenance=provenance()))
     return result
