@@ -67,7 +67,8 @@ def test_cpu_measurement_fields(tiny):
     assert m.iterations >= FAST["min_chunks"] and len(m.chunks_ms) >= FAST["min_chunks"]
     assert m.protocol == {"device": "cpu", "backend": "eager", "precision": "fp32", "channels_last": False,
                           "batch_size": 2, "resolution": 32, "in_chans": 3, "compile_mode": None,
-                          "deploy": False, "deploy_options": None, "reparam": False, "cudnn_benchmark": None}
+                          "deploy": False, "deploy_options": None, "deploy_resolved": None, "reparam": False,
+                          "cudnn_benchmark": None}
     fp = m.fingerprint
     for key in ("device", "cpu", "torch", "cuda", "cudnn", "timm", "onnxruntime", "python", "torch_threads"):
         assert key in fp
@@ -351,6 +352,8 @@ def test_deploy_calls_lowspace_deploy_with_the_protocols_settings(tiny, monkeypa
     assert calls == [dict(precision="fp32", batch_size=2, resolution=32, backend="eager", channels_last=False,
                           cudnn_benchmark=False, fold_bn=True)]
     assert m.protocol["deploy"] is True and m.protocol["deploy_options"] == {"fold_bn": True}
+    resolved = m.protocol["deploy_resolved"]  # what deploy() applies, defaults decided: part of the cache key
+    assert resolved["fold_bn"] is True and resolved["groupnorm"] == "native" and resolved["triton"] is False
     assert m.info["deploy"] == {"bn_folded": 3} and m.info["fake"] is True
 
 

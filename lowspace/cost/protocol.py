@@ -16,6 +16,7 @@ from typing import Any
 from ..config import Config, option
 from ..errors import ConfigError
 from ..runtime import BACKENDS, PRECISIONS, DeployOptions, check_protocol
+from ..runtime._options import resolve_options
 
 __all__ = ["Protocol", "Timing", "COMPILE_BACKENDS", "COMPILE_MODES"]
 
@@ -92,8 +93,19 @@ class Protocol(Config):
             "channels_last": self.channels_last, "batch_size": self.batch_size, "resolution": resolution,
             "in_chans": in_chans, "compile_mode": (self.compile_mode or "default") if compiled else None,
             "deploy": self.deploy, "deploy_options": dict(self.deploy_options) if self.deploy else None,
+            "deploy_resolved": self._resolved_deploy_options() if self.deploy else None,
             "reparam": self.reparam, "cudnn_benchmark": self.cudnn_benchmark if cuda else None,
         }
+
+    def _resolved_deploy_options(self) -> dict[str, Any]:
+        """Every deploy option as ``deploy()`` will apply it here (defaults and ``auto`` values decided), so a
+        change of a default is a new protocol, never a stale cached number."""
+        opts = resolve_options(DeployOptions.from_dict(self.deploy_options), self.batch_size, self.device_type,
+                               self.backend)
+        resolved = dataclasses.asdict(opts)
+        for key in ("check", "cache", "cudnn_benchmark"):  # how it is built, not what runs (or recorded apart)
+            resolved.pop(key)
+        return resolved
 
 
 @dataclass(frozen=True)
