@@ -269,6 +269,27 @@ def test_a_protocol_checks_its_deploy_options_when_built():
     assert Protocol(deploy=True, deploy_options={"sdpa": "math"}).deploy_options == {"sdpa": "math"}
 
 
+def test_auto_switches_are_decided_by_the_protocol():
+    from lowspace.runtime._options import DeployOptions, resolve_options
+    auto = DeployOptions()
+    assert auto.groupnorm == "auto" and auto.triton == "auto"
+    compiled = resolve_options(auto, 200, "cuda", "compile_cuda_graph")
+    assert compiled.groupnorm == "channels_last"
+    assert resolve_options(auto, 200, "cuda", "compile").groupnorm == "channels_last"
+    assert resolve_options(auto, 200, "cuda", "cuda_graph").groupnorm == "native"  # eager kernels
+    assert resolve_options(auto, 1, "cpu", "compile").groupnorm == "native"
+    assert resolve_options(auto, 1, "cpu", "eager").triton is False
+    chosen = DeployOptions.from_dict(dict(groupnorm="decomposed"))
+    assert resolve_options(chosen, 200, "cuda", "compile_cuda_graph").groupnorm == "decomposed"  # given: kept
+
+
+def test_an_unresolved_auto_groupnorm_computes_the_plain_way():
+    from lowspace.arch.blocks import GroupNorm1
+    norm = GroupNorm1(8)
+    norm.reparameterize()
+    assert norm.mode == "native"
+
+
 def test_other_modules_get_cast_and_captured_without_rewrites():
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(8, 4))

@@ -358,7 +358,8 @@ class GroupNorm1(nn.GroupNorm):
         return super().forward(x)
 
     def reparameterize(self, options: DeployOptions | None = None) -> None:
-        self.mode = _options(options).groupnorm
+        mode = _options(options).groupnorm
+        self.mode = "native" if mode == "auto" else mode  # unresolved (no protocol known): the plain way
 
 
 def use_groupnorm_mode(model: nn.Module, mode: str) -> int:

@@ -147,7 +147,7 @@ def deploy(model, precision: str = "auto", batch_size: int = 1, resolution: int 
         device = p.device if p is not None else ("cuda" if torch.cuda.is_available() else "cpu")
     backend, precision = _auto_protocol(backend, precision, device)
     dev = check_protocol(backend, precision, device)
-    opts = resolve_options(opts, batch_size, dev.type)
+    opts = resolve_options(opts, batch_size, dev.type, backend)
     channels = in_chans(model)
     shape = (batch_size, channels, resolution, resolution)
     key = _cache_key(model, precision, shape, backend, channels_last, dev, opts)

@@ -10,7 +10,7 @@ from ..config import Config, option
 UPSAMPLE_REWRITES = ("auto", "conv_transpose", "subpixel")
 CONV1X1_KINDS = ("conv", "linear")
 SDPA_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
-GROUPNORM_KINDS = ("native", "decomposed", "channels_last")
+GROUPNORM_KINDS = ("auto", "native", "decomposed", "channels_last")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "tuned",
                  "tuned-autotune")
 MAX_CUDNN_ALGORITHMS = 1000  # an autotuning limit N (cudnn_benchmark) is at most this
@@ -31,6 +31,8 @@ class DeployOptions(Config):
     sdpa: attention kernel: ``auto`` (PyTorch's choice) or one of flash, efficient, cudnn, math.
     groupnorm: ``native`` (F.group_norm), ``decomposed`` (mean/var ops that a compiler can fuse) or
         ``channels_last`` (a LayerNorm over each sample's contiguous (H, W, C) block of a channels-last input).
+        ``auto``: ``channels_last`` for the compile backends on CUDA (faster on every preset and batch
+        measured), ``native`` otherwise (slower once in eager kernels); experiments/deploy_speed has both.
     triton: depthwise convs (+ bias + activation) through lowspace's Triton kernel (CUDA only). ``auto``:
         on for batch size 1 on CUDA (faster there), off otherwise (slower than cuDNN inside inductor
         graphs at large batches); experiments/deploy_speed has the measurements.
@@ -57,7 +59,7 @@ class DeployOptions(Config):
     upsample: str = option("auto", choices=UPSAMPLE_REWRITES)
     conv1x1: str = option("conv", choices=CONV1X1_KINDS)
     sdpa: str = option("auto", choices=SDPA_KERNELS)
-    groupnorm: str = option("native", choices=GROUPNORM_KINDS)
+    groupnorm: str = option("auto", choices=GROUPNORM_KINDS)
     triton: Union[bool, Literal["auto"]] = "auto"
     triton_stem: bool = False
     compile_mode: str = option("tuned", choices=COMPILE_MODES)
@@ -76,10 +78,13 @@ class DeployOptions(Config):
         return tuple(sorted(d.items()))
 
 
-def resolve_options(opts: DeployOptions, batch_size: int, device_type: str) -> DeployOptions:
+def resolve_options(opts: DeployOptions, batch_size: int, device_type: str, backend: str) -> DeployOptions:
     """``opts`` with ``auto`` values decided for a protocol."""
     if opts.triton == "auto":
         from importlib.util import find_spec
         use = device_type == "cuda" and batch_size == 1 and find_spec("triton") is not None
         opts = dataclasses.replace(opts, triton=use)
+    if opts.groupnorm == "auto":
+        compiled = device_type == "cuda" and backend in ("compile", "compile_cuda_graph")
+        opts = dataclasses.replace(opts, groupnorm="channels_last" if compiled else "native")
     return opts
