@@ -313,6 +313,8 @@ def test_resampling_with_stored_weights_equals_computing_them_afresh():
     weights = gpu_augment.PassWeights()
     for _ in range(2):  # the second batch finds every key stored; a new table computes every key again
         assert torch.equal(gpu_augment.resample(images, *args, weights=weights), gpu_augment.resample(images, *args))
+    distinct = len({key for key in zip(boxes[:, 2], args[3])} | {key for key in zip(boxes[:, 3], args[3])})
+    assert weights.looked_up == 2 * 2 * n and weights.computed == distinct  # the second batch: lookups only
 
 
 def test_uniforms_are_a_function_of_seed_and_stream_only():

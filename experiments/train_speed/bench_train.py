@@ -656,6 +656,8 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
         d_loader_iterator_img_s=rate(t_iter, done),
         decode_alone_img_s=rate(total["decode"]), transform_alone_img_s=rate(total["transform"]),
         ms_per_batch={k: 1000 * v / (count - 2) for k, v in total.items()},
+        transform_ms_each=[round(1000 * v, 2) for v in phases["transform"]],
+        pass_weights=dict(looked_up=tf.weights.looked_up, computed=tf.weights.computed),
         e_cpu_decode_threads_img_s=rate(t_cpu, len(encoded)),
         transform_profile=profile,
         note="a/b/c run the stages one after another on the loader's code (no overlap); d overlaps them as "

@@ -153,6 +153,7 @@ class PassWeights:
         self.max_keys, self.max_values = max_keys, max_values
         self._tables: dict[tuple, dict] = {}
         self._lock = threading.Lock()  # a transform may serve two loaders' threads at once
+        self.looked_up = self.computed = 0  # keys asked for, and those of them computed (not yet stored)
 
     def passes(self, heights, widths, resized, offsets, flips, filters, size: int, rows: int, cols: int,
                device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,6 +191,8 @@ class PassWeights:
         if new:
             self._add(table, np.array(list(new), dtype=np.int64), size, device, dtype)
             index.update(new)
+        self.looked_up += len(keys)
+        self.computed += len(new)
         return rows
 
     @staticmethod
