@@ -8,9 +8,13 @@ random architectures, timed side by side by ``bench.py``; MACs and parameter cou
     # on a CUDA GPU (architectures from a folder of ArchConfig YAMLs, or generated with a seed):
     python3 experiments/deploy_speed/protocol_tau.py --configs experiments/deploy_speed/tau_configs \
         --batches 200 --out experiments/deploy_speed/tau
-    python3 experiments/deploy_speed/protocol_tau.py --generate 20 --seed 0 --out DIR
+    python3 experiments/deploy_speed/protocol_tau.py --generate 20 --seed 0 --out DIR   # the lowformer space
     # on any machine, from a bench results.json that holds both protocols' rows:
     python3 experiments/deploy_speed/protocol_tau.py --results experiments/deploy_speed/tau/results.json --out DIR
+
+    # other variants: --cheap A,B compares each with --deploy (each analysis named tau_b<batch>_<A>_vs_<deploy>)
+    python3 experiments/deploy_speed/protocol_tau.py --configs experiments/deploy_speed/tau_configs \
+        --cheap ours_graph,ours_graph_gncl --out experiments/deploy_speed/tau
 
 Writes OUT/results.json and OUT/results.md (bench.py's rows) and OUT/tau_b<batch>.json / .md.
 """
@@ -34,45 +38,22 @@ CHEAP, DEPLOY = "ours_graph", "ours_deploy"
 
 
 # ------------------------------------------------------------------------------------ architectures
-def random_config(rng: random.Random, name: str):
-    """A random LowFormer-family architecture around the B0-B3 presets (the fallback search space)."""
-    from lowspace import ArchConfig, ConfigError
-    while True:
-        w0 = rng.choice([16, 20, 24, 32])
-        ds_expand = rng.choice([4, 6])
-        d = {
-            "name": name,
-            "stem": {"width": w0, "depth": rng.choice([0, 0, 1])},
-            "stages": [
-                {"width": 2 * w0, "depth": rng.choice([0, 1, 2]), "downsample": {"expand_ratio": ds_expand}},
-                {"width": 4 * w0, "depth": rng.choice([0, 1, 2, 3]), "downsample": {"expand_ratio": ds_expand}},
-            ],
-            "head": {"widths": list(rng.choice([(1536, 1600), (1024, 1280), (2304, 2560)]))},
-        }
-        for width, stride_choices, kernel in ((8 * w0, (1, 2, 2, 4), rng.choice([3, 5])), (16 * w0, (1, 1, 2), 3)):
-            depth = rng.randint(2, 6)
-            d["stages"].append({
-                "width": width, "depth": depth, "block": "lowformer", "downsample": {"expand_ratio": ds_expand},
-                "attention": {"placement": rng.choice(["all", "all", f"last:{rng.randint(1, depth)}"]),
-                              "stride": rng.choice(stride_choices), "kernel_size": kernel,
-                              "upsample": rng.choice(["conv_transpose"] * 3 + ["interpolate"]),
-                              "norm": rng.choice(["groupnorm"] * 3 + ["none"])},
-                "mlp_ratio": rng.choice([0, 2, 4, 4]),
-            })
-        try:
-            return ArchConfig.from_dict(d)
-        except ConfigError:
-            continue
-
-
-def generate(n: int, seed: int, out_dir: Path) -> list[Path]:
-    """Write ``n`` random architectures as YAML files ``rNN.yaml`` into ``out_dir``."""
+def generate(n: int, seed: int, out_dir: Path, space: str = "lowformer") -> list[Path]:
+    """Write ``n`` random architectures of the search space ``space`` (``SearchSpace.sample``, valid ones
+    only) as YAML files ``rNN.yaml`` into ``out_dir``."""
+    from lowspace import ConfigError
+    from lowspace.search import load_space
+    search_space = load_space(space)
     rng = random.Random(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(n):
-        path = out_dir / f"r{i:02d}.yaml"
-        random_config(rng, f"random_{seed}_{i:02d}").to_yaml(path)
+    while len(paths) < n:
+        try:
+            config = search_space.build(search_space.sample(rng))
+        except ConfigError:
+            continue
+        path = out_dir / f"r{len(paths):02d}.yaml"
+        config.replace(name=f"random_{seed}_{len(paths):02d}").to_yaml(path)
         paths.append(path)
     return paths
 
@@ -91,20 +72,22 @@ def static_costs(config: str, resolution: int = 224) -> dict:
     return {"params": params, "macs": fc.get_total_flops() // 2}
 
 
-def analyse(results: dict, batch: int, out: Path) -> dict:
+def analyse(results: dict, batch: int, out: Path, cheap: str = CHEAP, deploy: str = DEPLOY) -> dict:
+    """Kendall tau of ``cheap`` vs ``deploy`` rows (bench variants) at ``batch``; writes OUT/tau_b<batch>.json /
+    .md, named ``tau_b<batch>_<cheap>_vs_<deploy>`` when either is not the default variant."""
     rows = [r for r in results["rows"] if r.get("status") == "ok" and r["batch"] == batch]
     by_model: dict[str, dict] = {}
     for r in rows:
         by_model.setdefault(r["model"], {"config": r.get("config", r["model"])})[r["variant"]] = r["ms"]
-    models = sorted(m for m, v in by_model.items() if CHEAP in v and DEPLOY in v)
+    models = sorted(m for m, v in by_model.items() if cheap in v and deploy in v)
     if len(models) < 3:
-        raise SystemExit(f"need >= 3 architectures with both {CHEAP} and {DEPLOY} rows at batch {batch}")
+        raise SystemExit(f"need >= 3 architectures with both {cheap} and {deploy} rows at batch {batch}")
     for m in models:
         by_model[m].update(static_costs(by_model[m]["config"]))
-    deploy_ms = [by_model[m][DEPLOY] for m in models]
+    deploy_ms = [by_model[m][deploy] for m in models]
     report = {
-        "batch": batch, "n": len(models), "cheap": CHEAP, "deploy": DEPLOY,
-        "tau_cheap_vs_deploy": float(kendalltau([by_model[m][CHEAP] for m in models], deploy_ms).statistic),
+        "batch": batch, "n": len(models), "cheap": cheap, "deploy": deploy,
+        "tau_cheap_vs_deploy": float(kendalltau([by_model[m][cheap] for m in models], deploy_ms).statistic),
         "tau_macs_vs_deploy": float(kendalltau([by_model[m]["macs"] for m in models], deploy_ms).statistic),
         "tau_params_vs_deploy": float(kendalltau([by_model[m]["params"] for m in models], deploy_ms).statistic),
         "models": {m: by_model[m] for m in models},
@@ -114,23 +97,24 @@ def analyse(results: dict, batch: int, out: Path) -> dict:
     if len(models) < 20:
         print(f"note: only {len(models)} architectures; the goal asks for >= 20")
     report["recommendation"] = (
-        f"search with the cheap protocol ({CHEAP}): it ranks like the deploy protocol (tau >= 0.9)"
+        f"search with the cheap protocol ({cheap}): it ranks like the deploy protocol (tau >= 0.9)"
         if report["goal_met"] else
-        f"search with the deploy protocol ({DEPLOY}): the cheap one ranks differently (tau < 0.9)")
+        f"search with the deploy protocol ({deploy}): the cheap one ranks differently (tau < 0.9)")
     lines = [f"# Cheap vs deploy latency protocol, batch {batch}, {len(models)} random architectures", "",
-             f"- Kendall tau, cheap ({CHEAP}) vs deploy ({DEPLOY}) ms/batch: **{report['tau_cheap_vs_deploy']:.3f}** "
+             f"- Kendall tau, cheap ({cheap}) vs deploy ({deploy}) ms/batch: **{report['tau_cheap_vs_deploy']:.3f}** "
              f"(goal >= 0.9: {'met' if report['goal_met'] else 'MISSED'})",
              f"- baselines: MACs vs deploy {report['tau_macs_vs_deploy']:.3f}, params vs deploy "
              f"{report['tau_params_vs_deploy']:.3f}",
              f"- recommendation: {report['recommendation']}", "",
              "| arch | MMACs | params (M) | cheap ms | deploy ms | deploy/cheap |", "|---|---:|---:|---:|---:|---:|"]
-    for m in sorted(models, key=lambda m: by_model[m][DEPLOY]):
+    for m in sorted(models, key=lambda m: by_model[m][deploy]):
         v = by_model[m]
-        lines.append(f"| {m} | {v['macs'] / 1e6:,.0f} | {v['params'] / 1e6:.1f} | {v[CHEAP]:.3f} | {v[DEPLOY]:.3f} | "
-                     f"{v[DEPLOY] / v[CHEAP]:.2f} |")
+        lines.append(f"| {m} | {v['macs'] / 1e6:,.0f} | {v['params'] / 1e6:.1f} | {v[cheap]:.3f} | {v[deploy]:.3f} | "
+                     f"{v[deploy] / v[cheap]:.2f} |")
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"tau_b{batch}.json").write_text(json.dumps(report, indent=1, default=str))
-    (out / f"tau_b{batch}.md").write_text("\n".join(lines) + "\n")
+    stem = f"tau_b{batch}" + ("" if (cheap, deploy) == (CHEAP, DEPLOY) else f"_{cheap}_vs_{deploy}")
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:5]))
     return report
 
@@ -142,9 +126,14 @@ def main(argv=None):
     src.add_argument("--generate", type=int, help="generate this many random architectures")
     src.add_argument("--results", help="analyse an existing bench results.json (no timing)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--space", default="lowformer", help="search space --generate samples (name or YAML path)")
     ap.add_argument("--batches", default="200")
     ap.add_argument("--parallel", type=int, default=10)
     ap.add_argument("--out", default="experiments/deploy_speed/tau")
+    ap.add_argument("--cheap", default=CHEAP,
+                    help=f"bench variant(s) of the cheap protocol, comma-separated, each compared with --deploy "
+                         f"(default {CHEAP})")
+    ap.add_argument("--deploy", default=DEPLOY, help=f"bench variant of the deploy protocol (default {DEPLOY})")
     args = ap.parse_args(argv)
     out = Path(args.out)
     if args.results:
@@ -152,13 +141,14 @@ def main(argv=None):
     else:
         configs = Path(args.configs) if args.configs else out / "configs"
         if args.generate:
-            generate(args.generate, args.seed, configs)
+            generate(args.generate, args.seed, configs, args.space)
         import bench
-        bench.main(["--models", "", "--extra-models", str(configs), "--extra-variants", f"{CHEAP},{DEPLOY}",
+        bench.main(["--models", "", "--extra-models", str(configs), "--extra-variants", f"{args.cheap},{args.deploy}",
                     "--extra-batches", args.batches, "--parallel", str(args.parallel), "--out", str(out)])
         results = json.loads((out / "results.json").read_text())
     for b in args.batches.split(","):
-        analyse(results, int(b), out)
+        for cheap in args.cheap.split(","):
+            analyse(results, int(b), out, cheap, args.deploy)
 
 
 if __name__ == "__main__":
