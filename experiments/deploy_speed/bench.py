@@ -60,6 +60,7 @@ VARIANTS = {
     "ours_tuned_cdt": ("ours", "compile_cuda_graph", "fp16",
                        {"triton": False, "compile_mode": "tuned", "inductor": {"coordinate_descent_tuning": True}}),
     "ours_deploy_gncl": ("ours", "compile_cuda_graph", "fp16", {"groupnorm": "channels_last"}),
+    "ours_graph_gncl": ("ours", "cuda_graph", "fp16", {"groupnorm": "channels_last"}),
     "ours_autotune": ("ours", "compile_cuda_graph", "fp16", {"triton": False, "compile_mode": "tuned-autotune"}),
     # 1x1 convs as matmuls that inductor's autotuned GEMM templates may fuse with their epilogues
     "ours_autotune_linear": ("ours", "compile_cuda_graph", "fp16",

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Regenerates experiments/deploy_speed/results (and tau/ when missing) on one CUDA GPU; see README.md.
-#   bash experiments/deploy_speed/run.sh            # from the repository root; about 6 minutes on an H200
+# Regenerates experiments/deploy_speed/results (and switches/, switches_eager/, tau/ when missing) on one CUDA
+# GPU; see README.md.
+#   bash experiments/deploy_speed/run.sh   # from the repository root; on an H200 about 6 minutes for results/,
+#                                          # 6 for switches/, 2 for switches_eager/ and 8 for tau/
 # WORK: scratch folder for inductor's cache (default: a new temporary folder). PYTHON: the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,8 +26,17 @@ if [ ! -e $D/switches/results.json ]; then
         --variants ours_deploy,ours_deploy_gncl,ours_deploy_coop,ours_deploy_gncl_coop \
         --parallel 8 --cache-dir "$WORK/cache" --out $D/switches | tee $D/switches/log.txt
 fi
+# The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
+if [ ! -e $D/switches_eager/results.json ]; then
+    mkdir -p $D/switches_eager
+    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants ours_graph,ours_graph_gncl \
+        --parallel 8 --out $D/switches_eager | tee $D/switches_eager/log.txt
+fi
 
-# Cheap vs deploy protocol over the 20 random architectures of tau_configs/ (Kendall tau)
-if [ ! -e $D/tau/tau_b200.json ]; then
-    "$PY" $D/protocol_tau.py --configs $D/tau_configs --batches 200 --out $D/tau
+# Cheap vs deploy protocol over the 20 random architectures of tau_configs/ (Kendall tau), both GroupNorm
+# forms of the cheap protocol against the deploy defaults in one run (README.md states the rule that picks one)
+if [ ! -e $D/tau/tau_b200_ours_graph_gncl_vs_ours_deploy.json ]; then
+    mkdir -p $D/tau
+    "$PY" $D/protocol_tau.py --configs $D/tau_configs --batches 200 --cheap ours_graph,ours_graph_gncl \
+        --out $D/tau | tee $D/tau/log.txt
 fi

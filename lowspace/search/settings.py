@@ -101,8 +101,8 @@ class ProtocolSettings(Config):
 
     def resolve(self, device_type: str) -> "ProtocolSettings":
         """Concrete values for the ``auto`` fields. On CUDA: the deploy path (BatchNorm folded, fp16 weights,
-        channels_last) captured in a CUDA graph, which builds in about a second and ranks architectures like
-        the compiled deploy protocol (experiments/deploy_speed). On CPU: eager fp32."""
+        channels_last) captured in a CUDA graph, which builds in about a second; experiments/deploy_speed
+        measures how well it ranks architectures like the compiled deploy protocol. On CPU: eager fp32."""
         cuda = device_type == "cuda"
         return dataclasses.replace(
             self,
