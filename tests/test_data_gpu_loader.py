@@ -343,6 +343,16 @@ def test_colour_ops_match_timms_pil_ops(picture, name, arg):
     assert np.abs(got - expected).max() <= 1.5  # PIL rounds to uint8 in between
 
 
+def test_sharpen_base_is_pils_smooth_filter_inside_the_border():
+    x = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (5, 3, 9, 11))).float()
+    got = gpu_augment._sharpen_base(x).double()
+    ref = x.double().clone()
+    window = sum(x.double()[..., i:i + 7, j:j + 9] for i in range(3) for j in range(3))
+    ref[..., 1:-1, 1:-1] = (window + 4 * x.double()[..., 1:-1, 1:-1]) / 13
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-4)
+    assert torch.equal(got[..., 0, :], x.double()[..., 0, :]) and torch.equal(got[..., :, -1], x.double()[..., :, -1])
+
+
 @pytest.mark.parametrize("name,arg", [("Rotate", 20.0), ("ShearX", 0.2), ("ShearY", -0.2), ("TranslateXRel", 0.2),
                                       ("TranslateYRel", -0.1)])
 def test_geometric_ops_match_timms_pil_ops(picture, name, arg):

@@ -610,10 +610,12 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
     batches = list(loader.batches(0))
     count = min(args.stage_batches + 2, len(batches))
     phases: dict[str, list[float]] = {k: [] for k in ("read", "decode", "transform", "transform_host")}
+    computed_each: list[int] = []  # pass weights computed (not found stored) per timed batch
     with ThreadPoolExecutor(loader.workers) as pool:
         for k, b in enumerate(batches[:count]):
             read, t_read = _timed(partial(_read_all, pool, loader.samples, b.indices, loader.workers))
             decoded, t_decode = _timed(partial(loader.decode, read))
+            computed = tf.weights.computed
             t0 = time.perf_counter()
             loader.finish(b, decoded)
             t_host = time.perf_counter() - t0
@@ -622,6 +624,7 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
             if k >= 2:
                 for key, v in zip(phases, (t_read, t_decode, t_transform, t_host)):
                     phases[key].append(v)
+                computed_each.append(tf.weights.computed - computed)
         profile = _transform_profile(loader, batches[2:min(count, 5)], pool)
         from torchvision.io import ImageReadMode, decode_jpeg
         encoded = [read_sample(loader.samples, i).encoded for i in batches[0].indices]
@@ -657,7 +660,8 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
         decode_alone_img_s=rate(total["decode"]), transform_alone_img_s=rate(total["transform"]),
         ms_per_batch={k: 1000 * v / (count - 2) for k, v in total.items()},
         transform_ms_each=[round(1000 * v, 2) for v in phases["transform"]],
-        pass_weights=dict(looked_up=tf.weights.looked_up, computed=tf.weights.computed),
+        pass_weights=dict(looked_up=tf.weights.looked_up, computed=tf.weights.computed,
+                          computed_each=computed_each),
         e_cpu_decode_threads_img_s=rate(t_cpu, len(encoded)),
         transform_profile=profile,
         note="a/b/c run the stages one after another on the loader's code (no overlap); d overlaps them as "
