@@ -510,16 +510,20 @@ def _read_all(pool, samples, indices, parts):
 def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
     """The operators that take the train transform's host time: torch.profiler over ``batches`` (read and
     decoded first, outside the profile), the top ``rows`` by host (self CPU) time, per batch, and the host
-    time of all operators (the rest of the transform's host time is Python)."""
+    time of all operators (the rest of the transform's host time is Python); ``gpu_work_ms_per_batch``: the
+    GPU time of decoding and of the transform per batch, which training shares the GPU with."""
     from torch.profiler import ProfilerActivity, profile
-    ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices, loader.workers))) for b in batches]
-    sync()
+    reads = [_read_all(pool, loader.samples, b.indices, loader.workers) for b in batches]
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with profile(activities=activities) as decode_prof:
+        ready = [(b, loader.decode(read)) for b, read in zip(batches, reads)]
+        sync()
     with profile(activities=activities) as prof:
         for b, decoded in ready:
             loader.finish(b, decoded)
         sync()
     n = max(len(ready), 1)
+    gpu_ms = {name: _kernel_ms(p) / n for name, p in (("decode", decode_prof), ("transform", prof))}
     breakdown = _transform_breakdown(loader, batches, pool)
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     top = [dict(op=e.key, calls_per_batch=e.count / n, self_cpu_ms_per_batch=e.self_cpu_time_total / 1000 / n,
@@ -529,7 +533,14 @@ def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
                        device_ms_per_batch=getattr(e, "self_device_time_total", 0) / 1000 / n) for e in on_device]
     return dict(operators_self_cpu_ms_per_batch=sum(e.self_cpu_time_total for e in events) / 1000 / n,
                 operator_calls_per_batch=sum(e.count for e in events) / n, top=top, top_device=top_device,
-                **breakdown)
+                gpu_work_ms_per_batch=gpu_ms, **breakdown)
+
+
+def _kernel_ms(prof) -> float:
+    """GPU time of a profile's device events (kernels and copies), in ms; 0 without a GPU."""
+    from torch.autograd import DeviceType
+    return sum(e.self_device_time_total for e in prof.key_averages()
+               if getattr(e, "device_type", None) == DeviceType.CUDA) / 1000
 
 
 _TIMED_STEPS = ("_axis_params", "to_device", "tap_weights", "dense_weights", "_pass", "resample", "uniforms",
