@@ -145,6 +145,15 @@ def test_cuda_event_timing_branch_and_stopping_rule(monkeypatch, totals, chunks,
     assert spread_of(values[-stats_from:]) == pytest.approx(10 / 15 if noisy else 0.0)  # (20-10)/median 15
 
 
+def test_one_chunk_times_its_calls_by_events_on_cuda_and_by_the_clock_elsewhere(monkeypatch):
+    from lowspace.cost import chunk_ms
+    calls = []
+    assert chunk_ms(lambda: calls.append(1), 7, "cpu") >= 0 and len(calls) == 7
+    monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+    monkeypatch.setattr(_FakeEvent, "script", [35.0])
+    assert chunk_ms(lambda: calls.append(1), 5, "cuda") == 7.0 and len(calls) == 12  # 35 ms over 5 calls
+
+
 def test_resolution_defaults_to_the_config_and_can_be_overridden(tiny):
     m = measure(tiny, cache=False, **FAST)
     assert m.protocol["resolution"] == 32

@@ -131,21 +131,9 @@ def time_runner(runner, batch: int, warmup: int = 15, chunks: int = 5) -> dict:
     for _ in range(warmup):
         runner()
     sync()
-    times = []
-    for _ in range(chunks):
-        if torch.cuda.is_available():
-            s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            s.record()
-            for _ in range(iters):
-                runner()
-            e.record()
-            e.synchronize()
-            times.append(s.elapsed_time(e) / iters)
-        else:
-            t = time.perf_counter()
-            for _ in range(iters):
-                runner()
-            times.append((time.perf_counter() - t) * 1000 / iters)
+    from lowspace.cost import chunk_ms
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    times = [chunk_ms(runner, iters, device) for _ in range(chunks)]
     med = statistics.median(times)
     return {"ms": med, "img_s": batch * 1000.0 / med, "spread": (max(times) - min(times)) / med,
             "chunks_ms": times}

@@ -94,22 +94,9 @@ def measure(step, batch: int, warmup: int, chunks: int, per_chunk: int) -> dict:
         step()
     sync()
     warm_s = time.perf_counter() - t0
-    times = []
+    from lowspace.cost import chunk_ms
     wall0 = time.perf_counter()
-    for _ in range(chunks):
-        if DEVICE != "cuda":
-            c0 = time.perf_counter()
-            for _ in range(per_chunk):
-                step()
-            times.append((time.perf_counter() - c0) * 1000 / per_chunk)
-            continue
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(per_chunk):
-            step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / per_chunk)
+    times = [chunk_ms(step, per_chunk, DEVICE) for _ in range(chunks)]
     wall = (time.perf_counter() - wall0) / (chunks * per_chunk)
     med = statistics.median(times)
     return dict(ms_per_step=med, images_per_s=batch / med * 1000, spread=(max(times) - min(times)) / med,

@@ -9,13 +9,13 @@ from .protocol import Protocol, Timing
 from .spec import ModelSpec, resolve_spec
 
 __all__ = ["count_all", "count_macs", "count_params", "fvcore_macs", "ModelSpec", "resolve_spec", "Protocol",
-           "Timing", "Measurement", "MeasurementCache"]
+           "Timing", "Measurement", "MeasurementCache", "chunk_ms"]
 
 
 def __getattr__(name):  # the measurement side imports lazily (sqlite, multiprocessing, backends)
-    if name == "Measurement":
-        from .measure import Measurement
-        return Measurement
+    if name in ("Measurement", "chunk_ms"):
+        from . import measure
+        return getattr(measure, name)
     if name == "MeasurementCache":
         from .cache import MeasurementCache
         return MeasurementCache

@@ -25,7 +25,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any, Callable, ContextManager
 
 import numpy as np
 import torch
@@ -342,6 +342,27 @@ def _measure_once(spec: ModelSpec, p: Protocol, timing: Timing, resolution: int,
                        info=info, warnings=notes)
 
 
+def chunk_ms(fn: Callable[[], object], calls: int, device, events: bool = True) -> float:
+    """Milliseconds per call of ``calls`` back-to-back calls of ``fn`` (one timed chunk): CUDA events around
+    them on a CUDA device (unless ``events`` is False), else the host clock between two synchronizations."""
+    device = torch.device(device)
+    if device.type == "cuda" and events:
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return begin.elapsed_time(end) / calls
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - t) * 1000 / calls
+
+
 def time_runner(runner: Runner, device: torch.device, s: Timing) -> tuple[list[float], int, int, bool]:
     """Warm up, then time chunks until the spread target or a cap. Returns (chunk values in ms per call,
     calls timed, how many trailing chunks the statistics use, whether the cap was hit)."""
@@ -360,26 +381,10 @@ def time_runner(runner: Runner, device: torch.device, s: Timing) -> tuple[list[f
     estimate = statistics.median(per_call[-5:])
     calls = max(1, min(100_000, round(s.chunk_ms / max(estimate, 1e-3))))
 
-    def chunk() -> float:
-        if use_events:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            for _ in range(calls):
-                runner()
-            end.record()
-            end.synchronize()
-            return begin.elapsed_time(end) / calls
-        sync()
-        t = time.perf_counter()
-        for _ in range(calls):
-            runner()
-        sync()
-        return (time.perf_counter() - t) * 1000 / calls
-
     chunks: list[float] = []
     timing_start = time.perf_counter()
     while True:
-        chunks.append(chunk())
+        chunks.append(chunk_ms(runner, calls, device, events=use_events))
         if len(chunks) >= s.min_chunks and spread_of(chunks[-s.min_chunks:]) <= s.target_spread:
             return chunks, calls * len(chunks), s.min_chunks, False
         if len(chunks) >= s.min_chunks and (len(chunks) >= s.max_chunks
