@@ -265,6 +265,21 @@ def test_a_study_that_recorded_few_proxy_fields_warns_once(tmp_path):
     assert len(texts) == 1 and "proxy.base_lr" in texts[0] and "proxy.warmup_epochs" in texts[0]
 
 
+def test_a_changed_deploy_default_is_refused_on_resume(tmp_path):
+    deploy = {"device": "cpu", "deploy": True}
+    run_search(_config(tmp_path, n_trials=1, protocol=deploy), engines=search_fakes.fake_engines())
+    study = load_study(tmp_path / "study.db", "s")
+    recorded = study.user_attrs["deploy_resolved"]
+    assert recorded["groupnorm"] == "native" and recorded["fold_bn"] is True  # resolved on the CPU
+    run_search(_config(tmp_path, n_trials=2, protocol=deploy), engines=search_fakes.fake_engines())  # same: resumes
+    study.set_user_attr("deploy_resolved", {**recorded, "groupnorm": "channels_last"})  # as an older default
+    changed = r"^protocol.deploy_resolved.groupnorm: got 'native'.*groupnorm='channels_last'"
+    with pytest.raises(ConfigError, match=changed):
+        run_search(_config(tmp_path, n_trials=3, protocol=deploy), engines=search_fakes.fake_engines())
+    study.set_user_attr("deploy_resolved", None)  # a study made before the record: not checked
+    assert run_search(_config(tmp_path, n_trials=3, protocol=deploy), engines=search_fakes.fake_engines()).complete == 3
+
+
 def test_a_missing_gpu_is_refused_before_the_study_exists(tmp_path, capsys):
     import torch
     if torch.cuda.is_available():

@@ -1,11 +1,13 @@
 """Resume rules: a study can only be continued with the settings that make its results comparable.
 
 A new study records the whole search config (``lowspace_config``) and the proxy schedule with every
-default filled in (``proxy_resolved``). Resuming compares against them: the mode, the objectives, the
-latency protocol, the proxy schedule, the data options and (pareto mode) the early stopping and its rungs
-must be the same. A protocol field lowspace added after the study was made takes the value such studies
-were timed with (:data:`PROTOCOL_BEFORE_RECORDED`); a proxy field a study did not record is resumed with
-today's value and a warning.
+default filled in (``proxy_resolved``), and the deploy switches its latencies are timed with
+(``deploy_resolved``). Resuming compares against them: the mode, the objectives, the latency protocol (and
+the deploy switches it applies, so a changed default of a later lowspace is caught), the proxy schedule, the
+data options and (pareto mode) the early stopping and its rungs must be the same. A protocol field lowspace
+added after the study was made takes the value such studies were timed with
+(:data:`PROTOCOL_BEFORE_RECORDED`); a proxy field a study did not record is resumed with today's value and a
+warning; a study that recorded no deploy switches is not checked for them.
 
 The study also records a hash of its search space (``space_hash``: the parameters, the base architecture
 and the recipe as parsed, not the formatting, name, description or named points); a resume with another
@@ -24,6 +26,7 @@ from .settings import SearchConfig
 
 CONFIG_ATTR = "lowspace_config"
 PROXY_ATTR = "proxy_resolved"
+DEPLOY_ATTR = "deploy_resolved"
 SPACE_HASH_ATTR = "space_hash"
 _SPACE_KEYS_IGNORED = ("name", "description", "points")
 SPLIT_ATTR = "validation_split"
@@ -48,8 +51,23 @@ def resolved_proxy(config: SearchConfig) -> dict:
         return stored_form(dict(config.proxy))
 
 
-def check_compatible(stored: dict, config: SearchConfig, name: str, proxy_resolved: dict | None = None) -> None:
-    """Raise ConfigError if ``config`` may not resume the study ``name`` that recorded ``stored``."""
+def resolved_deploy(config: SearchConfig) -> dict | None:
+    """The deploy switches the search times latencies with, as ``deploy()`` applies them on the latency device
+    (defaults and ``auto`` values decided), as recorded in a new study; None when it does not time the deploy
+    path (or the protocol is invalid: the trial pipeline reports that)."""
+    from .trial import measurement_protocol, resolve_device
+    device = resolve_device(config.protocol.device)
+    try:
+        protocol, _, _ = measurement_protocol(config.protocol.resolve(device.split(":")[0]), device)
+    except ConfigError:
+        return None
+    return stored_form(protocol.record(0, 0)["deploy_resolved"])
+
+
+def check_compatible(stored: dict, config: SearchConfig, name: str, proxy_resolved: dict | None = None,
+                     deploy_resolved: dict | None = None) -> None:
+    """Raise ConfigError if ``config`` may not resume the study ``name`` that recorded ``stored`` (and, when
+    it recorded them, the resolved proxy schedule and deploy switches)."""
     mine = config.to_dict()
     for key in ("mode", "objectives"):
         if stored.get(key) != mine.get(key):
@@ -64,6 +82,8 @@ def check_compatible(stored: dict, config: SearchConfig, name: str, proxy_resolv
             # a study made before held-out validation: unsplit_note() says so in one line
             theirs = {**{k: ours.get(k) for k in SPLIT_FIELDS}, **theirs}
         _check_section(key, theirs, ours, name)
+    if deploy_resolved is not None:
+        _check_deploy(deploy_resolved, resolved_deploy(config) or {}, name)
     from ._promotion import check_resume
     check_resume(stored, config, name)
 
@@ -100,6 +120,17 @@ def _check_section(key: str, theirs: dict, ours: dict, name: str) -> None:
     if unrecorded:  # one warning per section, however many fields
         warnings.warn(f"study {name!r} recorded no {', '.join(f'{key}.{k}' for k in unrecorded)}; resuming with "
                       + ", ".join(f"{key}.{k}={ours[k]!r}" for k in unrecorded), stacklevel=3)
+
+
+def _check_deploy(theirs: dict, ours: dict, name: str) -> None:
+    """A deploy default that changed since the study was made would time new trials differently."""
+    changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if changed:
+        key = changed[0]
+        raise ConfigError(f"protocol.deploy_resolved.{key}", ours.get(key),
+                          f"study {name!r} timed its latencies with the deploy switch {key}={theirs.get(key)!r} "
+                          f"(the default of the lowspace that made it); results would not be comparable: resume "
+                          f"with that lowspace or pick another --study-name")
 
 
 def space_hash(space) -> str:

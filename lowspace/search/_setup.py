@@ -12,8 +12,9 @@ from ..errors import ConfigError
 from ..pareto import REFERENCE_ATTR, reference_point
 from ._accounting import is_duplicate
 from ._promotion import enqueue_continuations
-from ._resume import (CONFIG_ATTR, PROXY_ATTR, SPACE_HASH_ATTR, SPLIT_ATTR, check_compatible, check_space,
-                      resolved_proxy, space_hash, split_settings, stored_form, unsplit_note)
+from ._resume import (CONFIG_ATTR, DEPLOY_ATTR, PROXY_ATTR, SPACE_HASH_ATTR, SPLIT_ATTR, check_compatible,
+                      check_space, resolved_deploy, resolved_proxy, space_hash, split_settings, stored_form,
+                      unsplit_note)
 from ._samplers import make_pruner, make_sampler, worker_seed
 from .settings import SearchConfig
 from .space import SearchSpace
@@ -123,7 +124,8 @@ def create_or_load_study(config: SearchConfig, space: SearchSpace, storage=None,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                check_compatible(stored, config, name, study.user_attrs.get(PROXY_ATTR))
+                check_compatible(stored, config, name, study.user_attrs.get(PROXY_ATTR),
+                                 study.user_attrs.get(DEPLOY_ATTR))
                 check_space(study, space, name, config.space)
             except ConfigError as err:
                 if _has_results(study):
@@ -182,6 +184,7 @@ def _record(study: optuna.Study, config: SearchConfig, space: SearchSpace) -> No
     study.set_user_attr("sampler", config.sampler_name)
     study.set_user_attr("lowspace_version", __version__)
     study.set_user_attr(PROXY_ATTR, resolved_proxy(config))
+    study.set_user_attr(DEPLOY_ATTR, resolved_deploy(config))
     study.set_user_attr(SPLIT_ATTR, split_settings(config))
     limits = config.constraints
     study.set_user_attr(REFERENCE_ATTR, reference_point(
