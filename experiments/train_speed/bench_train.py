@@ -511,7 +511,7 @@ def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
         sync()
     n = max(len(ready), 1)
     gpu_ms = {name: _kernel_ms(p) / n for name, p in (("decode", decode_prof), ("transform", prof))}
-    breakdown = _transform_breakdown(loader, batches, pool)
+    breakdown = _transform_breakdown(loader, ready)
     events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     top = [dict(op=e.key, calls_per_batch=e.count / n, self_cpu_ms_per_batch=e.self_cpu_time_total / 1000 / n,
                 device_ms_per_batch=getattr(e, "self_device_time_total", 0) / 1000 / n) for e in events[:rows]]
@@ -536,8 +536,8 @@ _TIMED_METHODS = (("_Flat", "__init__"), ("_Flat", "crops"), ("PassWeights", "pa
                   ("DeviceRandAugment", "__call__"), ("_Normalize", "__call__"))
 
 
-def _transform_breakdown(loader, batches, pool, rows: int = 15) -> dict:
-    """Where the transform's time goes, two ways, over ``batches`` (decoded first):
+def _transform_breakdown(loader, ready, rows: int = 15) -> dict:
+    """Where the transform's time goes, two ways, over ``ready`` (``(batch, decoded samples)`` pairs):
 
     * ``steps_ms_per_batch``: the transform's steps (functions of ``lowspace.data.gpu_augment``, RandAugment
       and the normalization), each timed with the GPU synchronized before and after: its host plus
@@ -558,7 +558,6 @@ def _transform_breakdown(loader, batches, pool, rows: int = 15) -> dict:
             return out
         return wrapper
 
-    ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices, loader.workers))) for b in batches]
     sync()
     patched = [(ga, name, getattr(ga, name)) for name in _TIMED_STEPS if hasattr(ga, name)]
     patched += [(getattr(ga, cls), name, getattr(getattr(ga, cls), name)) for cls, name in _TIMED_METHODS
@@ -573,8 +572,6 @@ def _transform_breakdown(loader, batches, pool, rows: int = 15) -> dict:
         for owner, name, fn in patched:
             setattr(owner, name, fn)
     n = max(len(ready), 1)
-    ready = [(b, loader.decode(_read_all(pool, loader.samples, b.indices, loader.workers))) for b in batches]
-    sync()
     prof = cProfile.Profile()
     prof.enable()
     for b, decoded in ready:
