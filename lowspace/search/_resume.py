@@ -55,10 +55,10 @@ def resolved_deploy(config: SearchConfig) -> dict | None:
     """The deploy switches the search times latencies with, as ``deploy()`` applies them on the latency device
     (defaults and ``auto`` values decided), as recorded in a new study; None when it does not time the deploy
     path (or the protocol is invalid: the trial pipeline reports that)."""
-    from .trial import measurement_protocol, resolve_device
-    device = resolve_device(config.protocol.device)
+    from .trial import latency_settings, measurement_protocol
+    device, settings = latency_settings(config)
     try:
-        protocol, _, _ = measurement_protocol(config.protocol.resolve(device.split(":")[0]), device)
+        protocol, _, _ = measurement_protocol(settings, device)
     except ConfigError:
         return None
     return stored_form(protocol.record(0, 0)["deploy_resolved"])

@@ -117,6 +117,13 @@ def load_engines(spec: str | None) -> Engines:
     return engines
 
 
+def latency_settings(config) -> tuple[str, Any]:
+    """The device the search times latencies on, and its protocol settings with their ``auto`` fields decided
+    for that device."""
+    device = resolve_device(config.protocol.device)
+    return device, config.protocol.resolve(device.split(":")[0])
+
+
 def measurement_protocol(settings, device: str):
     """The search's protocol settings (``auto`` fields resolved) as the cost engine's (Protocol, Timing,
     other measure() options); bad values raise ConfigError before any trial runs."""
@@ -255,8 +262,7 @@ class TrialPipeline:
         self.ladder = build_ladder(config.promotion, proxy, self.engines.make_schedule) if config.uses_promotion \
             else None
         self.train_device = resolve_device(config.device)
-        self.latency_device = resolve_device(config.protocol.device)
-        self.settings = config.protocol.resolve(self.latency_device.split(":")[0])
+        self.latency_device, self.settings = latency_settings(config)
         self.protocol, self.timing, self.run_options = measurement_protocol(self.settings, self.latency_device)
         self._data = data
         self._split_recorded = False
