@@ -34,7 +34,8 @@ for p in (str(ROOT), str(HERE)):
 
 from scipy.stats import kendalltau  # noqa: E402
 
-CHEAP, DEPLOY = "ours_graph", "ours_deploy"
+# the cheap protocol (eager kernels in a CUDA graph, deploy defaults) and the deploy protocol (compiled + graph)
+CHEAP, DEPLOY = "ours_graph_gncl", "ours_deploy"
 
 
 # ------------------------------------------------------------------------------------ architectures
@@ -73,8 +74,8 @@ def static_costs(config: str, resolution: int = 224) -> dict:
 
 
 def analyse(results: dict, batch: int, out: Path, cheap: str = CHEAP, deploy: str = DEPLOY) -> dict:
-    """Kendall tau of ``cheap`` vs ``deploy`` rows (bench variants) at ``batch``; writes OUT/tau_b<batch>.json /
-    .md, named ``tau_b<batch>_<cheap>_vs_<deploy>`` when either is not the default variant."""
+    """Kendall tau of ``cheap`` vs ``deploy`` rows (bench variants) at ``batch``; writes
+    OUT/tau_b<batch>_<cheap>_vs_<deploy>.json and .md."""
     rows = [r for r in results["rows"] if r.get("status") == "ok" and r["batch"] == batch]
     by_model: dict[str, dict] = {}
     for r in rows:
@@ -112,7 +113,7 @@ def analyse(results: dict, batch: int, out: Path, cheap: str = CHEAP, deploy: st
         lines.append(f"| {m} | {v['macs'] / 1e6:,.0f} | {v['params'] / 1e6:.1f} | {v[cheap]:.3f} | {v[deploy]:.3f} | "
                      f"{v[deploy] / v[cheap]:.2f} |")
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"tau_b{batch}" + ("" if (cheap, deploy) == (CHEAP, DEPLOY) else f"_{cheap}_vs_{deploy}")
+    stem = f"tau_b{batch}_{cheap}_vs_{deploy}"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1, default=str))
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:5]))

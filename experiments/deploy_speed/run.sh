@@ -15,7 +15,7 @@ mkdir -p $D/results
 "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
     --variants timm_graph,timm_compile_graph,ours_deploy \
     --profile b1:ours_deploy:1,b1:timm_compile_graph:1,b1:ours_deploy:200,b1:timm_compile_graph:200 \
-    --parallel 8 --cache-dir "$WORK/cache" --out $D/results | tee $D/results/log.txt
+    --parallel 8 --cache-dir "$WORK/cache" --out $D/results
 "$PY" $D/roofline.py --results $D/results
 
 # The deploy switches on all four presets (skipped when present); README.md, "Which switch to fuse next",
@@ -35,8 +35,8 @@ fi
 
 # Cheap vs deploy protocol over the 20 random architectures of tau_configs/ (Kendall tau), both GroupNorm
 # forms of the cheap protocol against the deploy defaults in one run (README.md states the rule that picks one)
-if [ ! -e $D/tau/tau_b200_ours_graph_gncl_vs_ours_deploy.json ]; then
+if [ ! -e $D/tau/tau_b200_ours_graph_gncl_vs_ours_deploy.json ] || [ ! -e $D/tau/tau_b200_ours_graph_vs_ours_deploy.json ]; then
     mkdir -p $D/tau
     "$PY" $D/protocol_tau.py --configs $D/tau_configs --batches 200 --cheap ours_graph,ours_graph_gncl \
-        --out $D/tau | tee $D/tau/log.txt
+        --parallel 14 --out $D/tau | tee $D/tau/log.txt
 fi
