@@ -276,7 +276,8 @@ def test_auto_switches_are_decided_by_the_protocol():
     compiled = resolve_options(auto, 200, "cuda", "compile_cuda_graph")
     assert compiled.groupnorm == "channels_last"
     assert resolve_options(auto, 200, "cuda", "compile").groupnorm == "channels_last"
-    assert resolve_options(auto, 200, "cuda", "cuda_graph").groupnorm == "native"  # eager kernels
+    assert resolve_options(auto, 200, "cuda", "cuda_graph").groupnorm == "channels_last"  # the cheap protocol
+    assert resolve_options(auto, 200, "cuda", "eager").groupnorm == "native"
     assert resolve_options(auto, 1, "cpu", "compile").groupnorm == "native"
     assert resolve_options(auto, 1, "cpu", "eager").triton is False
     chosen = DeployOptions.from_dict(dict(groupnorm="decomposed"))

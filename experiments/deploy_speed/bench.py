@@ -42,12 +42,14 @@ VARIANTS = {
     "timm_maxautotune": ("timm", "compile", "bf16", {"compile_mode": "max-autotune"}),
     # the strongest reference: timm's model compiled and captured in a CUDA graph, fp16 like ours
     "timm_compile_graph": ("timm", "compile_cuda_graph", "fp16", {}),
-    # lowspace.deploy (triton pinned, so a variant means the same as in the runs before triton="auto")
+    # lowspace.deploy (triton and the eager variants' groupnorm pinned, so a variant means the same as in the
+    # runs before their "auto" defaults)
     "ours_deploy": ("ours", "compile_cuda_graph", "fp16", {}),  # deploy()'s defaults: the deploy protocol
-    "ours_graph": ("ours", "cuda_graph", "fp16", {"triton": False}),
-    "ours_graph_linear": ("ours", "cuda_graph", "fp16", {"triton": False, "conv1x1": "linear"}),
-    "ours_graph_subpixel": ("ours", "cuda_graph", "fp16", {"triton": False, "upsample": "subpixel"}),
-    "ours_graph_triton": ("ours", "cuda_graph", "fp16", {"triton": True}),
+    "ours_graph": ("ours", "cuda_graph", "fp16", {"triton": False, "groupnorm": "native"}),
+    "ours_graph_linear": ("ours", "cuda_graph", "fp16", {"triton": False, "groupnorm": "native", "conv1x1": "linear"}),
+    "ours_graph_subpixel": ("ours", "cuda_graph", "fp16",
+                            {"triton": False, "groupnorm": "native", "upsample": "subpixel"}),
+    "ours_graph_triton": ("ours", "cuda_graph", "fp16", {"triton": True, "groupnorm": "native"}),
     "ours_compile": ("ours", "compile_cuda_graph", "fp16", {"triton": False, "compile_mode": "default"}),
     "ours_tuned": ("ours", "compile_cuda_graph", "fp16", {"triton": False, "compile_mode": "tuned"}),
     "ours_tuned_linear": ("ours", "compile_cuda_graph", "fp16",

@@ -31,8 +31,10 @@ class DeployOptions(Config):
     sdpa: attention kernel: ``auto`` (PyTorch's choice) or one of flash, efficient, cudnn, math.
     groupnorm: ``native`` (F.group_norm), ``decomposed`` (mean/var ops that a compiler can fuse) or
         ``channels_last`` (a LayerNorm over each sample's contiguous (H, W, C) block of a channels-last input).
-        ``auto``: ``channels_last`` for the compile backends on CUDA (faster on every preset and batch
-        measured), ``native`` otherwise (slower once in eager kernels); experiments/deploy_speed has both.
+        ``auto``: ``channels_last`` on CUDA for the compile backends (faster on every preset and batch
+        measured) and for ``cuda_graph`` (the cheap latency protocol: with it, its ranking of architectures
+        agrees better with the compiled deploy protocol's), ``native`` otherwise; experiments/deploy_speed
+        has the measurements.
     triton: depthwise convs (+ bias + activation) through lowspace's Triton kernel (CUDA only). ``auto``:
         on for batch size 1 on CUDA (faster there), off otherwise (slower than cuDNN inside inductor
         graphs at large batches); experiments/deploy_speed has the measurements.
@@ -85,6 +87,6 @@ def resolve_options(opts: DeployOptions, batch_size: int, device_type: str, back
         use = device_type == "cuda" and batch_size == 1 and find_spec("triton") is not None
         opts = dataclasses.replace(opts, triton=use)
     if opts.groupnorm == "auto":
-        compiled = device_type == "cuda" and backend in ("compile", "compile_cuda_graph")
-        opts = dataclasses.replace(opts, groupnorm="channels_last" if compiled else "native")
+        use_cl = device_type == "cuda" and backend in ("cuda_graph", "compile", "compile_cuda_graph")
+        opts = dataclasses.replace(opts, groupnorm="channels_last" if use_cl else "native")
     return opts
