@@ -766,18 +766,17 @@ def part_e(args) -> dict:
         print(f"[e] {name}: {row.get('images_per_s', 0):,.0f} img/s {row.get('error', '')}", flush=True)
         rows.append(row)
     cleanup()
+    for r in rows:  # a loader that stalls between chunks shows it in the wall rate, not in the median chunk
+        if r.get("wall_ms_per_step"):
+            r["wall_images_per_s"] = 1000 * batch / r["wall_ms_per_step"]
     rate = {r["variant"]: r.get("images_per_s") for r in rows}
+    wall = {r["variant"]: r.get("wall_images_per_s") for r in rows}
     for r in rows:
         if rate.get("resident") and r.get("images_per_s"):
             r["vs_resident"] = r["images_per_s"] / rate["resident"]
     summary: dict = dict(step=mode, info={k: v for k, v in train_step.info.items() if k != "graph_checks"},
                          gpu_loader_stages=stages)
-    if rate.get("gpu_loader") and rate.get("cpu_loader"):
-        summary["gpu_over_cpu"] = rate["gpu_loader"] / rate["cpu_loader"]
-        summary["gpu_over_cpu_goal_met"] = summary["gpu_over_cpu"] >= 2.5
-    if rate.get("gpu_loader") and rate.get("resident"):
-        summary["gpu_below_resident"] = 1 - rate["gpu_loader"] / rate["resident"]
-        summary["within_15pct_of_resident"] = summary["gpu_below_resident"] <= 0.15
+    summary.update(_loader_goals(rate, wall))
     summary["projection_one_gpu"] = {k: r["projection"] for k, r in ((r["variant"], r) for r in rows)
                                      if "projection" in r}
     return dict(part="e", title=f"class-folder training, {args.preset.upper()}, {res} px, batch {batch}",
@@ -792,6 +791,21 @@ def part_e(args) -> dict:
                 protocol=dict(warmup=args.warmup, chunks=args.chunks, per_chunk=args.per_chunk, precision=PRECISION,
                               channels_last=True, step=mode),
                 env=dict(environment(), cpus=os.cpu_count()))
+
+
+def _loader_goals(rate: dict, wall: dict) -> dict:
+    """Part e's goals, each met only when it holds on both rates: the median chunk's and the wall rate over all
+    timed steps (README.md)."""
+    out: dict = {}
+    if rate.get("gpu_loader") and rate.get("cpu_loader") and wall.get("gpu_loader") and wall.get("cpu_loader"):
+        out["gpu_over_cpu"] = rate["gpu_loader"] / rate["cpu_loader"]
+        out["gpu_over_cpu_wall"] = wall["gpu_loader"] / wall["cpu_loader"]
+        out["gpu_over_cpu_goal_met"] = min(out["gpu_over_cpu"], out["gpu_over_cpu_wall"]) >= 2.5
+    if rate.get("gpu_loader") and rate.get("resident") and wall.get("gpu_loader") and wall.get("resident"):
+        out["gpu_below_resident"] = 1 - rate["gpu_loader"] / rate["resident"]
+        out["gpu_below_resident_wall"] = 1 - wall["gpu_loader"] / wall["resident"]
+        out["within_15pct_of_resident"] = max(out["gpu_below_resident"], out["gpu_below_resident_wall"]) <= 0.15
+    return out
 
 
 def main(argv=None) -> int:

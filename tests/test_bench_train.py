@@ -1,0 +1,43 @@
+"""experiments/train_speed/bench_train.py on the CPU: part e end to end at toy scale, and its goal rule."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "train_speed" / "bench_train.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_train"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_loader_goal_needs_both_the_median_chunk_and_the_wall_rate(bench):
+    rate = {"resident": 10_000, "gpu_loader": 9_000, "cpu_loader": 3_000}
+    steady = bench._loader_goals(rate, dict(rate))
+    assert steady["gpu_over_cpu"] == pytest.approx(3.0) and steady["gpu_over_cpu_goal_met"]
+    assert steady["within_15pct_of_resident"]
+    # the CPU loader's median chunk is slow but it stalls less over the run: the wall ratio misses the goal
+    stalls = bench._loader_goals(rate, {"resident": 10_000, "gpu_loader": 8_000, "cpu_loader": 4_000})
+    assert stalls["gpu_over_cpu_wall"] == pytest.approx(2.0) and not stalls["gpu_over_cpu_goal_met"]
+    assert stalls["gpu_below_resident_wall"] == pytest.approx(0.2) and not stalls["within_15pct_of_resident"]
+    assert bench._loader_goals({"resident": 1.0}, {"resident": 1.0}) == {}
+
+
+def test_part_e_feeds_all_three_loaders_at_toy_scale(bench, tmp_path):
+    bench.main(["--part", "e", "--smoke", "--out", str(tmp_path), "--jpeg-dir", str(tmp_path / "jpegs")])
+    result = json.loads((tmp_path / "part_e.json").read_text())
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"resident", "gpu_loader", "cpu_loader"}
+    assert all("error" not in r and r["wall_images_per_s"] > 0 for r in rows.values())
+    summary = result["summary"]
+    gpu, cpu = rows["gpu_loader"]["images_per_s"], rows["cpu_loader"]["images_per_s"]
+    assert summary["gpu_over_cpu"] == pytest.approx(gpu / cpu)
+    assert summary["gpu_over_cpu_wall"] > 0 and "gpu_below_resident_wall" in summary
+    assert (tmp_path / "part_e.md").is_file()
