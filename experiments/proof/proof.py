@@ -185,7 +185,7 @@ def write_finals(results: list, out: Path, title: str, rules: dict, device: str,
     from lowspace.report.evaluate import final_frame, write_final_report
     if not results:
         return
-    write_final_report(results, out, title, rules["significance"], png=png)
+    write_final_report(results, out, title, rules["significance"], png=png, plotlyjs="cdn")  # small committed HTML
     frame = final_frame(results, rules["significance"])
     write_json(out / "final.json", dict(record=record(device), schedule=rules["schedule"], seeds=rules["seeds"],
                                         rows=json.loads(frame.to_json(orient="records"))))
@@ -388,7 +388,8 @@ def pareto_reports(rules: dict, out: Path, png: bool) -> None:
             continue
         args = ["pareto", *[st for st, _ in main]] + [a for _, n in main for a in ("--study-name", n)]
         args += ["--baseline", *[st for st, _ in base]] + [a for _, n in base for a in ("--baseline-study-name", n)]
-        args += ["--out", str(out / "report" / f"pareto_vs_{method}"), "--significance", str(rules["significance"])]
+        args += ["--out", str(out / "report" / f"pareto_vs_{method}"), "--significance", str(rules["significance"]),
+                 "--cdn"]
         args += [] if png else ["--no-png"]
         from lowspace.cli import main as lowspace_cli
         if lowspace_cli(args) != 0:
