@@ -55,6 +55,7 @@ def test_train_resume_eval_on_class_folders(folders, tmp_path, capsys):
     assert recipe["mixup_alpha"] == 0.1 and recipe["randaugment"].startswith("rand-")  # the b1 recipe
     trained = json.loads((out / "result.json").read_text())
     assert trained["info"]["validation"]["split"] == "holdout" and trained["info"]["validation"]["images"] == 3
+    assert trained["environment"]["device_type"] == "cpu" and trained["provenance"]["lowspace"]  # where it ran
     evaluate = ["eval", str(cfg), "--checkpoint", str(out), "--data", str(root), "--skip-bad", "--json",
                 "--device", "cpu", "--workers", "0"]
     # --split holdout feeds the images training validated on, as it did: the same top-1 for the best weights

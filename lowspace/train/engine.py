@@ -28,6 +28,7 @@ from .. import data as data_mod
 from ..arch import LowFormer, pretrained_cfg_for, resolve_config
 from ..arch.blocks import use_groupnorm_mode
 from ..arch.model import residual_branches, set_drop_path
+from ..cost.fingerprint import fingerprint
 from ..errors import ConfigError, LowspaceError
 from ..io import atomic_write_json
 from ..provenance import provenance
@@ -743,5 +744,5 @@ def _finish(s: Setup, outcome: dict, setup_s: float, t0: float) -> FitResult:
         atomic_write_json(s.out_dir / "result.json", dict(
             top1=result.top1, top5=result.top5, best_top1=result.best_top1, best_epoch=result.best_epoch,
             steps=result.steps, epochs=result.epochs_run, train_s=result.train_s, data=s.data.describe(),
-            recipe=r.name, info=info, provenance=provenance()))
+            recipe=r.name, info=info, provenance=provenance(), environment=fingerprint(info["device"])))
     return result
