@@ -175,7 +175,9 @@ def collect(entries: list, out: Path) -> list:
             validation = stored["info"].get("validation") or {}
             result.runs.append(dict(seed=int(path.parent.name.removeprefix("seed")), top1=stored["top1"],
                                     top5=stored["top5"], images=validation.get("images"),
-                                    resolution=stored["info"].get("resolution"), train_s=stored["train_s"]))
+                                    resolution=stored["info"].get("resolution"), train_s=stored["train_s"],
+                                    commit=stored.get("provenance", {}).get("commit"),
+                                    device=(stored.get("environment") or {}).get("device")))
         if result.runs:
             results.append(result)
     return results
