@@ -144,7 +144,7 @@ SWITCH_CFG = ArchConfig.from_dict({
     "head": {"widths": [64, 80]}})
 SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subpixel"), dict(conv1x1="linear"),
             dict(groupnorm="decomposed"), dict(groupnorm="channels_last"), dict(sdpa="math"), dict(triton=True),
-            dict(triton_stem=True),
+            dict(triton_stem=True), dict(triton_project=True), dict(triton_project=True, channels_last=False),
             dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False)]
 
 
@@ -160,7 +160,7 @@ def test_every_rewrite_switch_is_exact(options):
         assert rel_err(d(x), model(x)) <= TOL
     expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear",
                 "groupnorm": f"groupnorm_{options.get('groupnorm')}", "sdpa": "sdpa_math", "triton": "triton_depthwise",
-                "triton_stem": "triton_stem", "fuse_attention": "fuse_attention"}
+                "triton_stem": "triton_stem", "triton_project": "triton_project", "fuse_attention": "fuse_attention"}
     for name, value in options.items():
         if name in expected:
             assert (expected[name] in d.info["rewrites"]) == (value not in (False, "conv_transpose")), name
@@ -351,6 +351,71 @@ print("ok")
 """
 
 
+PROJECT_SCRIPT = r"""
+import torch, torch.nn.functional as F
+from lowspace.runtime._triton import _launch_project
+from lowspace.arch.blocks import make_act
+g = torch.Generator().manual_seed(0)
+for n, k, c, hh, ww, act, pre, bias, res, fmt in [(2, 40, 24, 5, 7, "hardswish", True, True, True, 1),
+                                                  (1, 16, 16, 4, 4, None, False, False, False, 0),
+                                                  (3, 70, 130, 3, 11, "gelu", True, False, True, 1),
+                                                  (1, 8, 5, 2, 3, "silu", True, True, False, 1)]:
+    h = torch.randn(n, k, hh, ww, generator=g)
+    h = h.contiguous(memory_format=torch.channels_last) if fmt else h
+    w_t = torch.randn(k, c, generator=g)
+    pb = torch.randn(k, generator=g) if pre else None
+    b = torch.randn(c, generator=g) if bias else None
+    r = torch.randn(n, c, hh, ww, generator=g) if res else None
+    y = _launch_project(h, pb, w_t, b, r, act)
+    a = h if pb is None else h + pb.view(1, -1, 1, 1)
+    want = F.conv2d(make_act(act)(a), w_t.t().reshape(c, k, 1, 1), b)
+    want = want if r is None else want + r
+    assert y.shape == want.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y - want).abs().max() < 1e-3, (n, k, c, act)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_triton_project_kernel_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", PROJECT_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_triton_project_op_falls_back_and_traces_on_cpu():
+    from lowspace.runtime._triton import project_conv
+    h = torch.randn(2, 12, 5, 7).contiguous(memory_format=torch.channels_last)
+    pre, w_t, b, r = torch.randn(12), torch.randn(12, 9), torch.randn(9), torch.randn(2, 9, 5, 7)
+    want = F.conv2d(F.hardswish(h + pre.view(1, -1, 1, 1)), w_t.t().reshape(9, 12, 1, 1), b) + r
+    assert rel_err(project_conv(h, pre, w_t, b, r, "hardswish"), want) <= 1e-6
+    f = torch.compile(lambda t: project_conv(t, None, w_t, None, None, None), backend="eager", fullgraph=True)
+    assert rel_err(f(h), F.conv2d(h, w_t.t().reshape(9, 12, 1, 1))) <= 1e-6
+    with pytest.raises(ValueError, match="gelu_tanh"):
+        project_conv(h, pre, w_t, b, r, "gelu_tanh")
+
+
+def test_triton_project_takes_over_each_block_whose_previous_conv_is_plain():
+    from lowspace.arch.blocks import FusedMBConv, MBConv, TritonConvAct, TritonProject
+    model = randomize(create_model(SWITCH_CFG, init="torch"), seed=3)
+    blocks = [m for m in model.modules() if isinstance(m, (FusedMBConv, MBConv))]
+    assert {type(b) for b in blocks} == {FusedMBConv, MBConv}
+    d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
+               triton_project=True)
+    fused = [m for m in d.module.modules() if isinstance(m, (FusedMBConv, MBConv))]
+    assert all(isinstance(getattr(m, m.layers[-1]), TritonProject) for m in fused)
+    assert all(getattr(m, m.layers[-2]).conv.bias is None for m in fused)  # the bias moved into the kernel
+    # with the Triton depthwise kernel, an MBConv's depthwise conv is not plain: its project stays a conv
+    d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
+               triton_project=True, triton=True)
+    for m in d.module.modules():
+        if isinstance(m, MBConv):
+            assert isinstance(m.dw.conv, TritonConvAct) and not isinstance(m.project, TritonProject)
+        elif isinstance(m, FusedMBConv):
+            assert isinstance(m.conv2, TritonProject)
+
+
 @pytest.mark.slow
 def test_triton_depthwise_and_stem_kernels_in_interpreter():
     pytest.importorskip("triton")
@@ -421,6 +486,20 @@ def test_gpu_triton_and_the_other_switches_keep_the_function():
                triton_stem=True, upsample="subpixel", conv1x1="linear", groupnorm="decomposed")
     assert {"triton_depthwise", "triton_stem", "subpixel_upsample", "conv1x1_as_linear"} <= set(d.info["rewrites"])
     assert rel_err(d(x), want) <= 3e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda_graph", "compile_cuda_graph"])
+def test_gpu_triton_project_keeps_the_function(backend):
+    model = randomize(create_model("b1", init="torch")).cuda()
+    x = torch.randn(4, 3, 96, 96, device="cuda")
+    with torch.no_grad():
+        want = model(x)
+    d = deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend, triton_project=True)
+    assert "triton_project" in d.info["rewrites"]
+    assert rel_err(d(x).float(), want) <= 3e-2
+    f32 = deploy(model, precision="fp32", batch_size=4, resolution=96, backend="eager", triton_project=True)
+    assert rel_err(f32(x), want) <= 1e-4  # fp32 inputs: the kernel's dot runs in IEEE precision
 
 
 @pytest.mark.gpu

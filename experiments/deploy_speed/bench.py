@@ -62,6 +62,8 @@ VARIANTS = {
     "ours_tuned_cdt": ("ours", "compile_cuda_graph", "fp16",
                        {"triton": False, "compile_mode": "tuned", "inductor": {"coordinate_descent_tuning": True}}),
     "ours_deploy_gncl": ("ours", "compile_cuda_graph", "fp16", {"groupnorm": "channels_last"}),
+    # the (fused-)MBConv project conv with the previous conv's bias + activation and the residual: one kernel
+    "ours_deploy_project": ("ours", "compile_cuda_graph", "fp16", {"triton_project": True}),
     "ours_graph_gncl": ("ours", "cuda_graph", "fp16", {"groupnorm": "channels_last"}),
     "ours_autotune": ("ours", "compile_cuda_graph", "fp16", {"triton": False, "compile_mode": "tuned-autotune"}),
     # 1x1 convs as matmuls that inductor's autotuned GEMM templates may fuse with their epilogues

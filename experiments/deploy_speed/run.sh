@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Regenerates experiments/deploy_speed/results (and switches/, switches_eager/, tau/ when missing) on one CUDA
-# GPU; see README.md.
+# Regenerates experiments/deploy_speed/results (and switches/, switches_project/, switches_eager/, tau/ when
+# missing) on one CUDA GPU; see README.md.
 #   bash experiments/deploy_speed/run.sh   # from the repository root; on an H200 about 6 minutes for results/,
-#                                          # 6 for switches/, 2 for switches_eager/ and 8 for tau/
+#                                          # 6 for switches/, about 4 for switches_project/, 2 for switches_eager/
+#                                          # and 8 for tau/
 # WORK: scratch folder for inductor's cache (default: a new temporary folder). PYTHON: the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +26,13 @@ if [ ! -e $D/switches/results.json ]; then
     "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
         --variants ours_deploy,ours_deploy_gncl,ours_deploy_coop,ours_deploy_gncl_coop \
         --parallel 8 --cache-dir "$WORK/cache" --out $D/switches | tee $D/switches/log.txt
+fi
+# The Triton project kernel on all four presets (README.md, "The project kernel", states the rule, fixed before
+# the run, that decides whether it becomes a default)
+if [ ! -e $D/switches_project/results.json ]; then
+    mkdir -p $D/switches_project
+    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants ours_deploy,ours_deploy_project \
+        --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_project | tee $D/switches_project/log.txt
 fi
 # The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
 if [ ! -e $D/switches_eager/results.json ]; then

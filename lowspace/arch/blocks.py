@@ -127,6 +127,37 @@ class TritonConvAct(nn.Module):
         return self.act(F.conv2d(x, self.weight, self.bias, self.stride, self.padding, 1, self.groups))
 
 
+class TritonProject(nn.Module):
+    """The 1x1 project conv of a FusedMBConv / MBConv with the previous conv's bias and activation and the
+    block's residual, as lowspace's Triton project kernel on CUDA (``lowspace.runtime``): its input is the
+    previous conv's raw output. On other devices, and while exporting to ONNX, the same in PyTorch ops."""
+
+    def __init__(self, pre_bias: torch.Tensor | None, act: str | None, project: nn.Conv2d):
+        super().__init__()
+        self.pre_bias = None if pre_bias is None else nn.Parameter(pre_bias.detach(), requires_grad=False)
+        self.act = act
+        self.weight_t = nn.Parameter(project.weight.detach().flatten(1).t().contiguous(), requires_grad=False)
+        self.bias = None if project.bias is None else nn.Parameter(project.bias.detach(), requires_grad=False)
+
+    @staticmethod
+    def applies(previous: nn.Module, project: nn.Module) -> bool:
+        """Whether ``previous`` (a ConvNormAct) is a plain conv + activation the kernel can take over and
+        ``project`` a plain 1x1 conv, neither with a norm left."""
+        from ..runtime._triton import TRITON_ACTS
+        if not (isinstance(previous, ConvNormAct) and isinstance(project, ConvNormAct)):
+            return False
+        plain = all(isinstance(m.bn, nn.Identity) and type(m.conv) is nn.Conv2d for m in (previous, project))
+        return (plain and Conv1x1Linear.applies(project.conv) and isinstance(project.act, nn.Identity)
+                and act_name(previous.act) in TRITON_ACTS)
+
+    def forward(self, h, residual=None):
+        if h.is_cuda and not torch.onnx.is_in_onnx_export():
+            from ..runtime._triton import project_conv
+            return project_conv(h, self.pre_bias, self.weight_t, self.bias, residual, self.act)
+        from ..runtime._triton import _project_torch
+        return _project_torch(h, self.pre_bias, self.weight_t, self.bias, residual, self.act)
+
+
 class ConvNormAct(nn.Module):
     """Conv2d (padding k//2), then optional BatchNorm, then optional activation."""
 
@@ -180,13 +211,30 @@ class _ConvChain(nn.Module):
 
     def forward(self, x):
         y = x
-        for name in self.layers:
+        *first, last = self.layers
+        for name in first:
             y = getattr(self, name)(y)
+        project = getattr(self, last)
+        if isinstance(project, TritonProject):
+            return project(y, x if self.residual else None)
+        y = project(y)
         return x + self.drop_path(y) if self.residual else y
 
     def reparameterize(self, options: DeployOptions | None = None) -> None:
-        """Drop path goes (the convs rewrite themselves)."""
+        """Drop path goes (the convs rewrite themselves). With ``triton_project``, the convs are rewritten
+        first, and the 1x1 project conv, the previous conv's bias and activation and the residual become one
+        :class:`TritonProject` where that conv is still a plain conv."""
         self.drop_path = nn.Identity()
+        options = _options(options)
+        if not options.triton_project:
+            return
+        for name in self.layers:
+            getattr(self, name).reparameterize(options)
+        previous, project = (getattr(self, name) for name in self.layers[-2:])
+        if TritonProject.applies(previous, project):
+            conv = previous.conv
+            setattr(self, self.layers[-1], TritonProject(conv.bias, act_name(previous.act), project.conv))
+            previous.conv, previous.act = _conv_like(conv, conv.weight, None), nn.Identity()
 
 
 class FusedMBConv(_ConvChain):
@@ -480,6 +528,7 @@ def inference_rewrites(model: nn.Module) -> list[str]:
         "conv1x1_as_linear": any(isinstance(m, Conv1x1Linear) for m in mods),
         "triton_depthwise": any(isinstance(m, TritonConvAct) and m.kind == "depthwise" for m in mods),
         "triton_stem": any(isinstance(m, TritonConvAct) and m.kind == "stem" for m in mods),
+        "triton_project": any(isinstance(m, TritonProject) for m in mods),
     }
     out = [name for name, present in found.items() if present]
     norms = {f"groupnorm_{m.mode}" for m in mods if isinstance(m, GroupNorm1) and m.mode != "native"}

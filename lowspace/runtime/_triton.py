@@ -3,15 +3,21 @@
 * ``torch.ops.lowspace.depthwise_conv``: a depthwise conv (one input channel per output channel);
 * ``torch.ops.lowspace.stem_conv``: a dense conv with few input channels (at most :data:`STEM_MAX_IN`, as the
   network's first conv on RGB images), whose output a GEMM-shaped cuDNN kernel computes at a fraction of the
-  memory bandwidth and whose activation would be one more pass over the largest activation of the network.
+  memory bandwidth and whose activation would be one more pass over the largest activation of the network;
+* ``torch.ops.lowspace.project_conv``: the 1x1 project conv of an (fused-)MBConv as one GEMM whose input is the
+  previous conv's raw output, to which it adds that conv's bias and applies its activation while loading, and
+  whose output gets its own bias and the block's residual before it is stored: the hidden (expanded) tensor is
+  read once instead of written and read again by an activation pass, and the residual add needs no pass.
 
 Each runs its Triton kernel for CUDA tensors and ``F.conv2d`` elsewhere, so a module using it still runs
 (and exports) on CPU. Both have fake implementations, so ``torch.compile`` keeps them in the graph as one
 opaque kernel each and CUDA graphs capture them.
 
-One program computes a tile of ``BLOCK_P`` output positions (of one image, flattened) x ``BLOCK_C`` output
-channels: channels are the contiguous (coalesced) axis of channels_last tensors, the k x k taps (and the few
-input channels of the stem) are unrolled, accumulation is in float32. Inputs of any strides are accepted.
+For the convs, one program computes a tile of ``BLOCK_P`` output positions (of one image, flattened) x
+``BLOCK_C`` output channels: channels are the contiguous (coalesced) axis of channels_last tensors, the k x k
+taps (and the few input channels of the stem) are unrolled, accumulation is in float32. Inputs of any strides
+are accepted. The project GEMM takes rows of positions x channels (channels_last, made contiguous) and
+accumulates in float32 too.
 """
 from __future__ import annotations
 
@@ -113,6 +119,40 @@ if triton is not None:
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
 
 
+    @triton.jit
+    def _project_kernel(h_ptr, pre_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
+                        HAS_PRE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # h: (M, K) rows of channels (a channels_last map flattened), w: (K, N), r and y: (M, N), all contiguous
+        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mmask = rm < M
+        nmask = rn < N
+        rows = rm.to(tl.int64)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            rk = k0 + tl.arange(0, BLOCK_K)
+            kmask = rk < K
+            a = tl.load(h_ptr + rows[:, None] * K + rk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+            a = a.to(tl.float32)
+            if HAS_PRE:
+                a += tl.load(pre_ptr + rk, mask=kmask, other=0.0).to(tl.float32)[None, :]
+            a = _activate(a, ACT)  # every activation maps 0 to 0: the masked columns stay 0
+            w = tl.load(w_ptr + rk[:, None] * N + rn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            # the activated input rounded to the weights' type, as the unfused network stores it
+            if IEEE:
+                acc += tl.dot(a.to(w.dtype), w, input_precision="ieee")
+            else:
+                acc += tl.dot(a.to(w.dtype), w)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        out = rows[:, None] * N + rn[None, :]
+        omask = mmask[:, None] & nmask[None, :]
+        if HAS_RES:
+            acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+
 def _out_size(size: int, k: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - k) // stride + 1
 
@@ -157,6 +197,45 @@ def _launch(x, weight, bias, stride, padding, act):
 
 def _launch_stem(x, weight, bias, stride, padding, act):
     return _run(_stem_kernel, x, weight, weight.stride(), bias, stride, padding, act, CIN=weight.shape[1])
+
+
+def _gemm_tiles(m: int, n: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of the project GEMM: 128 x up to 128 x up to 64, the rows shrunk (down to 16)
+    while the grid would not fill the GPU (~2 programs / SM); every side at least 16, as ``tl.dot`` needs."""
+    block_n = max(16, min(128, triton.next_power_of_2(n)))
+    block_k = max(16, min(64, triton.next_power_of_2(k)))
+    block_m = 128
+    while block_m > 16 and triton.cdiv(m, block_m) * triton.cdiv(n, block_n) < 264:
+        block_m //= 2
+    return block_m, block_n, block_k
+
+
+def _launch_project(h, pre_bias, weight_t, bias, residual, act):
+    """``h`` (N, K, H, W) -> (N, N_out, H, W), channels_last; ``weight_t`` is (K, N_out)."""
+    h = h.contiguous(memory_format=torch.channels_last)
+    n, k, hh, ww = h.shape
+    out_ch = weight_t.shape[1]
+    y = torch.empty((n, out_ch, hh, ww), device=h.device, dtype=h.dtype, memory_format=torch.channels_last)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    m = n * hh * ww
+    block_m, block_n, block_k = _gemm_tiles(m, out_ch, k)
+    grid = (triton.cdiv(m, block_m), triton.cdiv(out_ch, block_n))
+    weight_t = weight_t.contiguous()
+    _project_kernel[grid](h, pre_bias if pre_bias is not None else weight_t, weight_t,
+                          bias if bias is not None else weight_t, residual if residual is not None else y, y,
+                          m, out_ch, k, HAS_PRE=pre_bias is not None, ACT=_ACT_CODES[act],
+                          HAS_BIAS=bias is not None, HAS_RES=residual is not None, IEEE=h.dtype == torch.float32,
+                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                          num_warps=8 if block_m * block_n >= 128 * 128 else 4, num_stages=3)
+    return y
+
+
+def _project_torch(h, pre_bias, weight_t, bias, residual, act):
+    """What the project kernel computes, in PyTorch: activation of (h + pre_bias), a 1x1 conv, the residual."""
+    a = h if pre_bias is None else h + pre_bias.view(1, -1, 1, 1)
+    y = F.linear(_torch_act(a, act).permute(0, 2, 3, 1), weight_t.t(), bias).permute(0, 3, 1, 2)
+    return (y if residual is None else y + residual).contiguous(memory_format=torch.channels_last)
 
 
 def _conv_act(x, weight, bias, stride, padding, groups, act):
@@ -225,3 +304,26 @@ def stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     if weight.shape[1] > STEM_MAX_IN:
         raise ValueError(f"stem_conv takes at most {STEM_MAX_IN} input channels; got {weight.shape[1]}")
     return _stem_conv(x, weight, bias, stride, padding, act)
+
+
+@torch.library.custom_op("lowspace::project_conv", mutates_args=(), tags=_TAGS)
+def _project_conv(h: torch.Tensor, pre_bias: torch.Tensor | None, weight_t: torch.Tensor, bias: torch.Tensor | None,
+                  residual: torch.Tensor | None, act: str) -> torch.Tensor:
+    act_ = act or None
+    if h.is_cuda and triton is not None:
+        return _launch_project(h, pre_bias, weight_t, bias, residual, act_)
+    return _project_torch(h, pre_bias, weight_t, bias, residual, act_)
+
+
+@_project_conv.register_fake
+def _(h, pre_bias, weight_t, bias, residual, act):
+    n, _, hh, ww = h.shape
+    return torch.empty((n, weight_t.shape[1], hh, ww), device=h.device, dtype=h.dtype,
+                       memory_format=torch.channels_last)
+
+
+def project_conv(h: torch.Tensor, pre_bias: torch.Tensor | None, weight_t: torch.Tensor, bias: torch.Tensor | None,
+                 residual: torch.Tensor | None, act: str | None) -> torch.Tensor:
+    """``act(h + pre_bias)`` through a 1x1 conv with weight ``weight_t`` (in, out) and ``bias``, plus
+    ``residual``: one Triton GEMM on CUDA, PyTorch elsewhere; ``act`` one of :data:`TRITON_ACTS`."""
+    return _project_conv(h, pre_bias, weight_t, bias, residual, _kernel_act(act))
