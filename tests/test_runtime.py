@@ -406,14 +406,24 @@ def test_triton_project_takes_over_each_block_whose_previous_conv_is_plain():
     fused = [m for m in d.module.modules() if isinstance(m, (FusedMBConv, MBConv))]
     assert all(isinstance(getattr(m, m.layers[-1]), TritonProject) for m in fused)
     assert all(getattr(m, m.layers[-2]).conv.bias is None for m in fused)  # the bias moved into the kernel
-    # with the Triton depthwise kernel, an MBConv's depthwise conv is not plain: its project stays a conv
+    assert all(getattr(m, m.layers[-1]).act == "hardswish" for m in fused)  # the activation moved too
+    assert all(m.conv2.pre_bias is not None for m in fused if isinstance(m, FusedMBConv))  # the folded BN's bias
+    # with the Triton depthwise kernel (its own bias and activation), an MBConv's project kernel takes only
+    # the project conv and the residual
     d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
                triton_project=True, triton=True)
+    x = torch.randn(2, 3, 45, 45)
+    with torch.no_grad():
+        assert rel_err(d(x), model(x)) <= TOL
     for m in d.module.modules():
         if isinstance(m, MBConv):
-            assert isinstance(m.dw.conv, TritonConvAct) and not isinstance(m.project, TritonProject)
+            assert isinstance(m.dw.conv, TritonConvAct) and m.project.pre_bias is None and m.project.act is None
         elif isinstance(m, FusedMBConv):
-            assert isinstance(m.conv2, TritonProject)
+            assert m.conv2.pre_bias is not None and m.conv2.act == "hardswish"
+    # 1x1 convs as matmuls (conv1x1="linear") are left as they are
+    d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
+               triton_project=True, conv1x1="linear")
+    assert "triton_project" not in d.info["rewrites"]
 
 
 @pytest.mark.slow

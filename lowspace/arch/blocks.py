@@ -140,15 +140,19 @@ class TritonProject(nn.Module):
         self.bias = None if project.bias is None else nn.Parameter(project.bias.detach(), requires_grad=False)
 
     @staticmethod
-    def applies(previous: nn.Module, project: nn.Module) -> bool:
-        """Whether ``previous`` (a ConvNormAct) is a plain conv + activation the kernel can take over and
-        ``project`` a plain 1x1 conv, neither with a norm left."""
+    def applies(project: nn.Module) -> bool:
+        """Whether ``project`` (a ConvNormAct) is a plain 1x1 conv with no norm or activation left."""
+        return (isinstance(project, ConvNormAct) and isinstance(project.bn, nn.Identity)
+                and type(project.conv) is nn.Conv2d and Conv1x1Linear.applies(project.conv)
+                and isinstance(project.act, nn.Identity))
+
+    @staticmethod
+    def takes_over(previous: nn.Module) -> bool:
+        """Whether the kernel can apply the bias and activation of ``previous`` (a ConvNormAct): a plain conv
+        with no norm left. (Otherwise, as for the Triton depthwise kernel, ``previous`` keeps them.)"""
         from ..runtime._triton import TRITON_ACTS
-        if not (isinstance(previous, ConvNormAct) and isinstance(project, ConvNormAct)):
-            return False
-        plain = all(isinstance(m.bn, nn.Identity) and type(m.conv) is nn.Conv2d for m in (previous, project))
-        return (plain and Conv1x1Linear.applies(project.conv) and isinstance(project.act, nn.Identity)
-                and act_name(previous.act) in TRITON_ACTS)
+        return (isinstance(previous, ConvNormAct) and isinstance(previous.bn, nn.Identity)
+                and type(previous.conv) is nn.Conv2d and act_name(previous.act) in TRITON_ACTS)
 
     def forward(self, h, residual=None):
         if h.is_cuda and not torch.onnx.is_in_onnx_export():
@@ -222,8 +226,8 @@ class _ConvChain(nn.Module):
 
     def reparameterize(self, options: DeployOptions | None = None) -> None:
         """Drop path goes (the convs rewrite themselves). With ``triton_project``, the convs are rewritten
-        first, and the 1x1 project conv, the previous conv's bias and activation and the residual become one
-        :class:`TritonProject` where that conv is still a plain conv."""
+        first, then the 1x1 project conv and the residual become one :class:`TritonProject`, which also takes
+        over the previous conv's bias and activation where that conv is still a plain conv."""
         self.drop_path = nn.Identity()
         options = _options(options)
         if not options.triton_project:
@@ -231,10 +235,15 @@ class _ConvChain(nn.Module):
         for name in self.layers:
             getattr(self, name).reparameterize(options)
         previous, project = (getattr(self, name) for name in self.layers[-2:])
-        if TritonProject.applies(previous, project):
+        if not TritonProject.applies(project):
+            return
+        if TritonProject.takes_over(previous):
             conv = previous.conv
-            setattr(self, self.layers[-1], TritonProject(conv.bias, act_name(previous.act), project.conv))
+            fused = TritonProject(conv.bias, act_name(previous.act), project.conv)
             previous.conv, previous.act = _conv_like(conv, conv.weight, None), nn.Identity()
+        else:
+            fused = TritonProject(None, None, project.conv)
+        setattr(self, self.layers[-1], fused)
 
 
 class FusedMBConv(_ConvChain):
