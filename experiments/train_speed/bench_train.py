@@ -43,6 +43,7 @@ import subprocess
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -494,6 +495,41 @@ def _read_all(pool, samples, indices, parts):
     return [s for f in read_in_parts(pool, samples, indices, parts) for s in f.result()]
 
 
+def _overlap(loader, batches, pool) -> dict:
+    """Decoding and the train transform of ``batches`` in two threads at once, as the loader's producer
+    overlaps them, against each alone (the files read beforehand, untimed): ``serialized`` is 0 when both
+    together take as long as the slower one alone and 1 when they take the sum of both (the GIL or a
+    synchronization lets only one of them run at a time)."""
+    def fresh():
+        return [_read_all(pool, loader.samples, b.indices, loader.workers) for b in batches]
+
+    def decode_all(reads):
+        for r in reads:
+            loader.decode(r)
+        sync()
+
+    def transform_all(decoded):
+        for b, d in zip(batches, decoded):
+            loader.finish(b, d)
+        sync()
+    inputs = [loader.decode(r) for r in fresh()]  # the transform's input, decoded once
+    reads = fresh()
+    _, t_decode = _timed(lambda: decode_all(reads))
+    _, t_transform = _timed(lambda: transform_all(inputs))
+    reads = fresh()
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(2) as both:
+        for job in [both.submit(decode_all, reads), both.submit(transform_all, inputs)]:
+            job.result()
+    sync()
+    t_both = time.perf_counter() - t0
+    fast, slow = sorted((t_decode, t_transform))
+    n = max(1, len(batches))
+    return dict(batches=len(batches), decode_ms_per_batch=1000 * t_decode / n,
+                transform_ms_per_batch=1000 * t_transform / n, both_ms_per_batch=1000 * t_both / n,
+                serialized=(t_both - slow) / fast if fast > 0 else None)
+
+
 def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
     """The operators that take the train transform's host time: torch.profiler over ``batches`` (read and
     decoded first, outside the profile), the top ``rows`` by host (self CPU) time, per batch, and the host
@@ -593,8 +629,7 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
     transform overlapped in its threads); per stage the time of decode and transform alone, and the host
     time of the transform (until its kernels are launched: close to its total means it is bound by Python
     and launches, not by the GPU); (e) decode_jpeg on the CPU in the same number of threads (libjpeg-turbo),
-    for comparison."""
-    from concurrent.futures import ThreadPoolExecutor
+    for comparison; (f) decoding and the transform in two threads at once (:func:`_overlap`)."""
     from lowspace.data import BatchPlan, DeviceFolderLoader, DeviceTrainTransform
     from lowspace.data.gpu_decode import read_sample
     from functools import partial
@@ -621,6 +656,7 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
                     phases[key].append(v)
                 computed_each.append(tf.weights.computed - computed)
         profile = _transform_profile(loader, batches[2:min(count, 5)], pool)
+        overlap = _overlap(loader, batches[2:min(count, 12)], pool)
         from torchvision.io import ImageReadMode, decode_jpeg
         encoded = [read_sample(loader.samples, i).encoded for i in batches[0].indices]
         encoded = [e for e in encoded if e is not None]
@@ -659,6 +695,7 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
                           computed_each=computed_each),
         e_cpu_decode_threads_img_s=rate(t_cpu, len(encoded)),
         transform_profile=profile,
+        f_overlap=overlap,
         note="a/b/c run the stages one after another on the loader's code (no overlap); d overlaps them as "
              "training does; the bound is the slowest of read, decode_alone and transform_alone when d is "
              "close to it, else the hand-off between the loader's threads (the GIL)")
