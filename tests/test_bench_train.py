@@ -41,5 +41,5 @@ def test_part_e_feeds_all_three_loaders_at_toy_scale(bench, tmp_path):
     assert summary["gpu_over_cpu"] == pytest.approx(gpu / cpu)
     assert summary["gpu_over_cpu_wall"] > 0 and "gpu_below_resident_wall" in summary
     assert (tmp_path / "part_e.md").is_file()
-    overlap = summary["gpu_loader_stages"]["f_overlap"]
+    overlap = summary["gpu_loader_stages"]["g_overlap"]
     assert overlap["batches"] >= 1 and overlap["both_ms_per_batch"] > 0 and overlap["serialized"] is not None

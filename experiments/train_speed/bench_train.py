@@ -629,7 +629,8 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
     transform overlapped in its threads); per stage the time of decode and transform alone, and the host
     time of the transform (until its kernels are launched: close to its total means it is bound by Python
     and launches, not by the GPU); (e) decode_jpeg on the CPU in the same number of threads (libjpeg-turbo),
-    for comparison; (f) decoding and the transform in two threads at once (:func:`_overlap`)."""
+    for comparison; (f) the transform's profile; (g) decoding and the transform in two threads at once
+    (:func:`_overlap`)."""
     from lowspace.data import BatchPlan, DeviceFolderLoader, DeviceTrainTransform
     from lowspace.data.gpu_decode import read_sample
     from functools import partial
@@ -695,7 +696,7 @@ def loader_stages(data, recipe, batch: int, res: int, args) -> dict:
                           computed_each=computed_each),
         e_cpu_decode_threads_img_s=rate(t_cpu, len(encoded)),
         transform_profile=profile,
-        f_overlap=overlap,
+        g_overlap=overlap,
         note="a/b/c run the stages one after another on the loader's code (no overlap); d overlaps them as "
              "training does; the bound is the slowest of read, decode_alone and transform_alone when d is "
              "close to it, else the hand-off between the loader's threads (the GIL)")
