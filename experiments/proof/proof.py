@@ -77,7 +77,8 @@ def bench_args(model: str, speed: dict, group: str, timm_model: bool) -> list[st
             "--no-progress"]
     args += ["--target-spread", str(speed["target_spread"])] if speed.get("target_spread") else []
     args += ["--channels-last"] if speed["channels_last"] else []
-    args += ["--backend", speed["backends"][0], "--deploy"] if group == "deploy" else ["--backend", *speed["backends"]]
+    deploy = group == "deploy"
+    args += ["--backend", *speed["deploy_backends" if deploy else "backends"]] + (["--deploy"] if deploy else [])
     args += ["--reparam"] if timm_model and speed.get("reparam_peers") else []
     args += ["--max-time", str(speed["max_time_s"])] if speed.get("max_time_s") else []
     return args
@@ -209,8 +210,8 @@ def speed_rows(out: Path) -> list[dict]:
 def with_latency(entries: list, rules: dict, out: Path) -> list:
     """``entries`` with the latency dominance claims use (:func:`claim_latency`; nan where not measured)."""
     from dataclasses import replace
-    rows, batch = speed_rows(out), rules["speed"]["claims"]["batch_size"]
-    found = {e.name: claim_latency(rows, e.name, batch) for e in entries}
+    rows, claims = speed_rows(out), rules["speed"]["claims"]
+    found = {e.name: claim_latency(rows, e.name, claims) for e in entries}
     return [replace(e, latency_ms=found[e.name][0], latency_spread=found[e.name][1]) if found[e.name]
             else replace(e, latency_ms=math.nan, latency_spread=None) for e in entries]
 
@@ -231,13 +232,15 @@ def studies(rules: dict, out: Path) -> list[tuple[str, int, str, str]]:
 
 def reference_latency(rules: dict, out: Path) -> float:
     """The hypervolume reference latency, by the rule of rules.yaml (search.reference), from phase a's rows:
-    ``factor`` x the slowest preset's deploy latency at ``batch_size``. Every study records it when created."""
+    ``factor`` x the slowest preset's deploy latency at ``batch_size`` under ``backend`` (the searches'
+    protocol). Every study records it when created."""
     rule = rules["search"]["reference"]
     rows = [r for r in speed_rows(out) if r["name"] in rules["presets"] and r["group"] == "deploy"
-            and r["infer_batch_size"] == rule["batch_size"] and r["status"] == "ok"]
+            and r["backend"] == rule["backend"] and r["infer_batch_size"] == rule["batch_size"] and r["status"] == "ok"]
     if not rows:
         raise SystemExit(f"phase search: the hypervolume reference needs phase speed's deploy rows of the presets at "
-                         f"batch {rule['batch_size']} in {out / 'speed'}; run phase speed first")
+                         f"batch {rule['batch_size']} under {rule['backend']} in {out / 'speed'}; run phase speed "
+                         "first")
     return rule["factor"] * max(r["infer_step_time"] for r in rows)
 
 
@@ -318,11 +321,12 @@ def phase_front(rules: dict, out: Path, clock: Clock, device: str | None, data: 
 
 
 # ======================================================================== e: report
-def claim_latency(rows: list[dict], name: str, batch: int) -> tuple[float, float] | None:
-    """(ms, spread) a dominance claim uses: the deploy row of a LowFormer architecture, else the fastest row,
-    at the claims batch."""
-    mine = [r for r in rows if r["name"] == name and r["infer_batch_size"] == batch and r["status"] == "ok"]
-    deploy = [r for r in mine if r["group"] == "deploy"]
+def claim_latency(rows: list[dict], name: str, claims: dict) -> tuple[float, float] | None:
+    """(ms, spread) a dominance claim uses (rules.yaml speed.claims): the deploy row of a LowFormer architecture
+    under ``deploy_backend``, else (a peer) the fastest row, at ``batch_size``."""
+    mine = [r for r in rows if r["name"] == name and r["infer_batch_size"] == claims["batch_size"]
+            and r["status"] == "ok"]
+    deploy = [r for r in mine if r["group"] == "deploy" and r["backend"] == claims["deploy_backend"]]
     pick = min(deploy or mine, key=lambda r: r["infer_step_time"], default=None)
     return (pick["infer_step_time"], pick["spread"]) if pick else None
 
