@@ -9,9 +9,9 @@
   whose output gets its own bias and the block's residual before it is stored: the hidden (expanded) tensor is
   read once instead of written and read again by an activation pass, and the residual add needs no pass.
 
-Each runs its Triton kernel for CUDA tensors and ``F.conv2d`` elsewhere, so a module using it still runs
-(and exports) on CPU. Both have fake implementations, so ``torch.compile`` keeps them in the graph as one
-opaque kernel each and CUDA graphs capture them.
+Each runs its Triton kernel for CUDA tensors and PyTorch's ops (``F.conv2d``, ``F.linear``) elsewhere, so a
+module using it still runs (and exports) on CPU. All have fake implementations, so ``torch.compile`` keeps
+them in the graph as one opaque kernel each and CUDA graphs capture them.
 
 For the convs, one program computes a tile of ``BLOCK_P`` output positions (of one image, flattened) x
 ``BLOCK_C`` output channels: channels are the contiguous (coalesced) axis of channels_last tensors, the k x k
