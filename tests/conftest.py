@@ -1,8 +1,13 @@
-"""Shared test set-up: marker skips and small determinism helpers."""
+"""Shared test set-up: marker skips, small determinism helpers, experiment scripts as modules."""
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -29,3 +34,19 @@ def pg_url():
 def _isolated_cache(tmp_path, monkeypatch):
     """Keep every test's measurement cache and other user-level state inside its tmp dir."""
     monkeypatch.setenv("LOWSPACE_CACHE_DIR", str(tmp_path / "lowspace-cache"))
+
+
+def _load_experiment(relative: str):
+    """``experiments/<relative>`` (a script) as a module, registered under its file name."""
+    path = EXPERIMENTS / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_experiment():
+    """Loads an experiment script as a module: ``load_experiment("deploy_speed/protocol_tau.py")``."""
+    return _load_experiment

@@ -1,21 +1,12 @@
 """experiments/train_speed/bench_train.py on the CPU: part e end to end at toy scale, and its goal rule."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "train_speed" / "bench_train.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_train"] = module
-    spec.loader.exec_module(module)
-    return module
+def bench(load_experiment):
+    return load_experiment("train_speed/bench_train.py")
 
 
 def test_a_loader_goal_needs_both_the_median_chunk_and_the_wall_rate(bench):

@@ -1,19 +1,13 @@
 """experiments/train_speed/loader_accuracy.py: the loader comparison's statistics, and the script end to end on
 the CPU (CPU loader only; the GPU loader needs CUDA)."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "train_speed" / "loader_accuracy.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("loader_accuracy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture(scope="module")
+def script(load_experiment):
+    return load_experiment("train_speed/loader_accuracy.py")
 
 
 def rows(cpu, gpu):
@@ -21,8 +15,8 @@ def rows(cpu, gpu):
         [dict(loader="gpu", seed=i, top1=a) for i, a in enumerate(gpu)]
 
 
-def test_close_loaders_are_within_noise_and_far_apart_ones_differ():
-    compare = load_script().compare
+def test_close_loaders_are_within_noise_and_far_apart_ones_differ(script):
+    compare = script.compare
     close = compare(rows([80.1, 80.5, 79.9], [80.3, 79.8, 80.4]))
     assert not close["gpu_minus_cpu"]["significant"] and close["gpu_minus_cpu"]["verdict"].startswith("within noise")
     assert close["cpu"]["n"] == 3 and close["cpu"]["ci95"][0] < close["cpu"]["mean"] < close["cpu"]["ci95"][1]
@@ -32,8 +26,7 @@ def test_close_loaders_are_within_noise_and_far_apart_ones_differ():
 
 
 @pytest.mark.slow
-def test_smoke_run_trains_writes_results_and_resumes(tmp_path):
-    script = load_script()
+def test_smoke_run_trains_writes_results_and_resumes(script, tmp_path):
     out, folder = tmp_path / "out", tmp_path / "jpeg"
     assert script.main(["--smoke", "--out", str(out), "--folder", str(folder)]) == 0
     payload = json.loads((out / "results.json").read_text())

@@ -1,23 +1,14 @@
 """experiments/deploy_speed/protocol_tau.py on the CPU: random architectures from the search space, and the
 Kendall tau analysis of a bench results.json (named per cheap / deploy variant)."""
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-SCRIPT = Path(__file__).resolve().parent.parent / "experiments" / "deploy_speed" / "protocol_tau.py"
-
 
 @pytest.fixture(scope="module")
-def tau():
-    spec = importlib.util.spec_from_file_location("protocol_tau", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["protocol_tau"] = module
-    spec.loader.exec_module(module)
-    return module
+def tau(load_experiment):
+    return load_experiment("deploy_speed/protocol_tau.py")
 
 
 def test_generated_architectures_come_from_the_search_space_and_repeat_with_the_seed(tau, tmp_path):

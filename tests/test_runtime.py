@@ -376,14 +376,6 @@ print("ok")
 """
 
 
-@pytest.mark.slow
-def test_triton_project_kernel_in_interpreter():
-    pytest.importorskip("triton")
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", PROJECT_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
-
-
 def test_triton_project_op_falls_back_and_traces_on_cpu():
     from lowspace.runtime._triton import project_conv
     h = torch.randn(2, 12, 5, 7).contiguous(memory_format=torch.channels_last)
@@ -427,10 +419,11 @@ def test_triton_project_takes_over_each_block_whose_previous_conv_is_plain():
 
 
 @pytest.mark.slow
-def test_triton_depthwise_and_stem_kernels_in_interpreter():
+@pytest.mark.parametrize("script", [TRITON_SCRIPT, PROJECT_SCRIPT], ids=["depthwise_and_stem", "project"])
+def test_triton_kernels_in_interpreter(script):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    out = subprocess.run([sys.executable, "-c", TRITON_SCRIPT], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
 
 
