@@ -100,6 +100,8 @@ def test_bench_isolated(tiny_yaml, tmp_path):
     (["b0", "--batch-size", "0"], "batch_size"),
     (["b0", "--results-file", "out.txt"], ".csv or .json"),
     (["b0", "--cudnn-benchmark", "fast"], "--cudnn-benchmark: got 'fast'"),
+    (["b0", "--prebuild", "-1"], "--prebuild: got -1; a number of processes from 0 (off) to 256"),
+    (["b0", "--prebuild-only"], "--prebuild: got 0; at least 1 process with --prebuild-only"),
 ])
 def test_bad_arguments_give_clear_errors(argv, message, capsys):
     assert main(["bench", *argv, "--device", "cpu"]) == 2
@@ -148,3 +150,19 @@ def test_bad_files_and_limits_stop_before_measuring(argv, message, tmp_path, mon
     assert main(["bench", "b0", "--device", "cpu", *argv]) == 2
     captured = capsys.readouterr()
     assert message in captured.err and captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+def test_prebuild_only_without_compiled_rows_builds_nothing(tiny_yaml, capsys):
+    assert main(["bench", str(tiny_yaml), "--prebuild", "2", "--prebuild-only", *QUICK]) == 0
+    assert "no compiled rows" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_prebuild_builds_compiled_rows_in_other_processes_before_timing(tiny_yaml):
+    from lowspace.cost import Protocol, Timing
+    from lowspace.cost.bench import bench, plan, resolve_models
+    jobs = plan(resolve_models([str(tiny_yaml)]), Protocol(device="cpu", resolution=32), backends=["eager", "compile"])
+    rows = [row for row, _ in bench(jobs, Timing(max_time_s=0.2, target_spread=1000), fvcore=False, cache=False,
+                                    prebuilds=2)]
+    assert [r["backend"] for r in rows] == ["eager", "compile"] and all(r["status"] == "ok" for r in rows)
+    assert rows[0]["cold_build_s"] is None and rows[1]["cold_build_s"] > 0  # only the compiled row is prebuilt

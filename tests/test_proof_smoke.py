@@ -47,3 +47,20 @@ def test_smoke_run_writes_every_phase(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in finished} == finished  # nor trained again: the runs are read back
     # 3 models x 2 seeds and each front member x 2 seeds trained; b0 (2 protocols), 2 peers, each member timed
     assert len(finished) == 6 + 2 * len(chosen) + 4 + len(chosen)
+
+
+def test_speed_table_gives_each_timed_row_its_prebuilt_cold_build(load_experiment, tmp_path):
+    from lowspace.cost.bench import ROW_FIELDS, write_results
+    proof = load_experiment("proof/proof.py")
+    key = dict(model="b0", backend="compile_cuda_graph", deploy=True, reparam=False, precision="fp16",
+               channels_last=True, batch_size=256, resolution=224)
+    timed = [{**dict.fromkeys(ROW_FIELDS), **key, "status": "ok", "median_ms": 2.0, "build_s": 3.0},
+             {**dict.fromkeys(ROW_FIELDS), **key, "batch_size": 1, "status": "ok", "median_ms": 0.5, "build_s": 2.0}]
+    write_results(timed, proof.row_file(tmp_path, "b0", "deploy"))
+    (tmp_path / "speed" / "prebuild").mkdir(parents=True)
+    for stamp, seconds in ((1, 40.0), (2, 30.0)):  # built twice (an interrupted run): the later one counts
+        write_results([{**dict.fromkeys(ROW_FIELDS), **key, "status": "built", "cold_build_s": seconds}],
+                      tmp_path / "speed" / "prebuild" / f"deploy-{stamp}.json")
+    rows = proof.speed_table(tmp_path, "cpu")
+    assert {r["infer_batch_size"]: r["cold_build_s"] for r in rows} == {256: 30.0, 1: None}  # batch 1 not prebuilt
+    assert "cold_build_s" in (tmp_path / "speed" / "speed.csv").read_text().splitlines()[0]

@@ -69,10 +69,10 @@ def say(text: str) -> None:
 
 
 # ======================================================================== a: speed
-def bench_args(model: str, speed: dict, group: str, timm_model: bool) -> list[str]:
-    """``lowspace bench`` arguments of one model under one protocol group (``graph``: the backends of
-    rules.yaml; ``deploy``: lowspace.deploy in the first backend)."""
-    args = ["bench", model, "-b", *map(str, speed["batch_sizes"]), "--img-size", str(speed["resolution"]),
+def bench_args(models: list[str], speed: dict, group: str, timm_model: bool) -> list[str]:
+    """``lowspace bench`` arguments of models under one protocol group (``graph``: the backends of rules.yaml;
+    ``deploy``: lowspace.deploy under its deploy_backends)."""
+    args = ["bench", *models, "-b", *map(str, speed["batch_sizes"]), "--img-size", str(speed["resolution"]),
             "--precision", speed["precision"], "--device", speed["device"], "--no-cache", "--no-fvcore",
             "--no-progress"]
     args += ["--target-spread", str(speed["target_spread"])] if speed.get("target_spread") else []
@@ -84,14 +84,39 @@ def bench_args(model: str, speed: dict, group: str, timm_model: bool) -> list[st
     return args
 
 
+def row_file(out: Path, name: str, group: str) -> Path:
+    return out / "speed" / "rows" / f"{name}__{group}.json"
+
+
+def prebuild(entries: list[tuple[str, str, str, bool]], rules: dict, out: Path, clock: Clock) -> None:
+    """The compiled rows of the (name, model, group, is timm) entries not timed yet, built ``speed.prebuild`` at
+    once before the timing (``lowspace bench --prebuild-only``, one call per kind of arguments), so that the
+    timed builds come from inductor's disk cache. Their cold build times go to ``speed/prebuild/``, from
+    where :func:`speed_table` adds them to the rows (``cold_build_s``)."""
+    processes = rules["speed"].get("prebuild", 0)
+    kinds: dict[tuple[str, bool], list[str]] = {}
+    for name, model, group, is_timm in entries:
+        if not row_file(out, name, group).is_file():
+            kinds.setdefault((group, is_timm), []).append(model)
+    from lowspace.cli import main as lowspace_cli
+    for (group, is_timm), models in kinds.items():
+        if processes < 1 or not clock.open():
+            return
+        say(f"speed: building {len(models)} models' compiled rows ({group}), {processes} at once")
+        path = out / "speed" / "prebuild" / f"{group}{'-timm' if is_timm else ''}-{time.time_ns()}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lowspace_cli([*bench_args(models, rules["speed"], group, is_timm), "--prebuild", str(processes),
+                      "--prebuild-only", "--results-file", str(path)])  # a failed build: its timed run says why
+
+
 def bench_model(name: str, model: str, group: str, timm_model: bool, rules: dict, out: Path, clock: Clock) -> None:
-    path = out / "speed" / "rows" / f"{name}__{group}.json"
+    path = row_file(out, name, group)
     if path.is_file() or not clock.open():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     say(f"speed: {name} ({group})")
     from lowspace.cli import main as lowspace_cli  # `lowspace bench` in this process: no start-up per model
-    rc = lowspace_cli([*bench_args(model, rules["speed"], group, timm_model), "--results-file", str(path)])
+    rc = lowspace_cli([*bench_args([model], rules["speed"], group, timm_model), "--results-file", str(path)])
     if rc not in (0, 1):  # 1: some row failed (recorded in the file with its error); 2: bad arguments
         raise SystemExit(f"lowspace bench {model}: exit status {rc}")
 
@@ -111,17 +136,23 @@ def speed_models(rules: dict) -> list[tuple[str, str, str, bool]]:
 TIMM_COLUMNS = {"model": "model", "images_per_s": "infer_samples_per_sec", "median_ms": "infer_step_time",
                 "batch_size": "infer_batch_size", "resolution": "infer_img_size", "params": "param_count"}
 EXTRA_COLUMNS = ("implementation", "backend", "deploy", "reparam", "precision", "channels_last", "p10_ms", "p90_ms",
-                 "spread", "build_s", "status", "device_name", "fingerprint_key")
+                 "spread", "build_s", "cold_build_s", "status", "device_name", "fingerprint_key")
+# what a prebuilt row and its timed row share
+BUILD_KEY = ("model", "backend", "deploy", "reparam", "precision", "channels_last", "batch_size", "resolution")
 
 
 def speed_table(out: Path, device: str) -> list[dict]:
     """Every bench row of ``out/speed/rows`` as one CSV (timm's column names) and one JSON with the records."""
     import csv
     from lowspace.cost.bench import read_results
+    cold = {tuple(r[k] for k in BUILD_KEY): r["cold_build_s"]  # the later prebuild of the same row wins
+            for path in sorted((out / "speed" / "prebuild").glob("*.json")) for r in read_results(path)
+            if r["cold_build_s"] is not None}
     rows = []
     for path in sorted((out / "speed" / "rows").glob("*.json")):
         name, group = path.stem.split("__")
         for r in read_results(path):
+            r["cold_build_s"] = r.get("cold_build_s") or cold.get(tuple(r.get(k) for k in BUILD_KEY))
             row = {new: r.get(old) for old, new in TIMM_COLUMNS.items()}
             row["param_count"] = round(r["params"] / 1e6, 3) if r.get("params") else None
             row.update({k: r.get(k) for k in EXTRA_COLUMNS}, name=name, group=group)
@@ -140,7 +171,9 @@ def speed_table(out: Path, device: str) -> list[dict]:
 
 
 def phase_speed(rules: dict, out: Path, clock: Clock) -> None:
-    for name, model, group, is_timm in speed_models(rules):
+    entries = speed_models(rules)
+    prebuild(entries, rules, out, clock)
+    for name, model, group, is_timm in entries:
         bench_model(name, model, group, is_timm, rules, out, clock)
     speed_table(out, rules["speed"]["device"])
 
@@ -313,7 +346,10 @@ def phase_front(rules: dict, out: Path, clock: Clock, device: str | None, data: 
         path = configs / f"{e.name}.yaml"
         if not path.is_file():
             e.config.to_yaml(path)
-        bench_model(e.name, str(path), "deploy", False, rules, out, clock)
+    timed = [(e.name, str(configs / f"{e.name}.yaml"), "deploy", False) for e in entries]
+    prebuild(timed, rules, out, clock)
+    for name, model, group, is_timm in timed:
+        bench_model(name, model, group, is_timm, rules, out, clock)
     speed_table(out, rules["speed"]["device"])
     final_runs(entries, rules, out / "front", clock, device, data)
     write_finals(collect(with_latency(entries, rules, out), out / "front"), out / "front",

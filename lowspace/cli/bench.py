@@ -49,6 +49,13 @@ def add_parsers(sub) -> None:
                    help="run each model in N processes on the same device at once, as the official "
                         "eval_cls_model.py --jobs: one row per process (its latency under that load) and one row "
                         "with their images/s summed; --timeout bounds the N processes; never cached (default: 1)")
+    p.add_argument("--prebuild", type=int, default=0, metavar="N",
+                   help="first build the compiled rows (compile backends) in N processes at once, which fills "
+                        "inductor's disk cache: the timed builds are then cached ones (build s), and cold_build_s "
+                        "records each cold build, slowed by the others alongside (default: 0, off)")
+    p.add_argument("--prebuild-only", action="store_true",
+                   help="with --prebuild N: only build (fill the cache) and time nothing; --results-file gets "
+                        "each compiled row's cold_build_s")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="per-row limit with --isolate")
     p.add_argument("--no-retry", action="store_true", help="on CUDA OOM do not retry with a halved batch")
     p.add_argument("--target-spread", type=float, default=None,
@@ -164,6 +171,12 @@ def run(args) -> int:
     cache = False if args.no_cache else (args.cache_path or True)
     if not 1 <= args.jobs <= 256:
         raise ConfigError("--jobs", args.jobs, "a number of processes from 1 to 256")
+    if not 0 <= args.prebuild <= 256:
+        raise ConfigError("--prebuild", args.prebuild, "a number of processes from 0 (off) to 256")
+    if args.prebuild_only:
+        if args.prebuild < 1:
+            raise ConfigError("--prebuild", args.prebuild, "at least 1 process with --prebuild-only")
+        return _prebuild_only(jobs, args.prebuild, args.results_file)
 
     console = Console(width=max(Console().width, 170))
     err_console = Console(stderr=True)
@@ -177,7 +190,7 @@ def run(args) -> int:
         task = progress.add_task("bench", total=len(jobs))
         runs = bench(jobs, timing, fvcore=not args.no_fvcore, on_start=lambda job: progress.update(
             task, description=job.label), cache=cache, isolate=args.isolate, timeout_s=args.timeout,
-            oom_retry=not args.no_retry, processes=args.jobs)
+            oom_retry=not args.no_retry, processes=args.jobs, prebuilds=args.prebuild)
         for row, m in runs:
             rows.append(row)
             if m.fingerprint:
@@ -199,6 +212,30 @@ def run(args) -> int:
         path = write_results(rows, args.results_file, fingerprints, meta)
         console.print(f"wrote {len(rows)} rows to {path}")
     return 1 if any(r["status"] == "error" for r in rows) else 0
+
+
+def _prebuild_only(jobs, processes: int, results_file: str | None) -> int:
+    """``--prebuild-only``: build the compiled jobs, print (and write) each cold build; 1 if any failed."""
+    from ..cost.bench import ROW_FIELDS, prebuild, write_results
+    from ..cost.protocol import COMPILE_BACKENDS
+    compiled = [j for j in jobs if j.protocol.backend in COMPILE_BACKENDS]
+    if not compiled:
+        print("prebuild: no compiled rows (compile backends) to build")
+        return 0
+    cold = prebuild(compiled, processes)
+    rows = []
+    for job, seconds in zip(compiled, cold):
+        print(f"prebuild: {job.label}: " + ("failed (the timed run will say why)" if seconds is None
+                                           else f"{seconds:.1f} s"))
+        p = job.protocol
+        rows.append({**dict.fromkeys(ROW_FIELDS), "model": job.spec.name, "implementation": job.spec.implementation,
+                     "device": p.device, "backend": p.backend, "precision": p.precision,
+                     "channels_last": p.channels_last, "deploy": p.deploy, "reparam": p.reparam,
+                     "resolution": p.resolution, "batch_size": p.batch_size, "requested_batch_size": p.batch_size,
+                     "status": "built" if seconds is not None else "error", "cold_build_s": seconds})
+    if results_file:
+        write_results(rows, results_file, meta={"prebuild": processes})
+    return 1 if any(s is None for s in cold) else 0
 
 
 def model_label(row) -> str:

@@ -2,7 +2,8 @@
 
 :func:`bench` is what ``lowspace bench`` runs; :func:`bench_row` and :func:`write_results` are shared
 with the scripts under ``experiments/``. :func:`measure_concurrently` times one network in several processes
-running it on the same device at once (``lowspace bench --jobs N``).
+running it on the same device at once (``lowspace bench --jobs N``). :func:`prebuild` builds the compiled jobs
+several at once before they are timed (``lowspace bench --prebuild N``).
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import os
 import statistics
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,22 +28,22 @@ import torch
 
 from ..errors import ConfigError, LowspaceError
 from ..io import atomic_path, atomic_write_json
-from ..runtime import cudnn_autotuning
+from ..runtime import cudnn_autotuning, use_compile_cache
 from .count import count_all
 from .fingerprint import fingerprint, fingerprint_key
 # the build and the timing loop of measure(), so concurrent processes follow the same protocol rules
 from .measure import Measurement, build_runner, is_oom, measure, spread_of, time_runner
-from .protocol import Protocol, Timing
+from .protocol import COMPILE_BACKENDS, Protocol, Timing
 from .spec import TIMM_PREFIX, ModelSpec, resolve_spec
 
-__all__ = ["BenchJob", "plan", "bench", "bench_row", "measure_concurrently", "write_results", "read_results",
-           "ROW_FIELDS", "CONCURRENT_FIELDS"]
+__all__ = ["BenchJob", "plan", "bench", "bench_row", "prebuild", "measure_concurrently", "write_results",
+           "read_results", "ROW_FIELDS", "CONCURRENT_FIELDS"]
 
 ROW_FIELDS = (
     "model", "implementation", "identity", "params", "macs", "fvcore_macs", "device", "device_name", "backend",
     "precision", "channels_last", "deploy", "reparam", "cudnn_benchmark", "resolution", "batch_size",
-    "requested_batch_size", "status", "median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "build_s", "wall_s",
-    "iterations", "cached", "warnings", "error", "measured_at", "fingerprint_key",
+    "requested_batch_size", "status", "median_ms", "p10_ms", "p90_ms", "spread", "images_per_s", "build_s",
+    "cold_build_s", "wall_s", "iterations", "cached", "warnings", "error", "measured_at", "fingerprint_key",
 )
 # extra columns of rows measured with several processes at once: processes running, this row's process
 # (0 ... N-1, or "all" for the sum), its process id, share of its warm-up and timing during which all ran
@@ -99,23 +102,28 @@ def bench_row(spec: ModelSpec, counts: dict[str, Any], m: Measurement) -> dict[s
         "resolution": p.get("resolution"), "batch_size": m.batch_size,
         "requested_batch_size": m.requested_batch_size, "status": m.status, "median_ms": m.median_ms,
         "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "spread": m.spread, "images_per_s": m.images_per_s,
-        "build_s": m.build_s, "wall_s": m.wall_s, "iterations": m.iterations, "cached": m.cached,
+        "build_s": m.build_s, "cold_build_s": None, "wall_s": m.wall_s, "iterations": m.iterations, "cached": m.cached,
         "warnings": "; ".join(m.warnings), "error": m.error, "measured_at": m.measured_at,
         "fingerprint_key": fingerprint_key(m.fingerprint) if m.fingerprint else None,
     }
 
 
 def bench(jobs: Iterable[BenchJob], timing: Timing | None = None, fvcore: bool = True,
-          on_start: Callable[[BenchJob], None] | None = None, processes: int = 1,
+          on_start: Callable[[BenchJob], None] | None = None, processes: int = 1, prebuilds: int = 0,
           **run_options) -> Iterator[tuple[dict[str, Any], Measurement]]:
     """Measure every job; yields (row, measurement). Counts are computed once per network and resolution.
     ``run_options`` go to :func:`~lowspace.cost.measure.measure` (cache, oom_retry, isolate, ...).
+
+    With ``prebuilds`` > 0 the compiled jobs are first built that many at once (:func:`prebuild`); their
+    rows' ``build_s`` is then a build from inductor's disk cache and ``cold_build_s`` the build before.
 
     With ``processes`` > 1 every job is measured by :func:`measure_concurrently` instead: one row per process,
     then their sum (``process`` "all"), with the :data:`CONCURRENT_FIELDS` columns; of ``run_options`` only
     ``timeout_s`` applies (such measurements are never cached)."""
     counts: dict[tuple[int, int], dict[str, Any]] = {}
-    for job in jobs:
+    jobs = list(jobs)
+    cold = prebuild(jobs, prebuilds) if prebuilds > 0 else [None] * len(jobs)
+    for job, cold_s in zip(jobs, cold):
         if on_start is not None:
             on_start(job)
         key = (id(job.spec), job.protocol.resolution)
@@ -125,7 +133,46 @@ def bench(jobs: Iterable[BenchJob], timing: Timing | None = None, fvcore: bool =
             yield from _concurrent_rows(job, counts[key], timing, processes, run_options.get("timeout_s"))
             continue
         m = measure(job.spec, job.protocol, timing, **run_options)
-        yield bench_row(job.spec, counts[key], m), m
+        row = bench_row(job.spec, counts[key], m)
+        row["cold_build_s"] = cold_s
+        yield row, m
+
+
+# ==================================================================== compiled builds ahead, several at once
+def prebuild(jobs: Sequence[BenchJob], processes: int) -> list[float | None]:
+    """Build the network of every compiled job (a compile backend, deployed or not) in fresh processes,
+    ``processes`` at once, so that the builds of the timed runs after it come from inductor's on-disk cache:
+    a cold build takes tens of seconds, and several at once take little longer than one. Returns each job's
+    cold build seconds (slowed by the builds running alongside it), None for a job not built here or whose
+    build failed (its timed run reports the error)."""
+    if isinstance(processes, bool) or not isinstance(processes, int) or not 1 <= processes <= 256:
+        raise ConfigError("prebuild", processes, "a number of processes from 1 to 256")
+    cold: list[float | None] = [None] * len(jobs)
+    todo = [i for i, job in enumerate(jobs) if job.protocol.backend in COMPILE_BACKENDS]
+    if not todo:
+        return cold
+    use_compile_cache()  # before the processes start: they and this one share inductor's cache folder
+    ctx = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    with ProcessPoolExecutor(min(processes, len(todo)), mp_context=ctx, max_tasks_per_child=1) as pool:
+        builds = {pool.submit(_build_once, jobs[i].spec, jobs[i].protocol): i for i in todo}
+        for done in as_completed(builds):
+            try:
+                cold[builds[done]] = done.result()
+            except BrokenProcessPool:  # a build crashed its process (and the pool): the timed runs will tell
+                pass
+    return cold
+
+
+def _build_once(spec: ModelSpec, protocol: Protocol) -> float | None:
+    """One build of :func:`prebuild`, in a process of its own: its seconds, or None if it failed."""
+    resolution = spec.default_resolution if protocol.resolution is None else protocol.resolution
+    try:
+        with cudnn_autotuning(protocol.cudnn_benchmark) if protocol.device_type == "cuda" else \
+                contextlib.nullcontext():
+            _, info = build_runner(spec, protocol, resolution)
+        return info["build_s"]
+    except Exception:  # noqa: BLE001 - the timed run builds again and reports the error
+        return None
 
 
 def _concurrent_rows(job: BenchJob, counts: dict[str, Any], timing: Timing | None, processes: int,

@@ -274,8 +274,9 @@ def inductor_options(opts: DeployOptions) -> dict[str, Any]:
     return {**base, **opts.inductor}
 
 
-def _set_compile_cache() -> str:
-    """Keep inductor's on-disk caches under lowspace's cache folder unless the user chose a place."""
+def use_compile_cache() -> str:
+    """Keep inductor's on-disk caches under lowspace's cache folder unless the user (or an earlier compile in
+    this process) chose a place; returns the folder. Processes started after this call share it."""
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
@@ -301,7 +302,7 @@ def _build_core(net, shape, dev, backend, precision, channels_last, opts: Deploy
         ind = inductor_options(opts) if opts.compile_backend == "inductor" else {}
         info.update(compile_mode=opts.compile_mode, compile_backend=opts.compile_backend, inductor_options=ind)
         if opts.cache:
-            info["compile_cache_dir"] = _set_compile_cache()
+            info["compile_cache_dir"] = use_compile_cache()
         _raise_recompile_limits()
         try:
             fn = torch.compile(_fresh_forward(net), backend=opts.compile_backend, options=ind or None, fullgraph=True,
