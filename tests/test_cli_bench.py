@@ -166,3 +166,18 @@ def test_prebuild_builds_compiled_rows_in_other_processes_before_timing(tiny_yam
                                     prebuilds=2)]
     assert [r["backend"] for r in rows] == ["eager", "compile"] and all(r["status"] == "ok" for r in rows)
     assert rows[0]["cold_build_s"] is None and rows[1]["cold_build_s"] > 0  # only the compiled row is prebuilt
+
+
+@pytest.mark.slow
+def test_prebuild_only_writes_the_cold_builds_as_rows_that_match_the_timed_ones(tiny_yaml, tmp_path, capsys):
+    from lowspace.cost.bench import read_results
+    out = tmp_path / "cold.json"
+    assert main(["bench", str(tiny_yaml), "--backend", "eager", "compile", "--prebuild", "1", "--prebuild-only",
+                 "--results-file", str(out), *QUICK]) == 0
+    assert "prebuild: tiny compile fp32 b1:" in capsys.readouterr().out
+    [row] = read_results(out)  # the eager row is not built ahead
+    assert row["status"] == "built" and row["cold_build_s"] > 0 and row["median_ms"] is None
+    timed = tmp_path / "timed.json"
+    assert main(["bench", str(tiny_yaml), "--backend", "compile", "--results-file", str(timed), *QUICK]) == 0
+    key = ("model", "backend", "deploy", "reparam", "precision", "channels_last", "batch_size", "resolution")
+    assert [row[k] for k in key] == [read_results(timed)[0][k] for k in key]

@@ -216,26 +216,18 @@ def run(args) -> int:
 
 def _prebuild_only(jobs, processes: int, results_file: str | None) -> int:
     """``--prebuild-only``: build the compiled jobs, print (and write) each cold build; 1 if any failed."""
-    from ..cost.bench import ROW_FIELDS, prebuild, write_results
-    from ..cost.protocol import COMPILE_BACKENDS
-    compiled = [j for j in jobs if j.protocol.backend in COMPILE_BACKENDS]
-    if not compiled:
+    from ..cost.bench import prebuild_rows, write_results
+    rows = prebuild_rows(jobs, processes)
+    if not rows:
         print("prebuild: no compiled rows (compile backends) to build")
         return 0
-    cold = prebuild(compiled, processes)
-    rows = []
-    for job, seconds in zip(compiled, cold):
-        print(f"prebuild: {job.label}: " + ("failed (the timed run will say why)" if seconds is None
-                                           else f"{seconds:.1f} s"))
-        p = job.protocol
-        rows.append({**dict.fromkeys(ROW_FIELDS), "model": job.spec.name, "implementation": job.spec.implementation,
-                     "device": p.device, "backend": p.backend, "precision": p.precision,
-                     "channels_last": p.channels_last, "deploy": p.deploy, "reparam": p.reparam,
-                     "resolution": p.resolution, "batch_size": p.batch_size, "requested_batch_size": p.batch_size,
-                     "status": "built" if seconds is not None else "error", "cold_build_s": seconds})
+    for r in rows:
+        seconds = r["cold_build_s"]
+        print(f"prebuild: {r['model']} {r['backend']} {r['precision']} b{r['batch_size']}: "
+              + ("failed (the timed run will say why)" if seconds is None else f"{seconds:.1f} s"))
     if results_file:
         write_results(rows, results_file, meta={"prebuild": processes})
-    return 1 if any(s is None for s in cold) else 0
+    return 1 if any(r["status"] != "built" for r in rows) else 0
 
 
 def model_label(row) -> str:

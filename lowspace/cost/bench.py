@@ -36,7 +36,8 @@ from .measure import Measurement, build_runner, is_oom, measure, spread_of, time
 from .protocol import COMPILE_BACKENDS, Protocol, Timing
 from .spec import TIMM_PREFIX, ModelSpec, resolve_spec
 
-__all__ = ["BenchJob", "plan", "bench", "bench_row", "prebuild", "measure_concurrently", "write_results",
+__all__ = ["BenchJob", "plan", "bench", "bench_row", "prebuild", "prebuild_rows", "measure_concurrently",
+           "write_results",
            "read_results", "ROW_FIELDS", "CONCURRENT_FIELDS"]
 
 ROW_FIELDS = (
@@ -130,12 +131,11 @@ def bench(jobs: Iterable[BenchJob], timing: Timing | None = None, fvcore: bool =
         if key not in counts:
             counts[key] = count_all(job.spec, job.protocol.resolution, fvcore=fvcore)
         if processes > 1:
-            yield from _concurrent_rows(job, counts[key], timing, processes, run_options.get("timeout_s"))
+            for row, m in _concurrent_rows(job, counts[key], timing, processes, run_options.get("timeout_s")):
+                yield {**row, "cold_build_s": cold_s}, m
             continue
         m = measure(job.spec, job.protocol, timing, **run_options)
-        row = bench_row(job.spec, counts[key], m)
-        row["cold_build_s"] = cold_s
-        yield row, m
+        yield {**bench_row(job.spec, counts[key], m), "cold_build_s": cold_s}, m
 
 
 # ==================================================================== compiled builds ahead, several at once
@@ -161,6 +161,21 @@ def prebuild(jobs: Sequence[BenchJob], processes: int) -> list[float | None]:
             except BrokenProcessPool:  # a build crashed its process (and the pool): the timed runs will tell
                 pass
     return cold
+
+
+def prebuild_rows(jobs: Sequence[BenchJob], processes: int) -> list[dict[str, Any]]:
+    """:func:`prebuild` of the compiled ``jobs`` as table rows (:func:`bench_row`; nothing timed): status
+    ``built`` with ``cold_build_s``, or ``error``. No rows when no job is compiled."""
+    compiled = [job for job in jobs if job.protocol.backend in COMPILE_BACKENDS]
+    rows = []
+    for job, seconds in zip(compiled, prebuild(compiled, processes)):
+        p = job.protocol
+        m = Measurement(status="built" if seconds is not None else "error", batch_size=p.batch_size,
+                        protocol=p.record(p.resolution, job.spec.in_chans), name=job.spec.name,
+                        requested_batch_size=p.batch_size,
+                        error=None if seconds is not None else "the build failed (a timed run says why)")
+        rows.append({**bench_row(job.spec, {}, m), "cold_build_s": seconds})
+    return rows
 
 
 def _build_once(spec: ModelSpec, protocol: Protocol) -> float | None:
