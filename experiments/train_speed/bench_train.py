@@ -511,6 +511,7 @@ def _overlap(loader, batches, pool) -> dict:
         for b, d in zip(batches, decoded):
             loader.finish(b, d)
     inputs = [loader.decode(r) for r in fresh()]  # the transform's input, decoded once
+    sync()  # ... and finished before anything is timed
     reads = fresh()
     _, t_decode = _timed(lambda: decode_all(reads))
     _, t_transform = _timed(lambda: transform_all(inputs))
