@@ -34,3 +34,6 @@ def test_part_e_feeds_all_three_loaders_at_toy_scale(bench, tmp_path):
     assert (tmp_path / "part_e.md").is_file()
     overlap = summary["gpu_loader_stages"]["g_overlap"]
     assert overlap["batches"] >= 1 and overlap["both_ms_per_batch"] > 0 and overlap["serialized"] is not None
+    for stage in ("decode", "transform"):  # a thread's CPU time is positive and fits in the wall time around it
+        assert 0 < overlap[f"{stage}_cpu_ms_per_batch"] <= overlap[f"{stage}_ms_per_batch"] * 1.05 + 1
+        assert 0 < overlap[f"both_{stage}_cpu_ms_per_batch"] <= overlap["both_ms_per_batch"] * 1.05 + 1

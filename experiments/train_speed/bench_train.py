@@ -499,34 +499,46 @@ def _overlap(loader, batches, pool) -> dict:
     """Decoding and the train transform of ``batches`` in two threads at once, as the loader's producer
     overlaps them, against each alone (the files read beforehand, untimed): ``serialized`` is 0 when both
     together take as long as the slower one alone and 1 when they take the sum of both (the GIL or a
-    synchronization lets only one of them run at a time)."""
+    synchronization lets only one of them run at a time). ``*_cpu_ms_per_batch`` is each thread's own CPU
+    time: near its wall time the stage keeps a core busy, far below it the stage waits (on the device, the
+    JPEG engine, a lock); a thread whose wall time grows together while its CPU time does not was kept
+    waiting by the other."""
     def fresh():
         return [_read_all(pool, loader.samples, b.indices, loader.workers) for b in batches]
 
     def decode_all(reads):  # _timed and the pair below synchronize the device after
+        t0 = time.thread_time()
         for r in reads:
             loader.decode(r)
+        return time.thread_time() - t0
 
     def transform_all(decoded):
+        t0 = time.thread_time()
         for b, d in zip(batches, decoded):
             loader.finish(b, d)
+        return time.thread_time() - t0
     inputs = [loader.decode(r) for r in fresh()]  # the transform's input, decoded once
     sync()  # ... and finished before anything is timed
     reads = fresh()
-    _, t_decode = _timed(lambda: decode_all(reads))
-    _, t_transform = _timed(lambda: transform_all(inputs))
+    cpu_decode, t_decode = _timed(lambda: decode_all(reads))
+    cpu_transform, t_transform = _timed(lambda: transform_all(inputs))
     reads = fresh()
     t0 = time.perf_counter()
     with ThreadPoolExecutor(2) as both:
-        for job in [both.submit(decode_all, reads), both.submit(transform_all, inputs)]:
-            job.result()
+        jobs = [both.submit(decode_all, reads), both.submit(transform_all, inputs)]
+        cpu_decode_both, cpu_transform_both = (job.result() for job in jobs)
     sync()
     t_both = time.perf_counter() - t0
     fast, slow = sorted((t_decode, t_transform))
     n = max(1, len(batches))
-    return dict(batches=len(batches), decode_ms_per_batch=1000 * t_decode / n,
-                transform_ms_per_batch=1000 * t_transform / n, both_ms_per_batch=1000 * t_both / n,
-                serialized=(t_both - slow) / fast if fast > 0 else None)
+
+    def ms(seconds):
+        return 1000 * seconds / n
+    return dict(batches=len(batches), decode_ms_per_batch=ms(t_decode), transform_ms_per_batch=ms(t_transform),
+                both_ms_per_batch=ms(t_both), serialized=(t_both - slow) / fast if fast > 0 else None,
+                decode_cpu_ms_per_batch=ms(cpu_decode), transform_cpu_ms_per_batch=ms(cpu_transform),
+                both_decode_cpu_ms_per_batch=ms(cpu_decode_both),
+                both_transform_cpu_ms_per_batch=ms(cpu_transform_both))
 
 
 def _transform_profile(loader, batches, pool, rows: int = 20) -> dict:
