@@ -24,6 +24,8 @@ def test_smoke_run_writes_every_phase(tmp_path):
     assert {r["name"] for r in speed["rows"]} >= {"b0", "test_resnet", "test_efficientnet"}
     assert speed["record"]["provenance"]["source"] and speed["record"]["fingerprint"]
     assert "infer_samples_per_sec" in (out / "speed" / "speed.csv").read_text().splitlines()[0]
+    published = json.loads((out / "speed" / "published.json").read_text())["rows"]  # b0: the one with a paper
+    assert [(r["name"], r["top1"]) for r in published] == [("b0", 78.4)] and published[0]["images_per_s"] > 0
     trained = json.loads((out / "train" / "final.json").read_text())
     assert {r["name"]: r["seeds"] for r in trained["rows"]} == {"b0": 2, "test_resnet": 2, "test_efficientnet": 2}
     for method in ("pareto", "random", "nsga2"):
@@ -64,3 +66,32 @@ def test_speed_table_gives_each_timed_row_its_prebuilt_cold_build(load_experimen
     rows = proof.speed_table(tmp_path, "cpu")
     assert {r["infer_batch_size"]: r["cold_build_s"] for r in rows} == {256: 30.0, 1: None}  # batch 1 not prebuilt
     assert "cold_build_s" in (tmp_path / "speed" / "speed.csv").read_text().splitlines()[0]
+
+
+def test_published_accuracy_is_set_against_the_row_claims_use(load_experiment, tmp_path):
+    from lowspace.cost.bench import ROW_FIELDS, write_results
+    proof = load_experiment("proof/proof.py")
+
+    def row(model, backend, deploy, ms):
+        return {**dict.fromkeys(ROW_FIELDS), "model": model, "backend": backend, "deploy": deploy,
+                "batch_size": 256, "status": "ok", "median_ms": ms}
+    write_results([row("b0", "cuda_graph", True, 2.0), row("b0", "compile_cuda_graph", True, 4.0)],
+                  proof.row_file(tmp_path, "b0", "deploy"))
+    write_results([row("timm:levit_conv_192", "cuda_graph", False, 8.0),
+                   row("timm:levit_conv_192", "compile_cuda_graph", False, 5.0)],
+                  proof.row_file(tmp_path, "levit_conv_192", "graph"))
+    proof.speed_table(tmp_path, "cpu")
+    peers = [{"name": "levit_conv_192", "distilled": True}, {"name": "untimed", "distilled": False}]
+    rules = dict(presets=["b0"], peers=peers,
+                 speed=dict(device="cpu", claims=dict(batch_size=256, deploy_backend="compile_cuda_graph")),
+                 published={"b0": dict(top1=78.4, px=224, source="paper"),
+                            "levit_conv_192": dict(top1=79.86, px=224, source="timm"),
+                            "untimed": dict(top1=80.0, px=224, source="paper")})
+    table = {r["name"]: r for r in proof.published(rules, tmp_path, png=False)}
+    assert set(table) == {"b0", "levit_conv_192"}  # a name without speed rows is left out
+    # the preset on its compiled deploy row even though its graph row is faster; the peer on its faster row
+    assert table["b0"]["images_per_s"] == pytest.approx(256 * 1000 / 4.0) and table["b0"]["kind"] == "preset"
+    assert table["levit_conv_192"]["images_per_s"] == pytest.approx(256 * 1000 / 5.0)
+    assert table["levit_conv_192"]["distilled"] and "compile_cuda_graph" in table["levit_conv_192"]["row"]
+    assert (tmp_path / "speed" / "published.html").is_file()
+    assert "| levit_conv_192 | peer | 79.86 | 224 | yes |" in (tmp_path / "speed" / "published.md").read_text()

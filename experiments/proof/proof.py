@@ -170,12 +170,46 @@ def speed_table(out: Path, device: str) -> list[dict]:
     return rows
 
 
-def phase_speed(rules: dict, out: Path, clock: Clock) -> None:
+def published(rules: dict, out: Path, png: bool) -> list[dict]:
+    """Published ImageNet top-1 (rules.yaml ``published``) against the throughput of the row dominance claims
+    use (:func:`claim_row`): ``speed/published.{json,md,html,png}``; names not timed yet are left out."""
+    from lowspace.report.plots import published_figure, write_figure
+    rows, claims = speed_rows(out), rules["speed"]["claims"]
+    distilled = {p["name"]: p["distilled"] for p in rules["peers"]}
+    table = []
+    for name, pub in (rules.get("published") or {}).items():
+        row = claim_row(rows, name, claims)
+        if row is None:
+            continue
+        how = f"{'deploy' if row['group'] == 'deploy' else 'model'}, {row['backend']}, batch {row['infer_batch_size']}"
+        table.append(dict(name=name, kind="preset" if name in rules["presets"] else "peer",
+                          distilled=distilled.get(name, False), top1=pub["top1"], px=pub["px"], source=pub["source"],
+                          images_per_s=row["infer_batch_size"] * 1000 / row["infer_step_time"],
+                          latency_ms=row["infer_step_time"], row=how))
+    if not table:
+        return table
+    speed = out / "speed"
+    write_json(speed / "published.json", dict(record=record(rules["speed"]["device"]), rows=table))
+    lines = ["# Published ImageNet-1k top-1 against measured throughput", "",
+             "| name | kind | published top-1 (%) | at px | distilled | source | img/s | measured as |",
+             "|---|---|---:|---:|---|---|---:|---|"]
+    lines += [f"| {r['name']} | {r['kind']} | {r['top1']:.2f} | {r['px']} | {'yes' if r['distilled'] else 'no'} | "
+              f"{r['source']} | {r['images_per_s']:,.0f} | {r['row']} |"
+              for r in sorted(table, key=lambda r: -r["images_per_s"])]
+    (speed / "published.md").write_text("\n".join(lines) + "\n")
+    import pandas as pd
+    write_figure(published_figure(pd.DataFrame(table)), speed / "published.html",
+                 speed / "published.png" if png else None, plotlyjs="cdn")
+    return table
+
+
+def phase_speed(rules: dict, out: Path, clock: Clock, png: bool) -> None:
     entries = speed_models(rules)
     prebuild(entries, rules, out, clock)
     for name, model, group, is_timm in entries:
         bench_model(name, model, group, is_timm, rules, out, clock)
     speed_table(out, rules["speed"]["device"])
+    published(rules, out, png)
 
 
 # ======================================================================== b, d: final runs
@@ -357,13 +391,18 @@ def phase_front(rules: dict, out: Path, clock: Clock, device: str | None, data: 
 
 
 # ======================================================================== e: report
-def claim_latency(rows: list[dict], name: str, claims: dict) -> tuple[float, float] | None:
-    """(ms, spread) a dominance claim uses (rules.yaml speed.claims): the deploy row of a LowFormer architecture
+def claim_row(rows: list[dict], name: str, claims: dict) -> dict | None:
+    """The speed row a dominance claim uses (rules.yaml speed.claims): the deploy row of a LowFormer architecture
     under ``deploy_backend``, else (a peer) the fastest row, at ``batch_size``."""
     mine = [r for r in rows if r["name"] == name and r["infer_batch_size"] == claims["batch_size"]
             and r["status"] == "ok"]
     deploy = [r for r in mine if r["group"] == "deploy" and r["backend"] == claims["deploy_backend"]]
-    pick = min(deploy or mine, key=lambda r: r["infer_step_time"], default=None)
+    return min(deploy or mine, key=lambda r: r["infer_step_time"], default=None)
+
+
+def claim_latency(rows: list[dict], name: str, claims: dict) -> tuple[float, float] | None:
+    """(ms, spread) of :func:`claim_row`."""
+    pick = claim_row(rows, name, claims)
     return (pick["infer_step_time"], pick["spread"]) if pick else None
 
 
@@ -484,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     out, png = args.results, not args.smoke
     device = args.device or ("cpu" if args.smoke else None)
     if args.phase == "speed":
-        phase_speed(rules, out, clock)
+        phase_speed(rules, out, clock, png)
     elif args.phase == "train":
         phase_train(rules, out, clock, device, data, png)
     elif args.phase == "search":

@@ -1,5 +1,5 @@
-"""Plotly figures of a study: the Pareto front (accuracy vs measured latency), hypervolume history, and the
-final evaluation of retrained architectures.
+"""Plotly figures of a study: the Pareto front (accuracy vs measured latency), hypervolume history, the
+final evaluation of retrained architectures, and published accuracy against measured throughput.
 
 PNG export goes through kaleido, which needs Chrome or Chromium; where none is found the HTML is still
 written and :func:`write_figure` says that the PNG was skipped.
@@ -208,6 +208,37 @@ def final_figure(rows: pd.DataFrame, title: str | None = None, level: float = DE
     return fig
 
 
+def published_figure(rows: pd.DataFrame, title: str | None = None):
+    """Published ImageNet top-1 vs measured throughput: ``rows`` with ``name``, ``kind`` (preset or peer),
+    ``top1``, ``px`` (the side it was measured at), ``distilled``, ``source``, ``images_per_s`` and ``row`` (which
+    measurement). Distilled results are open markers: their accuracy owes something to a teacher."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for kind, symbol, color in (("preset", "star", _PRESET_COLOR), ("peer", "circle", _FRONT_COLOR)):
+        for distilled in (False, True):
+            part = rows[(rows["kind"] == kind) & (rows["distilled"] == distilled)]
+            if part.empty:
+                continue
+            label = "LowFormer presets" if kind == "preset" else "peers"
+            fig.add_trace(go.Scatter(
+                x=part["images_per_s"], y=part["top1"], mode="markers+text", text=part["name"].tolist(),
+                name=label + (" (distilled)" if distilled else ""), textposition="top center",
+                marker=dict(size=14 if kind == "preset" else 11, symbol=symbol + ("-open" if distilled else ""),
+                            color=color),
+                hovertext=[f"{r['name']}: {r['top1']:.2f} % at {r['px']} px ({r['source']})<br>"
+                           f"{r['images_per_s']:,.0f} img/s ({r['row']})" for _, r in part.iterrows()],
+                hoverinfo="text"))
+    fig.update_layout(title=dict(text=(title or "Published ImageNet top-1 vs measured throughput")
+                                 + "<br><sup>open markers: published accuracy from knowledge distillation</sup>"),
+                      xaxis_title="measured throughput (img/s)", yaxis_title="published ImageNet-1k top-1 (%)",
+                      template="plotly_white", width=1000, height=600)
+    speeds = [v for v in pd.to_numeric(rows["images_per_s"], errors="coerce").tolist() if v == v and v > 0]
+    if speeds:
+        ticks = log_ticks(min(speeds) / 1.15, max(speeds) * 1.15)
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:,.0f}" for t in ticks])
+    return fig
+
+
 def find_browser() -> str | None:
     """A Chrome / Chromium executable for kaleido, or None."""
     for env in ("BROWSER_PATH", "CHROME_PATH"):
@@ -244,4 +275,5 @@ def write_figure(fig, html: str | Path, png: str | Path | None = None, scale: fl
     return html, png, ""
 
 
-__all__ = ["pareto_figure", "hypervolume_figure", "final_figure", "log_ticks", "write_figure", "find_browser"]
+__all__ = ["pareto_figure", "hypervolume_figure", "final_figure", "published_figure", "log_ticks", "write_figure",
+           "find_browser"]
