@@ -412,10 +412,36 @@ def test_triton_project_takes_over_each_block_whose_previous_conv_is_plain():
             assert isinstance(m.dw.conv, TritonConvAct) and m.project.pre_bias is None and m.project.act is None
         elif isinstance(m, FusedMBConv):
             assert m.conv2.pre_bias is not None and m.conv2.act == "hardswish"
+    # tiles measured per shape: the same rewrite, each kernel marked to tune (on CPU the PyTorch ops run)
+    d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
+               triton_project="autotune")
+    assert all(m.tune for m in d.module.modules() if isinstance(m, TritonProject))
+    with torch.no_grad():
+        assert rel_err(d(x), model(x)) <= TOL
     # 1x1 convs as matmuls (conv1x1="linear") are left as they are
     d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
                triton_project=True, conv1x1="linear")
     assert "triton_project" not in d.info["rewrites"]
+
+
+def test_project_tiles_fill_the_gpu_and_tuning_measures_neighbours_of_the_rule():
+    pytest.importorskip("triton")
+    from lowspace.runtime._triton import _FILL_PROGRAMS, _gemm_tiles, _prune_tiles, _tile_candidates, \
+        _tuned_project_kernel
+    for m, n, k in [(200 * 3136, 40, 240), (200 * 196, 160, 640), (49, 512, 3072), (196, 128, 512), (7, 8, 4)]:
+        bm, bn, bk = _gemm_tiles(m, n, k)
+        programs = -(-m // bm) * -(-n // bn)
+        assert (bm, bn) == (16, 16) or programs >= _FILL_PROGRAMS, (m, n, k)  # shrunk only as far as needed
+        assert 16 <= bk <= 64
+        tiles = _tile_candidates(m, n, k)
+        assert tiles[0] == (bm, bn, bk) and len(set(tiles)) == len(tiles)
+        assert all(16 <= r <= 128 and 16 <= c <= max(16, min(128, 2 ** (n - 1).bit_length())) for r, c, _ in tiles)
+    assert _gemm_tiles(49, 512, 3072)[:2] == (16, 16)  # batch 1: 4 x 32 programs rather than 4 x 4
+    # B1.5's 320 columns at batch 200: the rule's tile and three neighbours, as configs of the autotuner
+    configs = _prune_tiles(_tuned_project_kernel().configs, dict(M=9800, N=320, K=1920))
+    assert [(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) for c in configs] == [(64, 128), (64, 64), (32, 128),
+                                                                             (128, 128)]
+    assert [c.num_warps for c in configs] == [4, 4, 4, 8]
 
 
 @pytest.mark.slow
@@ -493,15 +519,16 @@ def test_gpu_triton_and_the_other_switches_keep_the_function():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda_graph", "compile_cuda_graph"])
-def test_gpu_triton_project_keeps_the_function(backend):
-    model = randomize(create_model("b1", init="torch")).cuda()
+@pytest.mark.parametrize("project", [True, "autotune"])
+def test_gpu_triton_project_keeps_the_function(backend, project):
+    model = randomize(create_model("b15", init="torch")).cuda()  # widths 40-320: not powers of two
     x = torch.randn(4, 3, 96, 96, device="cuda")
     with torch.no_grad():
         want = model(x)
-    d = deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend, triton_project=True)
+    d = deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend, triton_project=project)
     assert "triton_project" in d.info["rewrites"]
     assert rel_err(d(x).float(), want) <= 3e-2
-    f32 = deploy(model, precision="fp32", batch_size=4, resolution=96, backend="eager", triton_project=True)
+    f32 = deploy(model, precision="fp32", batch_size=4, resolution=96, backend="eager", triton_project=project)
     assert rel_err(f32(x), want) <= 2e-2  # the model's own fp32 convs may run in TF32
 
 

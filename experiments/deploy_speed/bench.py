@@ -64,6 +64,8 @@ VARIANTS = {
     "ours_deploy_gncl": ("ours", "compile_cuda_graph", "fp16", {"groupnorm": "channels_last"}),
     # the (fused-)MBConv project conv with the previous conv's bias + activation and the residual: one kernel
     "ours_deploy_project": ("ours", "compile_cuda_graph", "fp16", {"triton_project": True}),
+    # ... its tiles measured per GEMM shape while building (Triton's autotuner over the rule's tile and neighbours)
+    "ours_deploy_project_tuned": ("ours", "compile_cuda_graph", "fp16", {"triton_project": "autotune"}),
     "ours_graph_gncl": ("ours", "cuda_graph", "fp16", {"groupnorm": "channels_last"}),
     "ours_autotune": ("ours", "compile_cuda_graph", "fp16", {"triton": False, "compile_mode": "tuned-autotune"}),
     # 1x1 convs as matmuls that inductor's autotuned GEMM templates may fuse with their epilogues

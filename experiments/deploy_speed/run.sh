@@ -2,7 +2,8 @@
 # Regenerates experiments/deploy_speed/results (and switches/, switches_project/, switches_eager/, tau/ when
 # missing) on one CUDA GPU; see README.md.
 #   bash experiments/deploy_speed/run.sh   # from the repository root; on an H200 about 6 minutes for results/,
-#                                          # 6 for switches/, about 4 for switches_project/, 2 for switches_eager/
+#                                          # 6 for switches/, about 4 for switches_project/, 6 for
+#                                          # switches_project_tiles/, 2 for switches_eager/
 #                                          # and 8 for tau/
 # WORK: scratch folder for inductor's cache (default: a new temporary folder). PYTHON: the interpreter.
 set -euo pipefail
@@ -33,6 +34,14 @@ if [ ! -e $D/switches_project/results.json ]; then
     mkdir -p $D/switches_project
     "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants ours_deploy,ours_deploy_project \
         --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_project | tee $D/switches_project/log.txt
+fi
+# The project kernel again after its first run: programs sharing rows run together, tiles that fill the GPU at
+# batch 1, and a form whose tiles are measured per shape (README.md, "The project kernel", states the rule)
+if [ ! -e $D/switches_project_tiles/results.json ]; then
+    mkdir -p $D/switches_project_tiles
+    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
+        --variants ours_deploy,ours_deploy_project,ours_deploy_project_tuned \
+        --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_project_tiles | tee $D/switches_project_tiles/log.txt
 fi
 # The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
 if [ ! -e $D/switches_eager/results.json ]; then

@@ -132,10 +132,10 @@ class TritonProject(nn.Module):
     block's residual, as lowspace's Triton project kernel on CUDA (``lowspace.runtime``): its input is the
     previous conv's raw output. On other devices, and while exporting to ONNX, the same in PyTorch ops."""
 
-    def __init__(self, pre_bias: torch.Tensor | None, act: str | None, project: nn.Conv2d):
+    def __init__(self, pre_bias: torch.Tensor | None, act: str | None, project: nn.Conv2d, tune: bool = False):
         super().__init__()
         self.pre_bias = None if pre_bias is None else nn.Parameter(pre_bias.detach(), requires_grad=False)
-        self.act = act
+        self.act, self.tune = act, tune
         self.weight_t = nn.Parameter(project.weight.detach().flatten(1).t().contiguous(), requires_grad=False)
         self.bias = None if project.bias is None else nn.Parameter(project.bias.detach(), requires_grad=False)
 
@@ -157,7 +157,7 @@ class TritonProject(nn.Module):
     def forward(self, h, residual=None):
         if h.is_cuda and not torch.onnx.is_in_onnx_export():
             from ..runtime._triton import project_conv
-            return project_conv(h, self.pre_bias, self.weight_t, self.bias, residual, self.act)
+            return project_conv(h, self.pre_bias, self.weight_t, self.bias, residual, self.act, self.tune)
         from ..runtime._triton import _project_torch
         return _project_torch(h, self.pre_bias, self.weight_t, self.bias, residual, self.act)
 
@@ -237,12 +237,13 @@ class _ConvChain(nn.Module):
         previous, project = (getattr(self, name) for name in self.layers[-2:])
         if not TritonProject.applies(project):
             return
+        tune = options.triton_project == "autotune"
         if TritonProject.takes_over(previous):
             conv = previous.conv
-            fused = TritonProject(conv.bias, act_name(previous.act), project.conv)
+            fused = TritonProject(conv.bias, act_name(previous.act), project.conv, tune)
             previous.conv, previous.act = _conv_like(conv, conv.weight, None), nn.Identity()
         else:
-            fused = TritonProject(None, None, project.conv)
+            fused = TritonProject(None, None, project.conv, tune)
         setattr(self, self.layers[-1], fused)
 
 

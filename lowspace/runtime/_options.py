@@ -44,6 +44,8 @@ class DeployOptions(Config):
     triton_project: the 1x1 project conv of every FusedMBConv / MBConv whose previous conv is a plain conv with
         an activation (not the Triton depthwise kernel) as lowspace's Triton project kernel (CUDA only): that
         conv's bias and activation applied while its output is loaded, the residual added before the store.
+        ``autotune``: the same, its tiles measured per GEMM shape at build time (a few candidates around the
+        rule's choice) instead of chosen by the rule.
     compile_mode: mode of ``torch.compile`` for the compile backends: torch's modes, or ``tuned``
         (lowspace's inductor settings, no autotuning) and ``tuned-autotune`` (plus GEMM/conv autotuning).
     compile_backend: torch.compile backend (``inductor``; ``aot_eager`` / ``eager`` for debugging).
@@ -67,7 +69,7 @@ class DeployOptions(Config):
     groupnorm: str = option("auto", choices=GROUPNORM_KINDS)
     triton: Union[bool, Literal["auto"]] = "auto"
     triton_stem: bool = False
-    triton_project: bool = False
+    triton_project: Union[bool, Literal["autotune"]] = False
     compile_mode: str = option("tuned", choices=COMPILE_MODES)
     compile_backend: str = "inductor"
     inductor: dict[str, Any] = option(default_factory=dict)

@@ -123,9 +123,13 @@ if triton is not None:
     def _project_kernel(h_ptr, pre_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
                         HAS_PRE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # h: (M, K) rows of channels (a channels_last map flattened), w: (K, N), r and y: (M, N), all contiguous
-        rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        # h: (M, K) rows of channels (a channels_last map flattened), w: (K, N), r and y: (M, N), all contiguous.
+        # One program per (row block, column block), the column blocks of a row block consecutive: programs
+        # running at the same time share their rows of h, which then come from L2 after the first reads them.
+        n_blocks = tl.cdiv(N, BLOCK_N)
+        pid = tl.program_id(0)
+        rm = (pid // n_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = (pid % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
         mmask = rm < M
         nmask = rn < N
         rows = rm.to(tl.int64)
@@ -199,19 +203,67 @@ def _launch_stem(x, weight, bias, stride, padding, act):
     return _run(_stem_kernel, x, weight, weight.stride(), bias, stride, padding, act, CIN=weight.shape[1])
 
 
+_FILL_PROGRAMS = 264  # about 2 programs per SM of an H100 / H200 (132 SMs)
+
+
 def _gemm_tiles(m: int, n: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K) of the project GEMM: 128 x up to 128 x up to 64, the rows shrunk (down to 16)
-    while the grid would not fill the GPU (~2 programs / SM); every side at least 16, as ``tl.dot`` needs."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K) of the project GEMM: 128 x up to 128 x up to 64; while the grid would not
+    fill the GPU, the rows shrink (down to 16), then the columns (down to 16, as ``tl.dot`` needs)."""
     block_n = max(16, min(128, triton.next_power_of_2(n)))
     block_k = max(16, min(64, triton.next_power_of_2(k)))
     block_m = 128
-    while block_m > 16 and triton.cdiv(m, block_m) * triton.cdiv(n, block_n) < 264:
+    while block_m > 16 and triton.cdiv(m, block_m) * triton.cdiv(n, block_n) < _FILL_PROGRAMS:
         block_m //= 2
+    while block_n > 16 and triton.cdiv(m, block_m) * triton.cdiv(n, block_n) < _FILL_PROGRAMS:
+        block_n //= 2
     return block_m, block_n, block_k
 
 
-def _launch_project(h, pre_bias, weight_t, bias, residual, act):
-    """``h`` (N, K, H, W) -> (N, N_out, H, W), channels_last; ``weight_t`` is (K, N_out)."""
+def _warps(block_m: int, block_n: int) -> int:
+    return 8 if block_m * block_n >= 128 * 128 else 4
+
+
+def _tile_candidates(m: int, n: int, k: int) -> list[tuple[int, int, int]]:
+    """The tiles ``tune`` measures for one GEMM shape: :func:`_gemm_tiles`' (first) and its neighbours (half or
+    twice the rows or the columns), so a column count that is not a power of two (B1.5's 160 and 320) or a
+    small grid (batch 1) can find a better fit."""
+    bm, bn, bk = _gemm_tiles(m, n, k)
+    widest = max(16, min(128, triton.next_power_of_2(n)))
+    out = [(bm, bn, bk)]
+    for rows, cols in ((bm, bn // 2), (bm // 2, bn), (bm, bn * 2), (bm * 2, bn)):
+        if 16 <= rows <= 128 and 16 <= cols <= widest and (rows, cols, bk) not in out:
+            out.append((rows, cols, bk))
+    return out
+
+
+def _prune_tiles(configs, named_args, **kwargs):
+    """The configs of :func:`_tile_candidates` for this call's shape, in its order."""
+    by_tiles = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"]): c for c in configs}
+    return [by_tiles[t] for t in _tile_candidates(named_args["M"], named_args["N"], named_args["K"])]
+
+
+def _tuned_project_kernel():
+    """The project kernel behind Triton's autotuner (made on first use): for each (M, N, K) and dtype it
+    times :func:`_tile_candidates` once, on the first call, and keeps the fastest."""
+    global _PROJECT_TUNED
+    if _PROJECT_TUNED is None:
+        import inspect
+        sides = (16, 32, 64, 128)
+        configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=_warps(bm, bn), num_stages=3)
+                   for bm in sides for bn in sides for bk in (16, 32, 64)]
+        extra = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+        _PROJECT_TUNED = triton.autotune(configs, key=["M", "N", "K"], warmup=5, rep=20,
+                                         prune_configs_by={"early_config_prune": _prune_tiles},
+                                         **extra)(_project_kernel)
+    return _PROJECT_TUNED
+
+
+_PROJECT_TUNED = None
+
+
+def _launch_project(h, pre_bias, weight_t, bias, residual, act, tune: bool = False):
+    """``h`` (N, K, H, W) -> (N, N_out, H, W), channels_last; ``weight_t`` is (K, N_out). ``tune``: tiles
+    measured per shape (:func:`_tuned_project_kernel`) rather than :func:`_gemm_tiles`' choice."""
     h = h.contiguous(memory_format=torch.channels_last)
     n, k, hh, ww = h.shape
     out_ch = weight_t.shape[1]
@@ -219,15 +271,20 @@ def _launch_project(h, pre_bias, weight_t, bias, residual, act):
     if residual is not None:
         residual = residual.contiguous(memory_format=torch.channels_last)
     m = n * hh * ww
-    block_m, block_n, block_k = _gemm_tiles(m, out_ch, k)
-    grid = (triton.cdiv(m, block_m), triton.cdiv(out_ch, block_n))
     weight_t = weight_t.contiguous()
-    _project_kernel[grid](h, pre_bias if pre_bias is not None else weight_t, weight_t,
-                          bias if bias is not None else weight_t, residual if residual is not None else y, y,
-                          m, out_ch, k, HAS_PRE=pre_bias is not None, ACT=_ACT_CODES[act],
-                          HAS_BIAS=bias is not None, HAS_RES=residual is not None, IEEE=h.dtype == torch.float32,
-                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                          num_warps=8 if block_m * block_n >= 128 * 128 else 4, num_stages=3)
+    args = (h, pre_bias if pre_bias is not None else weight_t, weight_t, bias if bias is not None else weight_t,
+            residual if residual is not None else y, y, m, out_ch, k)
+    flags = dict(HAS_PRE=pre_bias is not None, ACT=_ACT_CODES[act], HAS_BIAS=bias is not None,
+                 HAS_RES=residual is not None, IEEE=h.dtype == torch.float32)
+    if tune:
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(out_ch, meta["BLOCK_N"]),)
+        _tuned_project_kernel()[grid](*args, **flags)
+        return y
+    block_m, block_n, block_k = _gemm_tiles(m, out_ch, k)
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(out_ch, block_n),)
+    _project_kernel[grid](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                          num_warps=_warps(block_m, block_n), num_stages=3)
     return y
 
 
@@ -308,22 +365,23 @@ def stem_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
 
 @torch.library.custom_op("lowspace::project_conv", mutates_args=(), tags=_TAGS)
 def _project_conv(h: torch.Tensor, pre_bias: torch.Tensor | None, weight_t: torch.Tensor, bias: torch.Tensor | None,
-                  residual: torch.Tensor | None, act: str) -> torch.Tensor:
+                  residual: torch.Tensor | None, act: str, tune: bool) -> torch.Tensor:
     act_ = act or None
     if h.is_cuda and triton is not None:
-        return _launch_project(h, pre_bias, weight_t, bias, residual, act_)
+        return _launch_project(h, pre_bias, weight_t, bias, residual, act_, tune)
     return _project_torch(h, pre_bias, weight_t, bias, residual, act_)
 
 
 @_project_conv.register_fake
-def _(h, pre_bias, weight_t, bias, residual, act):
+def _(h, pre_bias, weight_t, bias, residual, act, tune):
     n, _, hh, ww = h.shape
     return torch.empty((n, weight_t.shape[1], hh, ww), device=h.device, dtype=h.dtype,
                        memory_format=torch.channels_last)
 
 
 def project_conv(h: torch.Tensor, pre_bias: torch.Tensor | None, weight_t: torch.Tensor, bias: torch.Tensor | None,
-                 residual: torch.Tensor | None, act: str | None) -> torch.Tensor:
+                 residual: torch.Tensor | None, act: str | None, tune: bool = False) -> torch.Tensor:
     """``act(h + pre_bias)`` through a 1x1 conv with weight ``weight_t`` (in, out) and ``bias``, plus
-    ``residual``: one Triton GEMM on CUDA, PyTorch elsewhere; ``act`` one of :data:`TRITON_ACTS`."""
-    return _project_conv(h, pre_bias, weight_t, bias, residual, _kernel_act(act))
+    ``residual``: one Triton GEMM on CUDA, PyTorch elsewhere; ``act`` one of :data:`TRITON_ACTS`. ``tune``:
+    the GEMM's tiles measured per shape on its first call rather than chosen by a rule."""
+    return _project_conv(h, pre_bias, weight_t, bias, residual, _kernel_act(act), tune)
