@@ -251,10 +251,15 @@ def _tuned_project_kernel():
         sides = (16, 32, 64, 128)
         configs = [triton.Config(dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk), num_warps=_warps(bm, bn), num_stages=3)
                    for bm in sides for bn in sides for bk in (16, 32, 64)]
-        extra = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
-        _PROJECT_TUNED = triton.autotune(configs, key=["M", "N", "K"], warmup=5, rep=20,
-                                         prune_configs_by={"early_config_prune": _prune_tiles},
-                                         **extra)(_project_kernel)
+        accepts = inspect.signature(triton.autotune).parameters
+        extra = {"cache_results": True} if "cache_results" in accepts else {}
+        if "do_bench" in accepts:  # a short timing per candidate (5 ms warm-up, 20 ms of repetitions)
+            from triton.testing import do_bench
+            extra["do_bench"] = lambda fn, quantiles: do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+        else:  # older Triton
+            extra.update(warmup=5, rep=20)
+        _PROJECT_TUNED = triton.autotune(configs, key=["M", "N", "K"], **extra,
+                                         prune_configs_by={"early_config_prune": _prune_tiles})(_project_kernel)
     return _PROJECT_TUNED
 
 
