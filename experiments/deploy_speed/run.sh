@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Regenerates experiments/deploy_speed/results (and switches/, switches_project/, switches_eager/, tau/ when
-# missing) on one CUDA GPU; see README.md.
+# Regenerates experiments/deploy_speed/results (and switches/, switches_project/, switches_project_tiles/,
+# switches_eager/, tau/ when missing) on one CUDA GPU; see README.md.
 #   bash experiments/deploy_speed/run.sh   # from the repository root; on an H200 about 6 minutes for results/,
 #                                          # 6 for switches/, about 4 for switches_project/, 6 for
 #                                          # switches_project_tiles/, 2 for switches_eager/
@@ -36,7 +36,7 @@ if [ ! -e $D/switches_project/results.json ]; then
         --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_project | tee $D/switches_project/log.txt
 fi
 # The project kernel again after its first run: programs sharing rows run together, tiles that fill the GPU at
-# batch 1, and a form whose tiles are measured per shape (README.md, "The project kernel", states the rule)
+# batch 1, and a form whose tiles are measured per shape (README.md, "The kernel since", states the rule)
 if [ ! -e $D/switches_project_tiles/results.json ]; then
     mkdir -p $D/switches_project_tiles
     "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
