@@ -7,7 +7,6 @@ several at once before they are timed (``lowspace bench --prebuild N``).
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import itertools
 import json
@@ -28,17 +27,16 @@ import torch
 
 from ..errors import ConfigError, LowspaceError
 from ..io import atomic_path, atomic_write_json
-from ..runtime import cudnn_autotuning, use_compile_cache
+from ..runtime import use_compile_cache
 from .count import count_all
 from .fingerprint import fingerprint, fingerprint_key
 # the build and the timing loop of measure(), so concurrent processes follow the same protocol rules
-from .measure import Measurement, build_runner, is_oom, measure, spread_of, time_runner
+from .measure import Measurement, build_runner, cudnn_for, is_oom, measure, spread_of, time_runner
 from .protocol import COMPILE_BACKENDS, Protocol, Timing
 from .spec import TIMM_PREFIX, ModelSpec, resolve_spec
 
 __all__ = ["BenchJob", "plan", "bench", "bench_row", "prebuild", "prebuild_rows", "measure_concurrently",
-           "write_results",
-           "read_results", "ROW_FIELDS", "CONCURRENT_FIELDS"]
+           "write_results", "read_results", "ROW_FIELDS", "CONCURRENT_FIELDS"]
 
 ROW_FIELDS = (
     "model", "implementation", "identity", "params", "macs", "fvcore_macs", "device", "device_name", "backend",
@@ -182,8 +180,7 @@ def _build_once(spec: ModelSpec, protocol: Protocol) -> float | None:
     """One build of :func:`prebuild`, in a process of its own: its seconds, or None if it failed."""
     resolution = spec.default_resolution if protocol.resolution is None else protocol.resolution
     try:
-        with cudnn_autotuning(protocol.cudnn_benchmark) if protocol.device_type == "cuda" else \
-                contextlib.nullcontext():
+        with cudnn_for(protocol):
             _, info = build_runner(spec, protocol, resolution)
         return info["build_s"]
     except Exception:  # noqa: BLE001 - the timed run builds again and reports the error
@@ -335,7 +332,7 @@ def _time_alongside(spec: ModelSpec, protocol: Protocol, timing: Timing, resolut
                 finished.value += 1
 
     try:
-        with cudnn_autotuning(protocol.cudnn_benchmark) if cuda else contextlib.nullcontext():
+        with cudnn_for(protocol):
             try:
                 runner, info = build_runner(spec, protocol, resolution)
             except Exception as err:  # noqa: BLE001 - every failure becomes a result

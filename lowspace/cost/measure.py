@@ -320,10 +320,14 @@ def build_runner(spec: ModelSpec, p: Protocol, resolution: int) -> tuple[Runner,
     return runner, info
 
 
+def cudnn_for(p: Protocol) -> ContextManager:
+    """cuDNN autotuning as protocol ``p`` asks, around a build and its timing (CUDA only; nothing elsewhere)."""
+    return cudnn_autotuning(p.cudnn_benchmark) if p.device_type == "cuda" else contextlib.nullcontext()
+
+
 def _measure_once(spec: ModelSpec, p: Protocol, timing: Timing, resolution: int,
                   timing_lock: ContextManager | None, build_lock: ContextManager | None) -> Measurement:
-    cuda = p.device_type == "cuda"
-    with cudnn_autotuning(p.cudnn_benchmark) if cuda else contextlib.nullcontext():
+    with cudnn_for(p):
         with build_lock if build_lock is not None else contextlib.nullcontext():
             runner, info = build_runner(spec, p, resolution)
         with timing_lock if timing_lock is not None else contextlib.nullcontext():
