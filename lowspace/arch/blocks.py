@@ -140,10 +140,14 @@ class TritonProject(nn.Module):
         self.bias = None if project.bias is None else nn.Parameter(project.bias.detach(), requires_grad=False)
 
     @staticmethod
+    def _plain(m: nn.Module) -> bool:
+        """A ConvNormAct with no norm left (folded) whose conv is a plain ``nn.Conv2d``."""
+        return isinstance(m, ConvNormAct) and isinstance(m.bn, nn.Identity) and type(m.conv) is nn.Conv2d
+
+    @staticmethod
     def applies(project: nn.Module) -> bool:
         """Whether ``project`` (a ConvNormAct) is a plain 1x1 conv with no norm or activation left."""
-        return (isinstance(project, ConvNormAct) and isinstance(project.bn, nn.Identity)
-                and type(project.conv) is nn.Conv2d and Conv1x1Linear.applies(project.conv)
+        return (TritonProject._plain(project) and Conv1x1Linear.applies(project.conv)
                 and isinstance(project.act, nn.Identity))
 
     @staticmethod
@@ -151,8 +155,7 @@ class TritonProject(nn.Module):
         """Whether the kernel can apply the bias and activation of ``previous`` (a ConvNormAct): a plain conv
         with no norm left. (Otherwise, as for the Triton depthwise kernel, ``previous`` keeps them.)"""
         from ..runtime._triton import TRITON_ACTS
-        return (isinstance(previous, ConvNormAct) and isinstance(previous.bn, nn.Identity)
-                and type(previous.conv) is nn.Conv2d and act_name(previous.act) in TRITON_ACTS)
+        return TritonProject._plain(previous) and act_name(previous.act) in TRITON_ACTS
 
     def forward(self, h, residual=None):
         if h.is_cuda and not torch.onnx.is_in_onnx_export():
