@@ -178,6 +178,67 @@ def test_a_corrupt_file_is_named_or_skipped_and_counted(tmp_path, content):
     assert y[bad] == split.samples[replacement][1] and torch.equal(x[bad], x[replacement])
 
 
+# ------------------------------------------------------------------------------------------ loader processes
+def _batches(loader, epoch, start=0):
+    return [(x.clone(), y.clone()) for x, y in loader.epoch(epoch, start)]
+
+
+def test_loader_processes_give_the_single_process_batches_in_order_for_any_start(data):
+    one, two = train_loader(data, batch=3), train_loader(data, batch=3)
+    two.processes = 2
+    try:
+        for epoch, start in ((0, 0), (1, 1), (2, 0)):  # the processes serve later epochs, and resumes
+            expected, got = _batches(one, epoch, start), _batches(two, epoch, start)
+            assert len(got) == len(expected) == len(one) - start
+            for (x, y), (ex, ey) in zip(got, expected):
+                assert torch.equal(y, ey) and torch.equal(x, ex)
+    finally:
+        two.close()
+    assert two._pool is None
+
+
+def test_loader_processes_stopped_early_start_the_next_epoch_clean(data):
+    loader = train_loader(data, batch=2)
+    loader.processes = 2
+    try:
+        first = next(iter(loader.epoch(0)))  # the generator is dropped after one batch
+        del first
+        assert len(_batches(loader, 1)) == len(loader)
+    finally:
+        loader.close()
+
+
+def test_loader_processes_name_a_corrupt_file_or_report_it_skipped(tmp_path):
+    split, bad = _with_bad_file(tmp_path, b"not a jpeg at all" * 40)
+    plan = BatchPlan(len(split), 2, shuffle=False)
+    loader = DeviceFolderLoader(split, plan, "cpu", 16, DeviceEvalTransform(), augment_seed=False, processes=2)
+    try:
+        with pytest.raises(DataError, match=r"broken\.jpg: cannot read image"):
+            list(loader.epoch(0))
+    finally:
+        loader.close()
+    skipping = DeviceFolderLoader(split, plan, "cpu", 16, DeviceEvalTransform(), skip_bad=True, augment_seed=False,
+                                  processes=2)
+    try:
+        assert len(list(skipping.epoch(0))) == len(skipping)
+        assert skipping.skipped == [split.samples[bad][0]]
+    finally:
+        skipping.close()
+
+
+def test_a_loader_process_that_dies_is_named(data):
+    loader = train_loader(data, batch=2)
+    loader.processes = 2
+    try:
+        it = iter(loader.epoch(0))
+        next(it)
+        loader._pool.processes[1].kill()
+        with pytest.raises(RuntimeError, match="loader process lowspace-loader-1 exited"):
+            list(it)
+    finally:
+        loader.close()
+
+
 # ------------------------------------------------------------------------------------------ the transforms
 def test_files_are_read_in_contiguous_runs_one_task_per_run_in_order(data):
     from concurrent.futures import ThreadPoolExecutor
@@ -398,6 +459,9 @@ def test_the_engine_trains_through_the_device_loader(data, monkeypatch):
     assert result.steps == len(prepared.train) // 4 and result.top1 is not None
     cpu = engine.build(TINY, prepared, recipe.replace(loader="cpu"), engine.resolve_runtime(recipe, DistInfo()), None)
     assert isinstance(cpu.loaders.train, FolderLoader)
+    spread = recipe.replace(loader_processes=3)  # its processes would start with the first epoch: none here
+    spread = engine.build(TINY, prepared, spread, engine.resolve_runtime(spread, DistInfo()), None)
+    assert spread.loaders.train.processes == 3 and spread.loaders.val.processes == 1
 
 
 _RANK_SCRIPT = textwrap.dedent("""
@@ -450,3 +514,21 @@ def test_on_a_gpu_nvjpeg_batches_match_the_cpu_decoder_and_repeat(data):
                                 DeviceTrainTransform(randaugment="rand-m9-n2-mstd1.0-inc1", reprob=0.25))
     first, again = list(loader.epoch(0)), list(loader.epoch(0))
     assert all(torch.allclose(a[0], b[0]) and torch.isfinite(a[0]).all() for a, b in zip(first, again))
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_loader_processes_pass_the_single_process_batches_through_cuda_ipc(data):
+    def loader(processes):
+        return DeviceFolderLoader(data.train, BatchPlan(len(data.train), 3, seed=3), "cuda", 24,
+                                  DeviceTrainTransform(randaugment="rand-m9-n2-mstd1.0-inc1", reprob=0.25),
+                                  workers=2, processes=processes)
+    one, two = loader(1), loader(2)
+    try:
+        for epoch in (0, 1):
+            expected = [(x.clone(), y.clone()) for x, y in one.epoch(epoch)]
+            got = [((x * 1).clone(), y.clone()) for x, y in two.epoch(epoch)]  # read on this process's stream
+            assert len(got) == len(expected)
+            for (x, y), (ex, ey) in zip(got, expected):
+                assert x.is_cuda and torch.equal(y, ey) and torch.allclose(x, ex)
+    finally:
+        two.close()

@@ -477,10 +477,19 @@ def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, c
                                    workers=args.read_threads, channels_last=True),
                 f"decode_jpeg on {DEVICE}, augmentation on {DEVICE}, {args.read_threads} read threads")
 
+    def gpu_processes():
+        n = args.loader_processes
+        return (DeviceFolderLoader(data.train, plan, DEVICE, res, DeviceTrainTransform(*tf_args),
+                                   workers=args.read_threads, channels_last=True, processes=n),
+                f"as gpu_loader, in {n} processes sharing the {args.read_threads} read threads")
+
     def cpu():
         return (FolderLoader(data.train, plan, DEVICE, res, train_transforms(*tf_args), workers=args.cpu_workers,
                              channels_last=True), f"PIL + timm transforms in {args.cpu_workers} DataLoader workers")
-    return [("resident", resident), ("gpu_loader", gpu), ("cpu_loader", cpu)]
+    feeds = [("resident", resident), ("gpu_loader", gpu), ("cpu_loader", cpu)]
+    if args.loader_processes > 1:
+        feeds.insert(2, ("gpu_loader_processes", gpu_processes))
+    return feeds
 
 
 def _timed(fn) -> tuple[object, float]:
@@ -811,6 +820,8 @@ def part_e(args) -> dict:
         finally:
             if it is not None:
                 it.close()  # stops the loader's threads / DataLoader workers before the next feed
+            if hasattr(loader, "close"):
+                loader.close()  # and the GPU loader's processes
             loader = it = step = None
         print(f"[e] {name}: {row.get('images_per_s', 0):,.0f} img/s {row.get('error', '')}", flush=True)
         rows.append(row)
@@ -826,6 +837,10 @@ def part_e(args) -> dict:
     summary: dict = dict(step=mode, info={k: v for k, v in train_step.info.items() if k != "graph_checks"},
                          gpu_loader_stages=stages)
     summary.update(_loader_goals(rate, wall))
+    if "gpu_loader_processes" in rate:
+        summary["processes"] = _loader_goals(rate, wall, "gpu_loader_processes")
+        summary["processes"]["over_one_process"] = _ratio(rate, "gpu_loader_processes", "gpu_loader")
+        summary["processes"]["over_one_process_wall"] = _ratio(wall, "gpu_loader_processes", "gpu_loader")
     summary["projection_one_gpu"] = {k: r["projection"] for k, r in ((r["variant"], r) for r in rows)
                                      if "projection" in r}
     return dict(part="e", title=f"class-folder training, {args.preset.upper()}, {res} px, batch {batch}",
@@ -842,17 +857,21 @@ def part_e(args) -> dict:
                 env=dict(environment(), cpus=os.cpu_count()))
 
 
-def _loader_goals(rate: dict, wall: dict) -> dict:
-    """Part e's goals, each met only when it holds on both rates: the median chunk's and the wall rate over all
-    timed steps (README.md)."""
+def _ratio(rates: dict, a: str, b: str) -> float | None:
+    return rates[a] / rates[b] if rates.get(a) and rates.get(b) else None
+
+
+def _loader_goals(rate: dict, wall: dict, gpu: str = "gpu_loader") -> dict:
+    """Part e's goals for the GPU feed ``gpu``, each met only when it holds on both rates: the median chunk's
+    and the wall rate over all timed steps (README.md)."""
     out: dict = {}
-    if rate.get("gpu_loader") and rate.get("cpu_loader") and wall.get("gpu_loader") and wall.get("cpu_loader"):
-        out["gpu_over_cpu"] = rate["gpu_loader"] / rate["cpu_loader"]
-        out["gpu_over_cpu_wall"] = wall["gpu_loader"] / wall["cpu_loader"]
+    if _ratio(rate, gpu, "cpu_loader") and _ratio(wall, gpu, "cpu_loader"):
+        out["gpu_over_cpu"] = _ratio(rate, gpu, "cpu_loader")
+        out["gpu_over_cpu_wall"] = _ratio(wall, gpu, "cpu_loader")
         out["gpu_over_cpu_goal_met"] = min(out["gpu_over_cpu"], out["gpu_over_cpu_wall"]) >= 2.5
-    if rate.get("gpu_loader") and rate.get("resident") and wall.get("gpu_loader") and wall.get("resident"):
-        out["gpu_below_resident"] = 1 - rate["gpu_loader"] / rate["resident"]
-        out["gpu_below_resident_wall"] = 1 - wall["gpu_loader"] / wall["resident"]
+    if _ratio(rate, gpu, "resident") and _ratio(wall, gpu, "resident"):
+        out["gpu_below_resident"] = 1 - _ratio(rate, gpu, "resident")
+        out["gpu_below_resident_wall"] = 1 - _ratio(wall, gpu, "resident")
         out["within_15pct_of_resident"] = max(out["gpu_below_resident"], out["gpu_below_resident_wall"]) <= 0.15
     return out
 
@@ -874,6 +893,8 @@ def main(argv=None) -> int:
                         "$TMPDIR/lowspace-jpegs-<images>)")
     p.add_argument("--cpu-workers", type=int, default=15, help="part e: DataLoader workers of the CPU loader")
     p.add_argument("--read-threads", type=int, default=8, help="part e: file-reading threads of the GPU loader")
+    p.add_argument("--loader-processes", type=int, default=4,
+                   help="part e: processes of the gpu_loader_processes feed (1: leave that feed out)")
     p.add_argument("--stage-batches", type=int, default=20,
                    help="part e: micro-batches timed per stage of the GPU loader without training (0: skip)")
     p.add_argument("--stages-only", action="store_true",
@@ -897,6 +918,7 @@ def main(argv=None) -> int:
         args.preset, args.warmup, args.chunks, args.per_chunk = "b0", 2, 2, 2
         args.batch, args.resolution = args.batch or 4, args.resolution or 32
         args.cpu_workers, args.read_threads = min(args.cpu_workers, 2), min(args.read_threads, 2)
+        args.loader_processes = min(args.loader_processes, 2)
         args.stage_batches = min(args.stage_batches, 2)
     args.warmup = args.warmup if args.warmup is not None else (10 if args.part == "e" else 15)
     args.per_chunk = args.per_chunk if args.per_chunk is not None else (8 if args.part == "e" else 20)

@@ -44,6 +44,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--loader", choices=("auto", "cpu", "gpu"), default=None,
                    help="class folders: decode and augment on the GPU (gpu) or in DataLoader workers (cpu); auto "
                         "(default) takes gpu on a CUDA device with nvJPEG")
+    p.add_argument("--loader-processes", type=int, default=None, metavar="N",
+                   help="GPU loader: N processes decode and transform the training batches, each every N-th "
+                        "one (default 1: in the training process); the --workers read threads are shared "
+                        "among them")
     p.add_argument("--recipe", default=None,
                    help="recipe name (b0, b1, b15, b2, b3, e1, e2, e3) or YAML file (default: the config's recipe; "
                         "b1 for --timm)")
@@ -117,7 +121,8 @@ def _overrides(args) -> dict:
     flags = dict(epochs=args.epochs, warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
                  accumulation=args.accumulation, base_lr=args.lr, seed=args.seed, save_every_steps=args.save_every,
                  workers=args.workers, classes=_classes(args.classes), train_per_class=args.train_per_class,
-                 val_per_class=args.val_per_class, eval_split=args.eval_split, loader=args.loader)
+                 val_per_class=args.val_per_class, eval_split=args.eval_split, loader=args.loader,
+                 loader_processes=args.loader_processes)
     out = {k: v for k, v in flags.items() if v is not None}
     if args.resolution is not None:
         out.update(resolutions=[args.resolution], eval_resolution=args.resolution)

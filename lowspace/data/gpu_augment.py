@@ -155,6 +155,12 @@ class PassWeights:
         self._lock = threading.Lock()  # a transform may serve two loaders' threads at once
         self.looked_up = self.computed = 0  # keys asked for, and those of them computed (not yet stored)
 
+    def __getstate__(self) -> dict:  # a copy for another process starts empty (and with a lock of its own)
+        return dict(max_keys=self.max_keys, max_values=self.max_values)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+
     def passes(self, heights, widths, resized, offsets, flips, filters, size: int, rows: int, cols: int,
                device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The row and column pass matrices ``(N, size, rows)``, ``(N, size, cols)`` of :func:`resample`'s

@@ -180,13 +180,17 @@ class DeviceFolderLoader(PlannedLoader):
         workers: threads reading files (and decoding the few that need PIL).
         augment_seed: seed each sample's augmentation by ``(seed, epoch, index)`` (else 0).
         prefetch: micro-batches prepared ahead of the one being trained on.
+        processes: above 1, that many processes decode and transform every N-th micro-batch each, the
+            ``workers`` read threads shared among them (:mod:`._processes`); the batches are the same.
     """
 
     def __init__(self, split: FolderSplit, plan: BatchPlan, device, resolution: int,
                  transform: Callable[[list[torch.Tensor], Sequence[int], int], torch.Tensor], workers: int = 8,
-                 channels_last: bool = False, skip_bad: bool = False, augment_seed: bool = True, prefetch: int = 2):
+                 channels_last: bool = False, skip_bad: bool = False, augment_seed: bool = True, prefetch: int = 2,
+                 processes: int = 1):
         self.device = torch.device(device)
-        self.samples = split.samples
+        self.split, self.samples = split, split.samples
+        self.channels_last, self.processes, self._pool = channels_last, max(1, processes), None
         self.plan, self.resolution, self.transform = plan, resolution, transform
         self.workers, self.skip_bad, self.augment_seed = max(1, workers), skip_bad, augment_seed
         self.prefetch = max(1, prefetch)
@@ -194,26 +198,54 @@ class DeviceFolderLoader(PlannedLoader):
         self.skipped: list[str] = []
         self.decode_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
-    def batches(self, epoch: int, start: int = 0) -> Iterator[_Batch]:
-        """This rank's micro-batches of ``epoch`` from ``start`` on: sample indices, size, per-sample seeds."""
+    def batches(self, epoch: int, start: int = 0, part: tuple[int, int] = (0, 1)) -> Iterator[_Batch]:
+        """This rank's micro-batches of ``epoch`` from ``start`` on: sample indices, size, per-sample seeds;
+        with ``part=(k, n)`` only the k-th of every n of them."""
         plan = self.plan
         order = plan.order(epoch).tolist()
         sizes = plan.micro_sizes(epoch)
+        k, n = part
+        count = 0
         for m in range(start, plan.micro_steps):
             lo, hi = plan.rows(m)
             if hi <= lo:
+                continue
+            count += 1
+            if (count - 1) % n != k:
                 continue
             idx = order[lo:hi]
             seeds = [mix_seed(plan.seed, 4, epoch, i) if self.augment_seed else 0 for i in idx]
             yield _Batch(idx, sizes[m] if sizes else self.resolution, seeds)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """This rank's ``(images, labels)`` micro-batches of ``epoch``, on the device."""
-        producer = _Producer(self, self.batches(epoch, start))
+    def epoch(self, epoch: int, start: int = 0,
+              part: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's ``(images, labels)`` micro-batches of ``epoch``, on the device (``part`` as in
+        :meth:`batches`)."""
+        if self.processes > 1 and part == (0, 1):
+            if self._pool is None:
+                from ._processes import LoaderProcesses
+                self._pool = LoaderProcesses(self, self.processes)
+            yield from self._pool.epoch(epoch, start)
+            return
+        producer = _Producer(self, self.batches(epoch, start, part))
         try:
             yield from producer
         finally:
             producer.close()
+
+    def for_process(self, parts: int) -> Callable[[], "DeviceFolderLoader"]:
+        """A picklable maker of this loader as one of ``parts`` processes runs it (its share of the read
+        threads, no processes of its own)."""
+        return functools.partial(
+            DeviceFolderLoader, self.split, self.plan, self.device, self.resolution, self.transform,
+            workers=max(1, self.workers // parts), channels_last=self.channels_last, skip_bad=self.skip_bad,
+            augment_seed=self.augment_seed, prefetch=self.prefetch)
+
+    def close(self) -> None:
+        """Stop the loader's processes, if it has any (they also stop with the loader or the program)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def make_batch(self, batch: _Batch, read: list[_Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode, replace bad files (``skip_bad``) and transform one micro-batch."""

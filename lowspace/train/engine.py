@@ -314,11 +314,13 @@ def build_loaders(data: data_mod.ImageData, recipe: Recipe, runtime: Runtime, in
                              recipe.interpolation, recipe.scale, recipe.ratio, recipe.hflip)
     eval_tf = make_eval_tf(data.mean, data.std, ev.crop_pct, ev.interpolation)
 
-    def folder_loader(split, p, res, tf, augmented):
+    processes = dict(processes=recipe.loader_processes) if on_device else {}
+
+    def folder_loader(split, p, res, tf, augmented, **more):
         return make_loader(split, p, device, res, tf, workers=recipe.workers,
                            channels_last=runtime.channels_last, skip_bad=bool(data.info.get("skip_bad")),
-                           augment_seed=augmented)
-    return Loaders(folder_loader(data.train, plan, max(sizes), train_tf, True),
+                           augment_seed=augmented, **more)
+    return Loaders(folder_loader(data.train, plan, max(sizes), train_tf, True, **processes),
                    folder_loader(data.val, val_plan, ev.resolution, eval_tf, False),
                    folder_loader(bn_split, bn_plan, ev.resolution, train_tf if bn_train else eval_tf, bn_train)
                    if n_bn else None)
