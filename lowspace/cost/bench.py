@@ -84,7 +84,7 @@ def plan(specs: Sequence[ModelSpec], protocol: Protocol, batch_sizes: Sequence[i
                 for precision, backend, bs in itertools.product(precisions, backends, batch_sizes)]
     jobs = []
     for spec in specs:
-        res = spec.default_resolution if protocol.resolution is None else protocol.resolution
+        res = spec.resolution(protocol.resolution)
         jobs.extend(BenchJob(spec, v.replace(resolution=res)) for v in variants)
     return jobs
 
@@ -178,7 +178,7 @@ def prebuild_rows(jobs: Sequence[BenchJob], processes: int) -> list[dict[str, An
 
 def _build_once(spec: ModelSpec, protocol: Protocol) -> float | None:
     """One build of :func:`prebuild`, in a process of its own: its seconds, or None if it failed."""
-    resolution = spec.default_resolution if protocol.resolution is None else protocol.resolution
+    resolution = spec.resolution(protocol.resolution)
     try:
         with cudnn_for(protocol):
             _, info = build_runner(spec, protocol, resolution)
@@ -218,7 +218,7 @@ def measure_concurrently(model_or_spec: Any, protocol: Protocol, timing: Timing 
         raise ConfigError("processes", processes, "an integer from 1 to 256")
     spec = resolve_spec(model_or_spec)
     timing = (timing or Timing()).for_device(protocol.device_type)
-    resolution = spec.default_resolution if protocol.resolution is None else protocol.resolution
+    resolution = spec.resolution(protocol.resolution)
     start = time.perf_counter()
     results = _run_processes(dict(spec=spec, protocol=protocol, timing=timing, resolution=resolution), processes,
                              timeout_s)

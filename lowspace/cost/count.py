@@ -125,7 +125,7 @@ def count_macs(model_or_config: Any, resolution: int | Sequence[int] | None = 22
     """MACs of one image at ``resolution`` (int side or (h, w); None: the config's / model's own), LowFormer
     convention: conv, transposed conv, linear and attention matmuls. See the module docstring."""
     spec = resolve_spec(model_or_config)
-    size = _input_size(spec.default_resolution if resolution is None else resolution)
+    size = _input_size(spec.resolution(resolution))
     model = _counting_model(spec)
     return _flop_total(model, size, spec.in_chans) // 2
 
@@ -144,7 +144,7 @@ def fvcore_macs(model_or_config: Any, resolution: int | Sequence[int] | None = 2
         warnings.simplefilter("ignore")  # fvcore's import touches deprecated torch.jit APIs
         from fvcore.nn import FlopCountAnalysis
     spec = resolve_spec(model_or_config)
-    size = _input_size(spec.default_resolution if resolution is None else resolution)
+    size = _input_size(spec.resolution(resolution))
     model = _counting_model(spec, device="cpu")
     x = torch.zeros(1, spec.in_chans, *size, device=_module_device(model))
     logger = logging.getLogger("fvcore")
@@ -165,6 +165,6 @@ def count_all(model_or_config: Any, resolution: int | Sequence[int] | None = 224
               fvcore: bool = True) -> dict[str, int | None]:
     """``{"params", "macs", "fvcore_macs"}`` in one go (``fvcore_macs`` is None with ``fvcore=False``)."""
     spec = resolve_spec(model_or_config)
-    res = spec.default_resolution if resolution is None else resolution
+    res = spec.resolution(resolution)
     return {"params": count_params(spec), "macs": count_macs(spec, res),
             "fvcore_macs": fvcore_macs(spec, res) if fvcore else None}

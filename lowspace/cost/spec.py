@@ -48,6 +48,10 @@ class ModelSpec:
         cfg = getattr(self.module, "cfg", None)
         return int(cfg.resolution) if isinstance(cfg, ArchConfig) else 224
 
+    def resolution(self, requested: int | None = None) -> int:
+        """``requested``, or the model's own input side where it is None."""
+        return self.default_resolution if requested is None else requested
+
     @property
     def in_chans(self) -> int:
         if self.config is not None:
