@@ -65,6 +65,7 @@ class LoaderProcesses:
         self._finalizer = weakref.finalize(self, _shut_down, self.processes, self.commands)
 
     def epoch(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The loader's ``(x, y)`` of ``epoch`` from micro-batch ``start`` on, taken from the processes in turn."""
         self.stop.clear()
         for c in self.commands:
             c.put((epoch, start))
