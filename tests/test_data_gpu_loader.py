@@ -183,18 +183,19 @@ def _batches(loader, epoch, start=0):
     return [(x.clone(), y.clone()) for x, y in loader.epoch(epoch, start)]
 
 
-def test_loader_processes_give_the_single_process_batches_in_order_for_any_start(data):
-    one, two = train_loader(data, batch=3), train_loader(data, batch=3)
-    two.processes = 2
+@pytest.mark.parametrize("processes", [2, 3])
+def test_loader_processes_give_the_single_process_batches_in_order_for_any_start(data, processes):
+    one, spread = train_loader(data, batch=3), train_loader(data, batch=3)
+    spread.processes = processes
     try:
         for epoch, start in ((0, 0), (1, 1), (2, 0)):  # the processes serve later epochs, and resumes
-            expected, got = _batches(one, epoch, start), _batches(two, epoch, start)
+            expected, got = _batches(one, epoch, start), _batches(spread, epoch, start)
             assert len(got) == len(expected) == len(one) - start
             for (x, y), (ex, ey) in zip(got, expected):
                 assert torch.equal(y, ey) and torch.equal(x, ex)
     finally:
-        two.close()
-    assert two._pool is None
+        spread.close()
+    assert spread._pool is None
 
 
 def test_loader_processes_stopped_early_start_the_next_epoch_clean(data):
