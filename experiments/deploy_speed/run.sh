@@ -16,7 +16,8 @@ mkdir -p $D/results
 "$PY" $D/chip.py --out $D/results
 "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
     --variants timm_graph,timm_compile_graph,ours_deploy \
-    --profile b1:ours_deploy:1,b1:timm_compile_graph:1,b1:ours_deploy:200,b1:timm_compile_graph:200 \
+    --profile "$(for m in b1 b0 b15 b3; do for b in 1 200; do printf '%s:ours_deploy:%s,%s:timm_compile_graph:%s,' \
+        $m $b $m $b; done; done)" \
     --parallel 8 --cache-dir "$WORK/cache" --out $D/results
 "$PY" $D/roofline.py --results $D/results
 
