@@ -183,10 +183,9 @@ def _batches(loader, epoch, start=0):
     return [(x.clone(), y.clone()) for x, y in loader.epoch(epoch, start)]
 
 
-@pytest.mark.parametrize("processes", [2, 3])
-def test_loader_processes_give_the_single_process_batches_in_order_for_any_start(data, processes):
+def test_loader_processes_give_the_single_process_batches_in_order_for_any_start(data):
     one, spread = train_loader(data, batch=3), train_loader(data, batch=3)
-    spread.processes = processes
+    spread.processes = 3  # 8 batches: shares of 3, 3 and 2 (and 7 from a resumed start)
     try:
         for epoch, start in ((0, 0), (1, 1), (2, 0)):  # the processes serve later epochs, and resumes
             expected, got = _batches(one, epoch, start), _batches(spread, epoch, start)
