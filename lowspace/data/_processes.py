@@ -137,13 +137,9 @@ class LoaderProcesses:
         for k in range(self.parts):
             while k not in finished:
                 try:
-                    item = self.results[k].get(timeout=_POLL_S)
-                except (queue.Empty, OSError, EOFError):
-                    if not self.processes[k].is_alive():
-                        break
-                    continue
-                if item[0] != "batch":
-                    finished.add(k)
+                    self._get(k, finished)  # adds k at its end mark, its error or its death
+                except (DataError, RuntimeError, OSError, EOFError):
+                    pass
         if self.cuda:
             torch.cuda.synchronize(self.loader.device)
 
