@@ -184,7 +184,7 @@ def published(rules: dict, out: Path, png: bool) -> list[dict]:
         how = f"{'deploy' if row['group'] == 'deploy' else 'model'}, {row['backend']}, batch {row['infer_batch_size']}"
         table.append(dict(name=name, kind="preset" if name in rules["presets"] else "peer",
                           distilled=distilled.get(name, False), top1=pub["top1"], px=pub["px"], source=pub["source"],
-                          images_per_s=row["infer_batch_size"] * 1000 / row["infer_step_time"],
+                          images_per_s=row["infer_samples_per_sec"],
                           latency_ms=row["infer_step_time"], row=how))
     if not table:
         return table
