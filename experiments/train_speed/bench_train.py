@@ -472,23 +472,18 @@ def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, c
         return TensorLoader(split, BatchPlan(n, batch, seed=0), DEVICE, res, data.mean, data.std, augment=aug,
                             out_chans=3, channels_last=True), "uint8 images already on the GPU, crop + flip there"
 
-    def gpu():
+    def gpu(processes: int = 1):
+        where = f", in {processes} processes sharing them" if processes > 1 else ""
         return (DeviceFolderLoader(data.train, plan, DEVICE, res, DeviceTrainTransform(*tf_args),
-                                   workers=args.read_threads, channels_last=True),
-                f"decode_jpeg on {DEVICE}, augmentation on {DEVICE}, {args.read_threads} read threads")
-
-    def gpu_processes():
-        n = args.loader_processes
-        return (DeviceFolderLoader(data.train, plan, DEVICE, res, DeviceTrainTransform(*tf_args),
-                                   workers=args.read_threads, channels_last=True, processes=n),
-                f"as gpu_loader, in {n} processes sharing the {args.read_threads} read threads")
+                                   workers=args.read_threads, channels_last=True, processes=processes),
+                f"decode_jpeg on {DEVICE}, augmentation on {DEVICE}, {args.read_threads} read threads{where}")
 
     def cpu():
         return (FolderLoader(data.train, plan, DEVICE, res, train_transforms(*tf_args), workers=args.cpu_workers,
                              channels_last=True), f"PIL + timm transforms in {args.cpu_workers} DataLoader workers")
     feeds = [("resident", resident), ("gpu_loader", gpu), ("cpu_loader", cpu)]
     if args.loader_processes > 1:
-        feeds.insert(2, ("gpu_loader_processes", gpu_processes))
+        feeds.insert(2, ("gpu_loader_processes", lambda: gpu(args.loader_processes)))
     return feeds
 
 
