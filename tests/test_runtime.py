@@ -540,3 +540,15 @@ def test_gpu_fp32_deploy_with_a_single_attention_token():
         want = model(x)
     d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="cuda_graph")
     assert rel_err(d(x), want) <= 2e-2  # fp32 convs and matmuls may run in TF32
+
+
+def test_graph_replay_check_accepts_the_same_overflow_and_rejects_a_different_one():
+    from lowspace.runtime._backends import replay_error
+    ref = torch.tensor([1.0, 2.0, float("nan"), float("inf"), -float("inf")])
+    err, nonfinite = replay_error(ref.clone() * torch.tensor([1.0, 1.01, 1, 1, 1]), ref)
+    assert err == pytest.approx(0.01) and nonfinite == pytest.approx(0.6)
+    assert replay_error(torch.tensor([1.0, 2.0, 0.0, float("inf"), -float("inf")]), ref)[0] == float("inf")
+    assert replay_error(torch.tensor([1.0, 2.0, float("nan"), -float("inf"), -float("inf")]), ref)[0] == float("inf")
+    all_nan = torch.full((3,), float("nan"))
+    assert replay_error(all_nan.clone(), all_nan) == (0.0, 1.0)
+    assert replay_error(torch.zeros(3), torch.zeros(3)) == (0.0, 0.0)

@@ -169,12 +169,31 @@ def capture_cuda_graph(forward: Callable[[], torch.Tensor], x: torch.Tensor, pre
 
     replay()
     torch.cuda.synchronize(x.device)
+    info = {"graph_checked": check}
     if check:
-        scale = reference.abs().max().clamp_min(1e-6)
-        err = ((static_out.float() - reference).abs().max() / scale).item()
+        err, nonfinite = replay_error(static_out, reference)
         if not err <= _GRAPH_TOLERANCE[precision]:
             raise BackendError(f"CUDA graph replay differs from eager output (max rel. error {err:.2e})")
-    return Runner(replay, x, "cuda_graph", precision, info={"graph_checked": check})
+        if nonfinite:
+            info["nonfinite_output"] = nonfinite
+    return Runner(replay, x, "cuda_graph", precision, info=info)
+
+
+def replay_error(out: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
+    """(max |out - reference| over the reference's largest finite magnitude, share of non-finite outputs).
+
+    Non-finite values (a network with random weights can overflow in fp16) must be the same in both, in the
+    same places; the error is then taken over the finite ones, and is 0 where there are none."""
+    out, reference = out.detach().float(), reference.detach().float()
+    finite = reference.isfinite()
+    if not torch.equal(finite, out.isfinite()) or not torch.equal(out[~finite].nan_to_num(),
+                                                                  reference[~finite].nan_to_num()):
+        return float("inf"), 1.0 - finite.float().mean().item()
+    nonfinite = 1.0 - finite.float().mean().item()
+    if not finite.any():
+        return 0.0, nonfinite
+    scale = reference[finite].abs().max().clamp_min(1e-6)
+    return ((out - reference)[finite].abs().max() / scale).item(), nonfinite
 
 
 def _torchscript(model: nn.Module, x: torch.Tensor) -> Runner:
