@@ -46,7 +46,7 @@ def add_parsers(sub) -> None:
                         "(default) takes gpu on a CUDA device with nvJPEG")
     p.add_argument("--loader-processes", type=int, default=None, metavar="N",
                    help="GPU loader: N processes decode and transform the training batches, each every N-th "
-                        "one (default 1: in the training process); the --workers read threads are shared "
+                        "one (default 4; 1: in the training process); the --workers read threads are shared "
                         "among them")
     p.add_argument("--recipe", default=None,
                    help="recipe name (b0, b1, b15, b2, b3, e1, e2, e3) or YAML file (default: the config's recipe; "

@@ -93,7 +93,7 @@ class Recipe(Config):
     storage_resolution: Optional[int] = option(None, ge=8, le=_MAX_SIDE)
     workers: int = option(8, ge=0, le=1024)
     loader: str = option("auto", choices=LOADERS)
-    loader_processes: int = option(1, ge=1, le=64)
+    loader_processes: int = option(4, ge=1, le=64)
     # EMA and evaluation
     ema: bool = True
     ema_decay: float = option(0.9998, ge=0, lt=1)
