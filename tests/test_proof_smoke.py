@@ -63,8 +63,15 @@ def test_speed_table_gives_each_timed_row_its_prebuilt_cold_build(load_experimen
     for stamp, seconds in ((1, 40.0), (2, 30.0)):  # built twice (an interrupted run): the later one counts
         write_results([{**dict.fromkeys(ROW_FIELDS), **key, "status": "built", "cold_build_s": seconds}],
                       tmp_path / "speed" / "prebuild" / f"deploy-{stamp}.json")
+    older = proof.row_file(tmp_path, "b1", "deploy")  # timed by an earlier commit: the table keeps its commit
+    write_results([{**timed[0], "model": "b1"}], older)
+    stored = json.loads(older.read_text())
+    older.write_text(json.dumps({**stored, "provenance": {**stored["provenance"], "commit": "0123abc"}}))
     rows = proof.speed_table(tmp_path, "cpu")
-    assert {r["infer_batch_size"]: r["cold_build_s"] for r in rows} == {256: 30.0, 1: None}  # batch 1 not prebuilt
+    by_batch = {r["infer_batch_size"]: r["cold_build_s"] for r in rows if r["name"] == "b0"}
+    assert by_batch == {256: 30.0, 1: None}  # batch 1 not prebuilt
+    assert {r["name"]: r["commit"] for r in rows}["b1"] == "0123abc"
+    assert {r["commit"] for r in rows if r["name"] == "b0"} == {stored["provenance"]["commit"]}
     assert "cold_build_s" in (tmp_path / "speed" / "speed.csv").read_text().splitlines()[0]
 
 

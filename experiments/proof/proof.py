@@ -151,16 +151,15 @@ def speed_table(out: Path, device: str) -> list[dict]:
     rows = []
     for path in sorted((out / "speed" / "rows").glob("*.json")):
         name, group = path.stem.split("__")
+        made_by = json.loads(path.read_text()).get("provenance") or {}  # the code that timed this file's rows
         for r in read_results(path):
             r["cold_build_s"] = r.get("cold_build_s") or cold.get(tuple(r.get(k) for k in BUILD_KEY))
             row = {new: r.get(old) for old, new in TIMM_COLUMNS.items()}
             row["param_count"] = round(r["params"] / 1e6, 3) if r.get("params") else None
             row.update({k: r.get(k) for k in EXTRA_COLUMNS}, name=name, group=group)
+            row.update(lowspace=made_by.get("lowspace"), commit=made_by.get("commit"), source=made_by.get("source"))
             rows.append(row)
     prov = record(device)
-    for row in rows:
-        row.update(lowspace=prov["provenance"]["lowspace"], commit=prov["provenance"]["commit"],
-                   source=prov["provenance"]["source"])
     if rows:
         with open(out / "speed" / "speed.csv", "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

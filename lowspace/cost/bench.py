@@ -394,11 +394,14 @@ def _concurrent_shares(results: Sequence[dict[str, Any]]) -> list[float]:
 
 def write_results(rows: Sequence[dict[str, Any]], path: str | Path,
                   fingerprints: dict[str, dict[str, Any]] | None = None, meta: dict[str, Any] | None = None) -> Path:
-    """Write rows atomically as CSV or JSON (by suffix). JSON also holds ``fingerprints`` (by key) and ``meta``."""
+    """Write rows atomically as CSV or JSON (by suffix). JSON also holds ``fingerprints`` (by key), ``meta`` and
+    ``provenance`` (the lowspace version, commit and source hash that wrote it)."""
+    from ..provenance import provenance
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".json":
-        atomic_write_json(path, {"meta": meta or {}, "fingerprints": fingerprints or {}, "rows": list(rows)})
+        atomic_write_json(path, {"meta": meta or {}, "provenance": provenance(), "fingerprints": fingerprints or {},
+                                 "rows": list(rows)})
     elif suffix == ".csv":
         fields = list(ROW_FIELDS) + sorted({k for r in rows for k in r} - set(ROW_FIELDS))
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
