@@ -210,6 +210,27 @@ def test_bad_storage_urls_give_clear_errors(tmp_path):
         load_study(tmp_path / "study.db", "ss")
 
 
+def test_opening_retries_while_another_process_creates_the_same_schema(tmp_path, monkeypatch):
+    import optuna.storages
+    real, calls = optuna.storages.RDBStorage, []
+
+    class IntegrityError(Exception):  # what sqlalchemy raises for the loser of a concurrent CREATE TABLE
+        pass
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError('duplicate key value violates unique constraint "pg_type_typname_nsp_index"')
+        return real(*args, **kwargs)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    assert open_storage(f"sqlite:///{tmp_path / 'raced.db'}") is not None and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda *a, **k: (calls.append(1), 1 / 0))
+    with pytest.raises(StorageError, match="ZeroDivisionError"):  # any other error is not retried
+        open_storage(f"sqlite:///{tmp_path / 'other.db'}")
+    assert len(calls) == 1
+
+
 def test_bad_space_file_is_reported_before_anything_runs(tmp_path):
     bad = tmp_path / "space.yaml"
     bad.write_text("base: b1\nparams:\n  d: {low: 1, high: 3, path: stages.2.deep}\n")

@@ -13,6 +13,7 @@ ended is failed and retried as soon as a worker starts or finishes a trial.
 from __future__ import annotations
 
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def open_storage(spec: str | Path | None, heartbeat_interval: int | None = 30, g
         create: for SQLite files, whether a missing file may be created (False for reports).
     """
     import optuna
-    from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import JournalStorage, RetryHeartbeatStaleTrialCallback
     from optuna.storages.journal import JournalFileBackend
 
     url = normalize_storage(spec)
@@ -111,7 +112,7 @@ def open_storage(spec: str | Path | None, heartbeat_interval: int | None = 30, g
                               grace_period=int(grace_period or 4 * heartbeat_interval),
                               heartbeat_stale_trial_callback=None if max_retry is None else
                               RetryHeartbeatStaleTrialCallback(max_retry=max_retry))
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = _create_rdb(url, engine_kwargs, kwargs)
         if url.startswith("sqlite"):
             _use_wal(storage)
         return storage
@@ -126,6 +127,23 @@ def open_storage(spec: str | Path | None, heartbeat_interval: int | None = 30, g
             raise StorageError(f"storage {shown}: not a valid storage URL ({reason}); expected one of: "
                                + "; ".join(URL_FORMS)) from None
         raise StorageError(f"storage {shown}: cannot open ({kind}: {reason})") from None
+
+
+def _create_rdb(url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 5):
+    """RDBStorage, retried when another process is creating the same schema at the same moment (workers starting
+    together on a new PostgreSQL database: one of them loses the race with a duplicate-key or "already exists"
+    error, and the schema is there on its next try)."""
+    from optuna.storages import RDBStorage
+    for attempt in range(attempts):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except Exception as err:  # noqa: BLE001 - sqlalchemy's error kinds vary by driver
+            text = str(getattr(err, "orig", None) or err)
+            racing = type(err).__name__ == "IntegrityError" or "already exists" in text
+            if not racing or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _reason(err: Exception) -> str:
