@@ -21,11 +21,11 @@ def test_a_loader_goal_needs_both_the_median_chunk_and_the_wall_rate(bench):
     assert bench._loader_goals({"resident": 1.0}, {"resident": 1.0}) == {}
 
 
-def test_part_e_feeds_all_three_loaders_at_toy_scale(bench, tmp_path):
+def test_part_e_feeds_every_loader_at_toy_scale(bench, tmp_path):
     bench.main(["--part", "e", "--smoke", "--out", str(tmp_path), "--jpeg-dir", str(tmp_path / "jpegs")])
     result = json.loads((tmp_path / "part_e.json").read_text())
     rows = {r["variant"]: r for r in result["rows"]}
-    assert set(rows) == {"resident", "gpu_loader", "gpu_loader_processes", "cpu_loader"}
+    assert set(rows) == {"resident", "gpu_loader", "gpu_loader_processes", "gpu_loader_processes_taps", "cpu_loader"}
     assert all("error" not in r and r["wall_images_per_s"] > 0 for r in rows.values())
     summary = result["summary"]
     gpu, cpu = rows["gpu_loader"]["images_per_s"], rows["cpu_loader"]["images_per_s"]
@@ -35,6 +35,10 @@ def test_part_e_feeds_all_three_loaders_at_toy_scale(bench, tmp_path):
     spread = summary["processes"]  # the same goals for the feed made in two processes, and its ratio to one
     assert spread["gpu_over_cpu"] == pytest.approx(rows["gpu_loader_processes"]["images_per_s"] / cpu)
     assert spread["over_one_process"] == pytest.approx(rows["gpu_loader_processes"]["images_per_s"] / gpu)
+    taps = rows["gpu_loader_processes_taps"]  # on the CPU the taps kernel is not there, and the note says so
+    assert "unavailable" in taps["note"]
+    over = taps["images_per_s"] / rows["gpu_loader_processes"]["images_per_s"]
+    assert summary["taps"]["over_matmul"] == pytest.approx(over)
     overlap = summary["gpu_loader_stages"]["g_overlap"]
     assert overlap["batches"] >= 1 and overlap["both_ms_per_batch"] > 0 and overlap["serialized"] is not None
     for stage in ("decode", "transform"):  # a thread's CPU time is positive and fits in the wall time around it

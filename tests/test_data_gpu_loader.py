@@ -16,6 +16,7 @@ from lowspace.cli import main
 from lowspace.data import (BatchPlan, DataError, DeviceEvalTransform, DeviceFolderLoader, DeviceTrainTransform,
                            FolderLoader, FolderSplit, choose_loader, eval_transforms, scan_folders)
 from lowspace.data import gpu_augment, gpu_decode
+from lowspace.data.base import IMAGENET_STD
 from lowspace.errors import ConfigError
 from lowspace.train import load_recipe
 from lowspace.train import engine
@@ -286,6 +287,57 @@ def test_batched_crops_match_pils_crop_and_resize(name):
     assert diff.max() <= 2 and (diff > 0).mean() < 0.05  # PIL's fixed-point weights round a level apart
 
 
+TAPS_SCRIPT = r"""
+import numpy as np, torch
+from PIL import Image
+from lowspace.data import gpu_augment
+rng = np.random.default_rng(7)
+size, images, boxes, expected, filters = 24, [], [], [], []
+for k in range(12):
+    h, w = (int(v) for v in rng.integers(20, 70, 2))
+    picture = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    top, left = int(rng.integers(0, h // 3)), int(rng.integers(0, w // 3))
+    bh, bw = int(rng.integers(3, h - top + 1)), int(rng.integers(3, w - left + 1))
+    if k == 3:  # rows shrink while columns grow: PIL resamples the rows first
+        top, left, bh, bw = 0, 0, h, min(w, 10)
+    name = gpu_augment.PIL_FILTERS[k % 6]
+    crop = picture.crop((left, top, left + bw, top + bh))
+    crop = np.asarray(crop.resize((size, size), Image.Resampling[name.upper()]))
+    expected.append(crop[:, ::-1] if k % 2 else crop)
+    images.append(torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1))
+    boxes.append((top, left, bh, bw))
+    filters.append(k % 6)
+n = len(images)
+args = (images, np.array(boxes), np.full((n, 2), size), np.zeros((n, 2)), np.array(filters), np.arange(n) % 2, size)
+matmul = gpu_augment.resample(*args)
+gpu_augment._resample_group = None  # the matrix form must not run below
+taps = gpu_augment.resample(*args, kernel="taps")
+apart = (taps - matmul).abs()
+assert apart.max() <= 1 and (apart > 0).float().mean() < 0.01, (apart.max(), (apart > 0).float().mean())
+pil = np.stack(expected)  # on noise, PIL's fixed-point lanczos lands up to ~15 levels from exact weights
+for got in (matmul, taps):
+    diff = np.abs(got.permute(0, 2, 3, 1).numpy() - pil)
+    assert np.median(diff.reshape(n, -1).max(1)) <= 1 and (diff > 0).mean() < 0.05, diff.reshape(n, -1).max(1)
+print("ok")
+"""
+
+
+@pytest.mark.slow
+def test_the_taps_kernel_resamples_like_pil_in_tritons_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-c", TAPS_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_an_unknown_resample_kernel_is_a_config_error_naming_the_field():
+    with pytest.raises(ConfigError, match="gpu_resample.*matmul, taps"):
+        DeviceTrainTransform(resample_kernel="fast")
+    with pytest.raises(ConfigError, match="gpu_resample"):
+        DeviceEvalTransform(resample_kernel="")
+    assert not gpu_augment._resample_kernel.available("cpu") or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def test_crops_gathered_into_one_buffer_equal_slicing_each_image():
     rng = np.random.default_rng(4)
     images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
@@ -455,13 +507,15 @@ def test_the_engine_trains_through_the_device_loader(data, monkeypatch):
     setup = engine.build(TINY, prepared, recipe, engine.resolve_runtime(recipe, DistInfo()), None)
     assert all(isinstance(lo, DeviceFolderLoader) for lo in (setup.loaders.train, setup.loaders.val, setup.loaders.bn))
     assert isinstance(setup.loaders.val.transform, DeviceEvalTransform)
+    assert setup.loaders.train.transform.kernel == setup.loaders.val.transform.kernel == "matmul"
     result = engine.run(TINY, prepared, recipe, DistInfo())
     assert result.steps == len(prepared.train) // 4 and result.top1 is not None
     cpu = engine.build(TINY, prepared, recipe.replace(loader="cpu"), engine.resolve_runtime(recipe, DistInfo()), None)
     assert isinstance(cpu.loaders.train, FolderLoader)
-    spread = recipe.replace(loader_processes=3)  # its processes would start with the first epoch: none here
+    spread = recipe.replace(loader_processes=3, gpu_resample="taps")  # processes start with the first epoch
     spread = engine.build(TINY, prepared, spread, engine.resolve_runtime(spread, DistInfo()), None)
     assert spread.loaders.train.processes == 3 and spread.loaders.val.processes == 1
+    assert spread.loaders.train.transform.kernel == spread.loaders.val.transform.kernel == "taps"
 
 
 _RANK_SCRIPT = textwrap.dedent("""
@@ -532,3 +586,17 @@ def test_on_a_gpu_loader_processes_pass_the_single_process_batches_through_cuda_
                 assert x.is_cuda and torch.equal(y, ey) and torch.allclose(x, ex)
     finally:
         two.close()
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_taps_kernel_gives_the_matmul_batches_within_a_level(data):
+    assert gpu_augment._resample_kernel.available("cuda")
+
+    def batches(kernel):
+        loader = DeviceFolderLoader(data.train, BatchPlan(len(data.train), 6, seed=3), "cuda", 24,
+                                    DeviceTrainTransform(resample_kernel=kernel), augment_seed=True)
+        return [x for x, _ in loader.epoch(0)]
+    level = 1 / (255 * min(IMAGENET_STD))  # the largest step of one pixel level after normalization
+    for taps, matmul in zip(batches("taps"), batches("matmul")):
+        apart = (taps - matmul).abs()
+        assert apart.max() <= 1.01 * level and (apart > level / 2).float().mean() < 0.01

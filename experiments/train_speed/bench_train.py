@@ -11,11 +11,12 @@ under 5 minutes):
   c  one Fashion-MNIST epoch (60k images) at 64 px with B0 through train_proxy. Goal: <= 2 s.
   d  B0 trained on Fashion-MNIST with the full proxy schedule (FULL_SCHEDULE below): the accuracy curve.
   e  class-folder training of B1 at 224 px, batch 256 (the B1 recipe's loss, mixup / cutmix, RandAugment), one
-     step (torch.compile + CUDA graph by default) fed three ways: the CPU loader (PIL + timm transforms in
-     --cpu-workers DataLoader workers), the GPU loader (decode_jpeg + augmentation on the GPU) and GPU-resident
-     uint8 tensors (the upper bound), on --images synthetic JPEGs (400-560 px, about 74 KB, 100 classes, written
-     by all cores and reused). Goals: GPU loader >= 2.5x the CPU loader, within 15 % of resident; projects the
-     ImageNet-1k epoch and the 320-epoch recipe on one GPU from the measured rates.
+     step (torch.compile + CUDA graph by default) fed several ways: the CPU loader (PIL + timm transforms in
+     --cpu-workers DataLoader workers), the GPU loader (decode_jpeg + augmentation on the GPU) in one process
+     and in --loader-processes processes (resampling by matrix products, and by the taps kernel) and
+     GPU-resident uint8 tensors (the upper bound), on --images synthetic JPEGs (400-560 px, about 74 KB,
+     100 classes, written by all cores and reused). Goals: GPU loader >= 2.5x the CPU loader, within 15 % of
+     resident; projects the ImageNet-1k epoch and the 320-epoch recipe on one GPU from the measured rates.
 
 Timing: CUDA events around 5 chunks of --per-chunk steps after --warmup steps (graph capture and
 compilation happen in the warm-up); img/s = batch / median step time; spread = (max - min) / median of the
@@ -456,7 +457,7 @@ def jpeg_folder(root: Path, n: int, classes: int, sides: tuple[int, int], worker
 
 
 def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, callable]]:
-    """(name, make) of the three data feeds: make() -> (loader, note)."""
+    """(name, make) of the data feeds: make() -> (loader, note)."""
     from lowspace.data import (Augment, BatchPlan, DeviceFolderLoader, DeviceTrainTransform, FolderLoader,
                                TensorLoader, TensorSplit, train_transforms)
     tf_args = (data.mean, data.std, recipe.randaugment, recipe.reprob, recipe.interpolation, recipe.scale,
@@ -472,11 +473,15 @@ def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, c
         return TensorLoader(split, BatchPlan(n, batch, seed=0), DEVICE, res, data.mean, data.std, augment=aug,
                             out_chans=3, channels_last=True), "uint8 images already on the GPU, crop + flip there"
 
-    def gpu(processes: int = 1):
+    def gpu(processes: int = 1, kernel: str = "matmul"):
         where = f", in {processes} processes sharing them" if processes > 1 else ""
-        return (DeviceFolderLoader(data.train, plan, DEVICE, res, DeviceTrainTransform(*tf_args),
-                                   workers=args.read_threads, channels_last=True, processes=processes),
-                f"decode_jpeg on {DEVICE}, augmentation on {DEVICE}, {args.read_threads} read threads{where}")
+        from lowspace.data._resample_kernel import available
+        how = "" if kernel == "matmul" else ", resampling by the taps kernel" if available(DEVICE) else \
+            ", taps kernel requested but unavailable here (no Triton on this device): matrix form"
+        transform = DeviceTrainTransform(*tf_args, resample_kernel=kernel)
+        return (DeviceFolderLoader(data.train, plan, DEVICE, res, transform, workers=args.read_threads,
+                                   channels_last=True, processes=processes),
+                f"decode_jpeg on {DEVICE}, augmentation on {DEVICE}{how}, {args.read_threads} read threads{where}")
 
     def cpu():
         return (FolderLoader(data.train, plan, DEVICE, res, train_transforms(*tf_args), workers=args.cpu_workers,
@@ -484,6 +489,7 @@ def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, c
     feeds = [("resident", resident), ("gpu_loader", gpu), ("cpu_loader", cpu)]
     if args.loader_processes > 1:
         feeds.insert(2, ("gpu_loader_processes", lambda: gpu(args.loader_processes)))
+        feeds.insert(3, ("gpu_loader_processes_taps", lambda: gpu(args.loader_processes, "taps")))
     return feeds
 
 
@@ -836,6 +842,10 @@ def part_e(args) -> dict:
         summary["processes"] = _loader_goals(rate, wall, "gpu_loader_processes")
         summary["processes"]["over_one_process"] = _ratio(rate, "gpu_loader_processes", "gpu_loader")
         summary["processes"]["over_one_process_wall"] = _ratio(wall, "gpu_loader_processes", "gpu_loader")
+    if "gpu_loader_processes_taps" in rate:
+        summary["taps"] = _loader_goals(rate, wall, "gpu_loader_processes_taps")
+        summary["taps"]["over_matmul"] = _ratio(rate, "gpu_loader_processes_taps", "gpu_loader_processes")
+        summary["taps"]["over_matmul_wall"] = _ratio(wall, "gpu_loader_processes_taps", "gpu_loader_processes")
     summary["projection_one_gpu"] = {k: r["projection"] for k, r in ((r["variant"], r) for r in rows)
                                      if "projection" in r}
     return dict(part="e", title=f"class-folder training, {args.preset.upper()}, {res} px, batch {batch}",

@@ -12,6 +12,8 @@ computes reaches the device in one transfer per step of the transform.
 * :class:`DeviceTrainTransform`: random-resized crop (torchvision's box sampling) resampled with a filter
   drawn per sample, horizontal flip (folded into the weights), :class:`DeviceRandAugment`, normalization,
   random erasing (timm's box sampling, constant zero fill after normalization).
+* :mod:`._resample_kernel`: the same passes as one Triton kernel each, reading the taps where they lie
+  (``resample_kernel="taps"``) instead of a padded buffer times dense matrices.
 * :class:`DeviceEvalTransform`: resize of the shorter side to ``ceil(size / crop_pct)``, center crop,
   normalization, as :func:`~.folders.eval_transforms`.
 
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from . import _resample_kernel
 from .base import IMAGENET_MEAN, IMAGENET_STD, host_to
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -41,6 +44,7 @@ CROP_ATTEMPTS = 10
 # parts, so a few very large photos cannot exhaust the GPU's memory; each part costs the host a full set of
 # operations, which is what bounds the transform
 MAX_BUFFER = 1 << 28
+RESAMPLE_KERNELS = ("matmul", "taps")  # how resample() computes its passes (see there)
 
 
 def uniforms(seeds: Sequence[int], stream: int, count: int) -> np.ndarray:
@@ -162,9 +166,10 @@ class PassWeights:
         self.__init__(**state)
 
     def passes(self, heights, widths, resized, offsets, flips, filters, size: int, rows: int, cols: int,
-               device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+               device: torch.device, dtype: torch.dtype, dense: bool = True) -> tuple:
         """The row and column pass matrices ``(N, size, rows)``, ``(N, size, cols)`` of :func:`resample`'s
-        arguments (one host-to-device transfer for both)."""
+        arguments (one host-to-device transfer for both); with ``dense=False`` their taps instead, a
+        ``(weights (N, size, taps), first (N, size))`` pair per pass."""
         keys = [np.stack([np.rint(a).astype(np.int64) for a in (length, resized[:, k], offsets[:, k], filters)], 1)
                 for k, length in enumerate((heights, widths))]
         with self._lock:
@@ -181,7 +186,7 @@ class PassWeights:
             if flipped is not None:
                 w = torch.where(flipped.unsqueeze(2), w.flip(1), w)
                 first = torch.where(flipped, first.flip(1), first)
-            out.append(dense_weights(w, first, padded, dtype))
+            out.append(dense_weights(w, first, padded, dtype) if dense else (w, first))
         return out[0], out[1]
 
     def _rows(self, table: dict, keys: np.ndarray, size: int, device, dtype) -> np.ndarray:
@@ -294,7 +299,8 @@ def _pass(buffer: torch.Tensor, weights: torch.Tensor, axis: str) -> torch.Tenso
 
 
 def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
-             filters: np.ndarray, flips: np.ndarray, size: int, weights: PassWeights | None = None) -> torch.Tensor:
+             filters: np.ndarray, flips: np.ndarray, size: int, weights: PassWeights | None = None,
+             kernel: str = "matmul") -> torch.Tensor:
     """PIL's ``image.crop(box).resize(resized, filter)`` cut to ``size`` x ``size`` at ``offsets``, for the
     whole batch: ``(N, 3, size, size)`` float32 pixel levels (integers in [0, 255], as PIL's uint8).
 
@@ -306,15 +312,18 @@ def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndar
     columns first, except when the rows shrink and the columns grow: those samples go as a group of their
     own, and so do parts of a batch whose buffer would exceed :data:`MAX_BUFFER` values. ``weights``: the
     :class:`PassWeights` to look the pass weights up in (a transform keeps one across batches; default a new
-    one)."""
+    one). ``kernel="taps"``: each pass is one Triton kernel reading its taps where they lie
+    (:mod:`._resample_kernel`; CUDA with Triton only, else the matrix form runs), float32 sums instead of
+    half-precision products, so a sum that lands within rounding of a half level may round the other way."""
     resized, offsets = np.asarray(resized), np.asarray(offsets)
     filters, flips = np.asarray(filters), np.asarray(flips)
     rows_first = (resized[:, 0] < boxes[:, 2]) & (resized[:, 1] > boxes[:, 3])
     groups = [g for g in (np.nonzero(~rows_first)[0], np.nonzero(rows_first)[0]) if len(g)]
     groups = [g[part] for g in groups for part in size_parts(boxes[g])]
     flat, weights = _Flat(images), weights if weights is not None else PassWeights()
-    parts = [_resample_group(flat, g, boxes[g], resized[g], offsets[g], filters[g], flips[g], size,
-                             bool(rows_first[g[0]]), weights) for g in groups]
+    group = _resample_taps if kernel == "taps" and _resample_kernel.available(flat.device) else _resample_group
+    parts = [group(flat, g, boxes[g], resized[g], offsets[g], filters[g], flips[g], size, bool(rows_first[g[0]]),
+                   weights) for g in groups]
     if len(parts) == 1:
         return parts[0]
     order = host_to(torch.from_numpy(np.argsort(np.concatenate(groups))), parts[0].device)
@@ -356,6 +365,35 @@ def _resample_group(flat: _Flat, which: np.ndarray, boxes: np.ndarray, resized: 
     return out.permute(0, 2, 1, 3).to(torch.float32, memory_format=torch.contiguous_format)
 
 
+def _resample_taps(flat: _Flat, which: np.ndarray, boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
+                   filters: np.ndarray, flips: np.ndarray, size: int, rows_first: bool,
+                   weights: PassWeights) -> torch.Tensor:
+    """:func:`_resample_group` by :func:`._resample_kernel.tap_pass`: the first pass reads the boxes in the
+    flat tensor, the second the first's uint8 output."""
+    device, n = flat.device, len(which)
+    top, left, height, width = (boxes[:, k].astype(np.int64) for k in range(4))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    rows, cols = weights.passes(height, width, resized, offsets, flips, filters, size, 0, 0, device, dtype,
+                                dense=False)
+    sides = flat.sides[which]
+    base = flat.starts[which] + top * sides[:, 1] + left
+    in_flat = np.stack([base, sides[:, 0] * sides[:, 1], sides[:, 1], np.ones(n, np.int64)], 1)
+    if rows_first:
+        mid = torch.empty(n, 3, size, int(width.max()), dtype=torch.uint8, device=device)
+        order = (("rows", rows, width, height), ("cols", cols, np.full(n, size), width))
+    else:
+        mid = torch.empty(n, 3, int(height.max()), size, dtype=torch.uint8, device=device)
+        order = (("cols", cols, height, width), ("rows", rows, np.full(n, size), height))
+    in_mid = np.stack([np.arange(n) * mid.stride(0), *(np.full(n, st) for st in mid.stride()[1:])], 1)
+    layouts = np.concatenate([np.concatenate([strides, np.stack([kept, length], 1)], 1)
+                              for strides, (_, _, kept, length) in zip((in_flat, in_mid), order)])
+    layouts = host_to(torch.from_numpy(np.ascontiguousarray(layouts, dtype=np.int64)), device)
+    out = torch.empty(n, 3, size, size, dtype=torch.float32, device=device)
+    (axis1, (w1, f1), _, _), (axis2, (w2, f2), _, _) = order
+    _resample_kernel.tap_pass(flat.flat, layouts[:n], w1, f1, mid, axis1)
+    return _resample_kernel.tap_pass(mid, layouts[n:], w2, f2, out, axis2)
+
+
 class _Normalize:
     def __init__(self, mean, std):
         self.mean, self.std = tuple(mean), tuple(std)
@@ -377,17 +415,26 @@ def _filter_index(name: str) -> int:
     return PIL_FILTERS.index(name)
 
 
+def _resample_kernel_name(name: str) -> str:
+    if name not in RESAMPLE_KERNELS:
+        raise ConfigError("gpu_resample", name, f"one of {', '.join(RESAMPLE_KERNELS)}")
+    return name
+
+
 def _sizes(images: Sequence[torch.Tensor]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([im.shape[-2] for im in images]), np.array([im.shape[-1] for im in images])
 
 
 class DeviceEvalTransform:
     """Shorter side to ``ceil(size / crop_pct)`` (``interpolation``), center crop ``size``, normalize; as the
-    CPU eval transform. ``__call__(images, seeds, size)``: a list of uint8 ``(3, H, W)`` -> ``(N, 3, S, S)``."""
+    CPU eval transform. ``__call__(images, seeds, size)``: a list of uint8 ``(3, H, W)`` -> ``(N, 3, S, S)``.
+    ``resample_kernel``: how :func:`resample` computes its passes (``matmul`` or ``taps``)."""
 
-    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 0.95, interpolation: str = "bicubic"):
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 0.95, interpolation: str = "bicubic",
+                 resample_kernel: str = "matmul"):
         self.crop_pct = crop_pct
         self.filter = _filter_index(interpolation)
+        self.kernel = _resample_kernel_name(resample_kernel)
         self.normalize = _Normalize(mean, std)
         self.weights = PassWeights()
 
@@ -401,17 +448,20 @@ class DeviceEvalTransform:
         boxes = np.stack([np.zeros_like(h), np.zeros_like(w), h, w], 1)
         n = len(images)
         x = resample(images, boxes, np.stack([new_h, new_w], 1), offsets, np.full(n, self.filter), np.zeros(n), size,
-                     self.weights)
+                     self.weights, self.kernel)
         return self.normalize(x)
 
 
 class DeviceTrainTransform:
     """The training transform on the device (see the module docstring); arguments as
-    :func:`~.folders.train_transforms`. ``__call__(images, seeds, size)``."""
+    :func:`~.folders.train_transforms`, plus ``resample_kernel`` (:func:`resample`'s ``kernel``).
+    ``__call__(images, seeds, size)``."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, randaugment: str | None = None, reprob: float = 0.0,
-                 interpolation: str = "random", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5):
+                 interpolation: str = "random", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
+                 resample_kernel: str = "matmul"):
         names = PIL_FILTERS if interpolation == "random" else (interpolation,)
+        self.kernel = _resample_kernel_name(resample_kernel)
         self.filters = np.array([_filter_index(n) for n in names])
         self.scale, self.ratio, self.hflip, self.reprob = tuple(scale), tuple(ratio), hflip, reprob
         fill = tuple(min(255, round(255 * m)) for m in mean)
@@ -426,7 +476,7 @@ class DeviceTrainTransform:
         pick = np.minimum((u[:, 0] * len(self.filters)).astype(int), len(self.filters) - 1)
         n = len(images)
         x = resample(images, boxes, np.full((n, 2), size), np.zeros((n, 2)), self.filters[pick],
-                     (u[:, 1] < self.hflip).astype(np.float64), size, self.weights)
+                     (u[:, 1] < self.hflip).astype(np.float64), size, self.weights, self.kernel)
         if self.randaugment is not None:
             x = self.randaugment(x, seeds)
         x = self.normalize(x)

@@ -310,9 +310,10 @@ def build_loaders(data: data_mod.ImageData, recipe: Recipe, runtime: Runtime, in
     make_train_tf, make_eval_tf, make_loader = (
         (data_mod.DeviceTrainTransform, data_mod.DeviceEvalTransform, data_mod.DeviceFolderLoader) if on_device
         else (data_mod.train_transforms, data_mod.eval_transforms, data_mod.FolderLoader))
+    kernel = dict(resample_kernel=recipe.gpu_resample) if on_device else {}
     train_tf = make_train_tf(data.mean, data.std, recipe.randaugment, recipe.reprob,
-                             recipe.interpolation, recipe.scale, recipe.ratio, recipe.hflip)
-    eval_tf = make_eval_tf(data.mean, data.std, ev.crop_pct, ev.interpolation)
+                             recipe.interpolation, recipe.scale, recipe.ratio, recipe.hflip, **kernel)
+    eval_tf = make_eval_tf(data.mean, data.std, ev.crop_pct, ev.interpolation, **kernel)
 
     processes = dict(processes=recipe.loader_processes) if on_device else {}
 
