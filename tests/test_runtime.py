@@ -145,6 +145,7 @@ SWITCH_CFG = ArchConfig.from_dict({
 SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subpixel"), dict(conv1x1="linear"),
             dict(groupnorm="decomposed"), dict(groupnorm="channels_last"), dict(sdpa="math"), dict(triton=True),
             dict(triton_stem=True), dict(triton_project=True), dict(triton_project=True, channels_last=False),
+            dict(triton_attention=True), dict(triton_attention=True, triton=True, conv1x1="linear"),
             dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False)]
 
 
@@ -160,7 +161,8 @@ def test_every_rewrite_switch_is_exact(options):
         assert rel_err(d(x), model(x)) <= TOL
     expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear",
                 "groupnorm": f"groupnorm_{options.get('groupnorm')}", "sdpa": "sdpa_math", "triton": "triton_depthwise",
-                "triton_stem": "triton_stem", "triton_project": "triton_project", "fuse_attention": "fuse_attention"}
+                "triton_stem": "triton_stem", "triton_project": "triton_project", "fuse_attention": "fuse_attention",
+                "triton_attention": "triton_attention"}
     for name, value in options.items():
         if name in expected:
             assert (expected[name] in d.info["rewrites"]) == (value not in (False, "conv_transpose")), name
@@ -372,6 +374,17 @@ for n, k, c, hh, ww, act, pre, bias, res, fmt in [(2, 40, 24, 5, 7, "hardswish",
     want = want if r is None else want + r
     assert y.shape == want.shape and y.is_contiguous(memory_format=torch.channels_last)
     assert (y - want).abs().max() < 1e-3, (n, k, c, act)
+from lowspace.runtime._triton import _launch_dw_qkv
+for n, c, out, hh, ww, k, s, bias, fmt in [(2, 24, 40, 9, 11, 3, 2, True, 1), (1, 70, 130, 7, 7, 5, 1, False, 1),
+                                           (3, 16, 48, 12, 10, 3, 4, True, 0)]:
+    x = torch.randn(n, c, hh, ww, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last) if fmt else x
+    dw, w_t = torch.randn(c, 1, k, k, generator=g), torch.randn(c, out, generator=g)
+    b = torch.randn(out, generator=g) if bias else None
+    y = _launch_dw_qkv(x, dw, s, k // 2, w_t, b)
+    want = F.conv2d(F.conv2d(x, dw, None, s, k // 2, 1, c), w_t.t().reshape(out, c, 1, 1), b)
+    assert y.shape == want.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y - want).abs().max() < 1e-3 * want.abs().max(), (n, c, out, k, s)
 print("ok")
 """
 
@@ -386,6 +399,29 @@ def test_triton_project_op_falls_back_and_traces_on_cpu():
     assert rel_err(f(h), F.conv2d(h, w_t.t().reshape(9, 12, 1, 1))) <= 1e-6
     with pytest.raises(ValueError, match="gelu_tanh"):
         project_conv(h, pre, w_t, b, r, "gelu_tanh")
+
+
+def test_triton_dw_qkv_op_falls_back_traces_and_replaces_each_attentions_projection_on_cpu():
+    from lowspace.arch.blocks import LowFormerAttention, TritonDwQkv
+    from lowspace.runtime._triton import dw_qkv
+    x = torch.randn(2, 12, 9, 11).contiguous(memory_format=torch.channels_last)
+    dw, w_t, b = torch.randn(12, 1, 5, 5), torch.randn(12, 18), torch.randn(18)
+    want = F.conv2d(F.conv2d(x, dw, None, 2, 2, 1, 12), w_t.t().reshape(18, 12, 1, 1), b)
+    got = dw_qkv(x, dw, 2, 2, w_t, b)
+    assert got.is_contiguous(memory_format=torch.channels_last) and rel_err(got, want) <= 1e-6
+    f = torch.compile(lambda t: dw_qkv(t, dw, 2, 2, w_t, None), backend="eager", fullgraph=True)
+    assert rel_err(f(x), want - b.view(1, -1, 1, 1)) <= 1e-6
+    model = randomize(create_model(SWITCH_CFG, init="torch"), seed=3)
+    d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
+               triton_attention=True)
+    attns = [m for m in d.module.modules() if isinstance(m, LowFormerAttention)]
+    assert attns and all(isinstance(a.qkv, TritonDwQkv) and isinstance(a.proj, nn.Identity) for a in attns)
+    reparameterize(d.module, DeployOptions(triton_attention=True))  # a second pass leaves the fused form alone
+    assert all(isinstance(a.qkv, TritonDwQkv) for a in attns)
+    # without fuse_attention (which moves the projection's bias into the QKV conv) nothing is fused
+    d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
+               triton_attention=True, fuse_attention=False)
+    assert "triton_attention" not in d.info["rewrites"]
 
 
 def test_triton_project_takes_over_each_block_whose_previous_conv_is_plain():
@@ -529,6 +565,20 @@ def test_gpu_triton_project_keeps_the_function(backend, project):
     assert "triton_project" in d.info["rewrites"]
     assert rel_err(d(x).float(), want) <= 3e-2
     f32 = deploy(model, precision="fp32", batch_size=4, resolution=96, backend="eager", triton_project=project)
+    assert rel_err(f32(x), want) <= 2e-2  # the model's own fp32 convs may run in TF32
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda_graph", "compile_cuda_graph"])
+def test_gpu_triton_attention_keeps_the_function(backend):
+    model = randomize(create_model("b15", init="torch")).cuda()
+    x = torch.randn(4, 3, 96, 96, device="cuda")
+    with torch.no_grad():
+        want = model(x)
+    d = deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend, triton_attention=True)
+    assert "triton_attention" in d.info["rewrites"]
+    assert rel_err(d(x).float(), want) <= 3e-2
+    f32 = deploy(model, precision="fp32", batch_size=4, resolution=96, backend="eager", triton_attention=True)
     assert rel_err(f32(x), want) <= 2e-2  # the model's own fp32 convs may run in TF32
 
 

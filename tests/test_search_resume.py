@@ -276,6 +276,10 @@ def test_a_changed_deploy_default_is_refused_on_resume(tmp_path):
     changed = r"^protocol.deploy_resolved.groupnorm: got 'native'.*groupnorm='channels_last'"
     with pytest.raises(ConfigError, match=changed):
         run_search(_config(tmp_path, n_trials=3, protocol=deploy), engines=search_fakes.fake_engines())
+    # a switch added to lowspace after the study was made: at its default (off) it resumes, with a warning
+    study.set_user_attr("deploy_resolved", {k: v for k, v in recorded.items() if k != "triton_attention"})
+    with pytest.warns(UserWarning, match="recorded no deploy switch triton_attention"):
+        run_search(_config(tmp_path, n_trials=3, protocol=deploy), engines=search_fakes.fake_engines())
     study.set_user_attr("deploy_resolved", None)  # a study made before the record: not checked
     assert run_search(_config(tmp_path, n_trials=3, protocol=deploy), engines=search_fakes.fake_engines()).complete == 3
 

@@ -80,6 +80,8 @@ VARIANTS = {
     # statistics instead of split reductions; independent small kernels launched as one (batch 1)
     "ours_deploy_coop": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"triton.cooperative_reductions": True}}),
     "ours_deploy_combo": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"combo_kernels": True}}),
+    # each attention's depthwise projection and QKV conv as lowspace's Triton dw + QKV kernel
+    "ours_deploy_attn": ("ours", "compile_cuda_graph", "fp16", {"triton_attention": True}),
     # the stem's conv + bias + hardswish as lowspace's Triton stem kernel
     "ours_deploy_stem": ("ours", "compile_cuda_graph", "fp16", {"triton_stem": True}),
     # the switches that measured faster, together

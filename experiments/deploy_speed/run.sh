@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates experiments/deploy_speed/results (and switches/, switches_project/, switches_project_tiles/,
-# switches_eager/, tau/ when missing) on one CUDA GPU; see README.md.
+# switches_attention/, switches_eager/, tau/ when missing) on one CUDA GPU; see README.md.
 #   bash experiments/deploy_speed/run.sh   # from the repository root; on an H200 about 6 minutes for results/,
 #                                          # 6 for switches/, about 4 for switches_project/, 6 for
-#                                          # switches_project_tiles/, 2 for switches_eager/
+#                                          # switches_project_tiles/, about 4 for switches_attention/,
+#                                          # 2 for switches_eager/
 #                                          # and 8 for tau/
 # WORK: scratch folder for inductor's cache (default: a new temporary folder). PYTHON: the interpreter.
 set -euo pipefail
@@ -43,6 +44,13 @@ if [ ! -e $D/switches_project_tiles/results.json ]; then
     "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
         --variants ours_deploy,ours_deploy_project,ours_deploy_project_tuned \
         --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_project_tiles | tee $D/switches_project_tiles/log.txt
+fi
+# The attention's depthwise projection and QKV conv as one Triton kernel (README.md, "The attention kernel",
+# states the rule, fixed before the run)
+if [ ! -e $D/switches_attention/results.json ]; then
+    mkdir -p $D/switches_attention
+    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants ours_deploy,ours_deploy_attn \
+        --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_attention | tee $D/switches_attention/log.txt
 fi
 # The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
 if [ ! -e $D/switches_eager/results.json ]; then

@@ -165,6 +165,32 @@ class TritonProject(nn.Module):
         return _project_torch(h, self.pre_bias, self.weight_t, self.bias, residual, self.act)
 
 
+class TritonDwQkv(nn.Module):
+    """A LowFormer attention's depthwise projection (BatchNorm folded, bias moved into the QKV conv) and its QKV
+    1x1 conv as lowspace's Triton dw + QKV kernel on CUDA (``lowspace.runtime``); on other devices, and while
+    exporting to ONNX, the same in PyTorch ops."""
+
+    def __init__(self, dw: nn.Conv2d, qkv: nn.Conv2d):
+        super().__init__()
+        self.dw_weight = nn.Parameter(dw.weight.detach(), requires_grad=False)
+        self.stride, self.padding = dw.stride[0], dw.padding[0]
+        self.weight_t = nn.Parameter(qkv.weight.detach().flatten(1).t().contiguous(), requires_grad=False)
+        self.bias = None if qkv.bias is None else nn.Parameter(qkv.bias.detach(), requires_grad=False)
+
+    @staticmethod
+    def applies(dw: nn.Module, qkv: nn.Module) -> bool:
+        """Whether ``dw`` is a bias-free depthwise conv the kernel takes and ``qkv`` a plain 1x1 conv."""
+        return (TritonConvAct.applies(dw, "depthwise") and dw.bias is None
+                and type(qkv) is nn.Conv2d and Conv1x1Linear.applies(qkv))
+
+    def forward(self, x):
+        if x.is_cuda and not torch.onnx.is_in_onnx_export():
+            from ..runtime._triton import dw_qkv
+            return dw_qkv(x, self.dw_weight, self.stride, self.padding, self.weight_t, self.bias)
+        from ..runtime._triton import _dw_qkv_torch
+        return _dw_qkv_torch(x, self.dw_weight, self.stride, self.padding, self.weight_t, self.bias)
+
+
 class ConvNormAct(nn.Module):
     """Conv2d (padding k//2), then optional BatchNorm, then optional activation."""
 
@@ -355,14 +381,21 @@ class LowFormerAttention(nn.Module):
     def reparameterize(self, options: DeployOptions | None = None) -> None:
         """``fuse_attention``: Q/K/V as channels-last views, the projection's folded bias moved into the
         QKV conv, a stride-1 transposed conv as a plain conv; ``upsample="subpixel"``: a strided transposed
-        conv as a 3x3 conv and pixel shuffle; ``conv1x1``, ``sdpa`` as everywhere."""
+        conv as a 3x3 conv and pixel shuffle; ``triton_attention``: the projection and the QKV conv as one
+        Triton kernel (after ``fuse_attention``); ``conv1x1``, ``sdpa`` as everywhere."""
         options = _options(options)
         self.sdpa = options.sdpa
-        if options.fold_bn:
+        fused = isinstance(self.qkv, TritonDwQkv)  # rewritten before: the projection is inside it
+        if options.fold_bn and not fused:
             self.proj.fold_norm()
         if options.fuse_attention:
             self.channels_last_qkv = True
-            self._move_proj_bias()
+            if not fused:
+                self._move_proj_bias()
+        if (options.triton_attention and self.channels_last_qkv and not fused
+                and isinstance(self.proj.bn, nn.Identity) and isinstance(self.proj.act, nn.Identity)
+                and TritonDwQkv.applies(self.proj.conv, self.qkv)):
+            self.qkv, self.proj = TritonDwQkv(self.proj.conv, self.qkv), nn.Identity()
         self.qkv = pointwise(self.qkv, options)
         self.up = self._inference_up(options)
 
@@ -542,6 +575,7 @@ def inference_rewrites(model: nn.Module) -> list[str]:
         "triton_depthwise": any(isinstance(m, TritonConvAct) and m.kind == "depthwise" for m in mods),
         "triton_stem": any(isinstance(m, TritonConvAct) and m.kind == "stem" for m in mods),
         "triton_project": any(isinstance(m, TritonProject) for m in mods),
+        "triton_attention": any(isinstance(m, TritonDwQkv) for m in mods),
     }
     out = [name for name, present in found.items() if present]
     norms = {f"groupnorm_{m.mode}" for m in mods if isinstance(m, GroupNorm1) and m.mode != "native"}

@@ -46,6 +46,8 @@ class DeployOptions(Config):
         conv's bias and activation applied while its output is loaded, the residual added before the store.
         ``autotune``: the same, its tiles measured per GEMM shape at build time (a few candidates around the
         rule's choice) instead of chosen by the rule.
+    triton_attention: the attention's depthwise projection and QKV conv as lowspace's Triton dw + QKV kernel
+        (CUDA only; with ``fuse_attention``, whose bias move it needs).
     compile_mode: mode of ``torch.compile`` for the compile backends: torch's modes, or ``tuned``
         (lowspace's inductor settings, no autotuning) and ``tuned-autotune`` (plus GEMM/conv autotuning).
     compile_backend: torch.compile backend (``inductor``; ``aot_eager`` / ``eager`` for debugging).
@@ -70,6 +72,7 @@ class DeployOptions(Config):
     triton: Union[bool, Literal["auto"]] = "auto"
     triton_stem: bool = False
     triton_project: Union[bool, Literal["autotune"]] = False
+    triton_attention: bool = False
     compile_mode: str = option("tuned", choices=COMPILE_MODES)
     compile_backend: str = "inductor"
     inductor: dict[str, Any] = option(default_factory=dict)

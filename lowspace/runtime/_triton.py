@@ -7,7 +7,10 @@
 * ``torch.ops.lowspace.project_conv``: the 1x1 project conv of an (fused-)MBConv as one GEMM whose input is the
   previous conv's raw output, to which it adds that conv's bias and applies its activation while loading, and
   whose output gets its own bias and the block's residual before it is stored: the hidden (expanded) tensor is
-  read once instead of written and read again by an activation pass, and the residual add needs no pass.
+  read once instead of written and read again by an activation pass, and the residual add needs no pass;
+* ``torch.ops.lowspace.dw_qkv``: the attention's depthwise projection and its QKV 1x1 conv as one GEMM whose A
+  operand (the projection's output, a block of channels at a time) is computed from the input as it is
+  loaded: the projected map is never written, and one kernel replaces two.
 
 Each runs its Triton kernel for CUDA tensors and PyTorch's ops (``F.conv2d``, ``F.linear``) elsewhere, so a
 module using it still runs (and exports) on CPU. All have fake implementations, so ``torch.compile`` keeps
@@ -156,6 +159,50 @@ if triton is not None:
             acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
         tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
 
+    @triton.jit
+    def _dw_qkv_kernel(x_ptr, dw_ptr, w_ptr, b_ptr, y_ptr, M, N, C, H, W, HO, WO,
+                       sxn, sxc, sxh, sxw, sdc, sdy, sdx,
+                       STRIDE: tl.constexpr, PAD: tl.constexpr, KS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # The attention's depthwise projection (k x k, no bias) computed block of channels by block of channels
+        # as the A operand of the QKV GEMM: x (N, C, H, W) any strides, w (C, N) contiguous, y (M, N) = the
+        # channels_last (N, N_out, HO, WO) output. Column blocks of a row block run consecutively (L2 reuse).
+        n_blocks = tl.cdiv(N, BLOCK_N)
+        pid = tl.program_id(0)
+        rm = (pid // n_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = (pid % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+        mmask = rm < M
+        nmask = rn < N
+        image = rm // (HO * WO)
+        oy = (rm % (HO * WO)) // WO
+        ox = rm % WO
+        x_rows = x_ptr + image.to(tl.int64) * sxn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_K):
+            rk = c0 + tl.arange(0, BLOCK_K)
+            kmask = rk < C
+            a = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
+            for ky in tl.static_range(KS):
+                iy = oy * STRIDE - PAD + ky
+                row_ok = mmask & (iy >= 0) & (iy < H)
+                for kx in tl.static_range(KS):
+                    ix = ox * STRIDE - PAD + kx
+                    m = row_ok & (ix >= 0) & (ix < W)
+                    at = x_rows[:, None] + (iy * sxh + ix * sxw)[:, None] + rk[None, :] * sxc
+                    xv = tl.load(at, mask=m[:, None] & kmask[None, :], other=0.0)
+                    wv = tl.load(dw_ptr + rk * sdc + ky * sdy + kx * sdx, mask=kmask, other=0.0)
+                    a += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+            w = tl.load(w_ptr + rk[:, None] * N + rn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+            # the projection's output rounded to the weights' type, as the unfused network stores it
+            if IEEE:
+                acc += tl.dot(a.to(w.dtype), w, input_precision="ieee")
+            else:
+                acc += tl.dot(a.to(w.dtype), w)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        out = rm.to(tl.int64)[:, None] * N + rn[None, :]
+        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
 
 def _out_size(size: int, k: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - k) // stride + 1
@@ -293,6 +340,33 @@ def _launch_project(h, pre_bias, weight_t, bias, residual, act, tune: bool = Fal
     return y
 
 
+def _launch_dw_qkv(x, dw_weight, stride, padding, weight_t, bias):
+    """``x`` (N, C, H, W) through a depthwise k x k conv (``dw_weight`` (C, 1, k, k), no bias) and a 1x1 conv
+    with ``weight_t`` (C, N_out) and ``bias``: (N, N_out, HO, WO), channels_last, in one kernel."""
+    n, c, hh, ww = x.shape
+    k = dw_weight.shape[-1]
+    ho, wo = _out_size(hh, k, stride, padding), _out_size(ww, k, stride, padding)
+    out_ch = weight_t.shape[1]
+    y = torch.empty((n, out_ch, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    m = n * ho * wo
+    weight_t = weight_t.contiguous()
+    block_m, block_n, block_k = _gemm_tiles(m, out_ch, c)
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(out_ch, block_n),)
+    _dw_qkv_kernel[grid](x, dw_weight, weight_t, bias if bias is not None else weight_t, y, m, out_ch, c, hh, ww,
+                         ho, wo, *x.stride(), dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3),
+                         STRIDE=stride, PAD=padding, KS=k, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
+                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_warps(block_m, block_n),
+                         num_stages=3)
+    return y
+
+
+def _dw_qkv_torch(x, dw_weight, stride, padding, weight_t, bias):
+    """What the dw + QKV kernel computes, in PyTorch."""
+    a = F.conv2d(x, dw_weight, None, stride, padding, 1, dw_weight.shape[0])
+    y = F.linear(a.permute(0, 2, 3, 1), weight_t.t(), bias).permute(0, 3, 1, 2)
+    return y.contiguous(memory_format=torch.channels_last)
+
+
 def _project_torch(h, pre_bias, weight_t, bias, residual, act):
     """What the project kernel computes, in PyTorch: activation of (h + pre_bias), a 1x1 conv, the residual."""
     a = h if pre_bias is None else h + pre_bias.view(1, -1, 1, 1)
@@ -390,3 +464,27 @@ def project_conv(h: torch.Tensor, pre_bias: torch.Tensor | None, weight_t: torch
     ``residual``: one Triton GEMM on CUDA, PyTorch elsewhere; ``act`` one of :data:`TRITON_ACTS`. ``tune``:
     the GEMM's tiles measured per shape on its first call rather than chosen by a rule."""
     return _project_conv(h, pre_bias, weight_t, bias, residual, _kernel_act(act), tune)
+
+
+@torch.library.custom_op("lowspace::dw_qkv", mutates_args=(), tags=_TAGS)
+def _dw_qkv(x: torch.Tensor, dw_weight: torch.Tensor, stride: int, padding: int, weight_t: torch.Tensor,
+            bias: torch.Tensor | None) -> torch.Tensor:
+    if x.is_cuda and triton is not None:
+        return _launch_dw_qkv(x, dw_weight, stride, padding, weight_t, bias)
+    return _dw_qkv_torch(x, dw_weight, stride, padding, weight_t, bias)
+
+
+@_dw_qkv.register_fake
+def _(x, dw_weight, stride, padding, weight_t, bias):
+    n, _, hh, ww = x.shape
+    k = dw_weight.shape[-1]
+    return torch.empty((n, weight_t.shape[1], _out_size(hh, k, stride, padding), _out_size(ww, k, stride, padding)),
+                       device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+
+def dw_qkv(x: torch.Tensor, dw_weight: torch.Tensor, stride: int, padding: int, weight_t: torch.Tensor,
+           bias: torch.Tensor | None) -> torch.Tensor:
+    """The attention's depthwise projection (``dw_weight`` (C, 1, k, k), no bias) and its QKV 1x1 conv
+    (``weight_t`` (C, out), ``bias``) as one Triton kernel on CUDA, whose projection output never leaves the
+    chip; PyTorch elsewhere. Returns (N, out, HO, WO), channels_last."""
+    return _dw_qkv(x, dw_weight, stride, padding, weight_t, bias)

@@ -123,8 +123,16 @@ def _check_section(key: str, theirs: dict, ours: dict, name: str) -> None:
 
 
 def _check_deploy(theirs: dict, ours: dict, name: str) -> None:
-    """A deploy default that changed since the study was made would time new trials differently."""
-    changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    """A deploy default that changed since the study was made would time new trials differently. A switch
+    the study did not record was added to lowspace since; switches ship off (their default keeps the function
+    and the kernels as they were), so at its default it is no change."""
+    from ..runtime import DeployOptions
+    defaults = {f.name: f.default for f in dataclasses.fields(DeployOptions)}
+    added = sorted(k for k in set(ours) - set(theirs) if ours[k] == defaults.get(k, object()))
+    changed = sorted(k for k in set(theirs) | set(ours) if k not in added and theirs.get(k) != ours.get(k))
+    if added and not changed:
+        warnings.warn(f"study {name!r} recorded no deploy switch {', '.join(added)}; resuming with "
+                      + ", ".join(f"{k}={ours[k]!r}" for k in added) + " (the default, off)", stacklevel=3)
     if changed:
         key = changed[0]
         raise ConfigError(f"protocol.deploy_resolved.{key}", ours.get(key),
