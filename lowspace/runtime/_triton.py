@@ -123,18 +123,31 @@ if triton is not None:
 
 
     @triton.jit
-    def _project_kernel(h_ptr, pre_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
-                        HAS_PRE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
-                        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        # h: (M, K) rows of channels (a channels_last map flattened), w: (K, N), r and y: (M, N), all contiguous.
-        # One program per (row block, column block), the column blocks of a row block consecutive: programs
-        # running at the same time share their rows of h, which then come from L2 after the first reads them.
+    def _gemm_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """This program's rows and columns of an (M, N) output: one program per (row block, column block), the
+        column blocks of a row block consecutive, so programs running at the same time share their rows of the
+        input, which then come from L2 after the first reads them."""
         n_blocks = tl.cdiv(N, BLOCK_N)
         pid = tl.program_id(0)
         rm = (pid // n_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
         rn = (pid % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mmask = rm < M
-        nmask = rn < N
+        return rm, rn, rm < M, rn < N
+
+    @triton.jit
+    def _times_weights(acc, a, w_ptr, rk, kmask, rn, nmask, N, IEEE: tl.constexpr):
+        """``acc`` plus ``a`` (float32, rounded to the weights' type as the unfused network stores it) times the
+        rows ``rk`` of the (K, N) weights."""
+        w = tl.load(w_ptr + rk[:, None] * N + rn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
+        if IEEE:
+            return acc + tl.dot(a.to(w.dtype), w, input_precision="ieee")
+        return acc + tl.dot(a.to(w.dtype), w)
+
+    @triton.jit
+    def _project_kernel(h_ptr, pre_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
+                        HAS_PRE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
+                        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # h: (M, K) rows of channels (a channels_last map flattened), w: (K, N), r and y: (M, N), all contiguous
+        rm, rn, mmask, nmask = _gemm_tile(M, N, BLOCK_M, BLOCK_N)
         rows = rm.to(tl.int64)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -145,12 +158,7 @@ if triton is not None:
             if HAS_PRE:
                 a += tl.load(pre_ptr + rk, mask=kmask, other=0.0).to(tl.float32)[None, :]
             a = _activate(a, ACT)  # every activation maps 0 to 0: the masked columns stay 0
-            w = tl.load(w_ptr + rk[:, None] * N + rn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
-            # the activated input rounded to the weights' type, as the unfused network stores it
-            if IEEE:
-                acc += tl.dot(a.to(w.dtype), w, input_precision="ieee")
-            else:
-                acc += tl.dot(a.to(w.dtype), w)
+            acc = _times_weights(acc, a, w_ptr, rk, kmask, rn, nmask, N, IEEE)
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
         out = rows[:, None] * N + rn[None, :]
@@ -166,13 +174,8 @@ if triton is not None:
                        IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         # The attention's depthwise projection (k x k, no bias) computed block of channels by block of channels
         # as the A operand of the QKV GEMM: x (N, C, H, W) any strides, w (C, N) contiguous, y (M, N) = the
-        # channels_last (N, N_out, HO, WO) output. Column blocks of a row block run consecutively (L2 reuse).
-        n_blocks = tl.cdiv(N, BLOCK_N)
-        pid = tl.program_id(0)
-        rm = (pid // n_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-        rn = (pid % n_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
-        mmask = rm < M
-        nmask = rn < N
+        # channels_last (N, N_out, HO, WO) output
+        rm, rn, mmask, nmask = _gemm_tile(M, N, BLOCK_M, BLOCK_N)
         image = rm // (HO * WO)
         oy = (rm % (HO * WO)) // WO
         ox = rm % WO
@@ -192,12 +195,7 @@ if triton is not None:
                     xv = tl.load(at, mask=m[:, None] & kmask[None, :], other=0.0)
                     wv = tl.load(dw_ptr + rk * sdc + ky * sdy + kx * sdx, mask=kmask, other=0.0)
                     a += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-            w = tl.load(w_ptr + rk[:, None] * N + rn[None, :], mask=kmask[:, None] & nmask[None, :], other=0.0)
-            # the projection's output rounded to the weights' type, as the unfused network stores it
-            if IEEE:
-                acc += tl.dot(a.to(w.dtype), w, input_precision="ieee")
-            else:
-                acc += tl.dot(a.to(w.dtype), w)
+            acc = _times_weights(acc, a, w_ptr, rk, kmask, rn, nmask, N, IEEE)
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
         out = rm.to(tl.int64)[:, None] * N + rn[None, :]
