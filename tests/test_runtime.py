@@ -555,30 +555,17 @@ def test_gpu_triton_and_the_other_switches_keep_the_function():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda_graph", "compile_cuda_graph"])
-@pytest.mark.parametrize("project", [True, "autotune"])
-def test_gpu_triton_project_keeps_the_function(backend, project):
+@pytest.mark.parametrize("switch", [dict(triton_project=True), dict(triton_project="autotune"),
+                                    dict(triton_attention=True)], ids=["project", "project_tuned", "attention"])
+def test_gpu_triton_gemm_kernels_keep_the_function(backend, switch):
     model = randomize(create_model("b15", init="torch")).cuda()  # widths 40-320: not powers of two
     x = torch.randn(4, 3, 96, 96, device="cuda")
     with torch.no_grad():
         want = model(x)
-    d = deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend, triton_project=project)
-    assert "triton_project" in d.info["rewrites"]
+    d = deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend, **switch)
+    assert next(iter(switch)) in d.info["rewrites"]
     assert rel_err(d(x).float(), want) <= 3e-2
-    f32 = deploy(model, precision="fp32", batch_size=4, resolution=96, backend="eager", triton_project=project)
-    assert rel_err(f32(x), want) <= 2e-2  # the model's own fp32 convs may run in TF32
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["cuda_graph", "compile_cuda_graph"])
-def test_gpu_triton_attention_keeps_the_function(backend):
-    model = randomize(create_model("b15", init="torch")).cuda()
-    x = torch.randn(4, 3, 96, 96, device="cuda")
-    with torch.no_grad():
-        want = model(x)
-    d = deploy(model, precision="fp16", batch_size=4, resolution=96, backend=backend, triton_attention=True)
-    assert "triton_attention" in d.info["rewrites"]
-    assert rel_err(d(x).float(), want) <= 3e-2
-    f32 = deploy(model, precision="fp32", batch_size=4, resolution=96, backend="eager", triton_attention=True)
+    f32 = deploy(model, precision="fp32", batch_size=4, resolution=96, backend="eager", **switch)
     assert rel_err(f32(x), want) <= 2e-2  # the model's own fp32 convs may run in TF32
 
 
