@@ -59,19 +59,31 @@ if triton is not None:
         return acc
 
     @triton.jit
+    def _conv_tile(C, HO, WO, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+        """A conv program's image, output rows and columns of its ``BLOCK_P`` flattened positions, its
+        ``BLOCK_C`` output channels and their masks (grid: images x position blocks, channel blocks)."""
+        n_pb = tl.cdiv(HO * WO, BLOCK_P)
+        pid = tl.program_id(0)  # n * n_pb + position block
+        p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)
+        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        return pid // n_pb, p // WO, p % WO, c, p < HO * WO, c < C
+
+    @triton.jit
+    def _conv_store(acc, b_ptr, y_ptr, n, oy, ox, c, pmask, cmask, syn, syc, syh, syw,
+                    HAS_BIAS: tl.constexpr, ACT: tl.constexpr):
+        """Bias, activation and the store of a conv program's tile."""
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
+        acc = _activate(acc, ACT)
+        out = y_ptr + n.to(tl.int64) * syn + (oy * syh + ox * syw)[:, None] + c[None, :] * syc
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+
+    @triton.jit
     def _dw_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, HO, WO,
                    sxn, sxc, sxh, sxw, swc, swy, swx, syn, syc, syh, syw,
                    STRIDE: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr, HAS_BIAS: tl.constexpr,
                    ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        n_pb = tl.cdiv(HO * WO, BLOCK_P)
-        pid = tl.program_id(0)  # n * n_pb + position block
-        n = pid // n_pb
-        p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)  # flattened output positions
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-        pmask = p < HO * WO
-        cmask = c < C
-        oy = p // WO
-        ox = p % WO
+        n, oy, ox, c, pmask, cmask = _conv_tile(C, HO, WO, BLOCK_P, BLOCK_C)
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         x_base = x_ptr + n.to(tl.int64) * sxn + c[None, :] * sxc
         for ky in tl.static_range(K):
@@ -83,26 +95,14 @@ if triton is not None:
                 xv = tl.load(x_base + (iy * sxh + ix * sxw)[:, None], mask=m[:, None] & cmask[None, :], other=0.0)
                 wv = tl.load(w_ptr + c * swc + ky * swy + kx * swx, mask=cmask, other=0.0)
                 acc += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        acc = _activate(acc, ACT)
-        out = y_ptr + n.to(tl.int64) * syn + (oy * syh + ox * syw)[:, None] + c[None, :] * syc
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+        _conv_store(acc, b_ptr, y_ptr, n, oy, ox, c, pmask, cmask, syn, syc, syh, syw, HAS_BIAS, ACT)
 
     @triton.jit
     def _stem_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, HO, WO,
                      sxn, sxc, sxh, sxw, swo, swi, swy, swx, syn, syc, syh, syw,
                      CIN: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, K: tl.constexpr,
                      HAS_BIAS: tl.constexpr, ACT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-        n_pb = tl.cdiv(HO * WO, BLOCK_P)
-        pid = tl.program_id(0)  # n * n_pb + position block
-        n = pid // n_pb
-        p = (pid % n_pb) * BLOCK_P + tl.arange(0, BLOCK_P)  # flattened output positions
-        c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # output channels
-        pmask = p < HO * WO
-        cmask = c < C
-        oy = p // WO
-        ox = p % WO
+        n, oy, ox, c, pmask, cmask = _conv_tile(C, HO, WO, BLOCK_P, BLOCK_C)
         acc = tl.zeros((BLOCK_P, BLOCK_C), dtype=tl.float32)
         x_base = x_ptr + n.to(tl.int64) * sxn
         for ky in tl.static_range(K):
@@ -115,11 +115,7 @@ if triton is not None:
                     xv = tl.load(x_base + ci * sxc + iy * sxh + ix * sxw, mask=m, other=0.0)
                     wv = tl.load(w_ptr + c * swo + ci * swi + ky * swy + kx * swx, mask=cmask, other=0.0)
                     acc += xv.to(tl.float32)[:, None] * wv.to(tl.float32)[None, :]
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float32)[None, :]
-        acc = _activate(acc, ACT)
-        out = y_ptr + n.to(tl.int64) * syn + (oy * syh + ox * syw)[:, None] + c[None, :] * syc
-        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=pmask[:, None] & cmask[None, :])
+        _conv_store(acc, b_ptr, y_ptr, n, oy, ox, c, pmask, cmask, syn, syc, syh, syw, HAS_BIAS, ACT)
 
 
     @triton.jit
