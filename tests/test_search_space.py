@@ -19,7 +19,7 @@ def test_bundled_spaces_exist():
 
 
 @pytest.mark.parametrize("space_name,presets", [("lowformer", ["b0", "b1", "b15", "b3"]),
-                                                ("wide", ["b0", "b1", "b15", "b3", "e1"])])
+                                                ("wide", ["b0", "b1", "b15", "b3", "e1", "e2", "e3"])])
 def test_presets_are_points_of_the_space(space_name, presets):
     space = load_space(space_name)
     assert set(presets) <= set(space.preset_points())
