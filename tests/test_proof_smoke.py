@@ -102,3 +102,18 @@ def test_published_accuracy_is_set_against_the_row_claims_use(load_experiment, t
     assert table["levit_conv_192"]["distilled"] and "compile_cuda_graph" in table["levit_conv_192"]["row"]
     assert (tmp_path / "speed" / "published.html").is_file()
     assert "| levit_conv_192 | peer | 79.86 | 224 | yes |" in (tmp_path / "speed" / "published.md").read_text()
+
+
+def test_a_search_shard_takes_every_nth_study_and_records_it(load_experiment, tmp_path, monkeypatch):
+    import lowspace.cli
+    proof = load_experiment("proof/proof.py")
+    rules = dict(search=dict(methods={"pareto": "p.yaml", "random": "r.yaml", "nsga2": "n.yaml"}, seeds=[0, 1],
+                             budget_gpu_s=10, workers=1), speed=dict(device="cpu"))
+    started = []
+    monkeypatch.setattr(lowspace.cli, "main", lambda args: started.append(args[args.index("--study-name") + 1]) or 0)
+    monkeypatch.setattr(proof, "reference_latency", lambda rules, out: 5.0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    proof.phase_search(rules, tmp_path, proof.Clock(None, "1/2"), "fashion_mnist", [], png=False)
+    assert started == ["pareto-s1", "random-s1", "nsga2-s1"]  # every other study, in the studies' order
+    record = json.loads((tmp_path / "studies" / "random-s1.record.json").read_text())
+    assert record["shard"] == "1/2" and record["visible_devices"] == "1"

@@ -4,13 +4,15 @@
 
 PHASE: speed (a), train (b), search (c), front (d), report (e). ``rules.yaml`` fixes every choice; ``--smoke``
 applies its ``smoke:`` section. A phase skips what its results already hold and starts nothing new after
-``--deadline``; ``--shard K/N`` makes this process take every N-th run of train and front (several GPUs).
+``--deadline``; ``--shard K/N`` makes this process take every N-th run of train and front and every N-th study
+of search (several GPUs).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -315,7 +317,9 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
     search = rules["search"]
     (out / "studies").mkdir(parents=True, exist_ok=True)
     reference = reference_latency(rules, out)
-    for method, seed, storage, name in studies(rules, out):
+    for index, (method, seed, storage, name) in enumerate(studies(rules, out)):
+        if not clock.mine(index):
+            continue
         if not clock.open():
             return
         args = ["search", "--config", search["methods"][method], "--seed", str(seed), "--study-name", name,
@@ -330,7 +334,8 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
             raise SystemExit(f"lowspace search {name} failed (see above)")
         write_json(out / "studies" / f"{name}.record.json", dict(
             record=record(rules["speed"]["device"]), method=method, seed=seed, config=search["methods"][method],
-            budget_gpu_s=search["budget_gpu_s"], reference_latency_ms=reference, command=args))
+            budget_gpu_s=search["budget_gpu_s"], reference_latency_ms=reference, command=args,
+            shard=f"{clock.k}/{clock.n}", visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
 
 
 def load(storage: str, name: str):
@@ -510,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", required=True, type=Path)
     p.add_argument("--smoke", action="store_true", help="rules.yaml's smoke section (a toy run on the CPU)")
     p.add_argument("--deadline", type=float, default=None, help="start no new work after this UNIX time")
-    p.add_argument("--shard", default="0/1", help="K/N: this process takes every N-th run of train and front")
+    p.add_argument("--shard", default="0/1",
+                   help="K/N: this process takes every N-th run of train and front and every N-th study of search")
     p.add_argument("--data", default=None, help="data set (default: rules.yaml's)")
     p.add_argument("--device", default=None, help="training device (default: CUDA if available)")
     p.add_argument("--search-set", action="append", default=[], metavar="KEY=VALUE",

@@ -5,8 +5,9 @@
 #   RESULTS     output folder (default experiments/proof/results; SMOKE=1: a new temporary folder)
 #   DATA        Fashion-MNIST: fashion_mnist (the Debian package's files) or a folder holding the IDX files
 #   TIME_LIMIT  seconds after which no new bench row, training run or search trial starts (work in flight finishes)
-#   SHARD       K/N: this process takes every N-th training run of phases train and front (one process per GPU,
-#               each with CUDA_VISIBLE_DEVICES set); run the other phases in one process
+#   SHARD       K/N: this process takes every N-th training run of phases train and front and every N-th study
+#               of phase search (one process per GPU, each with CUDA_VISIBLE_DEVICES set); run the other phases
+#               in one process
 #   SMOKE=1     every phase at toy scale on the CPU (rules.yaml's smoke section), a few minutes on 2 cores
 set -euo pipefail
 cd "$(dirname "$0")/../.."
