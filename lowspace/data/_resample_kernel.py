@@ -34,7 +34,7 @@ if triton is not None:
         return tl.minimum(tl.maximum(tl.floor(acc + 0.5), 0.0), 255.0)  # a pixel level; PIL rounds halves up
 
     @triton.jit
-    def _tap_pass_kernel(src_ptr, layout_ptr, w_ptr, first_ptr, out_ptr, taps, size, other_max,
+    def _tap_pass_kernel(src_ptr, layout_ptr, w_ptr, first_ptr, out_ptr, taps, size,
                          swn, sws, sfn, osn, osc, osy, osx,
                          AXIS: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_S: tl.constexpr):
         n = tl.program_id(2)
@@ -63,9 +63,9 @@ if triton is not None:
             acc1 += tl.load(at + sc, mask=m, other=0).to(tl.float32) * w[None, :]
             acc2 += tl.load(at + 2 * sc, mask=m, other=0).to(tl.float32) * w[None, :]
         if AXIS == 1:
-            dst = out_ptr + n * osn + o[:, None] * osy + s[None, :] * osx
+            dst = out_ptr + n.to(tl.int64) * osn + o[:, None] * osy + s[None, :] * osx
         else:
-            dst = out_ptr + n * osn + s[None, :] * osy + o[:, None] * osx
+            dst = out_ptr + n.to(tl.int64) * osn + s[None, :] * osy + o[:, None] * osx
         m = omask[:, None] & smask[None, :]
         ty = out_ptr.dtype.element_ty
         tl.store(dst, _level(acc0).to(ty), mask=m)
@@ -85,7 +85,7 @@ def tap_pass(src: torch.Tensor, layout: torch.Tensor, weights: torch.Tensor, fir
     other_max = out.shape[2] if resampled_cols else out.shape[3]
     weights, first = weights.contiguous(), first.contiguous()
     grid = (triton.cdiv(other_max, BLOCK_OTHER), triton.cdiv(size, BLOCK_SIZE), n)
-    _tap_pass_kernel[grid](src, layout, weights, first, out, taps, size, other_max,
+    _tap_pass_kernel[grid](src, layout, weights, first, out, taps, size,
                            weights.stride(0), weights.stride(1), first.stride(0), *out.stride(),
                            AXIS=1 if resampled_cols else 0, BLOCK_O=BLOCK_OTHER, BLOCK_S=BLOCK_SIZE)
     return out
