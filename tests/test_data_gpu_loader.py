@@ -600,3 +600,17 @@ def test_on_a_gpu_the_taps_kernel_gives_the_matmul_batches_within_a_level(data):
     for taps, matmul in zip(batches("taps"), batches("matmul")):
         apart = (taps - matmul).abs()
         assert apart.max() <= 1.01 * level and (apart > level / 2).float().mean() < 0.01
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("out", ["*u8", "*fp32"])
+def test_the_taps_kernel_compiles_for_hopper_without_spilling(axis, out):
+    pytest.importorskip("triton")
+    from helpers import hopper_spills
+    kernel = gpu_augment._resample_kernel
+    ints = ("taps", "size", "swn", "sws", "sfn", "osn", "osc", "osy", "osx")
+    signature = {"src_ptr": "*u8", "layout_ptr": "*i64", "w_ptr": "*fp16", "first_ptr": "*i32", "out_ptr": out,
+                 **dict.fromkeys(ints, "i32"), **dict.fromkeys(("AXIS", "BLOCK_O", "BLOCK_S"), "constexpr")}
+    constexprs = dict(AXIS=axis, BLOCK_O=kernel.BLOCK_OTHER, BLOCK_S=kernel.BLOCK_SIZE)
+    assert hopper_spills(kernel._tap_pass_kernel, signature, constexprs, warps=4) == 0

@@ -19,7 +19,7 @@ from lowspace.arch.blocks import inference_rewrites
 from lowspace.runtime import DeployedModel, DeployOptions, Runner, clear_cache, deploy, export_onnx, reparameterize
 from lowspace.runtime._fold import conv_transpose_as_conv, conv_transpose_as_subpixel, fold_bn
 
-from helpers import randomize
+from helpers import hopper_spills, randomize
 
 TOL = 1e-4  # max |deployed - eval model| / max |eval model|, fp32
 
@@ -589,3 +589,19 @@ def test_graph_replay_check_accepts_the_same_overflow_and_rejects_a_different_on
     all_nan = torch.full((3,), float("nan"))
     assert replay_error(all_nan.clone(), all_nan) == (0.0, 1.0)
     assert replay_error(torch.zeros(3), torch.zeros(3)) == (0.0, 0.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(200 * 49, 768, 256), (49, 384, 128), (200 * 196, 384, 128)],
+                         ids=["b200_stage4", "b1_stage3", "b200_stage3"])
+def test_the_dw_qkv_kernel_compiles_for_hopper_without_spilling_at_its_tiles(shape):
+    pytest.importorskip("triton")
+    from lowspace.runtime import _triton as tk
+    block_m, block_n, block_k = tk._dw_qkv_tiles(*shape)
+    ints = ("M", "N", "C", "H", "W", "HO", "WO", "sxn", "sxc", "sxh", "sxw", "sdc", "sdy", "sdx")
+    signature = {**{p: "*fp16" for p in ("x_ptr", "dw_ptr", "w_ptr", "b_ptr", "y_ptr")}, **dict.fromkeys(ints, "i32"),
+                 **dict.fromkeys(("STRIDE", "PAD", "KS", "HAS_BIAS", "IEEE", "BLOCK_M", "BLOCK_N", "BLOCK_K"),
+                                 "constexpr")}
+    constexprs = dict(STRIDE=2, PAD=2, KS=5, HAS_BIAS=True, IEEE=False, BLOCK_M=block_m, BLOCK_N=block_n,
+                      BLOCK_K=block_k)
+    assert hopper_spills(tk._dw_qkv_kernel, signature, constexprs, tk._dw_qkv_warps(block_m, block_n)) == 0

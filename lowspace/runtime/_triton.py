@@ -181,16 +181,16 @@ if triton is not None:
             rk = c0 + tl.arange(0, BLOCK_K)
             kmask = rk < C
             a = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
-            for ky in tl.static_range(KS):
+            for t in range(0, KS * KS):  # a loop, not unrolled: unrolled, the taps' tiles spill registers
+                ky = t // KS
+                kx = t % KS
                 iy = oy * STRIDE - PAD + ky
-                row_ok = mmask & (iy >= 0) & (iy < H)
-                for kx in tl.static_range(KS):
-                    ix = ox * STRIDE - PAD + kx
-                    m = row_ok & (ix >= 0) & (ix < W)
-                    at = x_rows[:, None] + (iy * sxh + ix * sxw)[:, None] + rk[None, :] * sxc
-                    xv = tl.load(at, mask=m[:, None] & kmask[None, :], other=0.0)
-                    wv = tl.load(dw_ptr + rk * sdc + ky * sdy + kx * sdx, mask=kmask, other=0.0)
-                    a += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
+                ix = ox * STRIDE - PAD + kx
+                m = mmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+                at = x_rows[:, None] + (iy * sxh + ix * sxw)[:, None] + rk[None, :] * sxc
+                xv = tl.load(at, mask=m[:, None] & kmask[None, :], other=0.0)
+                wv = tl.load(dw_ptr + rk * sdc + ky * sdy + kx * sdx, mask=kmask, other=0.0)
+                a += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
             acc = _times_weights(acc, a, w_ptr, rk, kmask, rn, nmask, N, IEEE)
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
@@ -334,6 +334,18 @@ def _launch_project(h, pre_bias, weight_t, bias, residual, act, tune: bool = Fal
     return y
 
 
+def _dw_qkv_tiles(m: int, n: int, k: int) -> tuple[int, int, int]:
+    """The project GEMM's rows and columns (:func:`_gemm_tiles`), but at most 32 channels per step: the
+    projection's input tile and its addresses then fit in registers next to the accumulator (with 64, ptxas
+    spills on Hopper)."""
+    block_m, block_n, _ = _gemm_tiles(m, n, k)
+    return block_m, block_n, max(16, min(32, triton.next_power_of_2(k)))
+
+
+def _dw_qkv_warps(block_m: int, block_n: int) -> int:
+    return 8 if block_m * block_n >= 128 * 64 else 4
+
+
 def _launch_dw_qkv(x, dw_weight, stride, padding, weight_t, bias):
     """``x`` (N, C, H, W) through a depthwise k x k conv (``dw_weight`` (C, 1, k, k), no bias) and a 1x1 conv
     with ``weight_t`` (C, N_out) and ``bias``: (N, N_out, HO, WO), channels_last, in one kernel."""
@@ -344,12 +356,12 @@ def _launch_dw_qkv(x, dw_weight, stride, padding, weight_t, bias):
     y = torch.empty((n, out_ch, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     m = n * ho * wo
     weight_t = weight_t.contiguous()
-    block_m, block_n, block_k = _gemm_tiles(m, out_ch, c)
+    block_m, block_n, block_k = _dw_qkv_tiles(m, out_ch, c)
     grid = (triton.cdiv(m, block_m) * triton.cdiv(out_ch, block_n),)
     _dw_qkv_kernel[grid](x, dw_weight, weight_t, bias if bias is not None else weight_t, y, m, out_ch, c, hh, ww,
                          ho, wo, *x.stride(), dw_weight.stride(0), dw_weight.stride(2), dw_weight.stride(3),
                          STRIDE=stride, PAD=padding, KS=k, HAS_BIAS=bias is not None, IEEE=x.dtype == torch.float32,
-                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_warps(block_m, block_n),
+                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=_dw_qkv_warps(block_m, block_n),
                          num_stages=3)
     return y
 
