@@ -205,6 +205,18 @@ def test_backends_on_cpu(tiny):
     assert m.info["onnx_provider"] == "CPUExecutionProvider"
 
 
+def test_an_output_that_is_not_finite_is_timed_with_a_warning(tiny, monkeypatch):
+    from lowspace.cost import measure as measure_mod
+    real = measure_mod.build_runner
+
+    def overflowing(*args):  # as a CUDA graph's check reports a random-weight fp16 network that overflows
+        runner, info = real(*args)
+        return runner, dict(info, nonfinite_output=0.25)
+    monkeypatch.setattr(measure_mod, "build_runner", overflowing)
+    m = measure(tiny, cache=False, **FAST)
+    assert m.status == "ok" and any("25% of the output is not finite" in w for w in m.warnings)
+
+
 def test_cache_hit_and_no_cache(tiny, tmp_path):
     cache = MeasurementCache(tmp_path / "c.sqlite")
     first = measure(tiny, cache=cache, **CACHED)

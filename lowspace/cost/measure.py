@@ -340,6 +340,10 @@ def _measure_once(spec: ModelSpec, p: Protocol, timing: Timing, resolution: int,
         notes.append(f"spread {spread_of(values):.1%} above the target {timing.target_spread:.1%} after "
                      f"{len(chunks)} chunks / {iterations} calls: the machine is too noisy for this target "
                      "(the numbers use every chunk)")
+    if info.get("nonfinite_output"):
+        notes.append(f"{info['nonfinite_output']:.0%} of the output is not finite (inf or NaN; with random weights "
+                     f"a network can overflow in {p.precision}), the same in the graph's replay as in the eager run: "
+                     "timed as it is")
     return Measurement(status="ok", median_ms=median, p10_ms=p10, p90_ms=p90, spread=spread_of(values),
                        images_per_s=p.batch_size * 1000.0 / median if median > 0 else None, batch_size=p.batch_size,
                        build_s=info.pop("build_s"), iterations=iterations, chunks_ms=[round(v, 6) for v in chunks],
