@@ -348,13 +348,19 @@ def size_parts(boxes: np.ndarray) -> list[np.ndarray]:
     return parts
 
 
+def _pass_dtype(device: torch.device) -> torch.dtype:
+    """The resampling passes' weights (and the matrix form's buffer): half precision on CUDA (pixel levels
+    exact, weights to 11 bits), float32 elsewhere."""
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
 def _resample_group(flat: _Flat, which: np.ndarray, boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
                     filters: np.ndarray, flips: np.ndarray, size: int, rows_first: bool,
                     weights: PassWeights) -> torch.Tensor:
     """:func:`resample` of the images ``which`` of ``flat``, which share one pass order, in one buffer."""
     device = flat.device
     height, width = boxes[:, 2].astype(np.int64), boxes[:, 3].astype(np.int64)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = _pass_dtype(device)
     buffer = flat.crops(which, boxes).to(dtype)  # rows, channels, columns: see _pass
     rows, cols = buffer.shape[1], buffer.shape[3]
     row_w, col_w = weights.passes(height, width, resized, offsets, flips, filters, size, rows, cols, device, dtype)
@@ -372,7 +378,7 @@ def _resample_taps(flat: _Flat, which: np.ndarray, boxes: np.ndarray, resized: n
     flat tensor, the second the first's uint8 output."""
     device, n = flat.device, len(which)
     top, left, height, width = (boxes[:, k].astype(np.int64) for k in range(4))
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = _pass_dtype(device)
     rows, cols = weights.passes(height, width, resized, offsets, flips, filters, size, 0, 0, device, dtype,
                                 dense=False)
     sides = flat.sides[which]

@@ -186,10 +186,10 @@ def replay_error(out: torch.Tensor, reference: torch.Tensor) -> tuple[float, flo
     same places; the error is then taken over the finite ones, and is 0 where there are none."""
     out, reference = out.detach().float(), reference.detach().float()
     finite = reference.isfinite()
+    nonfinite = 1.0 - finite.float().mean().item()
     if not torch.equal(finite, out.isfinite()) or not torch.equal(out[~finite].nan_to_num(),
                                                                   reference[~finite].nan_to_num()):
-        return float("inf"), 1.0 - finite.float().mean().item()
-    nonfinite = 1.0 - finite.float().mean().item()
+        return float("inf"), nonfinite
     if not finite.any():
         return 0.0, nonfinite
     scale = reference[finite].abs().max().clamp_min(1e-6)

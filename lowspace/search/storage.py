@@ -134,16 +134,15 @@ def _create_rdb(url: str, engine_kwargs: dict, kwargs: dict, attempts: int = 5):
     together on a new PostgreSQL database: one of them loses the race with a duplicate-key or "already exists"
     error, and the schema is there on its next try)."""
     from optuna.storages import RDBStorage
-    for attempt in range(attempts):
+    for attempt in range(1, attempts):
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except Exception as err:  # noqa: BLE001 - sqlalchemy's error kinds vary by driver
             text = str(getattr(err, "orig", None) or err)
-            racing = type(err).__name__ == "IntegrityError" or "already exists" in text
-            if not racing or attempt == attempts - 1:
+            if not (type(err).__name__ == "IntegrityError" or "already exists" in text):
                 raise
-            time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(0.2 * attempt)
+    return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)  # the last try: its error is the caller's
 
 
 def _reason(err: Exception) -> str:
