@@ -309,7 +309,7 @@ for k in range(12):
     filters.append(k % 6)
 n = len(images)
 args = (images, np.array(boxes), np.full((n, 2), size), np.zeros((n, 2)), np.array(filters), np.arange(n) % 2, size)
-matmul = gpu_augment.resample(*args)
+matmul = gpu_augment.resample(*args, kernel="matmul")
 gpu_augment._resample_group = None  # the matrix form must not run below
 taps = gpu_augment.resample(*args, kernel="taps")
 apart = (taps - matmul).abs()
@@ -507,15 +507,15 @@ def test_the_engine_trains_through_the_device_loader(data, monkeypatch):
     setup = engine.build(TINY, prepared, recipe, engine.resolve_runtime(recipe, DistInfo()), None)
     assert all(isinstance(lo, DeviceFolderLoader) for lo in (setup.loaders.train, setup.loaders.val, setup.loaders.bn))
     assert isinstance(setup.loaders.val.transform, DeviceEvalTransform)
-    assert setup.loaders.train.transform.kernel == setup.loaders.val.transform.kernel == "matmul"
+    assert setup.loaders.train.transform.kernel == setup.loaders.val.transform.kernel == "taps"
     result = engine.run(TINY, prepared, recipe, DistInfo())
     assert result.steps == len(prepared.train) // 4 and result.top1 is not None
     cpu = engine.build(TINY, prepared, recipe.replace(loader="cpu"), engine.resolve_runtime(recipe, DistInfo()), None)
     assert isinstance(cpu.loaders.train, FolderLoader)
-    spread = recipe.replace(loader_processes=3, gpu_resample="taps")  # processes start with the first epoch
+    spread = recipe.replace(loader_processes=3, gpu_resample="matmul")  # processes start with the first epoch
     spread = engine.build(TINY, prepared, spread, engine.resolve_runtime(spread, DistInfo()), None)
     assert spread.loaders.train.processes == 3 and spread.loaders.val.processes == 1
-    assert spread.loaders.train.transform.kernel == spread.loaders.val.transform.kernel == "taps"
+    assert spread.loaders.train.transform.kernel == spread.loaders.val.transform.kernel == "matmul"
 
 
 _RANK_SCRIPT = textwrap.dedent("""

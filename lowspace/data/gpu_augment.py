@@ -45,6 +45,7 @@ CROP_ATTEMPTS = 10
 # operations, which is what bounds the transform
 MAX_BUFFER = 1 << 28
 RESAMPLE_KERNELS = ("matmul", "taps")  # how resample() computes its passes (see there)
+DEFAULT_RESAMPLE_KERNEL = "taps"  # faster in the loader benchmark (experiments/train_speed, part e)
 
 
 def uniforms(seeds: Sequence[int], stream: int, count: int) -> np.ndarray:
@@ -300,21 +301,22 @@ def _pass(buffer: torch.Tensor, weights: torch.Tensor, axis: str) -> torch.Tenso
 
 def resample(images: Sequence[torch.Tensor], boxes: np.ndarray, resized: np.ndarray, offsets: np.ndarray,
              filters: np.ndarray, flips: np.ndarray, size: int, weights: PassWeights | None = None,
-             kernel: str = "matmul") -> torch.Tensor:
+             kernel: str = DEFAULT_RESAMPLE_KERNEL) -> torch.Tensor:
     """PIL's ``image.crop(box).resize(resized, filter)`` cut to ``size`` x ``size`` at ``offsets``, for the
     whole batch: ``(N, 3, size, size)`` float32 pixel levels (integers in [0, 255], as PIL's uint8).
 
     ``images``: uint8 ``(3, H, W)``; ``boxes`` ``(N, 4)`` (top, left, height, width); ``resized`` and
     ``offsets`` ``(N, 2)`` (rows, columns): the size the box is resized to and where the output starts in
     it; ``filters`` ``(N,)`` indices into :data:`PIL_FILTERS`; ``flips`` ``(N,)``: mirror the columns.
-    The boxes are copied into one padded buffer; each pass is one batched matrix product (half
-    precision on CUDA: exact for pixel levels, weights to 11 bits), rounded like PIL's. PIL resamples the
-    columns first, except when the rows shrink and the columns grow: those samples go as a group of their
-    own, and so do parts of a batch whose buffer would exceed :data:`MAX_BUFFER` values. ``weights``: the
-    :class:`PassWeights` to look the pass weights up in (a transform keeps one across batches; default a new
-    one). ``kernel="taps"``: each pass is one Triton kernel reading its taps where they lie
-    (:mod:`._resample_kernel`; CUDA with Triton only, else the matrix form runs), float32 sums instead of
-    half-precision products, so a sum that lands within rounding of a half level may round the other way."""
+    ``kernel="taps"`` (the default): each pass is one Triton kernel reading its taps where they lie
+    (:mod:`._resample_kernel`; CUDA with Triton only, else the matrix form runs), summing in float32.
+    ``kernel="matmul"``, the matrix form: the boxes are copied into one padded buffer and each pass is one
+    batched matrix product (half precision on CUDA: exact for pixel levels, weights to 11 bits, sums rounded
+    to fp16, so a sum within rounding of a half level may land one level from the kernel's). Both round each
+    pass to levels like PIL's uint8 passes. PIL resamples the columns first, except when the rows shrink and
+    the columns grow: those samples go as a group of their own, and so do parts of a batch whose buffer would
+    exceed :data:`MAX_BUFFER` values. ``weights``: the :class:`PassWeights` to look the pass weights up in (a
+    transform keeps one across batches; default a new one)."""
     resized, offsets = np.asarray(resized), np.asarray(offsets)
     filters, flips = np.asarray(filters), np.asarray(flips)
     rows_first = (resized[:, 0] < boxes[:, 2]) & (resized[:, 1] > boxes[:, 3])
@@ -437,7 +439,7 @@ class DeviceEvalTransform:
     ``resample_kernel``: how :func:`resample` computes its passes (``matmul`` or ``taps``)."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct: float = 0.95, interpolation: str = "bicubic",
-                 resample_kernel: str = "matmul"):
+                 resample_kernel: str = DEFAULT_RESAMPLE_KERNEL):
         self.crop_pct = crop_pct
         self.filter = _filter_index(interpolation)
         self.kernel = _resample_kernel_name(resample_kernel)
@@ -465,7 +467,7 @@ class DeviceTrainTransform:
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, randaugment: str | None = None, reprob: float = 0.0,
                  interpolation: str = "random", scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
-                 resample_kernel: str = "matmul"):
+                 resample_kernel: str = DEFAULT_RESAMPLE_KERNEL):
         names = PIL_FILTERS if interpolation == "random" else (interpolation,)
         self.kernel = _resample_kernel_name(resample_kernel)
         self.filters = np.array([_filter_index(n) for n in names])

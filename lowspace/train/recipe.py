@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 from ..config import Config, YamlDocument, option
-from ..data.gpu_augment import RESAMPLE_KERNELS
+from ..data.gpu_augment import DEFAULT_RESAMPLE_KERNEL, RESAMPLE_KERNELS
 from ..errors import ConfigError, closest
 
 RECIPE_NAMES = ("b0", "b1", "b15", "b2", "b3", "e1", "e2", "e3")
@@ -95,7 +95,7 @@ class Recipe(Config):
     workers: int = option(8, ge=0, le=1024)
     loader: str = option("auto", choices=LOADERS)
     loader_processes: int = option(4, ge=1, le=64)
-    gpu_resample: str = option("matmul", choices=RESAMPLE_KERNELS)
+    gpu_resample: str = option(DEFAULT_RESAMPLE_KERNEL, choices=RESAMPLE_KERNELS)
     # EMA and evaluation
     ema: bool = True
     ema_decay: float = option(0.9998, ge=0, lt=1)
