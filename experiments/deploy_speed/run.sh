@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Regenerates experiments/deploy_speed/results (and switches/, switches_project/, switches_project_tiles/,
-# switches_attention/, switches_eager/, tau/ when missing) on one CUDA GPU; see README.md.
+# switches_attention/, switches_pdl/, switches_eager/, tau/ when missing) on one CUDA GPU; see README.md.
 #   bash experiments/deploy_speed/run.sh   # from the repository root; on an H200 about 6 minutes for results/,
 #                                          # 6 for switches/, about 4 for switches_project/, 6 for
 #                                          # switches_project_tiles/, about 4 for switches_attention/,
-#                                          # 2 for switches_eager/
+#                                          # about 7 for switches_pdl/, 2 for switches_eager/
 #                                          # and 8 for tau/
 # WORK: scratch folder for inductor's cache (default: a new temporary folder). PYTHON: the interpreter.
 set -euo pipefail
@@ -51,6 +51,14 @@ if [ ! -e $D/switches_attention/results.json ]; then
     mkdir -p $D/switches_attention
     "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants ours_deploy,ours_deploy_attn \
         --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_attention | tee $D/switches_attention/log.txt
+fi
+# Programmatic dependent launch for inductor's kernels, on ours and on timm compiled + graph (README.md,
+# "Programmatic dependent launch", states the rule, fixed before the run)
+if [ ! -e $D/switches_pdl/results.json ]; then
+    mkdir -p $D/switches_pdl
+    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
+        --variants timm_compile_graph,timm_compile_graph_pdl,ours_deploy,ours_deploy_pdl \
+        --parallel 11 --cache-dir "$WORK/cache" --out $D/switches_pdl | tee $D/switches_pdl/log.txt
 fi
 # The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
 if [ ! -e $D/switches_eager/results.json ]; then
