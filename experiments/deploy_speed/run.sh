@@ -22,50 +22,32 @@ mkdir -p $D/results
     --parallel 8 --cache-dir "$WORK/cache" --out $D/results
 "$PY" $D/roofline.py --results $D/results
 
-# The deploy switches on all four presets (skipped when present); README.md, "Which switch to fuse next",
-# states the rule, fixed before the run, that decides which ones become deploy()'s defaults
-if [ ! -e $D/switches/results.json ]; then
-    mkdir -p $D/switches
-    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
-        --variants ours_deploy,ours_deploy_gncl,ours_deploy_coop,ours_deploy_gncl_coop \
-        --parallel 8 --cache-dir "$WORK/cache" --out $D/switches | tee $D/switches/log.txt
-fi
-# The Triton project kernel on all four presets (README.md, "The project kernel", states the rule, fixed before
-# the run, that decides whether it becomes a default)
-if [ ! -e $D/switches_project/results.json ]; then
-    mkdir -p $D/switches_project
-    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants ours_deploy,ours_deploy_project \
-        --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_project | tee $D/switches_project/log.txt
-fi
-# The project kernel again after its first run: programs sharing rows run together, tiles that fill the GPU at
-# batch 1, and a form whose tiles are measured per shape (README.md, "The kernel since", states the rule)
-if [ ! -e $D/switches_project_tiles/results.json ]; then
-    mkdir -p $D/switches_project_tiles
-    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
-        --variants ours_deploy,ours_deploy_project,ours_deploy_project_tuned \
-        --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_project_tiles | tee $D/switches_project_tiles/log.txt
-fi
-# The attention's depthwise projection and QKV conv as one Triton kernel (README.md, "The attention kernel",
-# states the rule, fixed before the run)
-if [ ! -e $D/switches_attention/results.json ]; then
-    mkdir -p $D/switches_attention
-    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants ours_deploy,ours_deploy_attn \
-        --parallel 8 --cache-dir "$WORK/cache" --out $D/switches_attention | tee $D/switches_attention/log.txt
-fi
-# Programmatic dependent launch for inductor's kernels, on ours and on timm compiled + graph (README.md,
-# "Programmatic dependent launch", states the rule, fixed before the run)
-if [ ! -e $D/switches_pdl/results.json ]; then
-    mkdir -p $D/switches_pdl
-    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 \
-        --variants timm_compile_graph,timm_compile_graph_pdl,ours_deploy,ours_deploy_pdl \
-        --parallel 11 --cache-dir "$WORK/cache" --out $D/switches_pdl | tee $D/switches_pdl/log.txt
-fi
+# One folder of deploy switches on all four presets at batch 200 and 1, measured only when it has no results:
+# switches NAME VARIANTS [bench.py options]
+switches() {
+    local name=$1 variants=$2
+    shift 2
+    [ -e $D/$name/results.json ] && return 0
+    mkdir -p $D/$name
+    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants "$variants" --parallel 8 "$@" \
+        --out $D/$name | tee $D/$name/log.txt
+}
+# Each README.md section named below states the rule, fixed before the run, that decides whether its switch
+# becomes one of deploy()'s defaults.
+# "Which switch to fuse next": the inductor switches and the channels-last GroupNorm
+switches switches ours_deploy,ours_deploy_gncl,ours_deploy_coop,ours_deploy_gncl_coop --cache-dir "$WORK/cache"
+# "The project kernel": the Triton project kernel
+switches switches_project ours_deploy,ours_deploy_project --cache-dir "$WORK/cache"
+# "The kernel since": programs sharing rows run together, tiles that fill the GPU at batch 1, and a form whose
+# tiles are measured per shape
+switches switches_project_tiles ours_deploy,ours_deploy_project,ours_deploy_project_tuned --cache-dir "$WORK/cache"
+# "The attention kernel": the attention's depthwise projection and QKV conv as one Triton kernel
+switches switches_attention ours_deploy,ours_deploy_attn --cache-dir "$WORK/cache"
+# "Programmatic dependent launch": inductor's PDL on ours and on timm compiled + graph
+switches switches_pdl timm_compile_graph,timm_compile_graph_pdl,ours_deploy,ours_deploy_pdl --parallel 11 \
+    --cache-dir "$WORK/cache"
 # The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
-if [ ! -e $D/switches_eager/results.json ]; then
-    mkdir -p $D/switches_eager
-    "$PY" $D/bench.py --models b1,b0,b15,b3 --batches 200,1 --variants ours_graph,ours_graph_gncl \
-        --parallel 8 --out $D/switches_eager | tee $D/switches_eager/log.txt
-fi
+switches switches_eager ours_graph,ours_graph_gncl
 
 # Cheap vs deploy protocol over the 20 random architectures of tau_configs/ (Kendall tau), both GroupNorm
 # forms of the cheap protocol against the deploy defaults in one run (README.md states the rule that picks one)
