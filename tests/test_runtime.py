@@ -146,6 +146,7 @@ SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subp
             dict(groupnorm="decomposed"), dict(groupnorm="channels_last"), dict(sdpa="math"), dict(triton=True),
             dict(triton_stem=True), dict(triton_project=True), dict(triton_project=True, channels_last=False),
             dict(triton_attention=True), dict(triton_attention=True, triton=True, conv1x1="linear"),
+            dict(triton_chain=True), dict(triton_chain=True, triton_project=True, triton=True),
             dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False)]
 
 
@@ -162,7 +163,7 @@ def test_every_rewrite_switch_is_exact(options):
     expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear",
                 "groupnorm": f"groupnorm_{options.get('groupnorm')}", "sdpa": "sdpa_math", "triton": "triton_depthwise",
                 "triton_stem": "triton_stem", "triton_project": "triton_project", "fuse_attention": "fuse_attention",
-                "triton_attention": "triton_attention"}
+                "triton_attention": "triton_attention", "triton_chain": "triton_chain"}
     for name, value in options.items():
         if name in expected:
             assert (expected[name] in d.info["rewrites"]) == (value not in (False, "conv_transpose")), name
@@ -385,6 +386,25 @@ for n, c, out, hh, ww, k, s, bias, fmt in [(2, 24, 40, 9, 11, 3, 2, True, 1), (1
     want = F.conv2d(F.conv2d(x, dw, None, s, k // 2, 1, c), w_t.t().reshape(out, c, 1, 1), b)
     assert y.shape == want.shape and y.is_contiguous(memory_format=torch.channels_last)
     assert (y - want).abs().max() < 1e-3 * want.abs().max(), (n, c, out, k, s)
+from lowspace.runtime._triton import _launch_fused_mbconv, fused_mbconv_rows
+# residual, stride 2, 1x1 and 5x5 convs, NCHW input, an output wider than one column block (300 > 256)
+for n, cin, hid, out, hh, ww, k, s, act, b1, b2, res, fmt in [
+        (2, 24, 40, 24, 9, 11, 3, 1, "hardswish", True, True, True, 1),
+        (1, 70, 130, 20, 7, 7, 3, 2, "gelu", True, False, False, 1),
+        (3, 16, 96, 300, 6, 5, 1, 1, None, False, True, False, 0),
+        (1, 8, 16, 8, 4, 4, 5, 2, "relu", False, False, False, 1)]:
+    x = torch.randn(n, cin, hh, ww, generator=g)
+    x = x.contiguous(memory_format=torch.channels_last) if fmt else x
+    w1 = torch.randn(hid, cin, k, k, generator=g) / (cin * k * k) ** 0.5
+    bb1 = torch.randn(hid, generator=g) if b1 else None
+    w2_t = torch.randn(hid, out, generator=g) / hid ** 0.5
+    bb2 = torch.randn(out, generator=g) if b2 else None
+    want = F.conv2d(make_act(act)(F.conv2d(x, w1, bb1, s, k // 2)), w2_t.t().reshape(out, hid, 1, 1), bb2)
+    r = torch.randn_like(want) if res else None
+    want = want if r is None else want + r
+    y = _launch_fused_mbconv(x, fused_mbconv_rows(w1), bb1, k, s, k // 2, act, w2_t, bb2, r)
+    assert y.shape == want.shape and y.is_contiguous(memory_format=torch.channels_last)
+    assert (y - want).abs().max() < 1e-3 * want.abs().max(), (n, cin, hid, out, k, s)
 print("ok")
 """
 
@@ -422,6 +442,36 @@ def test_triton_dw_qkv_op_falls_back_traces_and_replaces_each_attentions_project
     d = deploy(model, precision="fp32", batch_size=2, resolution=45, backend="eager", device="cpu",
                triton_attention=True, fuse_attention=False)
     assert "triton_attention" not in d.info["rewrites"]
+
+
+def test_fused_mbconv_op_falls_back_traces_and_replaces_each_plain_fused_mbconv_on_cpu():
+    from lowspace.arch.blocks import FusedMBConv, TritonFusedMBConv
+    from lowspace.runtime._triton import fused_mbconv, fused_mbconv_rows
+    x = torch.randn(2, 12, 9, 11).contiguous(memory_format=torch.channels_last)
+    w1, b1, w2_t, b2 = torch.randn(20, 12, 3, 3), torch.randn(20), torch.randn(20, 12), torch.randn(12)
+    want = F.conv2d(F.hardswish(F.conv2d(x, w1, b1, 1, 1)), w2_t.t().reshape(12, 20, 1, 1), b2) + x
+    got = fused_mbconv(x, fused_mbconv_rows(w1), b1, 3, 1, 1, "hardswish", w2_t, b2, x)
+    assert got.is_contiguous(memory_format=torch.channels_last) and rel_err(got, want) <= 1e-6
+    f = torch.compile(lambda t: fused_mbconv(t, fused_mbconv_rows(w1), None, 3, 2, 1, None, w2_t, None),
+                      backend="eager", fullgraph=True)
+    assert rel_err(f(x), F.conv2d(F.conv2d(x, w1, None, 2, 1), w2_t.t().reshape(12, 20, 1, 1))) <= 1e-6
+    with pytest.raises(ValueError, match="gelu_tanh"):
+        fused_mbconv(x, fused_mbconv_rows(w1), b1, 3, 1, 1, "gelu_tanh", w2_t, b2)
+    model = randomize(create_model("b3", init="torch"), seed=2)  # residual fused MBConvs in stem and stages 1-2
+    blocks = [m for m in model.modules() if isinstance(m, FusedMBConv)]
+    d = deploy(model, precision="fp32", batch_size=2, resolution=64, backend="eager", device="cpu",
+               triton_chain=True)
+    fused = [m for m in d.module.modules() if isinstance(m, FusedMBConv)]
+    assert len(fused) == len(blocks) and all(isinstance(m.chain, TritonFusedMBConv) for m in fused)
+    assert any(m.chain.residual for m in fused) and not any(isinstance(m, nn.Conv2d) for f in fused
+                                                             for m in f.modules())
+    reparameterize(d.module, DeployOptions(triton_chain=True))  # a second pass leaves the fused form alone
+    assert all(isinstance(m.chain, TritonFusedMBConv) for m in fused)
+    # 1x1 convs as matmuls (conv1x1="linear") are left as they are, and so is a model whose norms stay
+    for switches in (dict(conv1x1="linear"), dict(fold_bn=False)):
+        d = deploy(model, precision="fp32", batch_size=2, resolution=64, backend="eager", device="cpu",
+                   triton_chain=True, **switches)
+        assert "triton_chain" not in d.info["rewrites"]
 
 
 def test_triton_project_takes_over_each_block_whose_previous_conv_is_plain():
@@ -481,7 +531,7 @@ def test_project_tiles_fill_the_gpu_and_tuning_measures_neighbours_of_the_rule()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", [TRITON_SCRIPT, PROJECT_SCRIPT], ids=["depthwise_and_stem", "project"])
+@pytest.mark.parametrize("script", [TRITON_SCRIPT, PROJECT_SCRIPT], ids=["depthwise_and_stem", "gemms"])
 def test_triton_kernels_in_interpreter(script):
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -556,7 +606,8 @@ def test_gpu_triton_and_the_other_switches_keep_the_function():
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["cuda_graph", "compile_cuda_graph"])
 @pytest.mark.parametrize("switch", [dict(triton_project=True), dict(triton_project="autotune"),
-                                    dict(triton_attention=True)], ids=["project", "project_tuned", "attention"])
+                                    dict(triton_attention=True), dict(triton_chain=True)],
+                         ids=["project", "project_tuned", "attention", "chain"])
 def test_gpu_triton_gemm_kernels_keep_the_function(backend, switch):
     model = randomize(create_model("b15", init="torch")).cuda()  # widths 40-320: not powers of two
     x = torch.randn(4, 3, 96, 96, device="cuda")
@@ -605,3 +656,22 @@ def test_the_dw_qkv_kernel_compiles_for_hopper_without_spilling_at_its_tiles(sha
     constexprs = dict(STRIDE=2, PAD=2, KS=5, HAS_BIAS=True, IEEE=False, BLOCK_M=block_m, BLOCK_N=block_n,
                       BLOCK_K=block_k)
     assert hopper_spills(tk._dw_qkv_kernel, signature, constexprs, tk._dw_qkv_warps(block_m, block_n)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(200 * 196, 128, 128), (200 * 49, 128, 256), (196, 128, 128), (49, 256, 512),
+                                   (200 * 12544, 32, 32), (200 * 196, 160, 160)],
+                         ids=["b200_stage3", "b200_down4", "b1_stage3", "b1_down4_b3", "b200_stem_b3", "b200_b15"])
+def test_the_fused_mbconv_kernel_compiles_for_hopper_without_spilling_at_its_tiles(shape):
+    pytest.importorskip("triton")
+    from lowspace.runtime import _triton as tk
+    block_m, block_h, block_n, block_k = tk._fused_mbconv_tiles(*shape)
+    ints = ("M", "CIN", "HID", "COUT", "H", "W", "HO", "WO", "CINP", "sxn", "sxc", "sxh", "sxw")
+    flags = ("STRIDE", "PAD", "KS", "ACT", "HAS_B1", "HAS_B2", "HAS_RES", "IEEE", "BLOCK_M", "BLOCK_H", "BLOCK_N",
+             "BLOCK_K")
+    signature = {**{p: "*fp16" for p in ("x_ptr", "w1_ptr", "b1_ptr", "w2_ptr", "b2_ptr", "r_ptr", "y_ptr")},
+                 **dict.fromkeys(ints, "i32"), **dict.fromkeys(flags, "constexpr")}
+    for act in (1, 5):  # hardswish, exact gelu
+        constexprs = dict(STRIDE=2, PAD=1, KS=3, ACT=act, HAS_B1=True, HAS_B2=True, HAS_RES=True, IEEE=False,
+                          BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_K=block_k)
+        assert hopper_spills(tk._fused_mbconv_kernel, signature, constexprs, warps=8) == 0

@@ -83,6 +83,8 @@ VARIANTS = {
     "ours_deploy_combo": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"combo_kernels": True}}),
     # each attention's depthwise projection and QKV conv as lowspace's Triton dw + QKV kernel
     "ours_deploy_attn": ("ours", "compile_cuda_graph", "fp16", {"triton_attention": True}),
+    # every plain fused MBConv (k x k conv, 1x1 conv, biases, activation, residual) as one Triton kernel
+    "ours_deploy_chain": ("ours", "compile_cuda_graph", "fp16", {"triton_chain": True}),
     # Programmatic dependent launch (Hopper): inductor's Triton kernels let the next kernel start its launch
     # while they finish; on both sides, since a timm user can set the same inductor flag
     "ours_deploy_pdl": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"triton.enable_pdl": True}}),
@@ -404,7 +406,8 @@ def markdown(rows: list[dict], env: dict) -> str:
                      f"{_fmt(r.get('check_rel_err'), '.1e')} |")
     lines += ["", "## Ours against both timm references (same run)", "",
               "Reference 1: timm eager captured in a CUDA graph. Reference 2 (the strongest a timm user has): timm "
-              "compiled and captured (with inductor's programmatic dependent launch where that run is faster, marked PDL). Ratios: img/s ours / timm at batch > 1, latency ours / timm at batch 1. "
+              "compiled and captured (with inductor's programmatic dependent launch where that run is faster, "
+              "marked PDL). Ratios: img/s ours / timm at batch > 1, latency ours / timm at batch 1. "
               "Goal (against reference 2): >= 1.3x at batch > 1, <= 0.6x at batch 1.", "",
               "| model | batch | timm eager + graph | timm compiled + graph | ours best | vs ref 1 | vs ref 2 | goal "
               "| ours build cold / cached s |",

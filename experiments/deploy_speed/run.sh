@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Regenerates experiments/deploy_speed/results (and switches/, switches_project/, switches_project_tiles/,
-# switches_attention/, switches_pdl/, switches_eager/, tau/ when missing) on one CUDA GPU; see README.md.
+# Regenerates experiments/deploy_speed/results (and each switches*/ folder and tau/ when missing) on one CUDA
+# GPU; see README.md.
 #   bash experiments/deploy_speed/run.sh   # from the repository root; on an H200 about 6 minutes for results/,
 #                                          # 6 for switches/, about 4 for switches_project/, 6 for
 #                                          # switches_project_tiles/, about 4 for switches_attention/,
-#                                          # about 7 for switches_pdl/, 2 for switches_eager/
+#                                          # about 7 for switches_pdl/, about 4 for switches_chain/,
+#                                          # 2 for switches_eager/
 #                                          # and 8 for tau/
 # WORK: scratch folder for inductor's cache (default: a new temporary folder). PYTHON: the interpreter.
 set -euo pipefail
@@ -46,6 +47,8 @@ switches switches_attention ours_deploy,ours_deploy_attn --cache-dir "$WORK/cach
 # "Programmatic dependent launch": inductor's PDL on ours and on timm compiled + graph
 switches switches_pdl timm_compile_graph,timm_compile_graph_pdl,ours_deploy,ours_deploy_pdl --parallel 11 \
     --cache-dir "$WORK/cache"
+# "The fused MBConv kernel": each fused MBConv as one Triton kernel whose hidden tensor stays on chip
+switches switches_chain ours_deploy,ours_deploy_chain --cache-dir "$WORK/cache"
 # The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
 switches switches_eager ours_graph,ours_graph_gncl
 

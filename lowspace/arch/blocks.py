@@ -90,6 +90,14 @@ def pointwise(conv: nn.Module, options: DeployOptions) -> nn.Module:
     return Conv1x1Linear(conv) if options.conv1x1 == "linear" and Conv1x1Linear.applies(conv) else conv
 
 
+def _square_conv(conv: nn.Module) -> bool:
+    """Whether ``conv`` is a plain ``nn.Conv2d`` of square kernel, stride and zero padding, no dilation: the
+    convs lowspace's Triton kernels take."""
+    return (isinstance(conv, nn.Conv2d) and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1]
+            and conv.dilation == (1, 1) and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.padding_mode == "zeros")
+
+
 class TritonConvAct(nn.Module):
     """Conv + bias + activation as one of lowspace's Triton kernels on CUDA (``lowspace.runtime``): a
     depthwise conv (``kind="depthwise"``) or a dense conv with few input channels (``kind="stem"``, the
@@ -110,9 +118,7 @@ class TritonConvAct(nn.Module):
     def applies(conv: nn.Module, kind: str) -> bool:
         """Whether ``conv`` is a conv the ``kind`` kernel computes (square stride and padding)."""
         from ..runtime._triton import STEM_MAX_IN
-        if not (isinstance(conv, nn.Conv2d) and conv.stride[0] == conv.stride[1]
-                and conv.padding[0] == conv.padding[1] and conv.dilation == (1, 1)
-                and conv.kernel_size[0] == conv.kernel_size[1] and conv.padding_mode == "zeros"):
+        if not _square_conv(conv):
             return False
         if kind == "depthwise":
             return conv.groups == conv.out_channels == conv.in_channels
@@ -191,6 +197,41 @@ class TritonDwQkv(nn.Module):
         return _dw_qkv_torch(x, self.dw_weight, self.stride, self.padding, self.weight_t, self.bias)
 
 
+class TritonFusedMBConv(nn.Module):
+    """A whole FusedMBConv with its BatchNorms folded (k x k conv, bias, activation, 1x1 conv, bias, residual)
+    as lowspace's Triton fused MBConv kernel on CUDA (``lowspace.runtime``), whose hidden tensor never leaves
+    the chip; on other devices, and while exporting to ONNX, the same in PyTorch ops."""
+
+    def __init__(self, block: "FusedMBConv"):
+        super().__init__()
+        from ..runtime._triton import fused_mbconv_rows
+        conv1, conv2 = block.conv1.conv, block.conv2.conv
+        self.kernel_size, self.stride, self.padding = conv1.kernel_size[0], conv1.stride[0], conv1.padding[0]
+        self.act, self.residual = act_name(block.conv1.act), block.residual
+        self.w1_rows = nn.Parameter(fused_mbconv_rows(conv1.weight.detach()), requires_grad=False)
+        self.b1 = None if conv1.bias is None else nn.Parameter(conv1.bias.detach(), requires_grad=False)
+        self.w2_t = nn.Parameter(conv2.weight.detach().flatten(1).t().contiguous(), requires_grad=False)
+        self.b2 = None if conv2.bias is None else nn.Parameter(conv2.bias.detach(), requires_grad=False)
+
+    @staticmethod
+    def applies(block: "FusedMBConv") -> bool:
+        """Whether ``block``'s convs are plain (norms folded) with an activation the kernel has: a square
+        dense k x k conv, then a 1x1 conv with no activation."""
+        from ..runtime._triton import TRITON_ACTS
+        first = block.conv1
+        return (TritonProject._plain(first) and _square_conv(first.conv) and first.conv.groups == 1
+                and act_name(first.act) in TRITON_ACTS and TritonProject.applies(block.conv2))
+
+    def forward(self, x):
+        args = (x, self.w1_rows, self.b1, self.kernel_size, self.stride, self.padding, self.act, self.w2_t,
+                self.b2, x if self.residual else None)
+        if x.is_cuda and not torch.onnx.is_in_onnx_export():
+            from ..runtime._triton import fused_mbconv
+            return fused_mbconv(*args)
+        from ..runtime._triton import _fused_mbconv_torch
+        return _fused_mbconv_torch(*args)
+
+
 class ConvNormAct(nn.Module):
     """Conv2d (padding k//2), then optional BatchNorm, then optional activation."""
 
@@ -235,6 +276,10 @@ class _ConvChain(nn.Module):
 
     layers: tuple[str, ...] = ()
 
+    def __init__(self):
+        super().__init__()
+        self.chain: nn.Module | None = None  # the whole block as one kernel (a FusedMBConv with triton_chain)
+
     def _set_residual(self, residual: bool) -> None:
         self.residual = residual
         self.drop_path = DropPath(0.0) if residual else nn.Identity()
@@ -243,6 +288,8 @@ class _ConvChain(nn.Module):
         return getattr(self, self.layers[-1]).bn
 
     def forward(self, x):
+        if self.chain is not None:
+            return self.chain(x)
         y = x
         *first, last = self.layers
         for name in first:
@@ -288,6 +335,20 @@ class FusedMBConv(_ConvChain):
         self.conv1 = ConvNormAct(in_channels, hidden, kernel_size, stride, bias=bias, act=act)
         self.conv2 = ConvNormAct(hidden, out_channels, 1)
         self._set_residual(residual)
+
+    def reparameterize(self, options: DeployOptions | None = None) -> None:
+        """As :class:`_ConvChain`'s; with ``triton_chain`` the convs are rewritten first (BatchNorms folded),
+        then the whole block becomes one :class:`TritonFusedMBConv` where its convs are plain."""
+        options = _options(options)
+        if options.triton_chain and self.chain is None:
+            self.drop_path = nn.Identity()
+            for name in self.layers:
+                getattr(self, name).reparameterize(options)
+            if TritonFusedMBConv.applies(self):
+                self.chain = TritonFusedMBConv(self)
+                self.conv1, self.conv2 = nn.Identity(), nn.Identity()
+                return
+        super().reparameterize(options)
 
 
 class MBConv(_ConvChain):
@@ -576,6 +637,7 @@ def inference_rewrites(model: nn.Module) -> list[str]:
         "triton_stem": any(isinstance(m, TritonConvAct) and m.kind == "stem" for m in mods),
         "triton_project": any(isinstance(m, TritonProject) for m in mods),
         "triton_attention": any(isinstance(m, TritonDwQkv) for m in mods),
+        "triton_chain": any(isinstance(m, TritonFusedMBConv) for m in mods),
     }
     out = [name for name, present in found.items() if present]
     norms = {f"groupnorm_{m.mode}" for m in mods if isinstance(m, GroupNorm1) and m.mode != "native"}

@@ -48,6 +48,9 @@ class DeployOptions(Config):
         rule's choice) instead of chosen by the rule.
     triton_attention: the attention's depthwise projection and QKV conv as lowspace's Triton dw + QKV kernel
         (CUDA only; with ``fuse_attention``, whose bias move it needs).
+    triton_chain: every FusedMBConv whose convs are plain (BatchNorms folded; not with ``conv1x1="linear"``)
+        as lowspace's Triton fused MBConv kernel (CUDA only): the k x k conv, its bias and activation, the 1x1
+        conv, its bias and the residual in one kernel whose hidden tensor never leaves the chip.
     compile_mode: mode of ``torch.compile`` for the compile backends: torch's modes, or ``tuned``
         (lowspace's inductor settings, no autotuning) and ``tuned-autotune`` (plus GEMM/conv autotuning).
     compile_backend: torch.compile backend (``inductor``; ``aot_eager`` / ``eager`` for debugging).
@@ -73,6 +76,7 @@ class DeployOptions(Config):
     triton_stem: bool = False
     triton_project: Union[bool, Literal["autotune"]] = False
     triton_attention: bool = False
+    triton_chain: bool = False
     compile_mode: str = option("tuned", choices=COMPILE_MODES)
     compile_backend: str = "inductor"
     inductor: dict[str, Any] = option(default_factory=dict)

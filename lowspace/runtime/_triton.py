@@ -10,7 +10,10 @@
   read once instead of written and read again by an activation pass, and the residual add needs no pass;
 * ``torch.ops.lowspace.dw_qkv``: the attention's depthwise projection and its QKV 1x1 conv as one GEMM whose A
   operand (the projection's output, a block of channels at a time) is computed from the input as it is
-  loaded: the projected map is never written, and one kernel replaces two.
+  loaded: the projected map is never written, and one kernel replaces two;
+* ``torch.ops.lowspace.fused_mbconv``: a whole fused MBConv (k x k conv, bias, activation, 1x1 conv, bias,
+  residual) as one kernel of two chained GEMMs: the hidden (expanded) tensor is made a block of channels at a
+  time in registers and consumed there by the second GEMM, never written.
 
 Each runs its Triton kernel for CUDA tensors and PyTorch's ops (``F.conv2d``, ``F.linear``) elsewhere, so a
 module using it still runs (and exports) on CPU. All have fake implementations, so ``torch.compile`` keeps
@@ -197,6 +200,55 @@ if triton is not None:
         out = rm.to(tl.int64)[:, None] * N + rn[None, :]
         tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
+    @triton.jit
+    def _fused_mbconv_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, r_ptr, y_ptr, M, CIN, HID, COUT, H, W, HO, WO,
+                             CINP, sxn, sxc, sxh, sxw,
+                             STRIDE: tl.constexpr, PAD: tl.constexpr, KS: tl.constexpr, ACT: tl.constexpr,
+                             HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, HAS_RES: tl.constexpr, IEEE: tl.constexpr,
+                             BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_K: tl.constexpr):
+        # A fused MBConv: x (N, CIN, H, W) any strides through a k x k conv to HID channels (w1: (KS * KS * CIN,
+        # HID), rows tap-major), bias and activation, then a 1x1 conv to COUT (w2: (HID, COUT)), bias and the
+        # residual r; y and r (M, COUT) are channels_last maps flattened. The hidden tensor is made BLOCK_H
+        # channels at a time in registers, rounded to the weights' type as the unfused network stores it, and
+        # consumed at once by the second GEMM: it never leaves the chip.
+        rm, rn, mmask, nmask = _gemm_tile(M, COUT, BLOCK_M, BLOCK_N)
+        image = rm // (HO * WO)
+        oy = (rm % (HO * WO)) // WO
+        ox = rm % WO
+        x_rows = x_ptr + image.to(tl.int64) * sxn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for h0 in range(0, HID, BLOCK_H):
+            rh = h0 + tl.arange(0, BLOCK_H)
+            hmask = rh < HID
+            hidden = tl.zeros((BLOCK_M, BLOCK_H), dtype=tl.float32)
+            for kk in range(0, KS * KS * CINP, BLOCK_K):  # taps x input channels (CINP: CIN padded to BLOCK_K)
+                t = kk // CINP
+                rc = kk - t * CINP + tl.arange(0, BLOCK_K)
+                cmask = rc < CIN
+                iy = oy * STRIDE - PAD + t // KS
+                ix = ox * STRIDE - PAD + t % KS
+                inside = mmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+                a = tl.load(x_rows[:, None] + (iy * sxh + ix * sxw)[:, None] + rc[None, :] * sxc,
+                            mask=inside[:, None] & cmask[None, :], other=0.0)
+                w = tl.load(w1_ptr + (t * CIN + rc)[:, None] * HID + rh[None, :],
+                            mask=cmask[:, None] & hmask[None, :], other=0.0)
+                if IEEE:
+                    hidden = tl.dot(a, w, hidden, input_precision="ieee")
+                else:
+                    hidden = tl.dot(a, w, hidden)
+            if HAS_B1:
+                hidden += tl.load(b1_ptr + rh, mask=hmask, other=0.0).to(tl.float32)[None, :]
+            hidden = _activate(hidden, ACT)  # every activation maps 0 to 0: the masked columns stay 0
+            acc = _times_weights(acc, hidden, w2_ptr, rh, hmask, rn, nmask, COUT, IEEE)
+        if HAS_B2:
+            acc += tl.load(b2_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        out = rm.to(tl.int64)[:, None] * COUT + rn[None, :]
+        omask = mmask[:, None] & nmask[None, :]
+        if HAS_RES:
+            acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
 
 def _out_size(size: int, k: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - k) // stride + 1
@@ -373,6 +425,64 @@ def _dw_qkv_torch(x, dw_weight, stride, padding, weight_t, bias):
     return y.contiguous(memory_format=torch.channels_last)
 
 
+def _fused_mbconv_tiles(m: int, cin: int, cout: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_H, BLOCK_N, BLOCK_K) of the fused MBConv kernel: all output channels in one block up to
+    256 (wider outputs are made in column blocks, each computing the hidden tensor again), 64 hidden and 32
+    input channels per step, 64 rows (32 with 256 columns), fewer while the grid would not fill the GPU. With
+    8 warps these tiles compile for Hopper without spilling registers (the tests check it): both
+    accumulators and the gathered input's 64-bit addresses live in registers."""
+    block_n = max(16, min(256, triton.next_power_of_2(cout)))
+    block_m = 64 if block_n <= 128 else 32
+    while block_m > 16 and triton.cdiv(m, block_m) * triton.cdiv(cout, block_n) < _FILL_PROGRAMS:
+        block_m //= 2
+    return block_m, 64, block_n, max(16, min(32, triton.next_power_of_2(cin)))
+
+
+def fused_mbconv_rows(w1: torch.Tensor) -> torch.Tensor:
+    """A k x k conv weight (HID, CIN, k, k) as the fused MBConv kernel reads it: (k * k * CIN, HID), rows
+    tap-major."""
+    hid, cin, k, _ = w1.shape
+    return w1.permute(2, 3, 1, 0).reshape(k * k * cin, hid).contiguous()
+
+
+def _conv_weight(w1_rows: torch.Tensor, k: int) -> torch.Tensor:
+    """The (HID, CIN, k, k) conv weight of :func:`fused_mbconv_rows`' layout."""
+    rows, hid = w1_rows.shape
+    return w1_rows.reshape(k, k, rows // (k * k), hid).permute(3, 2, 0, 1)
+
+
+def _launch_fused_mbconv(x, w1_rows, b1, k, stride, padding, act, w2_t, b2, residual):
+    """``x`` (N, CIN, H, W) through a k x k conv (weights ``w1_rows``, :func:`fused_mbconv_rows`; bias ``b1``)
+    and ``act``, then a 1x1 conv with ``w2_t`` (HID, COUT) and ``b2``, plus ``residual``: (N, COUT, HO, WO),
+    channels_last, in one kernel."""
+    n, cin, hh, ww = x.shape
+    hid = w1_rows.shape[1]
+    ho, wo = _out_size(hh, k, stride, padding), _out_size(ww, k, stride, padding)
+    cout = w2_t.shape[1]
+    y = torch.empty((n, cout, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    m = n * ho * wo
+    w1_rows, w2_t = w1_rows.contiguous(), w2_t.contiguous()
+    block_m, block_h, block_n, block_k = _fused_mbconv_tiles(m, cin, cout)
+    grid = (triton.cdiv(m, block_m) * triton.cdiv(cout, block_n),)
+    _fused_mbconv_kernel[grid](
+        x, w1_rows, b1 if b1 is not None else w2_t, w2_t, b2 if b2 is not None else w2_t,
+        residual if residual is not None else y, y, m, cin, hid, cout, hh, ww, ho, wo,
+        triton.cdiv(cin, block_k) * block_k, *x.stride(), STRIDE=stride, PAD=padding, KS=k, ACT=_ACT_CODES[act],
+        HAS_B1=b1 is not None, HAS_B2=b2 is not None, HAS_RES=residual is not None, IEEE=x.dtype == torch.float32,
+        BLOCK_M=block_m, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=8, num_stages=3)
+    return y
+
+
+def _fused_mbconv_torch(x, w1_rows, b1, k, stride, padding, act, w2_t, b2, residual):
+    """What the fused MBConv kernel computes, in PyTorch."""
+    h = _torch_act(F.conv2d(x, _conv_weight(w1_rows, k), b1, stride, padding), act)
+    y = F.linear(h.permute(0, 2, 3, 1), w2_t.t(), b2).permute(0, 3, 1, 2)
+    return (y if residual is None else y + residual).contiguous(memory_format=torch.channels_last)
+
+
 def _project_torch(h, pre_bias, weight_t, bias, residual, act):
     """What the project kernel computes, in PyTorch: activation of (h + pre_bias), a 1x1 conv, the residual."""
     a = h if pre_bias is None else h + pre_bias.view(1, -1, 1, 1)
@@ -494,3 +604,30 @@ def dw_qkv(x: torch.Tensor, dw_weight: torch.Tensor, stride: int, padding: int, 
     (``weight_t`` (C, out), ``bias``) as one Triton kernel on CUDA, whose projection output never leaves the
     chip; PyTorch elsewhere. Returns (N, out, HO, WO), channels_last."""
     return _dw_qkv(x, dw_weight, stride, padding, weight_t, bias)
+
+
+@torch.library.custom_op("lowspace::fused_mbconv", mutates_args=(), tags=_TAGS)
+def _fused_mbconv(x: torch.Tensor, w1_rows: torch.Tensor, b1: torch.Tensor | None, k: int, stride: int,
+                  padding: int, act: str, w2_t: torch.Tensor, b2: torch.Tensor | None,
+                  residual: torch.Tensor | None) -> torch.Tensor:
+    act_ = act or None
+    if x.is_cuda and triton is not None:
+        return _launch_fused_mbconv(x, w1_rows, b1, k, stride, padding, act_, w2_t, b2, residual)
+    return _fused_mbconv_torch(x, w1_rows, b1, k, stride, padding, act_, w2_t, b2, residual)
+
+
+@_fused_mbconv.register_fake
+def _(x, w1_rows, b1, k, stride, padding, act, w2_t, b2, residual):
+    n, _, hh, ww = x.shape
+    return torch.empty((n, w2_t.shape[1], _out_size(hh, k, stride, padding), _out_size(ww, k, stride, padding)),
+                       device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+
+def fused_mbconv(x: torch.Tensor, w1_rows: torch.Tensor, b1: torch.Tensor | None, k: int, stride: int, padding: int,
+                 act: str | None, w2_t: torch.Tensor, b2: torch.Tensor | None,
+                 residual: torch.Tensor | None = None) -> torch.Tensor:
+    """A fused MBConv: ``act(conv(x, w1, b1))`` (a dense k x k conv, its weights as :func:`fused_mbconv_rows`
+    lays them out) through a 1x1 conv with ``w2_t`` (HID, COUT) and ``b2``, plus ``residual``: one Triton kernel
+    on CUDA whose hidden tensor never leaves the chip, PyTorch elsewhere; ``act`` one of :data:`TRITON_ACTS`.
+    Returns (N, COUT, HO, WO), channels_last."""
+    return _fused_mbconv(x, w1_rows, b1, k, stride, padding, _kernel_act(act), w2_t, b2, residual)
