@@ -465,7 +465,8 @@ def test_fused_mbconv_op_falls_back_traces_and_replaces_each_plain_fused_mbconv_
     assert len(fused) == len(blocks) and all(isinstance(m.chain, TritonFusedMBConv) for m in fused)
     assert any(m.chain.residual for m in fused) and not any(isinstance(m, nn.Conv2d) for f in fused
                                                              for m in f.modules())
-    reparameterize(d.module, DeployOptions(triton_chain=True))  # a second pass leaves the fused form alone
+    # a second pass, with any switches, leaves the fused form alone
+    reparameterize(d.module, DeployOptions(triton_chain=True, triton_project=True))
     assert all(isinstance(m.chain, TritonFusedMBConv) for m in fused)
     # 1x1 convs as matmuls (conv1x1="linear") are left as they are, and so is a model whose norms stay
     for switches in (dict(conv1x1="linear"), dict(fold_bn=False)):

@@ -340,7 +340,9 @@ class FusedMBConv(_ConvChain):
         """As :class:`_ConvChain`'s; with ``triton_chain`` the convs are rewritten first (BatchNorms folded),
         then the whole block becomes one :class:`TritonFusedMBConv` where its convs are plain."""
         options = _options(options)
-        if options.triton_chain and self.chain is None:
+        if self.chain is not None:  # rewritten already
+            return
+        if options.triton_chain:
             self.drop_path = nn.Identity()
             for name in self.layers:
                 getattr(self, name).reparameterize(options)
