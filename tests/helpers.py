@@ -20,7 +20,7 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def hopper_spills(kernel, signature: dict, constexprs: dict, warps: int) -> int:
+def hopper_spills(kernel, signature: dict, constexprs: dict, warps: int, stages: int = 3) -> int:
     """Bytes of registers ``kernel`` spills compiled for an H100 / H200 (sm_90a), by ptxas -v; no GPU needed."""
     import os
     import re
@@ -31,7 +31,7 @@ def hopper_spills(kernel, signature: dict, constexprs: dict, warps: int) -> int:
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
     compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-                              target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": 3})
+                              target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "k.ptx")
         with open(ptx, "w") as fh:

@@ -47,7 +47,7 @@ switches switches_attention ours_deploy,ours_deploy_attn --cache-dir "$WORK/cach
 # "Programmatic dependent launch": inductor's PDL on ours and on timm compiled + graph
 switches switches_pdl timm_compile_graph,timm_compile_graph_pdl,ours_deploy,ours_deploy_pdl --parallel 11 \
     --cache-dir "$WORK/cache"
-# "The fused MBConv kernel": each fused MBConv as one Triton kernel whose hidden tensor stays on chip
+# "The fused MBConv kernels": each fused MBConv, and each MBConv on a small map, as one Triton kernel
 switches switches_chain ours_deploy,ours_deploy_chain --cache-dir "$WORK/cache"
 # The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
 switches switches_eager ours_graph,ours_graph_gncl

@@ -222,6 +222,10 @@ class TritonFusedMBConv(nn.Module):
         return (TritonProject._plain(first) and _square_conv(first.conv) and first.conv.groups == 1
                 and act_name(first.act) in TRITON_ACTS and TritonProject.applies(block.conv2))
 
+    @staticmethod
+    def takes(x: torch.Tensor) -> bool:
+        return True
+
     def forward(self, x):
         args = (x, self.w1_rows, self.b1, self.kernel_size, self.stride, self.padding, self.act, self.w2_t,
                 self.b2, x if self.residual else None)
@@ -230,6 +234,51 @@ class TritonFusedMBConv(nn.Module):
             return fused_mbconv(*args)
         from ..runtime._triton import _fused_mbconv_torch
         return _fused_mbconv_torch(*args)
+
+
+class TritonMBConv(nn.Module):
+    """A whole MBConv with its BatchNorm folded (1x1 expand conv, bias, activation, depthwise conv, bias,
+    activation, 1x1 project conv, bias, residual) as lowspace's Triton MBConv kernel on CUDA for maps of at most
+    ``MBCONV_MAX_POSITIONS`` positions (``lowspace.runtime``; the block runs its layers on larger ones); on
+    other devices, and while exporting to ONNX, the same in PyTorch ops."""
+
+    def __init__(self, block: "MBConv"):
+        super().__init__()
+        expand, dw, project = block.expand.conv, block.dw.conv, block.project.conv
+        self.kernel_size, self.stride, self.padding = dw.kernel_size[0], dw.stride[0], dw.padding[0]
+        self.act1, self.act2, self.residual = act_name(block.expand.act), act_name(block.dw.act), block.residual
+
+        def frozen(t):
+            return None if t is None else nn.Parameter(t.detach().contiguous(), requires_grad=False)
+        self.w1_t, self.b1 = frozen(expand.weight.flatten(1).t()), frozen(expand.bias)
+        self.dw_taps, self.bd = frozen(dw.weight.flatten(1).t()), frozen(dw.bias)  # (k * k, hidden)
+        self.w2_t, self.b2 = frozen(project.weight.flatten(1).t()), frozen(project.bias)
+
+    @staticmethod
+    def applies(block: "MBConv") -> bool:
+        """Whether ``block``'s convs are plain (norm folded) with activations the kernel has: a 1x1 expand
+        conv, a square depthwise conv, a 1x1 project conv with no activation."""
+        from ..runtime._triton import TRITON_ACTS
+        expand, dw = block.expand, block.dw
+        return (TritonProject._plain(expand) and Conv1x1Linear.applies(expand.conv)
+                and TritonProject._plain(dw) and TritonConvAct.applies(dw.conv, "depthwise")
+                and act_name(expand.act) in TRITON_ACTS and act_name(dw.act) in TRITON_ACTS
+                and TritonProject.applies(block.project))
+
+    @staticmethod
+    def takes(x: torch.Tensor) -> bool:
+        """Whether the kernel takes ``x`` (its map small enough on CUDA; anything elsewhere)."""
+        from ..runtime._triton import MBCONV_MAX_POSITIONS
+        return not x.is_cuda or x.shape[-2] * x.shape[-1] <= MBCONV_MAX_POSITIONS
+
+    def forward(self, x):
+        args = (x, self.w1_t, self.b1, self.act1, self.dw_taps, self.bd, self.kernel_size, self.stride,
+                self.padding, self.act2, self.w2_t, self.b2, x if self.residual else None)
+        if x.is_cuda and not torch.onnx.is_in_onnx_export():
+            from ..runtime._triton import mbconv
+            return mbconv(*args)
+        from ..runtime._triton import _mbconv_torch
+        return _mbconv_torch(*args)
 
 
 class ConvNormAct(nn.Module):
@@ -278,7 +327,7 @@ class _ConvChain(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.chain: nn.Module | None = None  # the whole block as one kernel (a FusedMBConv with triton_chain)
+        self.chain: nn.Module | None = None  # the whole block as one kernel (with triton_chain)
 
     def _set_residual(self, residual: bool) -> None:
         self.residual = residual
@@ -288,7 +337,7 @@ class _ConvChain(nn.Module):
         return getattr(self, self.layers[-1]).bn
 
     def forward(self, x):
-        if self.chain is not None:
+        if self.chain is not None and self.chain.takes(x):
             return self.chain(x)
         y = x
         *first, last = self.layers
@@ -301,11 +350,19 @@ class _ConvChain(nn.Module):
         return x + self.drop_path(y) if self.residual else y
 
     def reparameterize(self, options: DeployOptions | None = None) -> None:
-        """Drop path goes (the convs rewrite themselves). With ``triton_project``, the convs are rewritten
-        first, then the 1x1 project conv and the residual become one :class:`TritonProject`, which also takes
-        over the previous conv's bias and activation where that conv is still a plain conv."""
+        """Drop path goes (the convs rewrite themselves). With ``triton_chain`` (and ``fold_bn``), the norms
+        are folded and a block whose convs are then plain gets :attr:`chain`, itself as one Triton kernel
+        (:class:`TritonFusedMBConv`, :class:`TritonMBConv`), which :meth:`forward` runs on the inputs it takes.
+        With ``triton_project``, the convs are rewritten first, then the 1x1 project conv and the residual
+        become one :class:`TritonProject`, which also takes over the previous conv's bias and activation where
+        that conv is still a plain conv."""
         self.drop_path = nn.Identity()
         options = _options(options)
+        if options.triton_chain and options.fold_bn and self.chain is None:
+            for name in self.layers:
+                getattr(self, name).fold_norm()
+            kernel = TritonFusedMBConv if isinstance(self, FusedMBConv) else TritonMBConv
+            self.chain = kernel(self) if kernel.applies(self) else None
         if not options.triton_project:
             return
         for name in self.layers:
@@ -335,22 +392,6 @@ class FusedMBConv(_ConvChain):
         self.conv1 = ConvNormAct(in_channels, hidden, kernel_size, stride, bias=bias, act=act)
         self.conv2 = ConvNormAct(hidden, out_channels, 1)
         self._set_residual(residual)
-
-    def reparameterize(self, options: DeployOptions | None = None) -> None:
-        """As :class:`_ConvChain`'s; with ``triton_chain`` the convs are rewritten first (BatchNorms folded),
-        then the whole block becomes one :class:`TritonFusedMBConv` where its convs are plain."""
-        options = _options(options)
-        if self.chain is not None:  # rewritten already
-            return
-        if options.triton_chain:
-            self.drop_path = nn.Identity()
-            for name in self.layers:
-                getattr(self, name).reparameterize(options)
-            if TritonFusedMBConv.applies(self):
-                self.chain = TritonFusedMBConv(self)
-                self.conv1, self.conv2 = nn.Identity(), nn.Identity()
-                return
-        super().reparameterize(options)
 
 
 class MBConv(_ConvChain):
@@ -639,7 +680,7 @@ def inference_rewrites(model: nn.Module) -> list[str]:
         "triton_stem": any(isinstance(m, TritonConvAct) and m.kind == "stem" for m in mods),
         "triton_project": any(isinstance(m, TritonProject) for m in mods),
         "triton_attention": any(isinstance(m, TritonDwQkv) for m in mods),
-        "triton_chain": any(isinstance(m, TritonFusedMBConv) for m in mods),
+        "triton_chain": any(isinstance(m, (TritonFusedMBConv, TritonMBConv)) for m in mods),
     }
     out = [name for name, present in found.items() if present]
     norms = {f"groupnorm_{m.mode}" for m in mods if isinstance(m, GroupNorm1) and m.mode != "native"}

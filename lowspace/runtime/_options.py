@@ -48,9 +48,9 @@ class DeployOptions(Config):
         rule's choice) instead of chosen by the rule.
     triton_attention: the attention's depthwise projection and QKV conv as lowspace's Triton dw + QKV kernel
         (CUDA only; with ``fuse_attention``, whose bias move it needs).
-    triton_chain: every FusedMBConv whose convs are plain (BatchNorms folded; not with ``conv1x1="linear"``)
-        as lowspace's Triton fused MBConv kernel (CUDA only): the k x k conv, its bias and activation, the 1x1
-        conv, its bias and the residual in one kernel whose hidden tensor never leaves the chip.
+    triton_chain: every FusedMBConv, and every MBConv on maps of at most 64 positions, as one of lowspace's
+        Triton kernels (CUDA only; with ``fold_bn``): all its convs, biases, activations and the residual in
+        one kernel whose hidden tensors never leave the chip. An MBConv on a larger map runs its layers.
     compile_mode: mode of ``torch.compile`` for the compile backends: torch's modes, or ``tuned``
         (lowspace's inductor settings, no autotuning) and ``tuned-autotune`` (plus GEMM/conv autotuning).
     compile_backend: torch.compile backend (``inductor``; ``aot_eager`` / ``eager`` for debugging).

@@ -13,7 +13,11 @@
   loaded: the projected map is never written, and one kernel replaces two;
 * ``torch.ops.lowspace.fused_mbconv``: a whole fused MBConv (k x k conv, bias, activation, 1x1 conv, bias,
   residual) as one kernel of two chained GEMMs: the hidden (expanded) tensor is made a block of channels at a
-  time in registers and consumed there by the second GEMM, never written.
+  time in registers and consumed there by the second GEMM, never written;
+* ``torch.ops.lowspace.mbconv``: a whole MBConv (1x1 expand, k x k depthwise, 1x1 project, their biases and
+  activations, the residual) on a small map (at most :data:`MBCONV_MAX_POSITIONS` positions, as the last stage
+  at 224 px) as one kernel: one program holds a whole image's expanded tile, the depthwise conv gathers its
+  taps from it.
 
 Each runs its Triton kernel for CUDA tensors and PyTorch's ops (``F.conv2d``, ``F.linear``) elsewhere, so a
 module using it still runs (and exports) on CPU. All have fake implementations, so ``torch.compile`` keeps
@@ -245,6 +249,70 @@ if triton is not None:
             acc += tl.load(b2_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
         out = rm.to(tl.int64)[:, None] * COUT + rn[None, :]
         omask = mmask[:, None] & nmask[None, :]
+        if HAS_RES:
+            acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+    @triton.jit
+    def _mbconv_kernel(x_ptr, w1_ptr, b1_ptr, wd_ptr, bd_ptr, w2_ptr, b2_ptr, r_ptr, y_ptr, CIN, HID, COUT, H, W,
+                       HO, WO, sxn, sxc, sxh, sxw,
+                       STRIDE: tl.constexpr, PAD: tl.constexpr, KS: tl.constexpr, ACT1: tl.constexpr,
+                       ACT2: tl.constexpr, HAS_B1: tl.constexpr, HAS_BD: tl.constexpr, HAS_B2: tl.constexpr,
+                       HAS_RES: tl.constexpr, IEEE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_H: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        # An MBConv on a small map: one program takes one image whole (its H * W <= BLOCK_P positions) and
+        # BLOCK_N output channels. x (N, CIN, H, W) any strides through the 1x1 expand conv (w1: (CIN, HID)),
+        # bias and activation, the k x k depthwise conv (wd: (KS * KS, HID)), bias and activation, then the 1x1
+        # project conv (w2: (HID, COUT)), bias and the residual; y and r (N * HO * WO, COUT) are channels_last
+        # maps flattened. The hidden tensor is made BLOCK_H channels at a time in registers; the depthwise conv
+        # gathers each tap's neighbours from that tile, so it never leaves the chip either.
+        n_cb = tl.cdiv(COUT, BLOCK_N)
+        pid = tl.program_id(0)
+        image = pid // n_cb
+        rn = (pid % n_cb) * BLOCK_N + tl.arange(0, BLOCK_N)
+        nmask = rn < COUT
+        q = tl.arange(0, BLOCK_P)  # input positions: the rows of the expanded tile
+        qmask = q < H * W
+        x_rows = x_ptr + image.to(tl.int64) * sxn + (q // W) * sxh + (q % W) * sxw
+        p = tl.arange(0, BLOCK_P)  # output positions
+        pmask = p < HO * WO
+        oy = p // WO
+        ox = p % WO
+        acc = tl.zeros((BLOCK_P, BLOCK_N), dtype=tl.float32)
+        for h0 in range(0, HID, BLOCK_H):
+            rh = h0 + tl.arange(0, BLOCK_H)
+            hmask = rh < HID
+            e = tl.zeros((BLOCK_P, BLOCK_H), dtype=tl.float32)
+            for c0 in range(0, CIN, BLOCK_K):
+                rc = c0 + tl.arange(0, BLOCK_K)
+                cmask = rc < CIN
+                a = tl.load(x_rows[:, None] + rc[None, :] * sxc, mask=qmask[:, None] & cmask[None, :], other=0.0)
+                w = tl.load(w1_ptr + rc[:, None] * HID + rh[None, :], mask=cmask[:, None] & hmask[None, :],
+                            other=0.0)
+                if IEEE:
+                    e = tl.dot(a, w, e, input_precision="ieee")
+                else:
+                    e = tl.dot(a, w, e)
+            if HAS_B1:
+                e += tl.load(b1_ptr + rh, mask=hmask, other=0.0).to(tl.float32)[None, :]
+            # rounded to the weights' type, as the unfused network stores the expanded map
+            e = _activate(e, ACT1).to(w1_ptr.dtype.element_ty).to(tl.float32)
+            d = tl.zeros((BLOCK_P, BLOCK_H), dtype=tl.float32)
+            for t in range(KS * KS):  # a loop, not unrolled: unrolled, the taps' index tiles spill registers
+                iy = oy * STRIDE - PAD + t // KS
+                ix = ox * STRIDE - PAD + t % KS
+                ok = pmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+                src = tl.broadcast_to(tl.where(ok, iy * W + ix, 0)[:, None], (BLOCK_P, BLOCK_H))
+                tap = tl.where(ok[:, None], tl.gather(e, src, 0), 0.0)
+                d += tap * tl.load(wd_ptr + t * HID + rh, mask=hmask, other=0.0).to(tl.float32)[None, :]
+            if HAS_BD:
+                d += tl.load(bd_ptr + rh, mask=hmask, other=0.0).to(tl.float32)[None, :]
+            d = _activate(d, ACT2)
+            acc = _times_weights(acc, d, w2_ptr, rh, hmask, rn, nmask, COUT, IEEE)
+        if HAS_B2:
+            acc += tl.load(b2_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        out = (image.to(tl.int64) * HO * WO + p)[:, None] * COUT + rn[None, :]
+        omask = pmask[:, None] & nmask[None, :]
         if HAS_RES:
             acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
         tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
@@ -483,6 +551,52 @@ def _fused_mbconv_torch(x, w1_rows, b1, k, stride, padding, act, w2_t, b2, resid
     return (y if residual is None else y + residual).contiguous(memory_format=torch.channels_last)
 
 
+MBCONV_MAX_POSITIONS = 64  # the largest map (H * W) the MBConv kernel takes whole in one program
+
+
+def _mbconv_tiles(cin: int, cout: int) -> tuple[int, int, int, int]:
+    """(BLOCK_P, BLOCK_H, BLOCK_N, BLOCK_K) of the MBConv kernel: the whole map in 64 rows, 32 hidden and 32
+    input channels per step, up to 256 output channels per program (wider outputs in column blocks, each
+    making the hidden tensor again). With 8 warps they compile for Hopper without spilling registers (the
+    tests check it)."""
+    return (MBCONV_MAX_POSITIONS, 32, max(16, min(256, triton.next_power_of_2(cout))),
+            max(16, min(32, triton.next_power_of_2(cin))))
+
+
+def _launch_mbconv(x, w1_t, b1, act1, dw_taps, bd, k, stride, padding, act2, w2_t, b2, residual):
+    """``x`` (N, CIN, H, W), H * W <= :data:`MBCONV_MAX_POSITIONS`, through a 1x1 conv (``w1_t`` (CIN, HID),
+    ``b1``) and ``act1``, a k x k depthwise conv (``dw_taps`` (k * k, HID), ``bd``) and ``act2``, then a 1x1
+    conv (``w2_t`` (HID, COUT), ``b2``), plus ``residual``: (N, COUT, HO, WO), channels_last, in one kernel."""
+    n, cin, hh, ww = x.shape
+    if hh * ww > MBCONV_MAX_POSITIONS:
+        raise ValueError(f"the MBConv kernel takes maps of at most {MBCONV_MAX_POSITIONS} positions; got {hh} x {ww}")
+    hid, cout = w1_t.shape[1], w2_t.shape[1]
+    ho, wo = _out_size(hh, k, stride, padding), _out_size(ww, k, stride, padding)
+    y = torch.empty((n, cout, ho, wo), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    if residual is not None:
+        residual = residual.contiguous(memory_format=torch.channels_last)
+    w1_t, dw_taps, w2_t = w1_t.contiguous(), dw_taps.contiguous(), w2_t.contiguous()
+    block_p, block_h, block_n, block_k = _mbconv_tiles(cin, cout)
+    none = w2_t  # a placeholder pointer for absent biases and residual (never read)
+    _mbconv_kernel[(n * triton.cdiv(cout, block_n),)](
+        x, w1_t, b1 if b1 is not None else none, dw_taps, bd if bd is not None else none, w2_t,
+        b2 if b2 is not None else none, residual if residual is not None else y, y, cin, hid, cout, hh, ww, ho, wo,
+        *x.stride(), STRIDE=stride, PAD=padding, KS=k, ACT1=_ACT_CODES[act1], ACT2=_ACT_CODES[act2],
+        HAS_B1=b1 is not None, HAS_BD=bd is not None, HAS_B2=b2 is not None, HAS_RES=residual is not None,
+        IEEE=x.dtype == torch.float32, BLOCK_P=block_p, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=8, num_stages=2)
+    return y
+
+
+def _mbconv_torch(x, w1_t, b1, act1, dw_taps, bd, k, stride, padding, act2, w2_t, b2, residual):
+    """What the MBConv kernel computes, in PyTorch."""
+    hid = w1_t.shape[1]
+    h = _torch_act(F.linear(x.permute(0, 2, 3, 1), w1_t.t(), b1).permute(0, 3, 1, 2), act1)
+    h = _torch_act(F.conv2d(h, dw_taps.t().reshape(hid, 1, k, k), bd, stride, padding, 1, hid), act2)
+    y = F.linear(h.permute(0, 2, 3, 1), w2_t.t(), b2).permute(0, 3, 1, 2)
+    return (y if residual is None else y + residual).contiguous(memory_format=torch.channels_last)
+
+
 def _project_torch(h, pre_bias, weight_t, bias, residual, act):
     """What the project kernel computes, in PyTorch: activation of (h + pre_bias), a 1x1 conv, the residual."""
     a = h if pre_bias is None else h + pre_bias.view(1, -1, 1, 1)
@@ -631,3 +745,32 @@ def fused_mbconv(x: torch.Tensor, w1_rows: torch.Tensor, b1: torch.Tensor | None
     on CUDA whose hidden tensor never leaves the chip, PyTorch elsewhere; ``act`` one of :data:`TRITON_ACTS`.
     Returns (N, COUT, HO, WO), channels_last."""
     return _fused_mbconv(x, w1_rows, b1, k, stride, padding, _kernel_act(act), w2_t, b2, residual)
+
+
+@torch.library.custom_op("lowspace::mbconv", mutates_args=(), tags=_TAGS)
+def _mbconv(x: torch.Tensor, w1_t: torch.Tensor, b1: torch.Tensor | None, act1: str, dw_taps: torch.Tensor,
+            bd: torch.Tensor | None, k: int, stride: int, padding: int, act2: str, w2_t: torch.Tensor,
+            b2: torch.Tensor | None, residual: torch.Tensor | None) -> torch.Tensor:
+    args = (x, w1_t, b1, act1 or None, dw_taps, bd, k, stride, padding, act2 or None, w2_t, b2, residual)
+    if x.is_cuda and triton is not None:
+        return _launch_mbconv(*args)
+    return _mbconv_torch(*args)
+
+
+@_mbconv.register_fake
+def _(x, w1_t, b1, act1, dw_taps, bd, k, stride, padding, act2, w2_t, b2, residual):
+    n, _, hh, ww = x.shape
+    return torch.empty((n, w2_t.shape[1], _out_size(hh, k, stride, padding), _out_size(ww, k, stride, padding)),
+                       device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+
+
+def mbconv(x: torch.Tensor, w1_t: torch.Tensor, b1: torch.Tensor | None, act1: str | None, dw_taps: torch.Tensor,
+           bd: torch.Tensor | None, k: int, stride: int, padding: int, act2: str | None, w2_t: torch.Tensor,
+           b2: torch.Tensor | None, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """An MBConv on a map of at most :data:`MBCONV_MAX_POSITIONS` positions: a 1x1 conv (``w1_t`` (CIN, HID),
+    ``b1``) and ``act1``, a k x k depthwise conv (``dw_taps`` (k * k, HID), ``bd``) and ``act2``, a 1x1 conv
+    (``w2_t`` (HID, COUT), ``b2``), plus ``residual``: one Triton kernel on CUDA whose hidden tensors never
+    leave the chip, PyTorch elsewhere; activations among :data:`TRITON_ACTS`. Returns (N, COUT, HO, WO),
+    channels_last."""
+    return _mbconv(x, w1_t, b1, _kernel_act(act1), dw_taps, bd, k, stride, padding, _kernel_act(act2), w2_t, b2,
+                   residual)
