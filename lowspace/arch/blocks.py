@@ -363,7 +363,7 @@ class _ConvChain(nn.Module):
                 getattr(self, name).fold_norm()
             kernel = TritonFusedMBConv if isinstance(self, FusedMBConv) else TritonMBConv
             self.chain = kernel(self) if kernel.applies(self) else None
-        if not options.triton_project:
+        if not options.triton_project or isinstance(getattr(self, self.layers[-1]), TritonProject):
             return
         for name in self.layers:
             getattr(self, name).reparameterize(options)
