@@ -146,6 +146,26 @@ if triton is not None:
         return acc + tl.dot(a.to(w.dtype), w)
 
     @triton.jit
+    def _gemm_store(acc, b_ptr, r_ptr, y_ptr, rows, rn, rmask, nmask, N, HAS_BIAS: tl.constexpr,
+                    HAS_RES: tl.constexpr):
+        """The GEMM kernels' epilogue: ``acc`` plus the bias and the residual (rows ``rows`` (int64) of an
+        (M, N) map), stored into the same rows of ``y``."""
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+        out = rows[:, None] * N + rn[None, :]
+        omask = rmask[:, None] & nmask[None, :]
+        if HAS_RES:
+            acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+
+    @triton.jit
+    def _output_positions(rm, HO, WO, x_ptr, sxn):
+        """For flattened output rows ``rm`` of a conv: their output row and column, and the start of their
+        image in ``x`` (batch stride ``sxn``)."""
+        image = rm // (HO * WO)
+        return (rm % (HO * WO)) // WO, rm % WO, x_ptr + image.to(tl.int64) * sxn
+
+    @triton.jit
     def _project_kernel(h_ptr, pre_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
                         HAS_PRE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -162,13 +182,7 @@ if triton is not None:
                 a += tl.load(pre_ptr + rk, mask=kmask, other=0.0).to(tl.float32)[None, :]
             a = _activate(a, ACT)  # every activation maps 0 to 0: the masked columns stay 0
             acc = _times_weights(acc, a, w_ptr, rk, kmask, rn, nmask, N, IEEE)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        out = rows[:, None] * N + rn[None, :]
-        omask = mmask[:, None] & nmask[None, :]
-        if HAS_RES:
-            acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+        _gemm_store(acc, b_ptr, r_ptr, y_ptr, rows, rn, mmask, nmask, N, HAS_BIAS, HAS_RES)
 
     @triton.jit
     def _dw_qkv_kernel(x_ptr, dw_ptr, w_ptr, b_ptr, y_ptr, M, N, C, H, W, HO, WO,
@@ -179,10 +193,7 @@ if triton is not None:
         # as the A operand of the QKV GEMM: x (N, C, H, W) any strides, w (C, N) contiguous, y (M, N) = the
         # channels_last (N, N_out, HO, WO) output
         rm, rn, mmask, nmask = _gemm_tile(M, N, BLOCK_M, BLOCK_N)
-        image = rm // (HO * WO)
-        oy = (rm % (HO * WO)) // WO
-        ox = rm % WO
-        x_rows = x_ptr + image.to(tl.int64) * sxn
+        oy, ox, x_rows = _output_positions(rm, HO, WO, x_ptr, sxn)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for c0 in range(0, C, BLOCK_K):
             rk = c0 + tl.arange(0, BLOCK_K)
@@ -199,10 +210,7 @@ if triton is not None:
                 wv = tl.load(dw_ptr + rk * sdc + ky * sdy + kx * sdx, mask=kmask, other=0.0)
                 a += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
             acc = _times_weights(acc, a, w_ptr, rk, kmask, rn, nmask, N, IEEE)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        out = rm.to(tl.int64)[:, None] * N + rn[None, :]
-        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+        _gemm_store(acc, b_ptr, y_ptr, y_ptr, rm.to(tl.int64), rn, mmask, nmask, N, HAS_BIAS, False)
 
     @triton.jit
     def _fused_mbconv_kernel(x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, r_ptr, y_ptr, M, CIN, HID, COUT, H, W, HO, WO,
@@ -217,10 +225,7 @@ if triton is not None:
         # channels at a time in registers, rounded to the weights' type as the unfused network stores it, and
         # consumed at once by the second GEMM: it never leaves the chip.
         rm, rn, mmask, nmask = _gemm_tile(M, COUT, BLOCK_M, BLOCK_N)
-        image = rm // (HO * WO)
-        oy = (rm % (HO * WO)) // WO
-        ox = rm % WO
-        x_rows = x_ptr + image.to(tl.int64) * sxn
+        oy, ox, x_rows = _output_positions(rm, HO, WO, x_ptr, sxn)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for h0 in range(0, HID, BLOCK_H):
             rh = h0 + tl.arange(0, BLOCK_H)
@@ -245,13 +250,7 @@ if triton is not None:
                 hidden += tl.load(b1_ptr + rh, mask=hmask, other=0.0).to(tl.float32)[None, :]
             hidden = _activate(hidden, ACT)  # every activation maps 0 to 0: the masked columns stay 0
             acc = _times_weights(acc, hidden, w2_ptr, rh, hmask, rn, nmask, COUT, IEEE)
-        if HAS_B2:
-            acc += tl.load(b2_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        out = rm.to(tl.int64)[:, None] * COUT + rn[None, :]
-        omask = mmask[:, None] & nmask[None, :]
-        if HAS_RES:
-            acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+        _gemm_store(acc, b2_ptr, r_ptr, y_ptr, rm.to(tl.int64), rn, mmask, nmask, COUT, HAS_B2, HAS_RES)
 
     @triton.jit
     def _mbconv_kernel(x_ptr, w1_ptr, b1_ptr, wd_ptr, bd_ptr, w2_ptr, b2_ptr, r_ptr, y_ptr, CIN, HID, COUT, H, W,
@@ -309,13 +308,8 @@ if triton is not None:
                 d += tl.load(bd_ptr + rh, mask=hmask, other=0.0).to(tl.float32)[None, :]
             d = _activate(d, ACT2)
             acc = _times_weights(acc, d, w2_ptr, rh, hmask, rn, nmask, COUT, IEEE)
-        if HAS_B2:
-            acc += tl.load(b2_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
-        out = (image.to(tl.int64) * HO * WO + p)[:, None] * COUT + rn[None, :]
-        omask = pmask[:, None] & nmask[None, :]
-        if HAS_RES:
-            acc += tl.load(r_ptr + out, mask=omask, other=0.0).to(tl.float32)
-        tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=omask)
+        rows = image.to(tl.int64) * HO * WO + p
+        _gemm_store(acc, b2_ptr, r_ptr, y_ptr, rows, rn, pmask, nmask, COUT, HAS_B2, HAS_RES)
 
 
 def _out_size(size: int, k: int, stride: int, padding: int) -> int:
