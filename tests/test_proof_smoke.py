@@ -116,4 +116,30 @@ def test_a_search_shard_takes_every_nth_study_and_records_it(load_experiment, tm
     proof.phase_search(rules, tmp_path, proof.Clock(None, "1/2"), "fashion_mnist", [], png=False)
     assert started == ["pareto-s1", "random-s1", "nsga2-s1"]  # every other study, in the studies' order
     record = json.loads((tmp_path / "studies" / "random-s1.record.json").read_text())
-    assert record["shard"] == "1/2" and record["visible_devices"] == "1"
+    assert record["method"] == "random"
+    assert [(r["shard"], r["visible_devices"]) for r in record["runs"]] == [("1/2", "1")]
+
+
+def test_search_skips_a_spent_study_and_each_run_adds_to_its_record(load_experiment, tmp_path, monkeypatch):
+    import optuna
+
+    import lowspace.cli
+    proof = load_experiment("proof/proof.py")
+    rules = dict(search=dict(methods={"pareto": "p.yaml", "random": "r.yaml"}, seeds=[0], budget_gpu_s=10,
+                             workers=1), speed=dict(device="cpu"))
+    started = []
+    monkeypatch.setattr(lowspace.cli, "main", lambda args: started.append(args[args.index("--study-name") + 1]) or 0)
+    monkeypatch.setattr(proof, "reference_latency", lambda rules, out: 5.0)
+    proof.phase_search(rules, tmp_path, proof.Clock(None, "0/1"), "fashion_mnist", [], png=False)
+    assert started == ["pareto-s0", "random-s0"]  # no study yet: both run
+    storage = proof.studies(rules, tmp_path)[0][2]
+    study = optuna.create_study(storage=storage, study_name="pareto-s0", directions=["maximize", "minimize"])
+    study.add_trial(optuna.trial.create_trial(values=[0.9, 1.0], user_attrs={"timings": {"train_s": 9.0}}))
+    proof.phase_search(rules, tmp_path, proof.Clock(None, "0/1"), "fashion_mnist", [], png=False)
+    assert started[2:] == ["pareto-s0", "random-s0"]  # 9 of 10 GPU-s: not spent yet
+    study.add_trial(optuna.trial.create_trial(values=[0.8, 0.5], user_attrs={"timings": {"train_s": 2.0}}))
+    proof.phase_search(rules, tmp_path, proof.Clock(None, "0/1"), "fashion_mnist", [], png=False)
+    assert started[4:] == ["random-s0"]  # 11 of 10: done, not started again
+    record = json.loads((tmp_path / "studies" / "pareto-s0.record.json").read_text())
+    assert len(record["runs"]) == 2 and record["budget_gpu_s"] == 10
+    assert all(r["record"]["provenance"]["commit"] and "--timeout" not in r["command"] for r in record["runs"])

@@ -312,6 +312,14 @@ def reference_latency(rules: dict, out: Path) -> float:
     return rule["factor"] * max(r["infer_step_time"] for r in rows)
 
 
+def spent_reason(storage: str, name: str, budget_gpu_s: float) -> str:
+    """Why study ``name`` needs no more trials ("" when it does, or when it does not exist yet)."""
+    from lowspace.search import budget_reason
+    if not Path(storage.removeprefix("sqlite:///")).exists():
+        return ""
+    return budget_reason(load(storage, name), budget_gpu_s)
+
+
 def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[str], png: bool) -> None:
     from lowspace.cli import main as lowspace_cli
     search = rules["search"]
@@ -319,6 +327,9 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
     reference = reference_latency(rules, out)
     for index, (method, seed, storage, name) in enumerate(studies(rules, out)):
         if not clock.mine(index):
+            continue
+        if not search.get("n_trials") and (done := spent_reason(storage, name, search["budget_gpu_s"])):
+            say(f"search: {name} done ({done})")
             continue
         if not clock.open():
             return
@@ -332,10 +343,18 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
         say(f"search: {name}")
         if lowspace_cli(args) != 0:
             raise SystemExit(f"lowspace search {name} failed (see above)")
-        write_json(out / "studies" / f"{name}.record.json", dict(
-            record=record(rules["speed"]["device"]), method=method, seed=seed, config=search["methods"][method],
-            budget_gpu_s=search["budget_gpu_s"], reference_latency_ms=reference, command=args,
-            shard=f"{clock.k}/{clock.n}", visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
+        record_run(out / "studies" / f"{name}.record.json", dict(
+            method=method, seed=seed, config=search["methods"][method], budget_gpu_s=search["budget_gpu_s"],
+            reference_latency_ms=reference), dict(
+            record=record(rules["speed"]["device"]), command=args, shard=f"{clock.k}/{clock.n}",
+            visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
+
+
+def record_run(path: Path, study: dict, run: dict) -> None:
+    """A study's record: what defines it, and one entry per run of the search that added trials to it (a
+    study grows over several runs, each with its commit, environment and command)."""
+    runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
+    write_json(path, dict(study, runs=[*runs, run]))
 
 
 def load(storage: str, name: str):
