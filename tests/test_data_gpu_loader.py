@@ -589,14 +589,14 @@ def test_on_a_gpu_loader_processes_pass_the_single_process_batches_through_cuda_
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype, share", [(torch.float32, 0.01), (torch.float16, 0.1)])
-def test_on_a_gpu_the_taps_kernel_gives_the_matmul_batches_within_a_level(data, monkeypatch, dtype, share):
+@pytest.mark.parametrize("dtype, levels, share", [(torch.float32, 1, 0.01), (torch.float16, 2, 0.1)])
+def test_on_a_gpu_the_taps_kernel_gives_the_matmul_batches_within_a_level(data, monkeypatch, dtype, levels, share):
     """With float32 weights both forms differ only where a sum lies within rounding of a half level. With the
     CUDA default, half-precision weights, the matrix form also rounds each pass's sums to fp16 (steps of an
-    eighth of a level above 128) before rounding them to levels, and the kernel sums in float32: one level
-    apart on a few per cent of the pixels (4.5 % in the run at commit 9af4bd6)."""
+    eighth of a level above 128; cuBLAS may reduce in half precision too) before rounding them to levels, and
+    the kernel sums in float32: a few per cent of the pixels one level apart (4.5 % in the run at commit
+    9af4bd6) and some two (the run at commit 6fbd08b)."""
     assert gpu_augment._resample_kernel.available("cuda")
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(gpu_augment, "_pass_dtype", lambda device: dtype)
 
     def batches(kernel):
@@ -604,9 +604,15 @@ def test_on_a_gpu_the_taps_kernel_gives_the_matmul_batches_within_a_level(data, 
                                     DeviceTrainTransform(resample_kernel=kernel), augment_seed=True)
         return [x for x, _ in loader.epoch(0)]
     level = 1 / (255 * min(IMAGENET_STD))  # the largest step of one pixel level after normalization
-    for taps, matmul in zip(batches("taps"), batches("matmul")):
+    tf32 = torch.backends.cuda.matmul.allow_tf32  # a property of torch's module: monkeypatch cannot restore it
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        pairs = list(zip(batches("taps"), batches("matmul")))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    for taps, matmul in pairs:
         apart = (taps - matmul).abs()
-        assert apart.max() <= 1.01 * level and (apart > level / 2).float().mean() < share
+        assert apart.max() <= 1.01 * levels * level and (apart > level / 2).float().mean() < share
 
 
 @pytest.mark.slow
