@@ -38,6 +38,10 @@ def test_smoke_run_writes_every_phase(tmp_path):
     report = json.loads((out / "report" / "report.json").read_text())
     assert [h["method"] for h in report["hypervolume"]] == ["pareto", "random", "nsga2"]
     assert all(h["seeds"] == 2 for h in report["hypervolume"])
+    equal = report["hypervolume_at_equal_gpu_s"]  # 3 methods x 4 fractions of the least GPU-seconds spent
+    assert [e["group"] for e in equal] == [m for m in ("pareto", "random", "nsga2") for _ in range(4)]
+    assert all(e["studies"] == 2 and e["gpu_s"] > 0 for e in equal)
+    assert (out / "report" / "hypervolume_gpu.html").is_file()
     assert report["dominance"] and report["record"]["provenance"]["commit"]
     assert (out / "report" / "pareto_vs_random" / "summary.md").is_file()
     assert (out / "report" / "summary.md").read_text().startswith("# The proof")

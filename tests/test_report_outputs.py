@@ -392,3 +392,43 @@ def test_duplicates_are_counted_as_the_search_counts_them(tmp_path):
     rep = write_report(study, tmp_path / "rep", png=False, reference={"latency_ms": 10.0})
     curve = fronts.hypervolume_curve(df, ["accuracy", "latency"], rep.reference)
     assert len(curve) == 2  # one point per distinct complete architecture
+
+
+def _finished_trials(rows):
+    columns = ["number", "state", "accuracy", "latency_ms", "arch_id", "duplicate", "feasible", "finished", "gpu_s"]
+    return pd.DataFrame([dict(zip(columns, r)) for r in rows])
+
+
+def test_hypervolume_over_gpu_seconds_counts_every_finished_trial_in_the_order_they_finished():
+    ref = fronts.Reference(accuracy=0.0, costs={"latency_ms": 10.0})
+    df = _finished_trials([
+        (0, "COMPLETE", 90.0, 5.0, "a", False, True, "2026-01-01T00:00:02", 100.0),
+        (1, "PRUNED", None, None, "b", False, True, "2026-01-01T00:00:01", 30.0),  # screened out first
+        (2, "FAIL", None, None, "a", True, True, "2026-01-01T00:00:03", 0.0),     # a duplicate spends nothing
+        (3, "COMPLETE", 92.0, 4.0, "c", False, True, "2026-01-01T00:00:04", 100.0),
+        (4, "RUNNING", None, None, "d", False, True, None, 50.0)])                 # not finished: left out
+    curve = fronts.hypervolume_over_gpu_s(df, ["accuracy", "latency"], ref)
+    assert curve["gpu_s"].tolist() == [30.0, 130.0, 130.0, 230.0]
+    assert curve["hypervolume"].tolist() == pytest.approx([0.0, 0.9 * 0.5, 0.9 * 0.5, 0.92 * 0.6])
+    assert fronts.hypervolume_at(curve, [0, 29, 130, 229, 1e6]).tolist() == pytest.approx([0, 0, 0.45, 0.45, 0.552])
+    slower = curve.assign(gpu_s=curve["gpu_s"] * 1.5)  # the same trials at 1.5 times the cost
+    table = fronts.equal_gpu_s_table({"fast": {"f": curve}, "slow": {"s1": slower, "s2": slower}},
+                                     fractions=(0.6, 1.0))
+    assert table["gpu_s"].tolist() == pytest.approx([138, 230, 138, 230])  # only up to 230, where "fast" ends
+    assert table["hypervolume"].tolist() == pytest.approx([0.45, 0.552, 0.0, 0.45])
+    assert table["studies"].tolist() == [1, 1, 2, 2] and table["ci_low"].isna().tolist() == [True, True, False, False]
+
+
+def test_report_draws_and_tables_hypervolume_over_gpu_seconds(tmp_path):
+    a = _study(tmp_path, "a", n=4, constraints={"max_latency_ms": 5.0})
+    b = _study(tmp_path, "b", mode="random", n=4, constraints={"max_latency_ms": 5.0})
+    rep = write_report(a, tmp_path / "rep", png=False, baseline=b)
+    df = trials_frame(a)
+    assert (df["gpu_s"] > 0).all() and df["finished"].notna().all()
+    assert set(rep.equal_gpu_s["group"]) == {"search", "random baseline"}
+    ends = [fronts.hypervolume_over_gpu_s(trials_frame(s), ["accuracy", "latency"], rep.reference)["gpu_s"].iloc[-1]
+            for s in (a, b)]
+    assert rep.equal_gpu_s["gpu_s"].max() == pytest.approx(min(ends))
+    html = (tmp_path / "rep" / "hypervolume_gpu.html").read_text()
+    assert "GPU-seconds spent" in html
+    assert "## Hypervolume at equal GPU-seconds" in (tmp_path / "rep" / "summary.md").read_text()

@@ -448,17 +448,27 @@ def dominance(rules: dict, out: Path) -> list[dict]:
     return table
 
 
-def search_statistics(rules: dict, out: Path) -> tuple[list[dict], list[dict], str]:
-    """Hypervolume per method (mean and interval over search seeds, one reference point), distinct
-    architectures, and cost per counted trial by stage (duplicates counted apart)."""
-    from lowspace.report.fronts import group_statistics, resolve_reference
+def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], list[dict], list[dict], str]:
+    """Hypervolume per method (mean and interval over search seeds, one reference point) at the end and at
+    equal GPU-seconds (with its figure), distinct architectures, and cost per counted trial by stage
+    (duplicates counted apart)."""
+    from lowspace.report.fronts import (equal_gpu_s_table, group_statistics, hypervolume_over_gpu_s,
+                                        resolve_reference)
+    from lowspace.report.plots import hypervolume_gpu_figure, write_figure
     from lowspace.report.tables import trials_frame
     found = [(m, s, load(st, n), n) for m, s, st, n in studies(rules, out)
              if Path(st.removeprefix("sqlite:///")).is_file()]
     if not found:
-        return [], [], "no study"
+        return [], [], [], "no study"
     frames = {n: trials_frame(study) for _, _, study, n in found}
     reference = resolve_reference({n: study for _, _, study, n in found}, frames, ["accuracy", "latency"])
+    curves = {m: {n: hypervolume_over_gpu_s(frames[n], ["accuracy", "latency"], reference)
+                  for mm, _, _, n in found if mm == m} for m in rules["search"]["methods"]}
+    curves = {m: c for m, c in curves.items() if c}
+    equal = equal_gpu_s_table(curves, level=rules["significance"])
+    write_figure(hypervolume_gpu_figure(curves, reference, title="Hypervolume over GPU-seconds, per method"),
+                 out / "report" / "hypervolume_gpu.html", (out / "report" / "hypervolume_gpu.png") if png else None,
+                 plotlyjs="cdn")
     hv, cost = [], []
     for method in rules["search"]["methods"]:
         mine = {n: frames[n] for m, _, _, n in found if m == method}
@@ -479,7 +489,7 @@ def search_statistics(rules: dict, out: Path) -> tuple[list[dict], list[dict], s
             cost.append(dict(study=n, method=method, counted=len(c), cache_hits=int(f["duplicate"].sum()),
                              mean_s_per_trial_by_stage=stages,
                              unique_per_hour=len(c) / total_h if total_h and total_h == total_h else None))
-    return hv, cost, reference.describe()
+    return hv, json.loads(equal.to_json(orient="records")), cost, reference.describe()
 
 
 def pareto_reports(rules: dict, out: Path, png: bool) -> None:
@@ -500,20 +510,32 @@ def pareto_reports(rules: dict, out: Path, png: bool) -> None:
             raise SystemExit(f"lowspace pareto (pareto vs {method}) failed (see above)")
 
 
+def _fmt(value) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
 def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
+    from lowspace.report.fronts import format_gpu_s
     report = out / "report"
     report.mkdir(parents=True, exist_ok=True)
     pareto_reports(rules, out, png)
-    hv, cost, reference = search_statistics(rules, out)
+    hv, equal, cost, reference = search_statistics(rules, out, png)
     table = dominance(rules, out)
     write_json(report / "report.json", dict(record=record(device), rules=rules, reference=reference, hypervolume=hv,
-                                            cost=cost, dominance=table))
+                                            hypervolume_at_equal_gpu_s=equal, cost=cost, dominance=table))
     level = f"{rules['significance'] * 100:g} %"
     lines = ["# The proof: what the numbers say", "", f"Hypervolume reference: {reference}.", "",
              "| method | seeds | hypervolume (mean, CI over seeds) | counted trials | distinct architectures |"
              " duplicates |", "|---|---|---|---|---|---|"]
     lines += [f"| {h['method']} | {h['seeds']} | {h['hypervolume']:.4f} ({h['ci_low']:.4f} to {h['ci_high']:.4f}) | "
               f"{h['counted_trials']} | {h['distinct_architectures']} | {h['duplicates']} |" for h in hv]
+    lines += ["", "## Hypervolume at equal GPU-seconds", "",
+              "Each study read at fractions of the least GPU-seconds any study spent (`hypervolume_gpu.html`).", "",
+              "| method | seeds | GPU-seconds | hypervolume (mean, CI over seeds) | per seed |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {e['group']} | {e['studies']} | {format_gpu_s(e['gpu_s'])} | {e['hypervolume']:.4f} "
+              f"({_fmt(e['ci_low'])} to {_fmt(e['ci_high'])}) | "
+              + ", ".join(f"{v:.4f}" for v in e["per_study"].values()) + " |" for e in equal]
     lines += ["", f"## Searched architectures against every preset and trained peer ({level})", ""]
     lines += [f"- {t['sentence']}" for t in table] or ["- nothing to compare yet"]
     winners = sorted({t["searched"] for t in table} - {t["searched"] for t in table if t["verdict"] != "dominates"})

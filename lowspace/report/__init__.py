@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-
 from typing import Sequence
+
+import pandas as pd
 
 from ..io import atomic_write_text
 from .export import export_pareto, export_trial, export_trials, pareto_trials, trial_config
 from .fidelity import write_fidelity
-from .fronts import STATISTICS, GroupStatistics, Reference, group_statistics, hypervolume_curve, resolve_reference
+from .fronts import (STATISTICS, GroupStatistics, Reference, equal_gpu_s_table, group_statistics, hypervolume_curve,
+                     format_gpu_s, hypervolume_over_gpu_s, resolve_reference)
 from .significance import DEFAULT_LEVEL
 from .tables import (load_peers, markdown_table, pareto_frame, peer_notes, study_objectives, trials_frame,
                      write_csv)
@@ -36,6 +38,7 @@ class Report:
     hypervolume: dict[str, float] = field(default_factory=dict)
     statistics: dict[str, GroupStatistics] = field(default_factory=dict)
     reference: Reference | None = None
+    equal_gpu_s: pd.DataFrame | None = None
 
 
 def _as_list(studies) -> list:
@@ -52,7 +55,8 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
 
     Files: ``trials.csv`` (every trial), ``pareto.csv``, ``summary.md`` (state counts, front statistics, the
     front, its comparisons with the presets at ``level``), ``pareto.html``/``.png``, ``hypervolume.html``/
-    ``.png``, ``fidelity.csv``/``.md`` (the front at each rung, for a study searched with promotion), and with
+    ``.png`` (per trial), ``hypervolume_gpu.html``/``.png`` (per GPU-second, hypervolume at equal GPU-seconds in
+    the summary), ``fidelity.csv``/``.md`` (the front at each rung, for a study searched with promotion), and with
     ``export`` one YAML per Pareto architecture under ``configs/``.
 
     ``seeds``: other studies of the same search run with other seeds; ``baseline``: a study (or the studies of
@@ -61,7 +65,7 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
     studies. ``plotlyjs``: see :func:`~lowspace.report.plots.write_figure`.
     """
     from .export import ExportError
-    from .plots import hypervolume_figure, pareto_figure, write_figure
+    from .plots import hypervolume_figure, hypervolume_gpu_figure, pareto_figure, write_figure
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +98,12 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
     rep.statistics = {g: group_statistics({n: p[1] for n, p in members.items()}, objectives, rep.reference, level)
                       for g, members in groups.items()}
     hv_fig = hypervolume_figure(curves, rep.reference, title=f"Hypervolume ({', '.join(objectives)})")
-    for f, stem in ((fig, "pareto"), (hv_fig, "hypervolume")):
+    by_gpu_s = {g: {n: hypervolume_over_gpu_s(p[1], objectives, rep.reference) for n, p in members.items()}
+                for g, members in groups.items()}
+    rep.equal_gpu_s = equal_gpu_s_table(by_gpu_s, level=level)
+    gpu_fig = hypervolume_gpu_figure(by_gpu_s, rep.reference,
+                                     title=f"Hypervolume ({', '.join(objectives)}) over GPU-seconds")
+    for f, stem in ((fig, "pareto"), (hv_fig, "hypervolume"), (gpu_fig, "hypervolume_gpu")):
         html, pngp, note = write_figure(f, out / f"{stem}.html", (out / f"{stem}.png") if png else None,
                                         plotlyjs=plotlyjs)
         rep.files.append(html)
@@ -111,6 +120,21 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
     rep.files.append(out / "summary.md")
     rep.files.extend(write_fidelity(study, out))
     return rep
+
+
+def _equal_gpu_s_lines(table: pd.DataFrame | None, level: float) -> list[str]:
+    if table is None or table.empty:
+        return []
+    lines = ["", "## Hypervolume at equal GPU-seconds", "",
+             "Read at fractions of the least any study spent (every trial's device seconds, as the budget counts "
+             "them); `hypervolume_gpu.html` draws the curves.", "",
+             "| group | studies | GPU-seconds | hypervolume |", "|---|---|---|---|"]
+    for r in table.itertuples():
+        cell = f"{r.hypervolume:.4f}"
+        if r.studies > 1:
+            cell += f" ({level * 100:g} % CI {r.ci_low:.4f} to {r.ci_high:.4f})"
+        lines.append(f"| {r.group} | {r.studies} | {format_gpu_s(r.gpu_s)} | {cell} |")
+    return lines
 
 
 def _protocol(study, df) -> dict | None:
@@ -142,6 +166,7 @@ def _summary(study, df, front, rep: Report, protocol: dict | None, level: float)
     if any(len(s.per_study) > 1 for s in rep.statistics.values()):
         lines += ["", f"Intervals: {level * 100:g} % Student-t confidence intervals over the studies (seeds) of a "
                       "group."]
+    lines += _equal_gpu_s_lines(rep.equal_gpu_s, level)
     lines += ["", "## Pareto front (accuracy vs latency)", "",
               "accuracy_se: the binomial standard error of the proxy accuracy on its eval_images validation images; "
               "latency_spread: (max - min) / median of the timing window.", "", markdown_table(front, SUMMARY_COLUMNS)]

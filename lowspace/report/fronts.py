@@ -110,6 +110,57 @@ def hypervolume_curve(df: pd.DataFrame, objectives: Sequence[str], reference: Re
     return hypervolume_history(reference.normalize(df, objectives), [1.0] * len(objectives))
 
 
+def hypervolume_over_gpu_s(df: pd.DataFrame, objectives: Sequence[str], reference: Reference) -> pd.DataFrame:
+    """Normalized hypervolume against the device seconds the study had spent, after each trial in the order the
+    trials finished (columns ``gpu_s``, ``hypervolume``). The seconds count every finished trial (screened-out,
+    failed and duplicate ones spent them too, as the study's GPU-second budget counts them); the hypervolume
+    counts the complete, feasible, distinct trials among them. Searches compare fairly along this axis, not
+    along the number of trials, when they spend different seconds per trial (promotion, early stopping)."""
+    if df.empty or "finished" not in df:
+        return pd.DataFrame({"gpu_s": [], "hypervolume": []})
+    done = df[df["finished"].notna()].sort_values(["finished", "number"])
+    spent = pd.to_numeric(done["gpu_s"], errors="coerce").fillna(0.0).cumsum().to_numpy()
+    counted = set(candidates(done)["number"]) if not done.empty else set()
+    volumes, current = [], 0.0
+    for i, number in enumerate(done["number"]):
+        if number in counted:
+            points = reference.normalize(done.iloc[:i + 1], objectives)
+            current = hypervolume(points, [1.0] * len(objectives)) if len(points) else 0.0
+        volumes.append(current)
+    return pd.DataFrame({"gpu_s": spent, "hypervolume": volumes})
+
+
+def hypervolume_at(curve: pd.DataFrame, gpu_s: Sequence[float]) -> np.ndarray:
+    """A :func:`hypervolume_over_gpu_s` curve read at the given seconds (0 before its first trial finished)."""
+    index = np.searchsorted(curve["gpu_s"].to_numpy(), np.asarray(gpu_s, dtype=float), side="right") - 1
+    values = curve["hypervolume"].to_numpy()
+    return np.where(index >= 0, values[index.clip(0)] if len(values) else 0.0, 0.0)
+
+
+def equal_gpu_s_table(groups: Mapping[str, Mapping[str, pd.DataFrame]], fractions: Sequence[float] = (0.25, 0.5,
+                      0.75, 1.0), level: float = DEFAULT_LEVEL) -> pd.DataFrame:
+    """Each group's hypervolume (mean and confidence interval over its studies) at equal GPU-seconds: the given
+    fractions of the least any study of any group spent, so every study is read where it really got to.
+    ``groups``: group name -> study name -> :func:`hypervolume_over_gpu_s` curve."""
+    totals = [float(c["gpu_s"].iloc[-1]) for curves in groups.values() for c in curves.values() if len(c)]
+    if not totals:
+        return pd.DataFrame(columns=["group", "studies", "gpu_s", "hypervolume", "ci_low", "ci_high", "per_study"])
+    rows = []
+    for group, curves in groups.items():
+        for fraction in fractions:
+            at = fraction * min(totals)
+            values = {name: float(hypervolume_at(c, [at])[0]) for name, c in curves.items()}
+            mean, low, high = mean_interval(list(values.values()), level)
+            rows.append(dict(group=group, studies=len(values), gpu_s=at, hypervolume=mean, ci_low=low, ci_high=high,
+                             per_study=values))
+    return pd.DataFrame(rows)
+
+
+def format_gpu_s(value: float) -> str:
+    """GPU-seconds for a table: whole seconds with thousands separators, 3 digits below 100."""
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def front_statistics(df: pd.DataFrame, objectives: Sequence[str], reference: Reference) -> dict[str, float]:
     """Hypervolume, front size, best accuracy and lowest latency of one study's complete, feasible trials."""
     cand = candidates(df) if not df.empty else df
@@ -147,5 +198,6 @@ def group_statistics(frames: Mapping[str, pd.DataFrame], objectives: Sequence[st
     return GroupStatistics({name: front_statistics(df, objectives, reference) for name, df in frames.items()}, level)
 
 
-__all__ = ["Reference", "resolve_reference", "hypervolume_curve", "front_statistics", "GroupStatistics",
+__all__ = ["Reference", "resolve_reference", "hypervolume_curve", "hypervolume_over_gpu_s", "hypervolume_at",
+           "equal_gpu_s_table", "format_gpu_s", "front_statistics", "GroupStatistics",
            "group_statistics", "STATISTICS", "FALLBACK_FACTOR"]

@@ -178,6 +178,34 @@ def hypervolume_figure(curves: dict[str, list[float]], reference=None, title: st
     return fig
 
 
+def hypervolume_gpu_figure(groups: dict[str, dict[str, pd.DataFrame]], reference=None, title: str | None = None):
+    """Hypervolume vs GPU-seconds spent: per group (a search and its seeds, a baseline) a thin step line per
+    study and a thick line for the mean over the group's studies, drawn up to where its shortest study ends;
+    ``groups`` as :func:`lowspace.report.fronts.equal_gpu_s_table` takes them."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    from .fronts import hypervolume_at
+    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2")
+    fig = go.Figure()
+    for k, (group, curves) in enumerate(groups.items()):
+        color = palette[k % len(palette)]
+        for name, curve in curves.items():
+            fig.add_trace(go.Scatter(x=curve["gpu_s"], y=curve["hypervolume"], mode="lines", name=name,
+                                     legendgroup=group, line=dict(shape="hv", width=1, color=color), opacity=0.45))
+        ends = [float(c["gpu_s"].iloc[-1]) for c in curves.values() if len(c)]
+        if len(ends) > 1:
+            grid = np.linspace(0.0, min(ends), 200)
+            mean = np.mean([hypervolume_at(c, grid) for c in curves.values()], axis=0)
+            fig.add_trace(go.Scatter(x=grid, y=mean, mode="lines", name=f"{group}: mean of {len(ends)}",
+                                     legendgroup=group, line=dict(shape="hv", width=3, color=color)))
+    sub = f"<br><sup>reference point: {reference.describe()} (normalized to 1)</sup>" if reference is not None else ""
+    fig.update_layout(title=dict(text=(title or "Hypervolume over GPU-seconds") + sub),
+                      xaxis_title="GPU-seconds spent (every trial, as the study's budget counts them)",
+                      yaxis_title="hypervolume (normalized)", template="plotly_white", width=900, height=500)
+    return fig
+
+
 def final_figure(rows: pd.DataFrame, title: str | None = None, level: float = DEFAULT_LEVEL):
     """Final test accuracy (mean over seeds, the ``level`` confidence interval as error bars) vs latency of
     retrained architectures; ``rows`` as :func:`lowspace.report.evaluate.final_frame` gives them."""
@@ -275,5 +303,5 @@ def write_figure(fig, html: str | Path, png: str | Path | None = None, scale: fl
     return html, png, ""
 
 
-__all__ = ["pareto_figure", "hypervolume_figure", "final_figure", "published_figure", "log_ticks", "write_figure",
-           "find_browser"]
+__all__ = ["pareto_figure", "hypervolume_figure", "hypervolume_gpu_figure", "final_figure", "published_figure",
+           "log_ticks", "write_figure", "find_browser"]

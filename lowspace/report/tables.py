@@ -28,8 +28,8 @@ def study_objectives(study) -> list[str]:
 def trials_frame(study) -> pd.DataFrame:
     """One row per trial: state, status, metrics, timings, parameters (``p_<name>``), feasibility, whether it
     is a duplicate and whether it counts (:func:`lowspace.search.counted_trials`: complete, the first trial of
-    its architecture)."""
-    from ..search import counted_trials, is_duplicate as repeats_an_architecture
+    its architecture), and ``gpu_s``, the device seconds it spent (the study's GPU-second budget counts them)."""
+    from ..search import counted_trials, is_duplicate as repeats_an_architecture, trial_gpu_s
     counted = {t.number for t in counted_trials(study)}
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -49,6 +49,8 @@ def trials_frame(study) -> pd.DataFrame:
         row["retry_of"] = t.system_attrs.get("failed_trial")
         row["started"] = t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None
         row["duration_s"] = t.duration.total_seconds() if t.duration else None
+        row["finished"] = t.datetime_complete.isoformat() if t.datetime_complete else None
+        row["gpu_s"] = trial_gpu_s(t)
         for k, v in t.params.items():
             row[f"p_{k}"] = v if isinstance(v, (int, float, str, bool)) or v is None else json.dumps(v)
         rows.append(row)

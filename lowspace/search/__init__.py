@@ -11,7 +11,7 @@ from .._lazy import lazy_exports
 
 _LAZY = {
     **dict.fromkeys(("counted_trials", "is_duplicate", "outcome_counts"), "_accounting"),
-    **dict.fromkeys(("budget_reason", "spent_gpu_s"), "_budget"),
+    **dict.fromkeys(("budget_reason", "spent_gpu_s", "trial_gpu_s"), "_budget"),
     "DeviceGate": "_gate",
     **dict.fromkeys(("HalvingSettings", "ParetoHalving", "keep_at_rung", "rung_epochs"), "halving"),
     "SearchConfig": "settings",
