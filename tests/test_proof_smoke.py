@@ -147,3 +147,21 @@ def test_search_skips_a_spent_study_and_each_run_adds_to_its_record(load_experim
     record = json.loads((tmp_path / "studies" / "pareto-s0.record.json").read_text())
     assert len(record["runs"]) == 2 and record["budget_gpu_s"] == 10
     assert all(r["record"]["provenance"]["commit"] and "--timeout" not in r["command"] for r in record["runs"])
+
+
+def test_study_cost_splits_gpu_minutes_by_outcome_and_counts_cache_hits_apart(load_experiment):
+    import pandas as pd
+    proof = load_experiment("proof/proof.py")
+    rows = [("COMPLETE", False, True, 120.0, 60.0, 30.0), ("COMPLETE", False, True, 240.0, 180.0, 30.0),
+            ("PRUNED", False, False, 60.0, 30.0, 30.0), ("FAIL", True, False, 0.0, None, None),
+            ("FAIL", False, False, 6.0, None, None), ("RUNNING", False, False, 50.0, None, None)]
+    frame = pd.DataFrame([dict(state=st, duplicate=dup, counted=c, gpu_s=g, time_train_s=tr, time_latency_s=la,
+                               finished=None if st == "RUNNING" else "2026-01-01T00:00:00")
+                          for st, dup, c, g, tr, la in rows])
+    cost = proof.study_cost("s", "pareto", frame)
+    assert cost["gpu_hours"] == pytest.approx(426 / 3600)  # every finished trial's seconds; the running one not yet
+    assert (cost["evaluated"], cost["full_schedule"], cost["screened_out"]) == (3, 2, 1)
+    assert (cost["cache_hits"], cost["failed"]) == (1, 1)
+    assert cost["gpu_minutes_per_trial"]["full schedule"] == pytest.approx({"train": 2.0, "latency": 0.5})
+    assert cost["gpu_minutes_per_trial"]["screened out"] == pytest.approx({"train": 0.5, "latency": 0.5})
+    assert cost["evaluated_per_gpu_hour"] == pytest.approx(3 / (426 / 3600))

@@ -482,14 +482,31 @@ def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], li
                        counted_trials=int(sum(len(c) for c in counted)),
                        distinct_architectures=int(sum(c["arch_id"].nunique() for c in counted)),
                        duplicates=int(sum(f["duplicate"].sum() for f in mine.values()))))
-        for n, f in mine.items():
-            c = f[f["counted"]]
-            stages = {k.removeprefix("time_"): float(c[k].mean()) for k in c if k.startswith("time_") and len(c)}
-            total_h = float(c.get("time_total_s", c.get("duration_s")).sum()) / 3600 if len(c) else math.nan
-            cost.append(dict(study=n, method=method, counted=len(c), cache_hits=int(f["duplicate"].sum()),
-                             mean_s_per_trial_by_stage=stages,
-                             unique_per_hour=len(c) / total_h if total_h and total_h == total_h else None))
+        cost += [study_cost(n, method, f) for n, f in mine.items()]
     return hv, json.loads(equal.to_json(orient="records")), cost, reference.describe()
+
+
+def study_cost(name: str, method: str, frame) -> dict:
+    """What a study's GPU-seconds bought: GPU-minutes per trial by stage and by outcome (full schedule, screened
+    out), distinct architectures evaluated per GPU-hour, and duplicates (cache hits: results reused, no GPU time)
+    counted apart."""
+    finished = frame[frame["finished"].notna()]
+    duplicate = finished["duplicate"].fillna(False).astype(bool)
+    evaluated = finished[~duplicate & finished["state"].isin(["COMPLETE", "PRUNED"])]
+    hours = float(finished["gpu_s"].sum()) / 3600
+    stages = [k for k in evaluated if k.startswith("time_") and k.endswith("_s")]
+
+    def minutes(rows) -> dict:
+        return {k.removeprefix("time_").removesuffix("_s"): float(rows[k].mean()) / 60 for k in stages} if len(rows) \
+            else {}
+    outcome = {"full schedule": evaluated[evaluated["state"] == "COMPLETE"],
+               "screened out": evaluated[evaluated["state"] == "PRUNED"]}
+    return dict(study=name, method=method, gpu_hours=hours, evaluated=len(evaluated),
+                full_schedule=int(frame["counted"].sum()), screened_out=len(outcome["screened out"]),
+                cache_hits=int(duplicate.sum()), failed=int((finished["state"] == "FAIL").sum() - duplicate.sum()),
+                gpu_minutes_per_trial={k: minutes(v) for k, v in outcome.items() if len(v)},
+                evaluated_per_gpu_hour=len(evaluated) / hours if hours else None,
+                full_schedule_per_gpu_hour=int(frame["counted"].sum()) / hours if hours else None)
 
 
 def pareto_reports(rules: dict, out: Path, png: bool) -> None:
@@ -540,11 +557,16 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
     lines += [f"- {t['sentence']}" for t in table] or ["- nothing to compare yet"]
     winners = sorted({t["searched"] for t in table} - {t["searched"] for t in table if t["verdict"] != "dominates"})
     lines += ["", "Dominates every preset and peer: " + (", ".join(winners) if winners else "none"), "",
-              "## Cost per counted trial (seconds, by stage)", ""]
-    lines += [f"- {c['study']}: {c['counted']} counted, {c['cache_hits']} cache hits (duplicates, not counted); "
-              + ", ".join(f"{k} {v:.1f}" for k, v in c["mean_s_per_trial_by_stage"].items())
-              + (f"; {c['unique_per_hour']:.0f} unique evaluations per hour" if c["unique_per_hour"] else "")
-              for c in cost]
+              "## Cost (GPU-minutes per trial by stage; duplicates reuse a result and spend none)", ""]
+    for c in cost:
+        per_hour = c["evaluated_per_gpu_hour"]
+        lines.append(f"- {c['study']}: {c['gpu_hours']:.2f} GPU-hours, {c['evaluated']} architectures evaluated "
+                     f"({c['full_schedule']} on the full schedule, {c['screened_out']} screened out), "
+                     f"{c['cache_hits']} cache hits, {c['failed']} failed"
+                     + (f"; {per_hour:.0f} evaluated and {c['full_schedule_per_gpu_hour']:.0f} full-schedule "
+                        "per GPU-hour" if per_hour else ""))
+        lines += [f"  - {outcome}: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+                  for outcome, stages in c["gpu_minutes_per_trial"].items()]
     (report / "summary.md").write_text("\n".join(lines) + "\n")
     say(f"report: {report / 'summary.md'}")
 
