@@ -247,3 +247,41 @@ def test_build_rejects_unknown_and_missing_parameters():
         space.build({**a, "depthh": 1})
     with pytest.raises(ConfigError, match="one of"):
         space.build({**a, "width": 9})
+
+
+def test_fixed_parameters_are_held_and_points_that_disagree_are_left_out():
+    from optuna.distributions import CategoricalDistribution
+
+    from lowspace.search._resume import space_hash
+    wide = load_space("wide")
+    held = wide.fix({"resolution": 224})
+    assert held.distributions()["resolution"] == CategoricalDistribution([224])
+    assert set(held.points) == set(wide.points)  # every preset point is at 224 px
+    rng = random.Random(0)
+    assert {held.sample(rng)["resolution"] for _ in range(20)} == {224}
+    assert held.build(held.point("e1")).resolution == 224
+    assert space_hash(held) != space_hash(wide) and wide.fixed == {} and held.fixed == {"resolution": 224}
+    shallow = load_space("lowformer").fix({"depth3": 3, "head": "standard"})  # an int range and labelled choices
+    assert shallow.distributions()["depth3"] == CategoricalDistribution([3])
+    assert set(shallow.points) == {"b0"}  # B1, B1.5 and B3 have deeper third stages
+    assert shallow.build(shallow.point("b0")) == load_space("lowformer").build(shallow.point("b0"))
+
+
+@pytest.mark.parametrize("fixed, needle", [
+    ({"resolutions": 224}, "space_fixed"),                       # unknown name (with a suggestion)
+    ({"depth3": 9}, "int in [2, 8]"),                            # outside the range
+    ({"depth3": 2.5}, "int in [2, 8]"),
+    ({"width": 18}, "one of 16, 20, 24, 32"),                    # not a choice
+])
+def test_fixed_parameters_outside_the_space_are_one_clear_error(fixed, needle):
+    with pytest.raises(ConfigError) as err:
+        load_space("lowformer").fix(fixed)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_search_config_holds_its_fixed_parameters():
+    from lowspace.search import SearchConfig
+    config = SearchConfig.from_dict({"space": "wide", "space_fixed": {"resolution": 224}})
+    assert config.search_space().fixed == {"resolution": 224}
+    with pytest.raises(ConfigError, match="space_fixed.resolution"):
+        SearchConfig.from_dict({"space": "wide", "space_fixed": {"resolution": 100}}).search_space()

@@ -125,12 +125,11 @@ def run(args) -> int:
     from rich.console import Console
 
     from ..search import run_search
-    from ..search.space import load_space
     from ..search.storage import load_study
 
     console = Console(stderr=True)
     config, doc, overrides = _read_config(args)
-    space = load_space(config.space)
+    space = config.search_space()
     if args.describe:
         _describe(console, space)
         return 0

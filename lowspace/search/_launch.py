@@ -23,7 +23,6 @@ from ._progress import ProgressReporter
 from ._setup import create_or_load_study, storage_for, validate_search
 from ._stale import recover_stale, running_elsewhere
 from .settings import SearchConfig
-from .space import load_space
 from .storage import display_url, normalize_storage
 from .trial import Engines
 
@@ -40,7 +39,7 @@ def run_search(config: SearchConfig, engines: Engines | None = None, data: Any =
     if config.workers > 1 and (engines is not None or data is not None):
         raise ConfigError("workers", config.workers, "engine or data objects cannot reach worker processes; name an "
                                                      "engines factory (module:function) in the config instead")
-    space = load_space(config.space)
+    space = config.search_space()
     config = dataclasses.replace(config, storage=normalize_storage(config.storage))
     # everything is checked before the study is created or resumed
     pipeline, notes = validate_search(config, space, engines, data)

@@ -22,7 +22,7 @@ from ._promotion import running_top
 from ._setup import create_or_load_study, seed_sampler, storage_for
 from ._stale import LivenessStamp, has_optuna_heartbeat, recover_stale
 from .settings import SearchConfig
-from .space import SearchSpace, load_space
+from .space import SearchSpace
 from .storage import display_url, normalize_storage
 from .trial import Engines, TrialPipeline
 
@@ -150,7 +150,7 @@ def run_worker(config: SearchConfig, worker_index: int = 0, engines: Engines | N
     ``config.timeout_s`` sets from now. ``study``: the study already created or resumed in this process
     (by default the worker opens it itself, with the same checks).
     """
-    space = space or load_space(config.space)
+    space = space or config.search_space()
     pipeline = TrialPipeline(space, config, engines=engines, data=data)
     _ = pipeline.data  # a missing data set is one clear error now, not a failure in every trial
     storage = storage if storage is not None else storage_for(config)

@@ -143,13 +143,15 @@ def _check_deploy(theirs: dict, ours: dict, name: str) -> None:
 
 def space_hash(space) -> str:
     """A hash of what a search space samples and builds: its parameters, base architecture and recipe as
-    parsed (not its formatting, comments, name, descriptions or named points)."""
+    parsed, and the parameters it holds fixed (not its formatting, comments, name, descriptions or named
+    points)."""
     if space.text:
         from ..config import parse_yaml
         data = dict(parse_yaml(space.text, space.source, what="space").data)
-        return _hash_space_data(data)
-    return _hash_space_data({"params": [dataclasses.asdict(p) for p in space.params], "base": space.base.to_dict(),
-                             "recipe": space.recipe})
+    else:
+        data = {"params": [dataclasses.asdict(p) for p in space.params], "base": space.base.to_dict(),
+                "recipe": space.recipe}
+    return _hash_space_data({**data, "fixed": space.fixed} if space.fixed else data)
 
 
 def _hash_space_data(data: dict) -> str:

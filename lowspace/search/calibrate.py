@@ -128,21 +128,22 @@ def read_source(spec: str) -> Source:
                 run.make_schedule({k: v for k, v in proxy.items() if k not in FIXED_KEYS}, "proxy")
             except ConfigError as err:
                 raise doc.locate(err) from None
-            return Source(SearchSpace.load(space), proxy, data, str(path))
+            return Source(space, proxy, data, str(path))
     elif not path.suffix and spec in builtin_spaces():
         return Source(SearchSpace.load(spec), {}, {"dataset": "fashion_mnist"}, spec)
     raise ConfigError("SPACE_OR_CONFIG", spec, "a bundled space (" + ", ".join(builtin_spaces()) +
                       "), a space YAML file or a search config YAML file")
 
 
-def _search_config_sections(path: Path) -> tuple[str, dict, dict]:
-    """(space, proxy, data) of a search config file, validated by the search's own config reader."""
+def _search_config_sections(path: Path) -> tuple:
+    """(space with its held parameters, proxy, data) of a search config file, validated by the search's own
+    config reader."""
     from .settings import SearchConfig
     config = SearchConfig.from_yaml(path)
     proxy = dict(config.proxy)
     if proxy.get(run.RESOLUTIONS) == "arch":
         proxy[run.RESOLUTIONS] = None  # each architecture's own resolution
-    return config.space, proxy, dict(config.data)
+    return config.search_space(), proxy, dict(config.data)
 
 
 @dataclass(frozen=True)

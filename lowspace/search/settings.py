@@ -4,6 +4,7 @@ checks, the YAML rules and the error format are described in docs/config.md).
 Example (``experiments/demo/demo.yaml`` is a complete one)::
 
     space: demo                      # a bundled space name or a space YAML path
+    space_fixed: {}                  # parameters of the space held at one value, e.g. {resolution: 224}
     mode: pareto                     # pareto | constrained | random
     sampler: tpe                     # tpe | nsga2 | gp | random (default: tpe; random for mode random)
     objectives: [accuracy, latency]  # pareto/random: add macs for a 3-objective front
@@ -227,6 +228,7 @@ class SearchConfig(Config):
     config_kind = "search config"
 
     space: str = "lowformer"
+    space_fixed: dict = field(default_factory=dict)
     mode: str = option("pareto", choices=MODES)
     sampler: str | None = option(None, choices=SAMPLERS)
     objectives: tuple[str, ...] = option(("accuracy", "latency"), choices=OBJECTIVES)
@@ -253,6 +255,11 @@ class SearchConfig(Config):
     report: ReportSettings = field(default_factory=ReportSettings)
 
     # ---------------------------------------------------------------- derived
+    def search_space(self):
+        """The space this config searches: ``space`` with ``space_fixed`` held (raises ConfigError)."""
+        from .space import load_space
+        return load_space(self.space).fix(self.space_fixed)
+
     @property
     def sampler_name(self) -> str:
         return self.sampler or ("random" if self.mode == "random" else "tpe")

@@ -235,6 +235,24 @@ class Param:
         return f"{self.kind} in [{self.low}, {self.high}]{extra}"
 
 
+def _fixed_label(p: Param, value: Any, source: str | None) -> Any:
+    """The Optuna value that holds ``p`` at ``value``, if the parameter allows it."""
+    where = f"space_fixed.{p.name}"
+    if p.kind == "categorical":
+        try:
+            return p.to_label(value)
+        except KeyError:
+            raise ConfigError(where, value, p.options(), source) from None
+    inside = _is_number(value) and p.low <= value <= p.high
+    if p.kind == "int":
+        inside = inside and int(value) == value and (value - p.low) % int(p.step or 1) == 0
+    elif p.step:
+        inside = inside and math.isclose((value - p.low) / p.step, round((value - p.low) / p.step))
+    if not inside:
+        raise ConfigError(where, value, p.options(), source)
+    return int(value) if p.kind == "int" else float(value)
+
+
 def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -287,6 +305,7 @@ class SearchSpace:
     description: str | None = None
     source: str | None = None
     text: str | None = None
+    fixed: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- loading
     @classmethod
@@ -321,6 +340,23 @@ class SearchSpace:
                     recipe=recipe, description=data.get("description"), source=source, text=doc.text)
         space.points = _parse_points(doc, data.get("points"), space)
         return space
+
+    def fix(self, values: Mapping[str, Any]) -> "SearchSpace":
+        """This space with the named parameters held at one value each (the others are searched as before);
+        named points that hold another value are left out. Raises ConfigError naming the parameter."""
+        if not values:
+            return self
+        by_name = {p.name: p for p in self.params}
+        for key in values:
+            if key not in by_name:
+                raise unknown_key_error("space_fixed", str(key), by_name, self.source)
+        labels = {name: _fixed_label(by_name[name], value, self.source) for name, value in values.items()}
+        params = tuple(p if p.name not in labels else dataclasses.replace(
+            p, kind="categorical", labels=(labels[p.name],), values=(p.value_of(labels[p.name]),), low=None,
+            high=None, step=None, log=False) for p in self.params)
+        points = {n: pt for n, pt in self.points.items()
+                  if all(n not in pt or _eq(by_name[n].to_label(pt[n]), lab) for n, lab in labels.items())}
+        return dataclasses.replace(self, params=params, points=points, fixed={**self.fixed, **labels})
 
     # ---------------------------------------------------------------- sampling and building
     def suggest(self, trial) -> dict[str, Any]:
