@@ -33,6 +33,8 @@ def test_smoke_run_writes_every_phase(tmp_path):
             assert (out / "studies" / f"{method}-s{seed}.db").is_file()
             record = json.loads((out / "studies" / f"{method}-s{seed}.record.json").read_text())
             assert record["reference_latency_ms"] > 0
+    wide = json.loads((out / "studies" / "pareto-wide-s0.record.json").read_text())  # the wider space's study
+    assert wide["config"] == "experiments/proof/pareto.yaml" and wide["set"] == ["space_fixed={}"]
     chosen = json.loads((out / "front" / "chosen.json").read_text())["members"]
     assert chosen and (out / "front" / "final.json").is_file()
     report = json.loads((out / "report" / "report.json").read_text())

@@ -292,10 +292,23 @@ def phase_train(rules: dict, out: Path, clock: Clock, device: str | None, data: 
 
 
 # ======================================================================== c: searches
-def studies(rules: dict, out: Path) -> list[tuple[str, int, str, str]]:
-    """(method, seed, storage, study name) of every study of the proof, the pareto ones first."""
-    return [(m, s, f"sqlite:///{(out / 'studies' / f'{m}-s{s}.db').resolve()}", f"{m}-s{s}")
-            for m in rules["search"]["methods"] for s in rules["search"]["seeds"]]
+def studies(rules: dict, out: Path, wider: bool = True) -> list[tuple[str, int, str, str]]:
+    """(method, seed, storage, study name) of every study of the proof: the compared methods (the pareto ones
+    first), then, with ``wider``, the search of the wider space (search.wider), which no method is compared with."""
+    search = rules["search"]
+    runs = [(m, s) for m in search["methods"] for s in search["seeds"]]
+    if wider and search.get("wider"):
+        runs += [(search["wider"]["name"], s) for s in search["wider"]["seeds"]]
+    return [(m, s, f"sqlite:///{(out / 'studies' / f'{m}-s{s}.db').resolve()}", f"{m}-s{s}") for m, s in runs]
+
+
+def search_command(search: dict, method: str) -> tuple[str, list[str]]:
+    """The search config of a study's method and the ``--set`` arguments that make it (the wider space's)."""
+    wider = search.get("wider") or {}
+    if method in search["methods"]:
+        return search["methods"][method], []
+    sets = [a for key, value in wider["set"].items() for a in ("--set", f"{key}={json.dumps(value)}")]
+    return search["methods"][wider["method"]], sets
 
 
 def reference_latency(rules: dict, out: Path) -> float:
@@ -333,18 +346,19 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
             continue
         if not clock.open():
             return
-        args = ["search", "--config", search["methods"][method], "--seed", str(seed), "--study-name", name,
+        config, sets = search_command(search, method)
+        args = ["search", "--config", config, "--seed", str(seed), "--study-name", name,
                 "--storage", storage, "--budget-gpu-s", str(search["budget_gpu_s"]),
                 "--workers", str(search["workers"]), "--data", data, "--out", str(out / "studies" / name)]
         args += ["--n-trials", str(search["n_trials"])] if search.get("n_trials") else []
         args += ["--timeout", f"{clock.left_s():.0f}"] if clock.deadline is not None else []
         args += [] if png else ["--no-png"]
-        args += ["--set", f"report.reference_latency_ms={reference:.6g}", *extra]
+        args += [*sets, "--set", f"report.reference_latency_ms={reference:.6g}", *extra]
         say(f"search: {name}")
         if lowspace_cli(args) != 0:
             raise SystemExit(f"lowspace search {name} failed (see above)")
         record_run(out / "studies" / f"{name}.record.json", dict(
-            method=method, seed=seed, config=search["methods"][method], budget_gpu_s=search["budget_gpu_s"],
+            method=method, seed=seed, config=config, set=sets[1::2], budget_gpu_s=search["budget_gpu_s"],
             reference_latency_ms=reference), dict(
             record=record(rules["speed"]["device"]), command=args, shard=f"{clock.k}/{clock.n}",
             visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
@@ -456,7 +470,7 @@ def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], li
                                         resolve_reference)
     from lowspace.report.plots import hypervolume_gpu_figure, write_figure
     from lowspace.report.tables import trials_frame
-    found = [(m, s, load(st, n), n) for m, s, st, n in studies(rules, out)
+    found = [(m, s, load(st, n), n) for m, s, st, n in studies(rules, out, wider=False)
              if Path(st.removeprefix("sqlite:///")).is_file()]
     if not found:
         return [], [], [], "no study"
@@ -511,7 +525,8 @@ def study_cost(name: str, method: str, frame) -> dict:
 
 def pareto_reports(rules: dict, out: Path, png: bool) -> None:
     """``lowspace pareto`` of the pareto studies against each baseline method (their seeds as groups)."""
-    found = [(m, st, n) for m, _, st, n in studies(rules, out) if Path(st.removeprefix("sqlite:///")).is_file()]
+    found = [(m, st, n) for m, _, st, n in studies(rules, out, wider=False)
+             if Path(st.removeprefix("sqlite:///")).is_file()]
     main = [(st, n) for m, st, n in found if m == "pareto"]
     for method in [m for m in rules["search"]["methods"] if m != "pareto"]:
         base = [(st, n) for m, st, n in found if m == method]
