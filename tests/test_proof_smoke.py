@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,6 +48,8 @@ def test_smoke_run_writes_every_phase(tmp_path):
     assert report["dominance"] and report["record"]["provenance"]["commit"]
     assert (out / "report" / "pareto_vs_random" / "summary.md").is_file()
     assert (out / "report" / "summary.md").read_text().startswith("# The proof")
+    kinds = set(pd.read_csv(out / "report" / "final.csv")["kind"])  # the front plot: all three kinds, error bars
+    assert kinds == {"front", "preset", "peer"} and (out / "report" / "final.html").is_file()
     finished = {p: p.stat().st_mtime_ns for p in [*out.glob("*/runs/*/seed*/result.json"),
                                                    *out.glob("speed/rows/*.json")]}
     again = subprocess.run(["bash", "experiments/proof/run.sh"], cwd=ROOT, env=dict(env, PHASES="speed train front"),
@@ -152,7 +155,6 @@ def test_search_skips_a_spent_study_and_each_run_adds_to_its_record(load_experim
 
 
 def test_study_cost_splits_gpu_minutes_by_outcome_and_counts_cache_hits_apart(load_experiment):
-    import pandas as pd
     proof = load_experiment("proof/proof.py")
     rows = [("COMPLETE", False, True, 120.0, 60.0, 30.0), ("COMPLETE", False, True, 240.0, 180.0, 30.0),
             ("PRUNED", False, False, 60.0, 30.0, 30.0), ("FAIL", True, False, 0.0, None, None),

@@ -130,3 +130,15 @@ def test_final_plot_error_bars_are_the_interval_over_seeds():
     low, high = results[0].accuracy.interval()
     assert front.error_y.array[0] == pytest.approx(high - 92) and front.error_y.arrayminus[0] == pytest.approx(92 - low)
     assert preset.error_y.array[0] == pytest.approx(results[1].accuracy.binomial_se)  # one seed: the binomial SE
+
+
+def test_final_plot_draws_trained_peers_beside_presets_and_front_members():
+    from lowspace.report import plots
+    runs = [dict(top1=v, images=1000) for v in (90, 91)]
+    results = [evaluate.FinalResult(Entry("t1", TINY, latency_ms=1.0), runs),
+               evaluate.FinalResult(Entry("b1", TINY, "preset", latency_ms=2.0), runs),
+               evaluate.FinalResult(Entry("shvit_s3", TINY, "peer", latency_ms=3.0), runs)]
+    fig = plots.final_figure(final_frame(results), latency_label="deploy latency, batch 256 (ms)")
+    assert [t.name for t in fig.data] == ["front members", "presets", "trained peers"]
+    assert list(fig.data[2].text) == ["shvit_s3"] and fig.data[2].x[0] == 3.0
+    assert fig.layout.xaxis.title.text == "deploy latency, batch 256 (ms)"

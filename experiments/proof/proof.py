@@ -252,11 +252,19 @@ def collect(entries: list, out: Path) -> list:
     return results
 
 
+def latency_label(rules: dict) -> str:
+    """What the latency of the final plots is (rules.yaml speed.claims)."""
+    claims = rules["speed"]["claims"]
+    return (f"latency at batch {claims['batch_size']}, ms per batch (LowFormer: deploy path, "
+            f"{claims['deploy_backend']}; peers: their faster row)")
+
+
 def write_finals(results: list, out: Path, title: str, rules: dict, device: str, png: bool) -> None:
     from lowspace.report.evaluate import final_frame, write_final_report
     if not results:
         return
-    write_final_report(results, out, title, rules["significance"], png=png, plotlyjs="cdn")  # small committed HTML
+    write_final_report(results, out, title, rules["significance"], png=png, plotlyjs="cdn",  # small committed HTML
+                       latency_label=latency_label(rules))
     frame = final_frame(results, rules["significance"])
     write_json(out / "final.json", dict(record=record(device), schedule=rules["schedule"], seeds=rules["seeds"],
                                         rows=json.loads(frame.to_json(orient="records"))))
@@ -443,11 +451,10 @@ def claim_latency(rows: list[dict], name: str, claims: dict) -> tuple[float, flo
     return (pick["infer_step_time"], pick["spread"]) if pick else None
 
 
-def dominance(rules: dict, out: Path) -> list[dict]:
-    """Each retrained front member against each preset and trained peer at rules.yaml's level."""
+def dominance(rules: dict, found: list, references: list) -> list[dict]:
+    """Each retrained front member (``found``) against each preset and trained peer (``references``) at
+    rules.yaml's level."""
     from lowspace.report.significance import compare
-    found = collect(with_latency(front_entries(rules, out), rules, out), out / "front")
-    references = collect(with_latency(reference_entries(rules), rules, out), out / "train")
     table = []
     for a in found:
         for b in references:
@@ -552,7 +559,13 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
     report.mkdir(parents=True, exist_ok=True)
     pareto_reports(rules, out, png)
     hv, equal, cost, reference = search_statistics(rules, out, png)
-    table = dominance(rules, out)
+    found = collect(with_latency(front_entries(rules, out), rules, out), out / "front")
+    references = collect(with_latency(reference_entries(rules), rules, out), out / "train")
+    table = dominance(rules, found, references)
+    if found or references:  # the front plot: searched architectures with the presets and peers, error bars
+        from lowspace.report.evaluate import write_final_report
+        write_final_report(references + found, report, "Searched architectures, presets and trained peers",
+                           rules["significance"], png=png, plotlyjs="cdn", latency_label=latency_label(rules))
     write_json(report / "report.json", dict(record=record(device), rules=rules, reference=reference, hypervolume=hv,
                                             hypervolume_at_equal_gpu_s=equal, cost=cost, dominance=table))
     level = f"{rules['significance'] * 100:g} %"

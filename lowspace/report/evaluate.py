@@ -216,9 +216,10 @@ def final_notes(result: FinalResult, results: Sequence[FinalResult], recipe_name
 
 
 def write_final_report(results: Sequence[FinalResult], out_dir: str | Path, title: str, level: float = DEFAULT_LEVEL,
-                       png: bool = True, plotlyjs: bool | str = True) -> tuple[list[Path], list[str]]:
+                       png: bool = True, plotlyjs: bool | str = True,
+                       latency_label: str = "measured latency (ms)") -> tuple[list[Path], list[str]]:
     """``final.csv`` (one row per architecture), ``final_runs.csv`` (one per run), ``final.md`` and the plot
-    ``final.html`` / ``.png``; returns (files, notes)."""
+    ``final.html`` / ``.png`` (``latency_label`` names its x axis: which latency it is); returns (files, notes)."""
     from .plots import final_figure, write_figure
     from .tables import markdown_table, write_csv
     out = Path(out_dir)
@@ -226,7 +227,7 @@ def write_final_report(results: Sequence[FinalResult], out_dir: str | Path, titl
     runs = pd.DataFrame([dict(name=r.entry.name, arch_id=r.entry.config.arch_id, **run) for r in results
                          for run in r.runs])
     files = [write_csv(frame.drop(columns=["describe"]), out / "final.csv"), write_csv(runs, out / "final_runs.csv")]
-    html, png_path, note = write_figure(final_figure(frame, title, level), out / "final.html",
+    html, png_path, note = write_figure(final_figure(frame, title, level, latency_label), out / "final.html",
                                         out / "final.png" if png else None, plotlyjs=plotlyjs)
     files += [html] + ([png_path] if png_path else [])
     table = frame.assign(accuracy=frame["describe"]).rename(columns={"latency_ms": "latency ms"})

@@ -20,6 +20,7 @@ from .tables import candidates, left_out
 
 _PRESET_COLOR = "#d62728"
 _FRONT_COLOR = "#1f77b4"
+_PEER_COLOR = "#2ca02c"
 
 
 def _hover(r: pd.Series, to_percent: float) -> str:
@@ -206,12 +207,16 @@ def hypervolume_gpu_figure(groups: dict[str, dict[str, pd.DataFrame]], reference
     return fig
 
 
-def final_figure(rows: pd.DataFrame, title: str | None = None, level: float = DEFAULT_LEVEL):
+def final_figure(rows: pd.DataFrame, title: str | None = None, level: float = DEFAULT_LEVEL,
+                 latency_label: str = "measured latency (ms)"):
     """Final test accuracy (mean over seeds, the ``level`` confidence interval as error bars) vs latency of
-    retrained architectures; ``rows`` as :func:`lowspace.report.evaluate.final_frame` gives them."""
+    retrained architectures (front members, presets, trained peers); ``rows`` as
+    :func:`lowspace.report.evaluate.final_frame` gives them."""
     import plotly.graph_objects as go
     fig = go.Figure()
-    for kind, symbol, color in (("front", "circle", _FRONT_COLOR), ("preset", "star", _PRESET_COLOR)):
+    names = {"front": "front members", "preset": "presets", "peer": "trained peers"}
+    for kind, symbol, color in (("front", "circle", _FRONT_COLOR), ("preset", "star", _PRESET_COLOR),
+                                ("peer", "diamond", _PEER_COLOR)):
         part = rows[rows["kind"] == kind]
         if part.empty:
             continue
@@ -219,16 +224,16 @@ def final_figure(rows: pd.DataFrame, title: str | None = None, level: float = DE
         above = (part["ci_high"] - part["mean"]).where(seeds, part["binomial_se"])
         below = (part["mean"] - part["ci_low"]).where(seeds, part["binomial_se"])
         fig.add_trace(go.Scatter(
-            x=part["latency_ms"], y=part["mean"], mode="markers+text", name="front members" if kind == "front"
-            else "presets", text=part["name"].tolist(), textposition="top center",
+            x=part["latency_ms"], y=part["mean"], mode="markers+text", name=names[kind],
+            text=part["name"].tolist(), textposition="top center",
             error_y=dict(type="data", symmetric=False, array=above.fillna(0.0).tolist(),
                          arrayminus=below.fillna(0.0).tolist(), visible=True),
-            marker=dict(size=12 if kind == "front" else 15, symbol=symbol, color=color),
+            marker=dict(size=15 if kind == "preset" else 12, symbol=symbol, color=color),
             hovertext=[f"{r['name']}: {r['describe']}<br>latency {r['latency_ms']:.4g} ms" for _, r in part.iterrows()],
             hoverinfo="text"))
     fig.update_layout(title=dict(text=(title or "Final evaluation") + f"<br><sup>error bars: {level * 100:g} % "
                                  "confidence interval over seeds (one seed: binomial SE of the test set)</sup>"),
-                      xaxis_title="measured latency (ms)", yaxis_title="test top-1 accuracy (%)",
+                      xaxis_title=latency_label, yaxis_title="test top-1 accuracy (%)",
                       template="plotly_white", width=1000, height=600)
     axis = _latency_axis(pd.to_numeric(rows["latency_ms"], errors="coerce").tolist())
     if axis:
