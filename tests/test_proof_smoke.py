@@ -169,3 +169,27 @@ def test_study_cost_splits_gpu_minutes_by_outcome_and_counts_cache_hits_apart(lo
     assert cost["gpu_minutes_per_trial"]["full schedule"] == pytest.approx({"train": 2.0, "latency": 0.5})
     assert cost["gpu_minutes_per_trial"]["screened out"] == pytest.approx({"train": 0.5, "latency": 0.5})
     assert cost["evaluated_per_gpu_hour"] == pytest.approx(3 / (426 / 3600))
+
+
+def test_goal_table_counts_verdicts_and_names_what_the_closest_misses(load_experiment):
+    from types import SimpleNamespace as NS
+    proof = load_experiment("proof/proof.py")
+
+    def result(name, ms, acc):
+        return NS(entry=NS(name=name, latency_ms=ms), accuracy=NS(mean=acc))
+    found = [result("s-t1", 2.0, 92.0), result("s-t2", 3.0, 93.0)]
+    references = [result("b0", 2.5, 90.0), result("e2", 7.0, 92.6), result("l1", float("nan"), 93.2)]
+    table = [dict(searched="s-t1", against="b0", verdict="dominates", accuracy_difference=2.0),
+             dict(searched="s-t1", against="e2", verdict="is dominated by", accuracy_difference=-0.6),
+             dict(searched="s-t2", against="b0", verdict="dominates", accuracy_difference=3.0),
+             dict(searched="s-t2", against="e2", verdict="dominates", accuracy_difference=0.4)]
+    rows = proof.goal_table(table, found, references)
+    assert [r["searched"] for r in rows] == ["s-t2", "s-t1"]  # most dominated first
+    assert (rows[0]["dominates"], rows[1]["is dominated by"]) == (2, 1)
+    assert not any(r["goal"] for r in rows)  # l1 has no latency: "every" cannot be shown
+    assert [m["against"] for m in rows[0]["misses"]] == ["l1"]
+    text = "\n".join(proof.goal_lines(rows))
+    assert "| s-t2 | 93.00 % | 3 | 2 of 3 |" in text
+    assert "none. The closest, s-t2, dominates 2 of 3; it does not dominate l1 (not compared (no latency)" in text
+    table.append(dict(searched="s-t2", against="l1", verdict="dominates", accuracy_difference=0.1))
+    assert proof.goal_lines(proof.goal_table(table, found, references))[-1].endswith("peer: s-t2")

@@ -469,6 +469,46 @@ def dominance(rules: dict, found: list, references: list) -> list[dict]:
     return table
 
 
+def goal_table(table: list[dict], found: list, references: list) -> list[dict]:
+    """Per searched architecture: how many presets and peers it dominates, is within noise of, trades off
+    with or is dominated by, and the pairs it does not win (those a reference without a latency cannot
+    give count as not won)."""
+    rows = []
+    for a in found:
+        mine = {t["against"]: t for t in table if t["searched"] == a.entry.name}
+        misses = [dict(against=b.entry.name, verdict=mine[b.entry.name]["verdict"] if b.entry.name in mine
+                       else "not compared (no latency)",
+                       accuracy_difference=mine.get(b.entry.name, {}).get("accuracy_difference"),
+                       searched_ms=a.entry.latency_ms, against_ms=b.entry.latency_ms)
+                  for b in references if mine.get(b.entry.name, {}).get("verdict") != "dominates"]
+        counts = {v: sum(t["verdict"] == v for t in mine.values())
+                  for v in ("dominates", "within noise", "trade-off", "is dominated by")}
+        rows.append(dict(searched=a.entry.name, accuracy=a.accuracy.mean, latency_ms=a.entry.latency_ms,
+                         references=len(references), **counts, goal=not misses, misses=misses))
+    return sorted(rows, key=lambda r: (-r["dominates"], r["latency_ms"]))
+
+
+def goal_lines(rows: list[dict]) -> list[str]:
+    if not rows:
+        return ["- nothing to compare yet"]
+    lines = ["| searched | test accuracy | latency ms | dominates | within noise | trade-off | dominated by |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['searched']} | {r['accuracy']:.2f} % | {r['latency_ms']:.3g} | {r['dominates']} of "
+              f"{r['references']} | {r['within noise']} | {r['trade-off']} | {r['is dominated by']} |" for r in rows]
+    winners = [r["searched"] for r in rows if r["goal"]]
+    if winners:
+        return lines + ["", "Dominates every preset and trained peer: " + ", ".join(winners)]
+    best = rows[0]
+
+    def miss(m: dict) -> str:
+        diff = m["accuracy_difference"]
+        acc = f"accuracy {diff:+.2f} points" if diff is not None else "accuracy not compared"
+        return f"{m['against']} ({m['verdict']}; {acc}; {m['searched_ms']:.3g} vs {m['against_ms']:.3g} ms)"
+    return lines + ["", f"Dominates every preset and trained peer: none. The closest, {best['searched']}, "
+                        f"dominates {best['dominates']} of {best['references']}; it does not dominate "
+                        + "; ".join(miss(m) for m in best["misses"]) + "."]
+
+
 def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], list[dict], list[dict], str]:
     """Hypervolume per method (mean and interval over search seeds, one reference point) at the end and at
     equal GPU-seconds (with its figure), distinct architectures, and cost per counted trial by stage
@@ -567,7 +607,8 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
         write_final_report(references + found, report, "Searched architectures, presets and trained peers",
                            rules["significance"], png=png, plotlyjs="cdn", latency_label=latency_label(rules))
     write_json(report / "report.json", dict(record=record(device), rules=rules, reference=reference, hypervolume=hv,
-                                            hypervolume_at_equal_gpu_s=equal, cost=cost, dominance=table))
+                                            hypervolume_at_equal_gpu_s=equal, cost=cost, dominance=table,
+                                            goal=goal_table(table, found, references)))
     level = f"{rules['significance'] * 100:g} %"
     lines = ["# The proof: what the numbers say", "", f"Hypervolume reference: {reference}.", "",
              "| method | seeds | hypervolume (mean, CI over seeds) | counted trials | distinct architectures |"
@@ -581,11 +622,12 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
     lines += [f"| {e['group']} | {e['studies']} | {format_gpu_s(e['gpu_s'])} | {e['hypervolume']:.4f} "
               f"({_fmt(e['ci_low'])} to {_fmt(e['ci_high'])}) | "
               + ", ".join(f"{v:.4f}" for v in e["per_study"].values()) + " |" for e in equal]
-    lines += ["", f"## Searched architectures against every preset and trained peer ({level})", ""]
-    lines += [f"- {t['sentence']}" for t in table] or ["- nothing to compare yet"]
-    winners = sorted({t["searched"] for t in table} - {t["searched"] for t in table if t["verdict"] != "dominates"})
-    lines += ["", "Dominates every preset and peer: " + (", ".join(winners) if winners else "none"), "",
-              "## Cost (GPU-minutes per trial by stage; duplicates reuse a result and spend none)", ""]
+    (report / "dominance.md").write_text("\n".join(
+        [f"# Searched architectures against every preset and trained peer ({level})", ""]
+        + ([f"- {t['sentence']}" for t in table] or ["- nothing to compare yet"])) + "\n")
+    lines += ["", f"## The goal: dominate every preset and trained peer ({level}; pairs in `dominance.md`)", ""]
+    lines += goal_lines(goal_table(table, found, references))
+    lines += ["", "## Cost (GPU-minutes per trial by stage; duplicates reuse a result and spend none)", ""]
     for c in cost:
         per_hour = c["evaluated_per_gpu_hour"]
         lines.append(f"- {c['study']}: {c['gpu_hours']:.2f} GPU-hours, {c['evaluated']} architectures evaluated "
