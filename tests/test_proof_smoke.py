@@ -193,3 +193,12 @@ def test_goal_table_counts_verdicts_and_names_what_the_closest_misses(load_exper
     assert "none. The closest, s-t2, dominates 2 of 3; it does not dominate l1 (not compared (no latency)" in text
     table.append(dict(searched="s-t2", against="l1", verdict="dominates", accuracy_difference=0.1))
     assert proof.goal_lines(proof.goal_table(table, found, references))[-1].endswith("peer: s-t2")
+
+
+def test_front_shards_other_than_the_first_wait_for_its_timing(load_experiment, tmp_path):
+    proof = load_experiment("proof/proof.py")
+    rows = [tmp_path / "a.json", tmp_path / "b.json"]
+    rows[0].write_text("{}")
+    assert not proof.wait_for_rows(rows, proof.Clock(0.0, "1/2"), poll_s=0.01)  # deadline passed, b not timed
+    rows[1].write_text("{}")
+    assert proof.wait_for_rows(rows, proof.Clock(None, "1/2"), poll_s=0.01)

@@ -413,6 +413,15 @@ def front_entries(rules: dict, out: Path) -> list:
     return chosen
 
 
+def wait_for_rows(paths: list[Path], clock: Clock, poll_s: float = 5.0) -> bool:
+    """Wait until every bench results file exists (True) or the deadline passes (False)."""
+    while not all(p.is_file() for p in paths):
+        if not clock.open():
+            return False
+        time.sleep(poll_s)
+    return True
+
+
 def phase_front(rules: dict, out: Path, clock: Clock, device: str | None, data: str, png: bool) -> None:
     entries = front_entries(rules, out)
     configs = out / "front" / "configs"
@@ -426,10 +435,13 @@ def phase_front(rules: dict, out: Path, clock: Clock, device: str | None, data: 
         if not path.is_file():
             e.config.to_yaml(path)
     timed = [(e.name, str(configs / f"{e.name}.yaml"), "deploy", False) for e in entries]
-    prebuild(timed, rules, out, clock)
-    for name, model, group, is_timm in timed:
-        bench_model(name, model, group, is_timm, rules, out, clock)
-    speed_table(out, rules["speed"]["device"])
+    if clock.k == 0:  # shard 0 times every member; the others train only once it is done, so no timing overlaps
+        prebuild(timed, rules, out, clock)  # with training in another process on the GPU
+        for name, model, group, is_timm in timed:
+            bench_model(name, model, group, is_timm, rules, out, clock)
+        speed_table(out, rules["speed"]["device"])
+    elif not wait_for_rows([row_file(out, name, group) for name, _, group, _ in timed], clock):
+        return
     final_runs(entries, rules, out / "front", clock, device, data)
     write_finals(collect(with_latency(entries, rules, out), out / "front"), out / "front",
                  "Front members on the full proxy schedule", rules, device, png)
