@@ -185,8 +185,9 @@ def check_space(study, space, name: str, config_space: str) -> None:
     theirs, ours = recorded_space_hash(study.user_attrs), space_hash(space)
     way_out = "resume with the space it was made with or pick another --study-name"
     if theirs is not None and theirs != ours:
-        raise ConfigError("space", config_space, f"study {name!r} was made with another search space (space hash "
-                                                 f"{theirs}, this one {ours}); {way_out}")
+        raise ConfigError("space", config_space, f"study {name!r} was made with another search space or other "
+                                                 f"space_fixed values (space hash {theirs}, this one {ours}); "
+                                                 f"{way_out}")
     distributions = space.distributions()
     for t in study.get_trials(deepcopy=False):
         for param, dist in t.distributions.items():
