@@ -151,6 +151,10 @@ def test_search_skips_a_spent_study_and_each_run_adds_to_its_record(load_experim
     assert started[4:] == ["random-s0"]  # 11 of 10: done, not started again
     record = json.loads((tmp_path / "studies" / "pareto-s0.record.json").read_text())
     assert len(record["runs"]) == 2 and record["budget_gpu_s"] == 10
+    path = tmp_path / "studies" / "random-s0.record.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "runs_note": "kept"}))  # keys no run writes stay
+    proof.phase_search(rules, tmp_path, proof.Clock(None, "0/1"), "fashion_mnist", [], png=False)
+    assert json.loads(path.read_text())["runs_note"] == "kept" and len(json.loads(path.read_text())["runs"]) == 4
     assert all(r["record"]["provenance"]["commit"] and "--timeout" not in r["command"] for r in record["runs"])
 
 

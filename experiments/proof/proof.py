@@ -375,8 +375,8 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
 def record_run(path: Path, study: dict, run: dict) -> None:
     """A study's record: what defines it, and one entry per run of the search that added trials to it (a
     study grows over several runs, each with its commit, environment and command)."""
-    runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
-    write_json(path, dict(study, runs=[*runs, run]))
+    old = json.loads(path.read_text()) if path.exists() else {}
+    write_json(path, {**old, **study, "runs": [*old.get("runs", []), run]})
 
 
 def load(storage: str, name: str):
@@ -556,6 +556,9 @@ def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], li
                        distinct_architectures=int(sum(c["arch_id"].nunique() for c in counted)),
                        duplicates=int(sum(f["duplicate"].sum() for f in mine.values()))))
         cost += [study_cost(n, method, f) for n, f in mine.items()]
+    compared = {n for _, _, _, n in studies(rules, out, wider=False)}
+    cost += [study_cost(n, m, trials_frame(load(st, n))) for m, _, st, n in studies(rules, out)
+             if n not in compared and Path(st.removeprefix("sqlite:///")).is_file()]  # the wider space's
     return hv, json.loads(equal.to_json(orient="records")), cost, reference.describe()
 
 
