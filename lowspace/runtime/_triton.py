@@ -166,6 +166,14 @@ if triton is not None:
         return (rm % (HO * WO)) // WO, rm % WO, x_ptr + image.to(tl.int64) * sxn
 
     @triton.jit
+    def _tap_input(oy, ox, t, KS: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr, H, W, valid):
+        """Where tap ``t`` (row-major in the k x k window) of output positions ``oy, ox`` reads its input, and
+        whether that lies inside the H x W map (and ``valid``)."""
+        iy = oy * STRIDE - PAD + t // KS
+        ix = ox * STRIDE - PAD + t % KS
+        return iy, ix, valid & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+
+    @triton.jit
     def _project_kernel(h_ptr, pre_ptr, w_ptr, b_ptr, r_ptr, y_ptr, M, N, K,
                         HAS_PRE: tl.constexpr, ACT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr,
                         IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -200,14 +208,10 @@ if triton is not None:
             kmask = rk < C
             a = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
             for t in range(0, KS * KS):  # a loop, not unrolled: unrolled, the taps' tiles spill registers
-                ky = t // KS
-                kx = t % KS
-                iy = oy * STRIDE - PAD + ky
-                ix = ox * STRIDE - PAD + kx
-                m = mmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+                iy, ix, m = _tap_input(oy, ox, t, KS, STRIDE, PAD, H, W, mmask)
                 at = x_rows[:, None] + (iy * sxh + ix * sxw)[:, None] + rk[None, :] * sxc
                 xv = tl.load(at, mask=m[:, None] & kmask[None, :], other=0.0)
-                wv = tl.load(dw_ptr + rk * sdc + ky * sdy + kx * sdx, mask=kmask, other=0.0)
+                wv = tl.load(dw_ptr + rk * sdc + (t // KS) * sdy + (t % KS) * sdx, mask=kmask, other=0.0)
                 a += xv.to(tl.float32) * wv.to(tl.float32)[None, :]
             acc = _times_weights(acc, a, w_ptr, rk, kmask, rn, nmask, N, IEEE)
         _gemm_store(acc, b_ptr, y_ptr, y_ptr, rm.to(tl.int64), rn, mmask, nmask, N, HAS_BIAS, False)
@@ -235,9 +239,7 @@ if triton is not None:
                 t = kk // CINP
                 rc = kk - t * CINP + tl.arange(0, BLOCK_K)
                 cmask = rc < CIN
-                iy = oy * STRIDE - PAD + t // KS
-                ix = ox * STRIDE - PAD + t % KS
-                inside = mmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+                iy, ix, inside = _tap_input(oy, ox, t, KS, STRIDE, PAD, H, W, mmask)
                 a = tl.load(x_rows[:, None] + (iy * sxh + ix * sxw)[:, None] + rc[None, :] * sxc,
                             mask=inside[:, None] & cmask[None, :], other=0.0)
                 w = tl.load(w1_ptr + (t * CIN + rc)[:, None] * HID + rh[None, :],
@@ -298,9 +300,7 @@ if triton is not None:
             e = _activate(e, ACT1).to(w1_ptr.dtype.element_ty).to(tl.float32)
             d = tl.zeros((BLOCK_P, BLOCK_H), dtype=tl.float32)
             for t in range(KS * KS):  # a loop, not unrolled: unrolled, the taps' index tiles spill registers
-                iy = oy * STRIDE - PAD + t // KS
-                ix = ox * STRIDE - PAD + t % KS
-                ok = pmask & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+                iy, ix, ok = _tap_input(oy, ox, t, KS, STRIDE, PAD, H, W, pmask)
                 src = tl.broadcast_to(tl.where(ok, iy * W + ix, 0)[:, None], (BLOCK_P, BLOCK_H))
                 tap = tl.where(ok[:, None], tl.gather(e, src, 0), 0.0)
                 d += tap * tl.load(wd_ptr + t * HID + rh, mask=hmask, other=0.0).to(tl.float32)[None, :]
