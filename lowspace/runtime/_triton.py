@@ -483,8 +483,7 @@ def _launch_dw_qkv(x, dw_weight, stride, padding, weight_t, bias):
 def _dw_qkv_torch(x, dw_weight, stride, padding, weight_t, bias):
     """What the dw + QKV kernel computes, in PyTorch."""
     a = F.conv2d(x, dw_weight, None, stride, padding, 1, dw_weight.shape[0])
-    y = F.linear(a.permute(0, 2, 3, 1), weight_t.t(), bias).permute(0, 3, 1, 2)
-    return y.contiguous(memory_format=torch.channels_last)
+    return _with_residual(_pointwise_torch(a, weight_t, bias), None)
 
 
 def _fused_mbconv_tiles(m: int, cin: int, cout: int) -> tuple[int, int, int, int]:
@@ -541,8 +540,7 @@ def _launch_fused_mbconv(x, w1_rows, b1, k, stride, padding, act, w2_t, b2, resi
 def _fused_mbconv_torch(x, w1_rows, b1, k, stride, padding, act, w2_t, b2, residual):
     """What the fused MBConv kernel computes, in PyTorch."""
     h = _torch_act(F.conv2d(x, _conv_weight(w1_rows, k), b1, stride, padding), act)
-    y = F.linear(h.permute(0, 2, 3, 1), w2_t.t(), b2).permute(0, 3, 1, 2)
-    return (y if residual is None else y + residual).contiguous(memory_format=torch.channels_last)
+    return _with_residual(_pointwise_torch(h, w2_t, b2), residual)
 
 
 MBCONV_MAX_POSITIONS = 64  # the largest map (H * W) the MBConv kernel takes whole in one program
@@ -585,16 +583,24 @@ def _launch_mbconv(x, w1_t, b1, act1, dw_taps, bd, k, stride, padding, act2, w2_
 def _mbconv_torch(x, w1_t, b1, act1, dw_taps, bd, k, stride, padding, act2, w2_t, b2, residual):
     """What the MBConv kernel computes, in PyTorch."""
     hid = w1_t.shape[1]
-    h = _torch_act(F.linear(x.permute(0, 2, 3, 1), w1_t.t(), b1).permute(0, 3, 1, 2), act1)
+    h = _torch_act(_pointwise_torch(x, w1_t, b1), act1)
     h = _torch_act(F.conv2d(h, dw_taps.t().reshape(hid, 1, k, k), bd, stride, padding, 1, hid), act2)
-    y = F.linear(h.permute(0, 2, 3, 1), w2_t.t(), b2).permute(0, 3, 1, 2)
-    return (y if residual is None else y + residual).contiguous(memory_format=torch.channels_last)
+    return _with_residual(_pointwise_torch(h, w2_t, b2), residual)
 
 
 def _project_torch(h, pre_bias, weight_t, bias, residual, act):
     """What the project kernel computes, in PyTorch: activation of (h + pre_bias), a 1x1 conv, the residual."""
     a = h if pre_bias is None else h + pre_bias.view(1, -1, 1, 1)
-    y = F.linear(_torch_act(a, act).permute(0, 2, 3, 1), weight_t.t(), bias).permute(0, 3, 1, 2)
+    return _with_residual(_pointwise_torch(_torch_act(a, act), weight_t, bias), residual)
+
+
+def _pointwise_torch(h, weight_t, bias):
+    """A 1x1 conv of ``h`` (N, K, H, W) with ``weight_t`` (K, N_out), in PyTorch: a linear over the channels."""
+    return F.linear(h.permute(0, 2, 3, 1), weight_t.t(), bias).permute(0, 3, 1, 2)
+
+
+def _with_residual(y, residual):
+    """``y`` plus ``residual`` (if any), channels_last: how the PyTorch forms of the GEMM kernels end."""
     return (y if residual is None else y + residual).contiguous(memory_format=torch.channels_last)
 
 
