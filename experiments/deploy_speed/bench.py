@@ -83,7 +83,7 @@ VARIANTS = {
     "ours_deploy_combo": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"combo_kernels": True}}),
     # each attention's depthwise projection and QKV conv as lowspace's Triton dw + QKV kernel
     "ours_deploy_attn": ("ours", "compile_cuda_graph", "fp16", {"triton_attention": True}),
-    # every plain fused MBConv (k x k conv, 1x1 conv, biases, activation, residual) as one Triton kernel
+    # every plain fused MBConv, and every MBConv on a map of at most 64 positions, as one Triton kernel
     "ours_deploy_chain": ("ours", "compile_cuda_graph", "fp16", {"triton_chain": True}),
     # Programmatic dependent launch (Hopper): inductor's Triton kernels let the next kernel start its launch
     # while they finish; on both sides, since a timm user can set the same inductor flag
