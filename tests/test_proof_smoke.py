@@ -206,3 +206,24 @@ def test_front_shards_other_than_the_first_wait_for_its_timing(load_experiment, 
     assert not proof.wait_for_rows(rows, proof.Clock(0.0, "1/2"), poll_s=0.01)  # deadline passed, b not timed
     rows[1].write_text("{}")
     assert proof.wait_for_rows(rows, proof.Clock(None, "1/2"), poll_s=0.01)
+
+
+def test_front_members_wait_until_every_study_has_its_gpu_seconds(load_experiment, tmp_path):
+    import optuna
+    proof = load_experiment("proof/proof.py")
+    rules = dict(search=dict(methods={"pareto": "p.yaml", "random": "r.yaml"}, seeds=[0], budget_gpu_s=10,
+                             workers=1), speed=dict(device="cpu"), front=dict(max_per_study=1))
+    (tmp_path / "studies").mkdir()
+    for name, train_s in (("pareto-s0", 12.0), ("random-s0", 4.0)):
+        study = optuna.create_study(storage=proof.studies(rules, tmp_path)[0][2].replace("pareto-s0", name),
+                                    study_name=name, directions=["maximize", "minimize"])
+        study.add_trial(optuna.trial.create_trial(values=[0.9, 1.0], user_attrs={"timings": {"train_s": train_s}}))
+    assert proof.unfinished_studies(rules, tmp_path) == ["random-s0 (4 of 10 GPU-seconds)"]
+    with pytest.raises(SystemExit, match=r"not yet: random-s0 \(4 of 10 GPU-seconds\)"):
+        proof.phase_front(rules, tmp_path, proof.Clock(None, "0/1"), "cpu", "synthetic", png=False)
+    assert not (tmp_path / "front").exists()  # nothing chosen from a partial front
+    rules["search"]["seeds"] = [0, 1]
+    assert proof.unfinished_studies(rules, tmp_path) == ["pareto-s1 (not started)", "random-s0 (4 of 10 GPU-seconds)",
+                                                         "random-s1 (not started)"]
+    rules["search"]["n_trials"] = 2  # the smoke run: a study that exists is done
+    assert proof.unfinished_studies(rules, tmp_path) == ["pareto-s1 (not started)", "random-s1 (not started)"]

@@ -341,6 +341,19 @@ def spent_reason(storage: str, name: str, budget_gpu_s: float) -> str:
     return budget_reason(load(storage, name), budget_gpu_s)
 
 
+def unfinished_studies(rules: dict, out: Path) -> list[str]:
+    """The studies of phase search that still need trials, each as "name (why)" ([] once all are done). With
+    search.n_trials (the smoke run) a study is done once it exists."""
+    from lowspace.search import spent_gpu_s
+    search, left = rules["search"], []
+    for _method, _seed, storage, name in studies(rules, out):
+        if not Path(storage.removeprefix("sqlite:///")).is_file():
+            left.append(f"{name} (not started)")
+        elif not search.get("n_trials") and not spent_reason(storage, name, search["budget_gpu_s"]):
+            left.append(f"{name} ({spent_gpu_s(load(storage, name)):,.0f} of {search['budget_gpu_s']:,} GPU-seconds)")
+    return left
+
+
 def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[str], png: bool) -> None:
     from lowspace.cli import main as lowspace_cli
     search = rules["search"]
@@ -423,6 +436,9 @@ def wait_for_rows(paths: list[Path], clock: Clock, poll_s: float = 5.0) -> bool:
 
 
 def phase_front(rules: dict, out: Path, clock: Clock, device: str | None, data: str, png: bool) -> None:
+    if left := unfinished_studies(rules, out):  # the rule picks from final fronts, never from partial ones
+        raise SystemExit("phase front: the front members are chosen once every study of phase search has its "
+                         f"GPU-seconds; not yet: {', '.join(left)}. Run phase search first")
     entries = front_entries(rules, out)
     configs = out / "front" / "configs"
     configs.mkdir(parents=True, exist_ok=True)
@@ -614,6 +630,7 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
     report.mkdir(parents=True, exist_ok=True)
     pareto_reports(rules, out, png)
     hv, equal, cost, reference = search_statistics(rules, out, png)
+    unfinished = unfinished_studies(rules, out)
     found = collect(with_latency(front_entries(rules, out), rules, out), out / "front")
     references = collect(with_latency(reference_entries(rules), rules, out), out / "train")
     table = dominance(rules, found, references)
@@ -621,11 +638,16 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
         from lowspace.report.evaluate import write_final_report
         write_final_report(references + found, report, "Searched architectures, presets and trained peers",
                            rules["significance"], png=png, plotlyjs="cdn", latency_label=latency_label(rules))
-    write_json(report / "report.json", dict(record=record(device), rules=rules, reference=reference, hypervolume=hv,
+    write_json(report / "report.json", dict(record=record(device), rules=rules, unfinished=unfinished,
+                                            reference=reference, hypervolume=hv,
                                             hypervolume_at_equal_gpu_s=equal, cost=cost, dominance=table,
                                             goal=goal_table(table, found, references)))
     level = f"{rules['significance'] * 100:g} %"
-    lines = ["# The proof: what the numbers say", "", f"Hypervolume reference: {reference}.", "",
+    lines = ["# The proof: what the numbers say", ""]
+    if unfinished:
+        lines += [f"**Preliminary: phase search is not finished** ({', '.join(unfinished)}). Nothing below is the "
+                  "proof's result.", ""]
+    lines += [f"Hypervolume reference: {reference}.", "",
              "| method | seeds | hypervolume (mean, CI over seeds) | counted trials | distinct architectures |"
              " duplicates |", "|---|---|---|---|---|---|"]
     lines += [f"| {h['method']} | {h['seeds']} | {h['hypervolume']:.4f} ({h['ci_low']:.4f} to {h['ci_high']:.4f}) | "
