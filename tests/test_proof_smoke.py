@@ -41,9 +41,11 @@ def test_smoke_run_writes_every_phase(tmp_path):
     report = json.loads((out / "report" / "report.json").read_text())
     assert [h["method"] for h in report["hypervolume"]] == ["pareto", "random", "nsga2"]
     assert all(h["seeds"] == 2 for h in report["hypervolume"])
-    equal = report["hypervolume_at_equal_gpu_s"]  # 3 methods x 4 fractions of the least GPU-seconds spent
-    assert [e["group"] for e in equal] == [m for m in ("pareto", "random", "nsga2") for _ in range(4)]
-    assert all(e["studies"] == 2 and e["gpu_s"] > 0 for e in equal)
+    for seconds in ("spent", "occupied"):  # 3 methods x 4 fractions of the least seconds spent, both axes
+        equal = report["hypervolume_at_equal_gpu_s"][seconds]
+        assert [e["group"] for e in equal] == [m for m in ("pareto", "random", "nsga2") for _ in range(4)]
+        assert all(e["studies"] == 2 and e["gpu_s"] > 0 for e in equal)
+    assert report["unfinished"] == [] and all(c["device_hours"] > 0 for c in report["cost"])
     assert (out / "report" / "hypervolume_gpu.html").is_file()
     assert report["dominance"] and report["record"]["provenance"]["commit"]
     assert (out / "report" / "pareto_vs_random" / "summary.md").is_file()
@@ -164,10 +166,12 @@ def test_study_cost_splits_gpu_minutes_by_outcome_and_counts_cache_hits_apart(lo
             ("PRUNED", False, False, 60.0, 30.0, 30.0), ("FAIL", True, False, 0.0, None, None),
             ("FAIL", False, False, 6.0, None, None), ("RUNNING", False, False, 50.0, None, None)]
     frame = pd.DataFrame([dict(state=st, duplicate=dup, counted=c, gpu_s=g, time_train_s=tr, time_latency_s=la,
-                               finished=None if st == "RUNNING" else "2026-01-01T00:00:00")
-                          for st, dup, c, g, tr, la in rows])
+                               started="2026-01-01T00:00:00", finished=None if st == "RUNNING" else fin)
+                          for (st, dup, c, g, tr, la), fin in zip(rows, ["2026-01-01T00:01:00", "2026-01-01T00:06:00",
+                                                                        "2026-01-01T00:03:00"] * 2)])
     cost = proof.study_cost("s", "pareto", frame)
     assert cost["gpu_hours"] == pytest.approx(426 / 3600)  # every finished trial's seconds; the running one not yet
+    assert cost["device_hours"] == pytest.approx(6 / 60)  # all ran side by side from 0:00, the last ended at 0:06
     assert (cost["evaluated"], cost["full_schedule"], cost["screened_out"]) == (3, 2, 1)
     assert (cost["cache_hits"], cost["failed"]) == (1, 1)
     assert cost["gpu_minutes_per_trial"]["full schedule"] == pytest.approx({"train": 2.0, "latency": 0.5})

@@ -537,10 +537,11 @@ def goal_lines(rows: list[dict]) -> list[str]:
                         + "; ".join(miss(m) for m in best["misses"]) + "."]
 
 
-def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], list[dict], list[dict], str]:
+def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], dict, list[dict], str]:
     """Hypervolume per method (mean and interval over search seeds, one reference point) at the end and at
-    equal GPU-seconds (with its figure), distinct architectures, and cost per counted trial by stage
-    (duplicates counted apart)."""
+    equal GPU-seconds, both as the budget counts them (with its figure) and as wall time on the device
+    (``spent`` and ``occupied`` rows), distinct architectures, and cost per counted trial by stage (duplicates
+    counted apart)."""
     from lowspace.report.fronts import (equal_gpu_s_table, group_statistics, hypervolume_over_gpu_s,
                                         resolve_reference)
     from lowspace.report.plots import hypervolume_gpu_figure, write_figure
@@ -551,10 +552,14 @@ def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], li
         return [], [], [], "no study"
     frames = {n: trials_frame(study) for _, _, study, n in found}
     reference = resolve_reference({n: study for _, _, study, n in found}, frames, ["accuracy", "latency"])
-    curves = {m: {n: hypervolume_over_gpu_s(frames[n], ["accuracy", "latency"], reference)
-                  for mm, _, _, n in found if mm == m} for m in rules["search"]["methods"]}
-    curves = {m: c for m, c in curves.items() if c}
-    equal = equal_gpu_s_table(curves, level=rules["significance"])
+
+    def curves_by_method(seconds: str) -> dict:
+        curves = {m: {n: hypervolume_over_gpu_s(frames[n], ["accuracy", "latency"], reference, seconds)
+                      for mm, _, _, n in found if mm == m} for m in rules["search"]["methods"]}
+        return {m: c for m, c in curves.items() if c}
+    curves = curves_by_method("spent")
+    equal = {seconds: json.loads(equal_gpu_s_table(c, level=rules["significance"]).to_json(orient="records"))
+             for seconds, c in (("spent", curves), ("occupied", curves_by_method("occupied")))}
     write_figure(hypervolume_gpu_figure(curves, reference, title="Hypervolume over GPU-seconds, per method"),
                  out / "report" / "hypervolume_gpu.html", (out / "report" / "hypervolume_gpu.png") if png else None,
                  plotlyjs="cdn")
@@ -575,7 +580,7 @@ def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], li
     compared = {n for _, _, _, n in studies(rules, out, wider=False)}
     cost += [study_cost(n, m, trials_frame(load(st, n))) for m, _, st, n in studies(rules, out)
              if n not in compared and Path(st.removeprefix("sqlite:///")).is_file()]  # the wider space's
-    return hv, json.loads(equal.to_json(orient="records")), cost, reference.describe()
+    return hv, equal, cost, reference.describe()
 
 
 def study_cost(name: str, method: str, frame) -> dict:
@@ -586,6 +591,8 @@ def study_cost(name: str, method: str, frame) -> dict:
     duplicate = finished["duplicate"].fillna(False).astype(bool)
     evaluated = finished[~duplicate & finished["state"].isin(["COMPLETE", "PRUNED"])]
     hours = float(finished["gpu_s"].sum()) / 3600
+    from lowspace.report.fronts import occupied_s
+    device_hours = float(occupied_s(finished).max()) / 3600 if len(finished) and "started" in finished else None
     stages = [k for k in evaluated if k.startswith("time_") and k.endswith("_s")]
 
     def minutes(rows) -> dict:
@@ -593,7 +600,7 @@ def study_cost(name: str, method: str, frame) -> dict:
             else {}
     outcome = {"full schedule": evaluated[evaluated["state"] == "COMPLETE"],
                "screened out": evaluated[evaluated["state"] == "PRUNED"]}
-    return dict(study=name, method=method, gpu_hours=hours, evaluated=len(evaluated),
+    return dict(study=name, method=method, gpu_hours=hours, device_hours=device_hours, evaluated=len(evaluated),
                 full_schedule=int(frame["counted"].sum()), screened_out=len(outcome["screened out"]),
                 cache_hits=int(duplicate.sum()), failed=int((finished["state"] == "FAIL").sum() - duplicate.sum()),
                 gpu_minutes_per_trial={k: minutes(v) for k, v in outcome.items() if len(v)},
@@ -653,12 +660,16 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
     lines += [f"| {h['method']} | {h['seeds']} | {h['hypervolume']:.4f} ({h['ci_low']:.4f} to {h['ci_high']:.4f}) | "
               f"{h['counted_trials']} | {h['distinct_architectures']} | {h['duplicates']} |" for h in hv]
     lines += ["", "## Hypervolume at equal GPU-seconds", "",
-              "Each study read at fractions of the least GPU-seconds any study spent (`hypervolume_gpu.html`).", "",
-              "| method | seeds | GPU-seconds | hypervolume (mean, CI over seeds) | per seed |",
-              "|---|---|---|---|---|"]
-    lines += [f"| {e['group']} | {e['studies']} | {format_gpu_s(e['gpu_s'])} | {e['hypervolume']:.4f} "
-              f"({_fmt(e['ci_low'])} to {_fmt(e['ci_high'])}) | "
-              + ", ".join(f"{v:.4f}" for v in e["per_study"].values()) + " |" for e in equal]
+              "Each study read at fractions of the least GPU-seconds any study spent (`hypervolume_gpu.html`): "
+              "as the budget counts them (every trial's seconds, the four workers sharing the GPU each counting "
+              "their own) and, as a check, as wall time during which the study had a trial running on the GPU.", ""]
+    for seconds, title in (("spent", "GPU-seconds (budget)"), ("occupied", "wall seconds on the GPU")):
+        lines += [f"| method | seeds | {title} | hypervolume (mean, CI over seeds) | per seed |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {e['group']} | {e['studies']} | {format_gpu_s(e['gpu_s'])} | {e['hypervolume']:.4f} "
+                  f"({_fmt(e['ci_low'])} to {_fmt(e['ci_high'])}) | "
+                  + ", ".join(f"{v:.4f}" for v in e["per_study"].values()) + " |" for e in equal[seconds]]
+        lines.append("")
     (report / "dominance.md").write_text("\n".join(
         [f"# Searched architectures against every preset and trained peer ({level})", ""]
         + ([f"- {t['sentence']}" for t in table] or ["- nothing to compare yet"])) + "\n")
@@ -667,7 +678,8 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
     lines += ["", "## Cost (GPU-minutes per trial by stage; duplicates reuse a result and spend none)", ""]
     for c in cost:
         per_hour = c["evaluated_per_gpu_hour"]
-        lines.append(f"- {c['study']}: {c['gpu_hours']:.2f} GPU-hours, {c['evaluated']} architectures evaluated "
+        wall = f" ({c['device_hours'] * 60:.1f} minutes of wall time on the GPU)" if c.get("device_hours") else ""
+        lines.append(f"- {c['study']}: {c['gpu_hours']:.2f} GPU-hours{wall}, {c['evaluated']} architectures evaluated "
                      f"({c['full_schedule']} on the full schedule, {c['screened_out']} screened out), "
                      f"{c['cache_hits']} cache hits, {c['failed']} failed"
                      + (f"; {per_hour:.0f} evaluated and {c['full_schedule_per_gpu_hour']:.0f} full-schedule "

@@ -110,16 +110,29 @@ def hypervolume_curve(df: pd.DataFrame, objectives: Sequence[str], reference: Re
     return hypervolume_history(reference.normalize(df, objectives), [1.0] * len(objectives))
 
 
-def hypervolume_over_gpu_s(df: pd.DataFrame, objectives: Sequence[str], reference: Reference) -> pd.DataFrame:
-    """Normalized hypervolume against the device seconds the study had spent, after each trial in the order the
-    trials finished (columns ``gpu_s``, ``hypervolume``). The seconds count every finished trial (screened-out,
-    failed and duplicate ones spent them too, as the study's GPU-second budget counts them); the hypervolume
-    counts the complete, feasible, distinct trials among them. Searches compare fairly along this axis, not
-    along the number of trials, when they spend different seconds per trial (promotion, early stopping)."""
+SECONDS_AXES = ("spent", "occupied")
+
+
+def hypervolume_over_gpu_s(df: pd.DataFrame, objectives: Sequence[str], reference: Reference,
+                           seconds: str = "spent") -> pd.DataFrame:
+    """Normalized hypervolume against the device seconds the study had used, after each trial in the order the
+    trials finished (columns ``gpu_s``, ``hypervolume``). The hypervolume counts the complete, feasible,
+    distinct trials among them. Searches compare fairly along this axis, not along the number of trials, when
+    they spend different seconds per trial (promotion, early stopping).
+
+    ``seconds``: ``spent`` sums every finished trial's seconds as the study's GPU-second budget counts them
+    (screened-out, failed and duplicate trials too; workers sharing a device each count their own wall time);
+    ``occupied`` is the wall time during which any of the study's trials ran, up to each finish (for a study on
+    one device, the seconds it held the device; trials that never finished are left out)."""
+    if seconds not in SECONDS_AXES:
+        raise ValueError(f"seconds: {seconds!r} is not one of {', '.join(SECONDS_AXES)}")
     if df.empty or "finished" not in df:
         return pd.DataFrame({"gpu_s": [], "hypervolume": []})
     done = df[df["finished"].notna()].sort_values(["finished", "number"])
-    spent = pd.to_numeric(done["gpu_s"], errors="coerce").fillna(0.0).cumsum().to_numpy()
+    if seconds == "spent":
+        spent = pd.to_numeric(done["gpu_s"], errors="coerce").fillna(0.0).cumsum().to_numpy()
+    else:
+        spent = occupied_s(done)
     counted = set(candidates(done)["number"]) if not done.empty else set()
     volumes, current = [], 0.0
     for i, number in enumerate(done["number"]):
@@ -128,6 +141,32 @@ def hypervolume_over_gpu_s(df: pd.DataFrame, objectives: Sequence[str], referenc
             current = hypervolume(points, [1.0] * len(objectives)) if len(points) else 0.0
         volumes.append(current)
     return pd.DataFrame({"gpu_s": spent, "hypervolume": volumes})
+
+
+def occupied_s(done: pd.DataFrame) -> np.ndarray:
+    """For each trial of ``done`` (finished trials with ``started`` and ``finished`` times, in finishing order):
+    the wall seconds up to its finish during which at least one of them was running."""
+    end = pd.to_datetime(done["finished"], format="ISO8601")
+    start = pd.to_datetime(done["started"], format="ISO8601").fillna(end).to_numpy()
+    end = end.to_numpy()
+    out = []
+    for at in end:
+        running = start < at
+        out.append(_union_s(sorted(zip(start[running], np.minimum(end[running], at)))))
+    return np.asarray(out, dtype=float)
+
+
+def _union_s(spans: list) -> float:
+    """Seconds covered by the union of (start, end) datetime64 spans sorted by start."""
+    total, first, last = 0.0, None, None
+    for begin, end in spans:
+        if last is not None and begin <= last:
+            last = max(last, end)
+            continue
+        if last is not None:
+            total += (last - first) / np.timedelta64(1, "s")
+        first, last = begin, end
+    return total + ((last - first) / np.timedelta64(1, "s") if last is not None else 0.0)
 
 
 def hypervolume_at(curve: pd.DataFrame, gpu_s: Sequence[float]) -> np.ndarray:
@@ -198,6 +237,6 @@ def group_statistics(frames: Mapping[str, pd.DataFrame], objectives: Sequence[st
     return GroupStatistics({name: front_statistics(df, objectives, reference) for name, df in frames.items()}, level)
 
 
-__all__ = ["Reference", "resolve_reference", "hypervolume_curve", "hypervolume_over_gpu_s", "hypervolume_at",
-           "equal_gpu_s_table", "format_gpu_s", "front_statistics", "GroupStatistics",
+__all__ = ["Reference", "resolve_reference", "hypervolume_curve", "hypervolume_over_gpu_s", "occupied_s",
+           "hypervolume_at", "equal_gpu_s_table", "format_gpu_s", "front_statistics", "GroupStatistics",
            "group_statistics", "STATISTICS", "FALLBACK_FACTOR"]
