@@ -549,7 +549,7 @@ def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], di
     found = [(m, s, load(st, n), n) for m, s, st, n in studies(rules, out, wider=False)
              if Path(st.removeprefix("sqlite:///")).is_file()]
     if not found:
-        return [], [], [], "no study"
+        return [], {"spent": [], "occupied": []}, [], "no study"
     frames = {n: trials_frame(study) for _, _, study, n in found}
     reference = resolve_reference({n: study for _, _, study, n in found}, frames, ["accuracy", "latency"])
 
