@@ -30,3 +30,11 @@ def test_a_timm_variant_compiles_under_its_inductor_settings(bench):
     assert config.triton.enable_pdl is False
     with bench.timm_inductor(bench.VARIANTS["timm_compile_graph"][3]):
         assert config.triton.enable_pdl is False
+
+
+def test_every_variant_of_ours_names_valid_deploy_options(bench):
+    from lowspace.runtime import DeployOptions
+    ours = {name: v for name, v in bench.VARIANTS.items() if v[0] == "ours"}
+    assert "ours_deploy_im2col" in ours
+    for name, (_impl, _backend, _precision, options) in ours.items():
+        DeployOptions.from_dict(options)  # a misspelt switch or value raises here, not on the GPU

@@ -147,7 +147,8 @@ SWITCHES = [dict(fold_bn=False), dict(fuse_attention=False), dict(upsample="subp
             dict(triton_stem=True), dict(triton_project=True), dict(triton_project=True, channels_last=False),
             dict(triton_attention=True), dict(triton_attention=True, triton=True, conv1x1="linear"),
             dict(triton_chain=True), dict(triton_chain=True, triton_project=True, triton=True),
-            dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False)]
+            dict(upsample="subpixel", conv1x1="linear", groupnorm="decomposed", channels_last=False),
+            dict(convkxk="im2col"), dict(convkxk="im2col", upsample="subpixel", channels_last=False)]
 
 
 @pytest.mark.parametrize("options", SWITCHES, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
@@ -160,7 +161,7 @@ def test_every_rewrite_switch_is_exact(options):
     x = torch.randn(2, 3, 45, 45)
     with torch.no_grad():
         assert rel_err(d(x), model(x)) <= TOL
-    expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear",
+    expected = {"upsample": "subpixel_upsample", "conv1x1": "conv1x1_as_linear", "convkxk": "convkxk_as_im2col",
                 "groupnorm": f"groupnorm_{options.get('groupnorm')}", "sdpa": "sdpa_math", "triton": "triton_depthwise",
                 "triton_stem": "triton_stem", "triton_project": "triton_project", "fuse_attention": "fuse_attention",
                 "triton_attention": "triton_attention", "triton_chain": "triton_chain"}
@@ -169,6 +170,22 @@ def test_every_rewrite_switch_is_exact(options):
             assert (expected[name] in d.info["rewrites"]) == (value not in (False, "conv_transpose")), name
     if options.get("fold_bn") is False:
         assert any(isinstance(m, nn.BatchNorm2d) for m in d.module.modules())
+
+
+@pytest.mark.parametrize("kernel, stride, padding, size", [(3, 1, 1, (9, 7)), (3, 2, 1, (10, 11)), (5, 2, 2, (11, 11)),
+                                                         (3, 2, 0, (8, 9)), (3, 1, 1, (1, 1))])
+def test_kxk_conv_as_one_matmul_equals_the_conv(kernel, stride, padding, size):
+    from lowspace.arch.blocks import ConvIm2colLinear
+    conv = nn.Conv2d(5, 7, kernel, stride, padding, bias=True).double()
+    as_matmul = ConvIm2colLinear(conv)
+    for channels_last in (False, True):
+        x = torch.randn(2, 5, *size, dtype=torch.float64)
+        x = x.to(memory_format=torch.channels_last) if channels_last else x
+        with torch.no_grad():
+            torch.testing.assert_close(as_matmul(x), F.conv2d(x, conv.weight, conv.bias, stride, padding))
+    assert not ConvIm2colLinear.applies(nn.Conv2d(4, 4, 3, groups=4))  # depthwise: not a dense conv
+    assert not ConvIm2colLinear.applies(nn.Conv2d(4, 4, 1))  # 1x1: conv1x1's
+    assert not ConvIm2colLinear.applies(nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"))
 
 
 def test_fold_bn_matches_conv_then_bn():

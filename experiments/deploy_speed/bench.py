@@ -89,6 +89,8 @@ VARIANTS = {
     # while they finish; on both sides, since a timm user can set the same inductor flag
     "ours_deploy_pdl": ("ours", "compile_cuda_graph", "fp16", {"inductor": {"triton.enable_pdl": True}}),
     "timm_compile_graph_pdl": ("timm", "compile_cuda_graph", "fp16", {"inductor": {"triton.enable_pdl": True}}),
+    # every dense k x k conv as its shifted views stacked over channels and one matmul (convkxk="im2col")
+    "ours_deploy_im2col": ("ours", "compile_cuda_graph", "fp16", {"convkxk": "im2col"}),
     # the stem's conv + bias + hardswish as lowspace's Triton stem kernel
     "ours_deploy_stem": ("ours", "compile_cuda_graph", "fp16", {"triton_stem": True}),
     # the switches that measured faster, together

@@ -5,6 +5,7 @@
 #                                          # 6 for switches/, about 4 for switches_project/, 6 for
 #                                          # switches_project_tiles/, about 4 for switches_attention/,
 #                                          # about 7 for switches_pdl/, about 4 for switches_chain/,
+#                                          # about 4 for switches_im2col/,
 #                                          # 2 for switches_eager/
 #                                          # and 8 for tau/
 # WORK: scratch folder for inductor's cache (default: a new temporary folder). PYTHON: the interpreter.
@@ -49,6 +50,8 @@ switches switches_pdl timm_compile_graph,timm_compile_graph_pdl,ours_deploy,ours
     --cache-dir "$WORK/cache"
 # "The fused MBConv kernels": each fused MBConv, and each MBConv on a small map, as one Triton kernel
 switches switches_chain ours_deploy,ours_deploy_chain --cache-dir "$WORK/cache"
+# "Dense convs as one matmul": every dense k x k conv as its shifted views and one matmul
+switches switches_im2col ours_deploy,ours_deploy_im2col --cache-dir "$WORK/cache"
 # The channels-last GroupNorm with eager kernels in a CUDA graph (the cheap protocol's backend)
 switches switches_eager ours_graph,ours_graph_gncl
 

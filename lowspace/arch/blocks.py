@@ -85,9 +85,35 @@ class Conv1x1Linear(nn.Module):
         return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
 
 
+class ConvIm2colLinear(nn.Module):
+    """A dense k x k conv (k > 1, zero padding) computed as one matmul: the k * k shifted, strided views of the
+    padded input stacked over channels (tap-major), then a matmul over the channels of the NHWC view."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        w = conv.weight.detach()
+        self.weight = nn.Parameter(w.permute(0, 2, 3, 1).flatten(1), requires_grad=conv.weight.requires_grad)
+        self.bias = conv.bias
+        self.kernel_size, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+
+    @staticmethod
+    def applies(conv: nn.Module) -> bool:
+        return _square_conv(conv) and conv.groups == 1 and conv.kernel_size[0] > 1
+
+    def forward(self, x):
+        k, s, p = self.kernel_size, self.stride, self.padding
+        x = F.pad(x, (p, p, p, p))
+        ho, wo = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
+        taps = [x[:, :, dy:dy + s * (ho - 1) + 1:s, dx:dx + s * (wo - 1) + 1:s] for dy in range(k) for dx in range(k)]
+        return F.linear(torch.cat(taps, 1).permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
 def pointwise(conv: nn.Module, options: DeployOptions) -> nn.Module:
-    """``conv`` as a :class:`Conv1x1Linear` where ``options.conv1x1 == "linear"`` and it is a plain 1x1 conv."""
-    return Conv1x1Linear(conv) if options.conv1x1 == "linear" and Conv1x1Linear.applies(conv) else conv
+    """``conv`` as a matmul where the options ask for one: a plain 1x1 conv as a :class:`Conv1x1Linear`
+    (``conv1x1="linear"``), a dense k x k conv as a :class:`ConvIm2colLinear` (``convkxk="im2col"``)."""
+    if options.conv1x1 == "linear" and Conv1x1Linear.applies(conv):
+        return Conv1x1Linear(conv)
+    return ConvIm2colLinear(conv) if options.convkxk == "im2col" and ConvIm2colLinear.applies(conv) else conv
 
 
 def _square_conv(conv: nn.Module) -> bool:
@@ -304,8 +330,8 @@ class ConvNormAct(nn.Module):
 
     @torch.no_grad()
     def reparameterize(self, options: DeployOptions | None = None) -> None:
-        """Fold the BatchNorm (``fold_bn``); then, with no norm left, a 1x1 conv may become a matmul
-        (``conv1x1``), a depthwise conv one Triton kernel with its activation (``triton``), and so may a
+        """Fold the BatchNorm (``fold_bn``); then, with no norm left, a conv may become a matmul
+        (``conv1x1``, ``convkxk``), a depthwise conv one Triton kernel with its activation (``triton``), and so may a
         dense conv with few input channels, the stem's (``triton_stem``)."""
         options = _options(options)
         if options.fold_bn:
@@ -676,6 +702,7 @@ def inference_rewrites(model: nn.Module) -> list[str]:
         "fuse_attention": any(a.channels_last_qkv for a in attns),
         "subpixel_upsample": any(isinstance(m, nn.PixelShuffle) for m in mods),
         "conv1x1_as_linear": any(isinstance(m, Conv1x1Linear) for m in mods),
+        "convkxk_as_im2col": any(isinstance(m, ConvIm2colLinear) for m in mods),
         "triton_depthwise": any(isinstance(m, TritonConvAct) and m.kind == "depthwise" for m in mods),
         "triton_stem": any(isinstance(m, TritonConvAct) and m.kind == "stem" for m in mods),
         "triton_project": any(isinstance(m, TritonProject) for m in mods),

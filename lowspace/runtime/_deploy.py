@@ -129,7 +129,7 @@ def deploy(model, precision: str = "auto", batch_size: int = 1, resolution: int 
         channels_last: run in the channels_last memory format.
         device: where to run; default the model's device (a config: CUDA if available).
         **options: see :class:`~lowspace.runtime.DeployOptions` (fold_bn, fuse_attention, upsample,
-            conv1x1, sdpa, groupnorm, triton, triton_stem, triton_project, triton_attention, triton_chain,
+            conv1x1, convkxk, sdpa, groupnorm, triton, triton_stem, triton_project, triton_attention, triton_chain,
             compile_mode, compile_backend, inductor, check, cache).
     """
     start = time.perf_counter()

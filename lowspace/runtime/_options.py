@@ -9,6 +9,7 @@ from ..config import Config, option
 
 UPSAMPLE_REWRITES = ("auto", "conv_transpose", "subpixel")
 CONV1X1_KINDS = ("conv", "linear")
+CONVKXK_KINDS = ("conv", "im2col")
 SDPA_KERNELS = ("auto", "flash", "efficient", "cudnn", "math")
 GROUPNORM_KINDS = ("auto", "native", "decomposed", "channels_last")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "tuned",
@@ -28,6 +29,10 @@ class DeployOptions(Config):
         them as a 3x3 conv to ``s*s*C`` channels plus pixel shuffle (9/4 of the MACs, no transposed conv).
     conv1x1: ``conv`` (cuDNN) or ``linear`` (a matmul on the NHWC view, which inductor fuses with its
         epilogue).
+    convkxk: dense (ungrouped) k x k convs, k > 1: ``conv`` (cuDNN) or ``im2col`` (the k * k shifted views of
+        the zero-padded input stacked over channels, then one matmul on the NHWC view: a GEMM whose long
+        reduction cuBLAS may split over more of the GPU than a convolution kernel at batch 1, and whose
+        gather inductor fuses with the kernel before it).
     sdpa: attention kernel: ``auto`` (PyTorch's choice) or one of flash, efficient, cudnn, math.
     groupnorm: ``native`` (F.group_norm), ``decomposed`` (mean/var ops that a compiler can fuse) or
         ``channels_last`` (a LayerNorm over each sample's contiguous (H, W, C) block of a channels-last input).
@@ -70,6 +75,7 @@ class DeployOptions(Config):
     fuse_attention: bool = True
     upsample: str = option("auto", choices=UPSAMPLE_REWRITES)
     conv1x1: str = option("conv", choices=CONV1X1_KINDS)
+    convkxk: str = option("conv", choices=CONVKXK_KINDS)
     sdpa: str = option("auto", choices=SDPA_KERNELS)
     groupnorm: str = option("auto", choices=GROUPNORM_KINDS)
     triton: Union[bool, Literal["auto"]] = "auto"
