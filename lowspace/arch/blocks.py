@@ -108,7 +108,7 @@ class ConvIm2colLinear(nn.Module):
         return F.linear(torch.cat(taps, 1).permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
 
 
-def pointwise(conv: nn.Module, options: DeployOptions) -> nn.Module:
+def as_matmul(conv: nn.Module, options: DeployOptions) -> nn.Module:
     """``conv`` as a matmul where the options ask for one: a plain 1x1 conv as a :class:`Conv1x1Linear`
     (``conv1x1="linear"``), a dense k x k conv as a :class:`ConvIm2colLinear` (``convkxk="im2col"``)."""
     if options.conv1x1 == "linear" and Conv1x1Linear.applies(conv):
@@ -342,7 +342,7 @@ class ConvNormAct(nn.Module):
                 or (options.triton_stem and TritonConvAct.applies(self.conv, "stem"))):
             self.conv, self.act = TritonConvAct(self.conv, self.act), nn.Identity()
         else:
-            self.conv = pointwise(self.conv, options)
+            self.conv = as_matmul(self.conv, options)
 
 
 class _ConvChain(nn.Module):
@@ -526,7 +526,7 @@ class LowFormerAttention(nn.Module):
                 and isinstance(self.proj.bn, nn.Identity) and isinstance(self.proj.act, nn.Identity)
                 and TritonDwQkv.applies(self.proj.conv, self.qkv)):
             self.qkv, self.proj = TritonDwQkv(self.proj.conv, self.qkv), nn.Identity()
-        self.qkv = pointwise(self.qkv, options)
+        self.qkv = as_matmul(self.qkv, options)
         self.up = self._inference_up(options)
 
     def _move_proj_bias(self) -> None:
@@ -545,7 +545,7 @@ class LowFormerAttention(nn.Module):
     def _inference_up(self, options: DeployOptions) -> nn.Module:
         up = self.up
         if not isinstance(up, nn.ConvTranspose2d):
-            return pointwise(up, options)
+            return as_matmul(up, options)
         stride, padding = up.stride[0], up.padding[0]
         if options.fuse_attention and stride == 1:
             weight, pad = conv_transpose_as_conv(up.weight, padding)
@@ -615,7 +615,7 @@ class ConvMlp(nn.Module):
     def reparameterize(self, options: DeployOptions | None = None) -> None:
         """``conv1x1="linear"``: both convs as matmuls."""
         options = _options(options)
-        self.fc1, self.fc2 = pointwise(self.fc1, options), pointwise(self.fc2, options)
+        self.fc1, self.fc2 = as_matmul(self.fc1, options), as_matmul(self.fc2, options)
 
 
 class LowFormerBlock(nn.Module):
