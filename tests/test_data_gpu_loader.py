@@ -627,3 +627,26 @@ def test_the_taps_kernel_compiles_for_hopper_without_spilling(axis, out):
                  **dict.fromkeys(ints, "i32"), **dict.fromkeys(("AXIS", "BLOCK_O", "BLOCK_S"), "constexpr")}
     constexprs = dict(AXIS=axis, BLOCK_O=kernel.BLOCK_OTHER, BLOCK_S=kernel.BLOCK_SIZE)
     assert hopper_spills(kernel._tap_pass_kernel, signature, constexprs, warps=4) == 0
+
+
+def test_a_skip_recorded_while_a_batch_is_sent_reaches_the_training_process():
+    import queue as queue_module
+    import threading
+    from types import SimpleNamespace
+
+    from lowspace.data._processes import _serve
+
+    class RacingList(list):  # the decode thread records a skip just after a batch's skips were read
+        def __getitem__(self, index):
+            out = super().__getitem__(index)
+            if isinstance(index, slice) and len(self) == 1:
+                self.append("b.jpg")
+            return out
+    skipped = RacingList(["a.jpg"])
+    loader = SimpleNamespace(skipped=skipped, epoch=lambda epoch, start, part: iter([(1, 1), (2, 2)]))
+    commands, results = queue_module.Queue(), queue_module.Queue()
+    commands.put((0, 0))
+    commands.put(None)
+    _serve(0, 1, lambda: loader, commands, results, threading.Event())
+    items = [results.get_nowait() for _ in range(3)]
+    assert [item[3] for item in items[:2]] == [["a.jpg"], ["b.jpg"]] and items[2] == ("done",)

@@ -33,8 +33,10 @@ def _serve(part: int, parts: int, make_loader, commands, results, stop) -> None:
         epoch, start = command
         try:
             for x, y in loader.epoch(epoch, start, part=(part, parts)):
-                results.put(("batch", x, y, loader.skipped[reported:]))
-                reported = len(loader.skipped)
+                # the decode thread may record a skip at any moment: count exactly what is sent
+                new = loader.skipped[reported:]
+                reported += len(new)
+                results.put(("batch", x, y, new))
                 x = y = None
                 if stop.is_set():
                     break
