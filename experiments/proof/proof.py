@@ -333,24 +333,31 @@ def reference_latency(rules: dict, out: Path) -> float:
     return rule["factor"] * max(r["infer_step_time"] for r in rows)
 
 
+def created(storage: str) -> bool:
+    """Whether a study's SQLite file exists (its first search run creates it)."""
+    return Path(storage.removeprefix("sqlite:///")).is_file()
+
+
 def spent_reason(storage: str, name: str, budget_gpu_s: float) -> str:
     """Why study ``name`` needs no more trials ("" when it does, or when it does not exist yet)."""
     from lowspace.search import budget_reason
-    if not Path(storage.removeprefix("sqlite:///")).exists():
-        return ""
-    return budget_reason(load(storage, name), budget_gpu_s)
+    return budget_reason(load(storage, name), budget_gpu_s) if created(storage) else ""
 
 
 def unfinished_studies(rules: dict, out: Path) -> list[str]:
     """The studies of phase search that still need trials, each as "name (why)" ([] once all are done). With
     search.n_trials (the smoke run) a study is done once it exists."""
-    from lowspace.search import spent_gpu_s
+    from lowspace.search import budget_reason, spent_gpu_s
     search, left = rules["search"], []
     for _method, _seed, storage, name in studies(rules, out):
-        if not Path(storage.removeprefix("sqlite:///")).is_file():
+        if not created(storage):
             left.append(f"{name} (not started)")
-        elif not search.get("n_trials") and not spent_reason(storage, name, search["budget_gpu_s"]):
-            left.append(f"{name} ({spent_gpu_s(load(storage, name)):,.0f} of {search['budget_gpu_s']:,} GPU-seconds)")
+            continue
+        if search.get("n_trials"):
+            continue
+        study = load(storage, name)
+        if not budget_reason(study, search["budget_gpu_s"]):
+            left.append(f"{name} ({spent_gpu_s(study):,.0f} of {search['budget_gpu_s']:,} GPU-seconds)")
     return left
 
 
@@ -414,7 +421,7 @@ def front_entries(rules: dict, out: Path) -> list:
     from lowspace.report.evaluate import Entry, study_entries
     chosen, seen = [], set()
     for _method, _seed, storage, name in studies(rules, out):
-        if not Path(storage.removeprefix("sqlite:///")).is_file():
+        if not created(storage):
             continue
         members = [e for e in study_entries(load(storage, name), presets=False) if e.kind == "front"]
         members = sorted(members, key=lambda e: (e.latency_ms is None, e.latency_ms or 0.0, e.trial))
@@ -547,7 +554,7 @@ def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], di
     from lowspace.report.plots import hypervolume_gpu_figure, write_figure
     from lowspace.report.tables import trials_frame
     found = [(m, s, load(st, n), n) for m, s, st, n in studies(rules, out, wider=False)
-             if Path(st.removeprefix("sqlite:///")).is_file()]
+             if created(st)]
     if not found:
         return [], {"spent": [], "occupied": []}, [], "no study"
     frames = {n: trials_frame(study) for _, _, study, n in found}
@@ -579,7 +586,7 @@ def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], di
         cost += [study_cost(n, method, f) for n, f in mine.items()]
     compared = {n for _, _, _, n in studies(rules, out, wider=False)}
     cost += [study_cost(n, m, trials_frame(load(st, n))) for m, _, st, n in studies(rules, out)
-             if n not in compared and Path(st.removeprefix("sqlite:///")).is_file()]  # the wider space's
+             if n not in compared and created(st)]  # the wider space's
     return hv, equal, cost, reference.describe()
 
 
@@ -587,11 +594,11 @@ def study_cost(name: str, method: str, frame) -> dict:
     """What a study's GPU-seconds bought: GPU-minutes per trial by stage and by outcome (full schedule, screened
     out), distinct architectures evaluated per GPU-hour, and duplicates (cache hits: results reused, no GPU time)
     counted apart."""
+    from lowspace.report.fronts import occupied_s
     finished = frame[frame["finished"].notna()]
     duplicate = finished["duplicate"].fillna(False).astype(bool)
     evaluated = finished[~duplicate & finished["state"].isin(["COMPLETE", "PRUNED"])]
     hours = float(finished["gpu_s"].sum()) / 3600
-    from lowspace.report.fronts import occupied_s
     device_hours = float(occupied_s(finished).max()) / 3600 if len(finished) and "started" in finished else None
     stages = [k for k in evaluated if k.startswith("time_") and k.endswith("_s")]
 
@@ -611,7 +618,7 @@ def study_cost(name: str, method: str, frame) -> dict:
 def pareto_reports(rules: dict, out: Path, png: bool) -> None:
     """``lowspace pareto`` of the pareto studies against each baseline method (their seeds as groups)."""
     found = [(m, st, n) for m, _, st, n in studies(rules, out, wider=False)
-             if Path(st.removeprefix("sqlite:///")).is_file()]
+             if created(st)]
     main = [(st, n) for m, st, n in found if m == "pareto"]
     for method in [m for m in rules["search"]["methods"] if m != "pareto"]:
         base = [(st, n) for m, st, n in found if m == method]
