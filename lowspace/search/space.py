@@ -354,8 +354,9 @@ class SearchSpace:
         params = tuple(p if p.name not in labels else dataclasses.replace(
             p, kind="categorical", labels=(labels[p.name],), values=(p.value_of(labels[p.name]),), low=None,
             high=None, step=None, log=False) for p in self.params)
-        points = {n: pt for n, pt in self.points.items()
-                  if all(n not in pt or _eq(by_name[n].to_label(pt[n]), lab) for n, lab in labels.items())}
+        points = {point: held for point, held in self.points.items()
+                  if all(name not in held or _eq(by_name[name].to_label(held[name]), label)
+                         for name, label in labels.items())}
         return dataclasses.replace(self, params=params, points=points, fixed={**self.fixed, **labels})
 
     # ---------------------------------------------------------------- sampling and building
