@@ -67,14 +67,24 @@ def _conv_like(conv: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None,
     return out
 
 
+def _nhwc_matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``weight`` (out, in) applied over the channels of ``x``'s NHWC view (a view for channels_last input)."""
+    return F.linear(x.permute(0, 2, 3, 1), weight, bias).permute(0, 3, 1, 2)
+
+
+def _matmul_weight(conv: nn.Conv2d) -> nn.Parameter:
+    """``conv``'s weight as (out, kh * kw * in), tap-major: the order in which ConvIm2colLinear stacks its views
+    (for a 1x1 conv just (out, in))."""
+    return nn.Parameter(conv.weight.detach().permute(0, 2, 3, 1).flatten(1), requires_grad=conv.weight.requires_grad)
+
+
 class Conv1x1Linear(nn.Module):
     """A 1x1 stride-1 conv computed as a matmul over the channels of the NHWC view (a view for
     channels_last input), which a compiler fuses with the epilogue that follows."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        self.weight = nn.Parameter(conv.weight.detach().flatten(1), requires_grad=conv.weight.requires_grad)
-        self.bias = conv.bias
+        self.weight, self.bias = _matmul_weight(conv), conv.bias
 
     @staticmethod
     def applies(conv: nn.Module) -> bool:
@@ -82,7 +92,7 @@ class Conv1x1Linear(nn.Module):
                 and conv.groups == 1)
 
     def forward(self, x):
-        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+        return _nhwc_matmul(x, self.weight, self.bias)
 
 
 class ConvIm2colLinear(nn.Module):
@@ -91,9 +101,7 @@ class ConvIm2colLinear(nn.Module):
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()
-        w = conv.weight.detach()
-        self.weight = nn.Parameter(w.permute(0, 2, 3, 1).flatten(1), requires_grad=conv.weight.requires_grad)
-        self.bias = conv.bias
+        self.weight, self.bias = _matmul_weight(conv), conv.bias
         self.kernel_size, self.stride, self.padding = conv.kernel_size[0], conv.stride[0], conv.padding[0]
 
     @staticmethod
@@ -105,7 +113,7 @@ class ConvIm2colLinear(nn.Module):
         x = F.pad(x, (p, p, p, p))
         ho, wo = (x.shape[2] - k) // s + 1, (x.shape[3] - k) // s + 1
         taps = [x[:, :, dy:dy + s * (ho - 1) + 1:s, dx:dx + s * (wo - 1) + 1:s] for dy in range(k) for dx in range(k)]
-        return F.linear(torch.cat(taps, 1).permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+        return _nhwc_matmul(torch.cat(taps, 1), self.weight, self.bias)
 
 
 def as_matmul(conv: nn.Module, options: DeployOptions) -> nn.Module:
