@@ -30,9 +30,9 @@ class DeployOptions(Config):
     conv1x1: ``conv`` (cuDNN) or ``linear`` (a matmul on the NHWC view, which inductor fuses with its
         epilogue).
     convkxk: dense (ungrouped) k x k convs, k > 1: ``conv`` (cuDNN) or ``im2col`` (the k * k shifted views of
-        the zero-padded input stacked over channels, then one matmul on the NHWC view: a GEMM whose long
-        reduction cuBLAS may split over more of the GPU than a convolution kernel at batch 1, and whose
-        gather inductor fuses with the kernel before it).
+        the zero-padded input stacked over channels, then one matmul on the NHWC view, whose long reduction
+        cuBLAS may split over more of the GPU than a convolution kernel at batch 1; measured slower on an
+        H200, see experiments/deploy_speed).
     sdpa: attention kernel: ``auto`` (PyTorch's choice) or one of flash, efficient, cudnn, math.
     groupnorm: ``native`` (F.group_norm), ``decomposed`` (mean/var ops that a compiler can fuse) or
         ``channels_last`` (a LayerNorm over each sample's contiguous (H, W, C) block of a channels-last input).
