@@ -129,6 +129,25 @@ def test_a_search_shard_takes_every_nth_study_and_records_it(load_experiment, tm
     record = json.loads((tmp_path / "studies" / "random-s1.record.json").read_text())
     assert record["method"] == "random"
     assert [(r["shard"], r["visible_devices"]) for r in record["runs"]] == [("1/2", "1")]
+    assert record["runs"][0]["ended"] >= record["runs"][0]["started"]
+
+
+def test_a_search_run_that_is_stopped_stays_on_record_without_an_end(load_experiment, tmp_path, monkeypatch):
+    import lowspace.cli
+    proof = load_experiment("proof/proof.py")
+    rules = dict(search=dict(methods={"pareto": "p.yaml"}, seeds=[0], budget_gpu_s=10, workers=1),
+                 speed=dict(device="cpu"))
+
+    def killed(args):
+        raise KeyboardInterrupt  # what a stop signal does to the search in flight
+
+    monkeypatch.setattr(lowspace.cli, "main", killed)
+    monkeypatch.setattr(proof, "reference_latency", lambda rules, out: 5.0)
+    with pytest.raises(KeyboardInterrupt):
+        proof.phase_search(rules, tmp_path, proof.Clock(None, "0/1"), "fashion_mnist", [], png=False)
+    runs = json.loads((tmp_path / "studies" / "pareto-s0.record.json").read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["started"] and runs[0]["ended"] is None
+    assert runs[0]["record"]["provenance"]["commit"]
 
 
 def test_search_skips_a_spent_study_and_each_run_adds_to_its_record(load_experiment, tmp_path, monkeypatch):

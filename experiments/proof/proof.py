@@ -15,6 +15,7 @@ import math
 import os
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -383,20 +384,34 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
         args += [] if png else ["--no-png"]
         args += [*sets, "--set", f"report.reference_latency_ms={reference:.6g}", *extra]
         say(f"search: {name}")
-        if lowspace_cli(args) != 0:
-            raise SystemExit(f"lowspace search {name} failed (see above)")
-        record_run(out / "studies" / f"{name}.record.json", dict(
+        path = out / "studies" / f"{name}.record.json"
+        # Recorded before the search starts, so a run that is killed (its trials kept) is on record too.
+        record_run(path, dict(
             method=method, seed=seed, config=config, set=sets[1::2], budget_gpu_s=search["budget_gpu_s"],
             reference_latency_ms=reference), dict(
             record=record(rules["speed"]["device"]), command=args, shard=f"{clock.k}/{clock.n}",
-            visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES")))
+            visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), started=utc_now(), ended=None))
+        if lowspace_cli(args) != 0:
+            raise SystemExit(f"lowspace search {name} failed (see above)")
+        end_run(path)
 
 
 def record_run(path: Path, study: dict, run: dict) -> None:
     """A study's record: what defines it, and one entry per run of the search that added trials to it (a
-    study grows over several runs, each with its commit, environment and command)."""
+    study grows over several runs, each with its commit, environment and command; ``ended`` stays null for a
+    run that was stopped before its search returned)."""
     old = json.loads(path.read_text()) if path.exists() else {}
     write_json(path, {**old, **study, "runs": [*old.get("runs", []), run]})
+
+
+def end_run(path: Path) -> None:
+    """Mark the last run of a study's record as ended normally."""
+    old = json.loads(path.read_text())
+    write_json(path, {**old, "runs": [*old["runs"][:-1], {**old["runs"][-1], "ended": utc_now()}]})
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def load(storage: str, name: str):
