@@ -451,3 +451,17 @@ def test_hypervolume_over_occupied_seconds_counts_wall_time_while_any_trial_ran(
     assert curve["hypervolume"].tolist() == spent["hypervolume"].tolist()
     with pytest.raises(ValueError, match="seconds: 'wall' is not one of spent, occupied"):
         fronts.hypervolume_over_gpu_s(df, ["accuracy", "latency"], ref, seconds="wall")
+
+
+def test_summary_counts_a_trial_stopped_after_its_status_was_set_as_failed(tmp_path):
+    import optuna
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    attrs = dict(arch_id="a1", accuracy=90.0, latency_ms=1.0, status="complete")
+    study.add_trial(optuna.trial.create_trial(values=[90.0, 1.0], user_attrs=attrs))
+    # killed between setting its status and being told: a stale-trial check later fails it
+    fail = optuna.trial.TrialState.FAIL
+    study.add_trial(optuna.trial.create_trial(state=fail, user_attrs={**attrs, "arch_id": "a2"}))
+    study.add_trial(optuna.trial.create_trial(state=fail, user_attrs=dict(arch_id="a1", status="duplicate",
+                                                                          duplicate_of=0)))
+    write_report(study, tmp_path, png=False)
+    assert "Trials: 1 complete, 1 duplicate, 1 failed" in (tmp_path / "summary.md").read_text()

@@ -148,12 +148,13 @@ def _protocol(study, df) -> dict | None:
 
 def _summary(study, df, front, rep: Report, protocol: dict | None, level: float) -> str:
     from .claims import claim_lines
-    from .tables import left_out, state_counts
+    from ..search import outcome_counts
+    from .tables import left_out
 
-    counts = state_counts(df)
+    counts = {k: n for k, n in outcome_counts(study).items() if n}
     left = left_out(df)
     lines = [f"# Study {study.study_name}", "",
-             "Trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), "",
+             "Trials: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none"), "",
              f"Architectures on the plot: {len(df) - sum(left.values())} complete, feasible and distinct"
              + (" (left out: " + ", ".join(f"{n} {k}" for k, n in sorted(left.items())) + ")" if left else ""), "",
              f"Hypervolume reference point: {rep.reference.describe()}; hypervolume is normalized (higher is "

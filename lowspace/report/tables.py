@@ -170,12 +170,6 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def state_counts(df: pd.DataFrame) -> dict[str, int]:
-    if df.empty:
-        return {}
-    return {str(k): int(v) for k, v in df["status"].fillna(df["state"].str.lower()).value_counts().items()}
-
-
 # ==================================================================== peers (a `lowspace bench` results file)
 _NAME_KEYS = ("model", "name", "arch", "model_name")
 _LAT_KEYS = ("median_ms", "latency_ms", "ms", "infer_step_time", "step_time_ms", "latency")
