@@ -399,7 +399,7 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
 def record_run(path: Path, study: dict, run: dict) -> None:
     """A study's record: what defines it, and one entry per run of the search that added trials to it (a
     study grows over several runs, each with its commit, environment and command; ``ended`` stays null for a
-    run that was stopped before its search returned)."""
+    run that failed or was stopped before its search returned)."""
     old = json.loads(path.read_text()) if path.exists() else {}
     write_json(path, {**old, **study, "runs": [*old.get("runs", []), run]})
 
