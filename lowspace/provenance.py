@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -52,3 +53,8 @@ def git_commit() -> str | None:
 def provenance() -> dict[str, Any]:
     """``{"lowspace": version, "commit": ..., "source": package hash}`` for a result file."""
     return {"lowspace": __version__, "commit": git_commit(), "source": package_hash()}
+
+
+def utc_timestamp() -> str:
+    """Now, in UTC to the second (ISO 8601), as result files record when they were made."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -15,7 +15,6 @@ import math
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -364,6 +363,7 @@ def unfinished_studies(rules: dict, out: Path) -> list[str]:
 
 def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[str], png: bool) -> None:
     from lowspace.cli import main as lowspace_cli
+    from lowspace.provenance import utc_timestamp
     search = rules["search"]
     (out / "studies").mkdir(parents=True, exist_ok=True)
     reference = reference_latency(rules, out)
@@ -390,7 +390,7 @@ def phase_search(rules: dict, out: Path, clock: Clock, data: str, extra: list[st
             method=method, seed=seed, config=config, set=sets[1::2], budget_gpu_s=search["budget_gpu_s"],
             reference_latency_ms=reference), dict(
             record=record(rules["speed"]["device"]), command=args, shard=f"{clock.k}/{clock.n}",
-            visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), started=utc_now(), ended=None))
+            visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"), started=utc_timestamp(), ended=None))
         if lowspace_cli(args) != 0:
             raise SystemExit(f"lowspace search {name} failed (see above)")
         end_run(path)
@@ -406,12 +406,9 @@ def record_run(path: Path, study: dict, run: dict) -> None:
 
 def end_run(path: Path) -> None:
     """Mark the last run of a study's record as ended normally."""
+    from lowspace.provenance import utc_timestamp
     old = json.loads(path.read_text())
-    write_json(path, {**old, "runs": [*old["runs"][:-1], {**old["runs"][-1], "ended": utc_now()}]})
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json(path, {**old, "runs": [*old["runs"][:-1], {**old["runs"][-1], "ended": utc_timestamp()}]})
 
 
 def load(storage: str, name: str):

@@ -18,7 +18,6 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -27,6 +26,7 @@ import torch
 
 from ..errors import ConfigError, LowspaceError
 from ..io import atomic_path, atomic_write_json
+from ..provenance import utc_timestamp
 from ..runtime import use_compile_cache
 from .count import count_all
 from .fingerprint import fingerprint, fingerprint_key
@@ -224,7 +224,7 @@ def measure_concurrently(model_or_spec: Any, protocol: Protocol, timing: Timing 
                              timeout_s)
     shares = _concurrent_shares(results)
     record = protocol.record(resolution, spec.in_chans)
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    now = utc_timestamp()
     out = []
     for index, (result, share) in enumerate(zip(results, shares)):
         m = Measurement.from_dict(result["measurement"])

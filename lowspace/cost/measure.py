@@ -23,7 +23,6 @@ import statistics
 import time
 import traceback
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, unknown_key_error
+from ..provenance import utc_timestamp
 from ..runtime import Runner, cudnn_autotuning, prepare
 from .cache import CacheError, MeasurementCache, protocol_key
 from .fingerprint import fingerprint, fingerprint_key
@@ -171,7 +171,7 @@ def measure(model_or_config: Any, protocol: Protocol | None = None, timing: Timi
     result.name, result.identity = spec.name, identity
     result.requested_batch_size = protocol.batch_size
     result.warnings = notes + result.warnings
-    result.measured_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    result.measured_at = utc_timestamp()
     result.wall_s = time.perf_counter() - start
     # A noisy measurement is returned (flagged) but not cached: a noisy moment must not become the
     # architecture's latency for every later study. The first record stored under a key wins: a process

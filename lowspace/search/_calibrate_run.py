@@ -10,12 +10,12 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from ..errors import ConfigError, LowspaceError
+from ..provenance import utc_timestamp
 
 
 # ==================================================================== adapters to the other engines
@@ -244,7 +244,7 @@ def run_job(job: Job, device: str | None = None, data=None, data_spec: dict | No
         if cuda:
             torch.cuda.empty_cache()
     row.update(fingerprint=environment(device), provenance=provenance(),
-               finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+               finished_at=utc_timestamp())
     row = _finite(row)
     (store or _STATE["store"]).append(row)
     return row
