@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 import search_fakes
 from lowspace.cli import main
 from lowspace.errors import ConfigError
-from lowspace.search import counted_trials, is_duplicate, outcome_counts, run_search
+from lowspace.search import abandoned, counted_trials, is_duplicate, outcome_counts, run_search
 from lowspace.search._accounting import CHECKING, WAITING, _scan
 from lowspace.search._samplers import worker_seed
 from lowspace.search.settings import SearchConfig
@@ -102,7 +102,8 @@ def test_duplicates_never_count_as_complete_trials(tmp_path):
     study = load_study(tmp_path / "study.db", "s")
     assert summary.complete == 2 == len(set(_complete_archs(study))) == len(_complete_archs(study))
     dups = [t for t in study.trials if is_duplicate(t)]
-    assert all(t.state == TrialState.FAIL and t.user_attrs["status"] == "duplicate" for t in dups)
+    assert all(t.state == TrialState.FAIL and t.user_attrs["status"] == "duplicate" and not abandoned(t)
+               for t in dups)
     assert outcome_counts(study)["duplicate"] == len(dups)
     # asking for a third architecture of a two-architecture space: every draw is a duplicate, none counts
     more = run_search(_config(tmp_path, space=str(space), mode="random", n_trials=3, max_attempts=12),
@@ -177,6 +178,7 @@ def test_a_point_interrupted_during_training_runs_again_on_resume(tmp_path):
         run_search(_config(tmp_path, n_trials=3), engines=_interrupting_engines(at_call=1))
     study = load_study(tmp_path / "study.db", "s")
     assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["point"] == "base"
+    assert not abandoned(study.trials[0])  # lowspace ended it itself, at the moment it stopped
     run_search(_config(tmp_path, n_trials=3), engines=search_fakes.fake_engines())
     done = {t.user_attrs.get("point") for t in load_study(tmp_path / "study.db", "s").trials
             if t.state == TrialState.COMPLETE}
@@ -205,7 +207,7 @@ def test_journal_trials_of_dead_workers_are_failed_retried_and_reported(tmp_path
     assert f"trial {silent.number} was left running (no sign of life from worker otherhost:7" in err
     study = load_study(journal, "s")
     for t in (gone, silent):
-        assert study.trials[t.number].state == TrialState.FAIL
+        assert study.trials[t.number].state == TrialState.FAIL and abandoned(study.trials[t.number])
         retry = [r for r in study.trials if r.system_attrs.get("failed_trial") == t.number]
         assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == t.params
     assert all("alive_at" in t.user_attrs for t in study.trials if t.number > silent.number)

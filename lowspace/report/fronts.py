@@ -123,7 +123,8 @@ def hypervolume_over_gpu_s(df: pd.DataFrame, objectives: Sequence[str], referenc
     ``seconds``: ``spent`` sums every finished trial's seconds as the study's GPU-second budget counts them
     (screened-out, failed and duplicate trials too; workers sharing a device each count their own wall time);
     ``occupied`` is the wall time during which any of the study's trials ran, up to each finish (for a study on
-    one device, the seconds it held the device; trials that never finished are left out)."""
+    one device, the seconds it held the device; trials that never finished are left out, abandoned ones count
+    the seconds they recorded)."""
     if seconds not in SECONDS_AXES:
         raise ValueError(f"seconds: {seconds!r} is not one of {', '.join(SECONDS_AXES)}")
     if df.empty or "finished" not in df:
@@ -145,12 +146,17 @@ def hypervolume_over_gpu_s(df: pd.DataFrame, objectives: Sequence[str], referenc
 
 def occupied_s(done: pd.DataFrame) -> np.ndarray:
     """For each trial of ``done`` (finished trials with ``started`` and ``finished`` times, in finishing order):
-    the wall seconds up to its finish during which at least one of them was running."""
-    end = pd.to_datetime(done["finished"], format="ISO8601")
-    start = pd.to_datetime(done["started"], format="ISO8601").fillna(end).to_numpy()
-    end = end.to_numpy()
+    the wall seconds up to its finish during which at least one of them was running. An ``abandoned`` trial
+    (its worker stopped; the study failed it later) runs from its start for the seconds it recorded."""
+    finish = pd.to_datetime(done["finished"], format="ISO8601")
+    start = pd.to_datetime(done["started"], format="ISO8601").fillna(finish)
+    end = finish
+    if "abandoned" in done:
+        ran = pd.to_timedelta(pd.to_numeric(done["gpu_s"], errors="coerce").fillna(0.0), unit="s")
+        end = finish.where(~done["abandoned"].fillna(False).astype(bool), start + ran)
+    start, end = start.to_numpy(), end.to_numpy()
     out = []
-    for at in end:
+    for at in finish.to_numpy():
         running = start < at
         out.append(_union_s(sorted(zip(start[running], np.minimum(end[running], at)))))
     return np.asarray(out, dtype=float)

@@ -29,7 +29,7 @@ def trials_frame(study) -> pd.DataFrame:
     """One row per trial: state, status, metrics, timings, parameters (``p_<name>``), feasibility, whether it
     is a duplicate and whether it counts (:func:`lowspace.search.counted_trials`: complete, the first trial of
     its architecture), and ``gpu_s``, the device seconds it spent (the study's GPU-second budget counts them)."""
-    from ..search import counted_trials, is_duplicate as repeats_an_architecture, trial_gpu_s
+    from ..search import abandoned, counted_trials, is_duplicate as repeats_an_architecture, trial_gpu_s
     counted = {t.number for t in counted_trials(study)}
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -47,6 +47,7 @@ def trials_frame(study) -> pd.DataFrame:
             row[f"time_{k}"] = v
         row["feasible"] = all(v <= 0 for v in t.constraints.values())
         row["retry_of"] = t.system_attrs.get("failed_trial")
+        row["abandoned"] = abandoned(t)
         row["started"] = t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None
         row["duration_s"] = t.duration.total_seconds() if t.duration else None
         row["finished"] = t.datetime_complete.isoformat() if t.datetime_complete else None

@@ -10,7 +10,7 @@ Names are imported from their modules on first use (``lowspace search --help`` s
 from .._lazy import lazy_exports
 
 _LAZY = {
-    **dict.fromkeys(("counted_trials", "is_duplicate", "outcome_counts"), "_accounting"),
+    **dict.fromkeys(("abandoned", "counted_trials", "is_duplicate", "outcome_counts"), "_accounting"),
     **dict.fromkeys(("budget_reason", "spent_gpu_s", "trial_gpu_s"), "_budget"),
     "DeviceGate": "_gate",
     **dict.fromkeys(("HalvingSettings", "ParetoHalving", "keep_at_rung", "rung_epochs"), "halving"),

@@ -36,6 +36,14 @@ def is_duplicate(trial: FrozenTrial) -> bool:
     return a.get("status") == DUPLICATE or a.get("duplicate_of") is not None
 
 
+def abandoned(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` was failed by the study because its worker stopped without ending it (killed, its
+    machine gone): FAIL, neither a duplicate nor failed by lowspace itself. Its finish time is when the
+    study noticed, not when it stopped running; the seconds it recorded are what it ran."""
+    return (trial.state == TrialState.FAIL and not is_duplicate(trial)
+            and trial.user_attrs.get("status") != "failed")
+
+
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The complete trials that count: COMPLETE, not a duplicate, the first trial of each architecture.
 
