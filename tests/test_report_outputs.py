@@ -434,20 +434,32 @@ def test_report_draws_and_tables_hypervolume_over_gpu_seconds(tmp_path):
     assert "## Hypervolume at equal GPU-seconds" in (tmp_path / "rep" / "summary.md").read_text()
 
 
+def test_a_baseline_is_named_after_its_method(tmp_path):
+    a = _study(tmp_path, "a", n=3)
+    nsga = _study(tmp_path, "n", n=3, sampler="nsga2")
+    rep = write_report(a, tmp_path / "rep", png=False, baseline=nsga)
+    assert set(rep.statistics) == {"search", "nsga2 baseline"}
+    assert "n (nsga2 baseline)" in rep.hypervolume
+
+
 def test_hypervolume_over_occupied_seconds_counts_wall_time_while_any_trial_ran():
     ref = fronts.Reference(accuracy=0.0, costs={"latency_ms": 10.0})
     columns = ["number", "state", "accuracy", "latency_ms", "arch_id", "duplicate", "feasible", "started",
-               "finished", "gpu_s"]
+               "finished", "gpu_s", "abandoned"]
     df = pd.DataFrame([dict(zip(columns, r)) for r in [
-        (0, "COMPLETE", 90.0, 5.0, "a", False, True, "2026-01-01T00:00:00", "2026-01-01T00:00:10", 10.0),
-        (1, "COMPLETE", 92.0, 4.0, "b", False, True, "2026-01-01T00:00:05", "2026-01-01T00:00:20.500000", 15.5),
-        (2, "COMPLETE", 80.0, 9.0, "c", False, True, "2026-01-01T00:01:00", "2026-01-01T00:01:04", 4.0),  # after a gap
-        (3, "RUNNING", None, None, "d", False, True, "2026-01-01T00:00:01", None, 3.0)]])  # never finished
+        (0, "COMPLETE", 90.0, 5.0, "a", False, True, "2026-01-01T00:00:00", "2026-01-01T00:00:10", 10.0, False),
+        (1, "COMPLETE", 92.0, 4.0, "b", False, True, "2026-01-01T00:00:05", "2026-01-01T00:00:20.500000", 15.5,
+         False),
+        (2, "COMPLETE", 80.0, 9.0, "c", False, True, "2026-01-01T00:01:00", "2026-01-01T00:01:04", 4.0, False),
+        # its worker was killed 3 s in; the study failed it when it resumed, nine minutes later
+        (3, "FAIL", None, None, "e", False, True, "2026-01-01T00:01:10", "2026-01-01T00:10:00", 3.0, True),
+        (4, "RUNNING", None, None, "d", False, True, "2026-01-01T00:00:01", None, 3.0, False)]])  # never finished
     curve = fronts.hypervolume_over_gpu_s(df, ["accuracy", "latency"], ref, seconds="occupied")
-    # at 0:10 trials 0 and 1 had covered 0:00-0:10; at 0:20.5, 0:00-0:20.5; the gap to 1:00 is not counted
-    assert curve["gpu_s"].tolist() == pytest.approx([10.0, 20.5, 24.5])
+    # at 0:10 trials 0 and 1 had covered 0:00-0:10; at 0:20.5, 0:00-0:20.5; the gap to 1:00 is not counted, nor
+    # the time between the abandoned trial's last recorded second and the moment it was failed
+    assert curve["gpu_s"].tolist() == pytest.approx([10.0, 20.5, 24.5, 27.5])
     spent = fronts.hypervolume_over_gpu_s(df, ["accuracy", "latency"], ref)
-    assert spent["gpu_s"].tolist() == pytest.approx([10.0, 25.5, 29.5])  # each trial's own seconds, summed
+    assert spent["gpu_s"].tolist() == pytest.approx([10.0, 25.5, 29.5, 32.5])  # each trial's own seconds, summed
     assert curve["hypervolume"].tolist() == spent["hypervolume"].tolist()
     with pytest.raises(ValueError, match="seconds: 'wall' is not one of spent, occupied"):
         fronts.hypervolume_over_gpu_s(df, ["accuracy", "latency"], ref, seconds="wall")

@@ -47,8 +47,16 @@ def _as_list(studies) -> list:
     return list(studies) if isinstance(studies, (list, tuple)) else [studies]
 
 
+def _baseline_label(study) -> str:
+    """What a baseline study is called in reports: "random baseline", or its sampler's name ("nsga2 baseline")."""
+    config = study.user_attrs.get("lowspace_config") or {}
+    if config.get("mode") == "random":
+        return "random baseline"
+    return f"{config['sampler']} baseline" if config.get("sampler") else "baseline"
+
+
 def write_report(study, out_dir: str | Path, peers: str | Path | None = None, baseline=None,
-                 baseline_name: str = "random baseline", png: bool = True, export: bool = False,
+                 baseline_name: str | None = None, png: bool = True, export: bool = False,
                  plotlyjs: bool | str = True, seeds: Sequence = (), level: float = DEFAULT_LEVEL,
                  reference: dict[str, float] | None = None) -> Report:
     """Write the study's reports into ``out_dir``.
@@ -60,9 +68,10 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
     ``export`` one YAML per Pareto architecture under ``configs/``.
 
     ``seeds``: other studies of the same search run with other seeds; ``baseline``: a study (or the studies of
-    a baseline's seeds). Every hypervolume uses one reference point (:mod:`.fronts`; ``reference`` overrides
-    it, e.g. ``{"latency_ms": 5.0}``), and each group's front statistics get a confidence interval over its
-    studies. ``plotlyjs``: see :func:`~lowspace.report.plots.write_figure`.
+    a baseline's seeds), called ``baseline_name`` (default: "random baseline", or "<sampler> baseline"). Every
+    hypervolume uses one reference point (:mod:`.fronts`; ``reference`` overrides it, e.g.
+    ``{"latency_ms": 5.0}``), and each group's front statistics get a confidence interval over its studies.
+    ``plotlyjs``: see :func:`~lowspace.report.plots.write_figure`.
     """
     from .export import ExportError
     from .plots import hypervolume_figure, hypervolume_gpu_figure, pareto_figure, write_figure
@@ -88,6 +97,7 @@ def write_report(study, out_dir: str | Path, peers: str | Path | None = None, ba
     groups = {"search": {study.study_name: (study, df)}}
     groups["search"].update({s.study_name: (s, trials_frame(s)) for s in _as_list(seeds)})
     if baseline is not None:
+        baseline_name = baseline_name or _baseline_label(_as_list(baseline)[0])
         groups[baseline_name] = {f"{s.study_name} ({baseline_name})": (s, trials_frame(s)) for s in _as_list(baseline)}
     everything = {name: pair for group in groups.values() for name, pair in group.items()}
     rep.reference = resolve_reference({n: p[0] for n, p in everything.items()},
