@@ -86,6 +86,9 @@ def environment() -> dict:
                                            capture_output=True, text=True, timeout=20).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             env["driver"] = None
+        # with_mps.sh runs the command as a client of a CUDA MPS server: kernels of the loader processes and the
+        # training process then share the GPU at once instead of taking turns
+        env["cuda_mps"] = bool(os.environ.get("CUDA_MPS_PIPE_DIRECTORY"))
     return env
 
 
