@@ -45,6 +45,11 @@ def test_smoke_run_writes_every_phase(tmp_path):
         equal = report["hypervolume_at_equal_gpu_s"][seconds]
         assert [e["group"] for e in equal] == [m for m in ("pareto", "random", "nsga2") for _ in range(4)]
         assert all(e["studies"] == 2 and e["gpu_s"] > 0 for e in equal)
+    # the toy rules let 2 seeds per method make a claim: pareto against each baseline, by Welch's t-test or
+    # "untested" when the toy studies' hypervolumes do not spread
+    assert [m.split(" at ")[0] for m in report["methods"]] == ["- pareto - random", "- pareto - nsga2"]
+    assert all(("Welch's t-test, 2 + 2 seeds" in m or "untested" in m) and "no claim" not in m
+               for m in report["methods"])
     assert report["unfinished"] == [] and all(c["device_hours"] > 0 for c in report["cost"])
     assert (out / "report" / "hypervolume_gpu.html").is_file()
     assert report["dominance"] and report["record"]["provenance"]["commit"]
@@ -250,3 +255,22 @@ def test_front_members_wait_until_every_study_has_its_gpu_seconds(load_experimen
                                                          "random-s1 (not started)"]
     rules["search"]["n_trials"] = 2  # the smoke run: a study that exists is done
     assert proof.unfinished_studies(rules, tmp_path) == ["pareto-s1 (not started)", "random-s1 (not started)"]
+
+
+def test_methods_are_compared_only_with_the_seeds_the_rules_ask(load_experiment):
+    proof = load_experiment("proof/proof.py")
+    rules = {"search": {"methods": {"pareto": "p.yaml", "random": "r.yaml"}, "claim_seeds": 3}, "significance": 0.95}
+
+    def equal(pareto, random):
+        rows = [dict(group="pareto", gpu_s=900.0, per_study={"s0": 0.1}), dict(group="random", gpu_s=900.0,
+                                                                              per_study={"s0": 0.1})]
+        return rows + [dict(group="pareto", gpu_s=3600.0, per_study=dict(enumerate(pareto))),
+                       dict(group="random", gpu_s=3600.0, per_study=dict(enumerate(random)))]
+    two = proof.method_lines(rules, equal([0.83, 0.84], [0.79, 0.80]))
+    assert two == ["- pareto - random at 3,600 GPU-seconds: hypervolume +0.0400 (means of 2 and 2 seeds); no claim: "
+                   "a claim needs 3 search seeds per method"]
+    three = proof.method_lines(rules, equal([0.83, 0.84, 0.835], [0.79, 0.80, 0.795]))
+    assert three[0].startswith("- pareto - random at 3,600 GPU-seconds: hypervolume +0.0400 (Welch's t-test, 3 + 3")
+    assert three[0].endswith(": pareto higher")
+    noisy = proof.method_lines(rules, equal([0.83, 0.70, 0.90], [0.79, 0.80, 0.795]))
+    assert noisy[0].endswith(": within noise")

@@ -6,7 +6,8 @@ import pytest
 from scipy import stats
 
 from lowspace.report.significance import (DOMINATED, DOMINATES, TRADE_OFF, WITHIN_NOISE, Accuracy, accuracy_scale,
-                                          binomial_se, compare, compare_accuracy, compare_latency, mean_interval)
+                                          binomial_se, compare, compare_accuracy, compare_latency, compare_means,
+                                          mean_interval)
 
 
 def test_binomial_standard_error_and_scale():
@@ -62,6 +63,16 @@ def test_one_seed_uses_the_binomial_test_on_the_evaluation_images():
     # without an evaluation-set size nothing can be claimed
     untested = compare_accuracy(Accuracy((95.0,)), Accuracy((50.0,)))
     assert untested.p_value is None and not untested.significant and "untested" in untested.test
+
+
+def test_means_over_seeds_by_welch():
+    hv_a, hv_b = [0.834, 0.829, 0.838], [0.797, 0.796, 0.801]
+    t = compare_means(hv_a, hv_b)
+    assert t.difference == pytest.approx(sum(hv_a) / 3 - sum(hv_b) / 3) and t.significant
+    assert t.p_value == pytest.approx(stats.ttest_ind(hv_a, hv_b, equal_var=False).pvalue)
+    assert t.describe("", "hypervolume", 4).startswith("hypervolume +0.0357 (Welch's t-test, 3 + 3 seeds, p = ")
+    assert not compare_means([0.83, 0.80, 0.86], [0.82, 0.81, 0.80]).significant  # the spread swamps it
+    assert compare_means([0.83], [0.80, 0.81]) is None and compare_means([0.8, 0.8], [0.8, 0.8]) is None
 
 
 def test_latency_inside_the_spread_is_noise():

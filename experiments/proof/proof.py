@@ -556,6 +556,35 @@ def goal_lines(rows: list[dict]) -> list[str]:
                         + "; ".join(miss(m) for m in best["misses"]) + "."]
 
 
+def method_lines(rules: dict, equal: list[dict]) -> list[str]:
+    """The first method against each other one at the least GPU-seconds any study spent (rules.yaml
+    search.claim_seeds): a verdict by Welch's t-test over the search seeds, or, with fewer seeds, the
+    difference of the means and no claim."""
+    from lowspace.report.fronts import format_gpu_s
+    from lowspace.report.significance import compare_means
+    if not equal:
+        return []
+    at = max(e["gpu_s"] for e in equal)
+    final = {e["group"]: list(e["per_study"].values()) for e in equal if e["gpu_s"] == at}
+    first, *others = [m for m in rules["search"]["methods"] if m in final]
+    need = rules["search"]["claim_seeds"]
+    lines = []
+    for other in others:
+        a, b = final[first], final[other]
+        head = f"- {first} - {other} at {format_gpu_s(at)} GPU-seconds:"
+        if min(len(a), len(b)) < need:
+            lines.append(f"{head} hypervolume {sum(a) / len(a) - sum(b) / len(b):+.4f} (means of {len(a)} and "
+                         f"{len(b)} seeds); no claim: a claim needs {need} search seeds per method")
+            continue
+        test = compare_means(a, b, rules["significance"])
+        if test is None:
+            lines.append(f"{head} hypervolume untested (no spread over seeds): within noise")
+            continue
+        verdict = f"{first} {'higher' if test.difference > 0 else 'lower'}" if test.significant else "within noise"
+        lines.append(f"{head} {test.describe('', 'hypervolume', 4)}: {verdict}")
+    return lines
+
+
 def search_statistics(rules: dict, out: Path, png: bool) -> tuple[list[dict], dict, list[dict], str]:
     """Hypervolume per method (mean and interval over search seeds, one reference point) at the end and at
     equal GPU-seconds, both as the budget counts them (with its figure) and as wall time on the device
@@ -664,8 +693,9 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
         from lowspace.report.evaluate import write_final_report
         write_final_report(references + found, report, "Searched architectures, presets and trained peers",
                            rules["significance"], png=png, plotlyjs="cdn", latency_label=latency_label(rules))
+    methods = method_lines(rules, equal["spent"])
     write_json(report / "report.json", dict(record=record(device), rules=rules, unfinished=unfinished,
-                                            reference=reference, hypervolume=hv,
+                                            reference=reference, hypervolume=hv, methods=methods,
                                             hypervolume_at_equal_gpu_s=equal, cost=cost, dominance=table,
                                             goal=goal_table(table, found, references)))
     level = f"{rules['significance'] * 100:g} %"
@@ -678,6 +708,7 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
              " duplicates |", "|---|---|---|---|---|---|"]
     lines += [f"| {h['method']} | {h['seeds']} | {h['hypervolume']:.4f} ({h['ci_low']:.4f} to {h['ci_high']:.4f}) | "
               f"{h['counted_trials']} | {h['distinct_architectures']} | {h['duplicates']} |" for h in hv]
+    lines += ["", *methods]
     lines += ["", "## Hypervolume at equal GPU-seconds", "",
               "Each study read at fractions of the least GPU-seconds any study spent (`hypervolume_gpu.html`): "
               "as the budget counts them (every trial's seconds, the four workers sharing the GPU each counting "

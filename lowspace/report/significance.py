@@ -91,35 +91,44 @@ class Accuracy:
 
 
 @dataclass(frozen=True)
-class AccuracyTest:
-    """The accuracy difference a - b and whether it is significant."""
+class DifferenceTest:
+    """A difference a - b (of accuracies, or of hypervolumes over search seeds) and whether it is significant."""
 
     difference: float
     p_value: float | None
     test: str
     significant: bool
 
-    def describe(self, unit: str = " points") -> str:
+    def describe(self, unit: str = " points", what: str = "accuracy", digits: int = 2) -> str:
         p = f", p = {self.p_value:.2g}" if self.p_value is not None else ""
-        return f"accuracy {self.difference:+.2f}{unit} ({self.test}{p})"
+        return f"{what} {self.difference:+.{digits}f}{unit} ({self.test}{p})"
 
 
-def compare_accuracy(a: Accuracy, b: Accuracy, level: float = DEFAULT_LEVEL) -> AccuracyTest:
+def compare_means(a: Sequence[float], b: Sequence[float], level: float = DEFAULT_LEVEL) -> DifferenceTest | None:
+    """mean(a) - mean(b) by Welch's t-test over seeds; None with fewer than two values a side or no spread."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
+        return None
+    p = float(sps.ttest_ind(a, b, equal_var=False).pvalue)
+    if not math.isfinite(p):
+        return None
+    return DifferenceTest(float(np.mean(a) - np.mean(b)), p, f"Welch's t-test, {len(a)} + {len(b)} seeds",
+                          p < 1.0 - level)
+
+
+def compare_accuracy(a: Accuracy, b: Accuracy, level: float = DEFAULT_LEVEL) -> DifferenceTest:
     """Welch's t-test over seeds when both have at least two (and some spread); otherwise a two-sided
     two-proportion test on the evaluation images (their binomial standard errors); untested when neither
     applies (one seed and an unknown number of images)."""
+    if (welch := compare_means(a.values, b.values, level)) is not None:
+        return welch
     diff = a.mean - b.mean
-    alpha = 1.0 - level
-    if a.seeds >= 2 and b.seeds >= 2 and (a.std > 0 or b.std > 0):
-        p = float(sps.ttest_ind(a.values, b.values, equal_var=False).pvalue)
-        if math.isfinite(p):
-            return AccuracyTest(diff, p, f"Welch's t-test, {a.seeds} + {b.seeds} seeds", p < alpha)
     se = math.hypot(a.binomial_se, b.binomial_se)
     if math.isfinite(se) and se > 0:
         p = float(2 * sps.norm.sf(abs(diff) / se))
         images = f"{a.images:,}" if a.images == b.images else f"{a.images:,} / {b.images:,}"
-        return AccuracyTest(diff, p, f"binomial test on {images} images", p < alpha)
-    return AccuracyTest(diff, None, "untested: one seed and no evaluation-set size", False)
+        return DifferenceTest(diff, p, f"binomial test on {images} images", p < 1.0 - level)
+    return DifferenceTest(diff, None, "untested: one seed and no evaluation-set size", False)
 
 
 def compare_latency(a_ms: float, a_spread: float | None, b_ms: float, b_spread: float | None) -> str:
@@ -136,7 +145,7 @@ class Comparison:
     """Architecture a against b: the accuracy test, the latency relation and the verdict (``dominates``,
     ``is dominated by``, ``trade-off`` or ``within noise``)."""
 
-    accuracy: AccuracyTest
+    accuracy: DifferenceTest
     latency: str
     a_ms: float
     b_ms: float
@@ -181,5 +190,5 @@ def mean_interval(values: Sequence[float], level: float = DEFAULT_LEVEL) -> tupl
     return mean, mean - half, mean + half
 
 
-__all__ = ["Accuracy", "AccuracyTest", "Comparison", "DEFAULT_LEVEL", "accuracy_scale", "binomial_se", "compare",
-           "compare_accuracy", "compare_latency", "mean_interval"]
+__all__ = ["Accuracy", "Comparison", "DEFAULT_LEVEL", "DifferenceTest", "accuracy_scale", "binomial_se", "compare",
+           "compare_accuracy", "compare_latency", "compare_means", "mean_interval"]
