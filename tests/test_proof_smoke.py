@@ -227,6 +227,23 @@ def test_goal_table_counts_verdicts_and_names_what_the_closest_misses(load_exper
     assert proof.goal_lines(proof.goal_table(table, found, references))[-1].endswith("peer: s-t2")
 
 
+def test_whether_the_wider_space_closes_the_gap_is_read_from_each_space_s_closest(load_experiment):
+    proof = load_experiment("proof/proof.py")
+
+    def row(name, dominates, goal=False):
+        return dict(searched=name, dominates=dominates, references=20, goal=goal)
+    narrow = [row("pareto-s0-t3", 14), row("random-s1-t9", 12)]
+    assert proof.space_lines(narrow, "pareto-wide") == []  # no wider study retrained: nothing to say
+    lines = proof.space_lines([*narrow, row("pareto-wide-s0-t8", 17)], "pareto-wide")
+    assert "- LowFormer space: 2 retrained; the closest, pareto-s0-t3, dominates 14 of 20" in lines
+    assert "- wider space (`pareto-wide`): 1 retrained; the closest, pareto-wide-s0-t8, dominates 17 of 20" in lines
+    assert lines[-1] == "The wider space narrows the gap without closing it."
+    assert proof.space_lines([*narrow, row("pareto-wide-s0-t8", 9)], "pareto-wide")[-1] == \
+        "The wider space does not narrow the gap."
+    assert proof.space_lines([*narrow, row("pareto-wide-s0-t8", 20, True)], "pareto-wide")[-1] == \
+        "The wider space closes the gap."
+
+
 def test_front_shards_other_than_the_first_wait_for_its_timing(load_experiment, tmp_path):
     proof = load_experiment("proof/proof.py")
     rows = [tmp_path / "a.json", tmp_path / "b.json"]

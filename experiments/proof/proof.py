@@ -556,6 +556,27 @@ def goal_lines(rows: list[dict]) -> list[str]:
                         + "; ".join(miss(m) for m in best["misses"]) + "."]
 
 
+def space_lines(rows: list[dict], wider: str) -> list[str]:
+    """The goal's second question, whether the wider space closes the gap: the closest architecture of each
+    space (``rows`` as :func:`goal_table` sorts them), and what the wider one's does against the other's."""
+    spaces = {"LowFormer space": [r for r in rows if not r["searched"].startswith(f"{wider}-")],
+              f"wider space (`{wider}`)": [r for r in rows if r["searched"].startswith(f"{wider}-")]}
+    if not all(spaces.values()):
+        return []
+    lines = [f"- {space}: {len(mine)} retrained; the closest, {mine[0]['searched']}, dominates "
+             f"{mine[0]['dominates']} of {mine[0]['references']}" for space, mine in spaces.items()]
+    narrow, wide = spaces.values()
+    if any(r["goal"] for r in narrow):
+        verdict = "The LowFormer space meets the goal already."
+    elif any(r["goal"] for r in wide):
+        verdict = "The wider space closes the gap."
+    elif wide[0]["dominates"] > narrow[0]["dominates"]:
+        verdict = "The wider space narrows the gap without closing it."
+    else:
+        verdict = "The wider space does not narrow the gap."
+    return ["", "Does a wider space close the gap?", "", *lines, "", verdict]
+
+
 def method_lines(rules: dict, equal: list[dict]) -> list[str]:
     """The first method against each other one at the least GPU-seconds any study spent (rules.yaml
     search.claim_seeds): a verdict by Welch's t-test over the search seeds, or, with fewer seeds, the
@@ -693,11 +714,11 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
         from lowspace.report.evaluate import write_final_report
         write_final_report(references + found, report, "Searched architectures, presets and trained peers",
                            rules["significance"], png=png, plotlyjs="cdn", latency_label=latency_label(rules))
-    methods = method_lines(rules, equal["spent"])
+    methods, goal = method_lines(rules, equal["spent"]), goal_table(table, found, references)
     write_json(report / "report.json", dict(record=record(device), rules=rules, unfinished=unfinished,
                                             reference=reference, hypervolume=hv, methods=methods,
                                             hypervolume_at_equal_gpu_s=equal, cost=cost, dominance=table,
-                                            goal=goal_table(table, found, references)))
+                                            goal=goal))
     level = f"{rules['significance'] * 100:g} %"
     lines = ["# The proof: what the numbers say", ""]
     if unfinished:
@@ -724,7 +745,7 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
         [f"# Searched architectures against every preset and trained peer ({level})", ""]
         + ([f"- {t['sentence']}" for t in table] or ["- nothing to compare yet"])) + "\n")
     lines += ["", f"## The goal: dominate every preset and trained peer ({level}; pairs in `dominance.md`)", ""]
-    lines += goal_lines(goal_table(table, found, references))
+    lines += goal_lines(goal) + space_lines(goal, rules["search"]["wider"]["name"])
     lines += ["", "## Cost (GPU-minutes per trial by stage; duplicates reuse a result and spend none)", ""]
     for c in cost:
         per_hour = c["evaluated_per_gpu_hour"]
