@@ -44,3 +44,13 @@ def test_part_e_feeds_every_loader_at_toy_scale(bench, tmp_path):
     for stage in ("decode", "transform"):  # a thread's CPU time is positive and fits in the wall time around it
         assert 0 < overlap[f"{stage}_cpu_ms_per_batch"] <= overlap[f"{stage}_ms_per_batch"] * 1.05 + 1
         assert 0 < overlap[f"both_{stage}_cpu_ms_per_batch"] <= overlap["both_ms_per_batch"] * 1.05 + 1
+
+
+def test_part_e_runs_only_the_feeds_asked_for(bench, tmp_path):
+    bench.main(["--part", "e", "--smoke", "--out", str(tmp_path), "--jpeg-dir", str(tmp_path / "jpegs"),
+                "--stage-batches", "0", "--feeds", "resident,gpu_loader_processes_taps,cpu_loader"])
+    result = json.loads((tmp_path / "part_e.json").read_text())
+    assert [r["variant"] for r in result["rows"]] == ["resident", "gpu_loader_processes_taps", "cpu_loader"]
+    assert "gpu_over_cpu" in result["summary"]["taps"] and "gpu_loader" not in result["summary"]["projection_one_gpu"]
+    with pytest.raises(SystemExit):
+        bench.main(["--part", "e", "--smoke", "--out", str(tmp_path), "--feeds", "resident,bogus"])

@@ -493,7 +493,10 @@ def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, c
     if args.loader_processes > 1:
         feeds.insert(2, ("gpu_loader_processes", lambda: gpu(args.loader_processes)))
         feeds.insert(3, ("gpu_loader_processes_taps", lambda: gpu(args.loader_processes, "taps")))
-    return feeds
+    return [f for f in feeds if not args.feeds or f[0] in args.feeds]
+
+
+FEEDS = ("resident", "gpu_loader", "gpu_loader_processes", "gpu_loader_processes_taps", "cpu_loader")
 
 
 def _timed(fn) -> tuple[object, float]:
@@ -903,6 +906,8 @@ def main(argv=None) -> int:
     p.add_argument("--read-threads", type=int, default=8, help="part e: file-reading threads of the GPU loader")
     p.add_argument("--loader-processes", type=int, default=4,
                    help="part e: processes of the gpu_loader_processes feed (1: leave that feed out)")
+    p.add_argument("--feeds", default="",
+                   help=f"part e: comma-separated feeds to run (default all: {','.join(FEEDS)})")
     p.add_argument("--stage-batches", type=int, default=20,
                    help="part e: micro-batches timed per stage of the GPU loader without training (0: skip)")
     p.add_argument("--stages-only", action="store_true",
@@ -917,6 +922,9 @@ def main(argv=None) -> int:
                    help="a tiny run to check this script (on the CPU when there is no GPU); numbers mean nothing")
     args = p.parse_args(argv)
     args.profile = [v for v in args.profile.split(",") if v]
+    args.feeds = [v for v in args.feeds.split(",") if v]
+    if unknown := [v for v in args.feeds if v not in FEEDS]:
+        p.error(f"--feeds: {', '.join(unknown)} not among {', '.join(FEEDS)}")
     global DEVICE, PRECISION
     if not torch.cuda.is_available():
         if not args.smoke:
