@@ -3,7 +3,8 @@
 # when the command ends. Without MPS, CUDA kernels of different processes take turns on the GPU; under MPS they
 # run side by side, so the GPU loader's processes no longer hold the training step back while they work.
 #   bash experiments/train_speed/with_mps.sh python3 experiments/train_speed/bench_train.py --part e \
-#       --stage-batches 0 --feeds resident,gpu_loader_processes_taps,cpu_loader --out experiments/train_speed/results/mps
+#       --stage-batches 0 --feeds resident,gpu_loader_processes_taps,cpu_loader \
+#       --out experiments/train_speed/results/mps
 # The server changes no GPU setting (the compute mode stays as it is); it serves only the processes that see
 # this script's CUDA_MPS_PIPE_DIRECTORY.
 set -euo pipefail
