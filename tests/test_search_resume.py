@@ -362,3 +362,18 @@ def test_three_workers_on_a_two_architecture_space_train_each_once(tmp_path, mon
     evaluated = [t for t in study.trials if not is_duplicate(t)]
     assert sorted(t.state.name for t in evaluated) == ["COMPLETE", "COMPLETE"]
     assert len({t.user_attrs["arch_id"] for t in evaluated}) == 2
+
+
+def test_a_trial_whose_worker_died_after_its_last_stage_is_reported_when_the_heartbeat_fails_it(tmp_path):
+    from lowspace.search._stale import recover_stale
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'beat.db'}", heartbeat_interval=1, grace_period=1,
+                                         failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    trial.set_user_attr("worker", "elsewhere:1")
+    trial.set_user_attr("status", "complete")  # set just before the result is told; the worker died in between
+    storage.record_heartbeat(trial._trial_id)
+    time.sleep(2.5)
+    notes = recover_stale(study, storage, grace_period_s=1, max_retry=1)
+    assert notes == [f"trial {trial.number} (worker elsewhere:1) stopped beating: failed and queued again"]
+    assert abandoned(study.trials[trial.number])

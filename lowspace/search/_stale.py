@@ -19,6 +19,8 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ._accounting import abandoned
+
 ALIVE_ATTR = "alive_at"
 
 
@@ -61,12 +63,11 @@ def recover_stale(study: optuna.Study, storage, grace_period_s: float, max_retry
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
     notes = []
-    if optuna_beats:  # failed by the heartbeat: no status of its own (a worker that ends a trial sets one)
+    if optuna_beats:  # failed by the heartbeat, not ended by its worker
         trials = study.get_trials(deepcopy=False)
         retried = {r.system_attrs.get("failed_trial") for r in trials} | \
             {n for r in trials for n in r.system_attrs.get("retry_history") or ()}
-        failed = [t for t in trials
-                  if t.number in running and t.state == TrialState.FAIL and "status" not in t.user_attrs]
+        failed = [t for t in trials if t.number in running and abandoned(t)]
         notes += [f"trial {t.number} (worker {t.user_attrs.get('worker', '?')}) stopped beating: failed"
                   + (" and queued again" if t.number in retried else " (no retries left)") for t in failed]
     now, me = time.time(), f"{socket.gethostname()}:{os.getpid()}"
