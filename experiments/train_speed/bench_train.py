@@ -489,14 +489,14 @@ def _loader_feeds(data, recipe, batch: int, res: int, args) -> list[tuple[str, c
     def cpu():
         return (FolderLoader(data.train, plan, DEVICE, res, train_transforms(*tf_args), workers=args.cpu_workers,
                              channels_last=True), f"PIL + timm transforms in {args.cpu_workers} DataLoader workers")
-    feeds = [("resident", resident), ("gpu_loader", gpu), ("cpu_loader", cpu)]
+    makers = dict(resident=resident, gpu_loader=gpu, cpu_loader=cpu)
     if args.loader_processes > 1:
-        feeds.insert(2, ("gpu_loader_processes", lambda: gpu(args.loader_processes)))
-        feeds.insert(3, ("gpu_loader_processes_taps", lambda: gpu(args.loader_processes, "taps")))
-    return [f for f in feeds if not args.feeds or f[0] in args.feeds]
+        makers.update(gpu_loader_processes=lambda: gpu(args.loader_processes),
+                      gpu_loader_processes_taps=lambda: gpu(args.loader_processes, "taps"))
+    return [(name, makers[name]) for name in FEEDS if name in makers and (not args.feeds or name in args.feeds)]
 
 
-FEEDS = ("resident", "gpu_loader", "gpu_loader_processes", "gpu_loader_processes_taps", "cpu_loader")
+FEEDS = ("resident", "gpu_loader", "gpu_loader_processes", "gpu_loader_processes_taps", "cpu_loader")  # in run order
 
 
 def _timed(fn) -> tuple[object, float]:
