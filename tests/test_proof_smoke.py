@@ -291,3 +291,16 @@ def test_methods_are_compared_only_with_the_seeds_the_rules_ask(load_experiment)
     assert three[0].endswith(": pareto higher")
     noisy = proof.method_lines(rules, equal([0.83, 0.70, 0.90], [0.79, 0.80, 0.795]))
     assert noisy[0].endswith(": within noise")
+
+
+def test_the_wider_space_s_overrides_read_back_as_the_rules_give_them(load_experiment):
+    import yaml
+
+    from lowspace.config import parse_assignment
+    from lowspace.search import SearchConfig
+    proof = load_experiment("proof/proof.py")
+    rules = yaml.safe_load((ROOT / "experiments" / "proof" / "rules.yaml").read_text())
+    config, sets = proof.search_command(rules["search"], rules["search"]["wider"]["name"])
+    assert config == rules["search"]["methods"]["pareto"] and sets[0::2] == ["--set", "--set"]
+    read = dict(parse_assignment(item, SearchConfig) for item in sets[1::2])
+    assert read == {"space": "wide", "space_fixed": {"resolution": 224}}

@@ -315,7 +315,9 @@ def search_command(search: dict, method: str) -> tuple[str, list[str]]:
     wider = search.get("wider") or {}
     if method in search["methods"]:
         return search["methods"][method], []
-    sets = [a for key, value in wider["set"].items() for a in ("--set", f"{key}={json.dumps(value)}")]
+    # A string field takes the text as it is (``space=wide``); anything else goes as YAML (JSON is YAML).
+    sets = [a for key, value in wider["set"].items()
+            for a in ("--set", f"{key}={value if isinstance(value, str) else json.dumps(value)}")]
     return search["methods"][wider["method"]], sets
 
 
