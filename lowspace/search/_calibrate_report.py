@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -12,24 +12,8 @@ from typing import Any
 import yaml
 
 from ._calibrate_stats import Agreement, Candidate, KnobEffect, agreement, kendall_tau, knob_effects, recommend
-from .calibrate import CalibrationResult, Plan, ScheduleSummary
+from .calibrate import CalibrationResult, Plan, ScheduleSummary, Summary
 from .settings import FIXED_RUNG_KEYS
-
-
-@dataclass
-class Summary:
-    """Accuracies and costs by schedule, and what follows from them."""
-
-    top1: dict[str, dict[str, dict[int, float]]]  # schedule -> arch_id -> seed -> top-1
-    gpu_s: dict[str, dict[str, dict[int, float]]]
-    full: ScheduleSummary
-    candidates: list[ScheduleSummary]
-    baselines: dict[str, Agreement]
-    recommended: str | None
-    message: str
-    knobs: list[KnobEffect]
-    notes: list[str]
-    over_cost_cap: bool = False
 
 
 def collect(plan: Plan, rows: list[dict]) -> tuple[dict, dict]:
@@ -219,9 +203,8 @@ def write_outputs(plan: Plan, summary: Summary, out: Path, runs: dict[str, int])
         if note:
             notes.append(note)
     files = [p for p in files if p.exists()]
-    return CalibrationResult(out, len(plan.archs), summary.full, summary.candidates, summary.baselines,
-                             summary.recommended, summary.message, summary.knobs, snippet, files, notes, runs,
-                             summary.over_cost_cap)
+    return CalibrationResult(**{**vars(summary), "notes": notes}, out=out, archs=len(plan.archs), snippet=snippet,
+                             files=files, runs=runs)
 
 
 def _recommended_changes(plan: Plan, summary: Summary) -> tuple[Any, dict, dict]:

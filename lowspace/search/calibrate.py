@@ -407,26 +407,34 @@ class ScheduleSummary:
 
 
 @dataclass
-class CalibrationResult:
-    """What :func:`calibrate` found; ``message`` says it in a sentence or two."""
+class Summary:
+    """Accuracies and costs by schedule, and what follows from them."""
 
-    out: Path
-    archs: int
+    top1: dict[str, dict[str, dict[int, float]]]  # schedule -> arch_id -> seed -> top-1
+    gpu_s: dict[str, dict[str, dict[int, float]]]
     full: ScheduleSummary
     candidates: list[ScheduleSummary]
     baselines: dict[str, Agreement]
     recommended: str | None
     message: str
     knobs: list[KnobEffect]
-    snippet: Path | None
-    files: list[Path]
     notes: list[str]
-    runs: dict[str, int]
     over_cost_cap: bool = False  # no candidate reached the target within the cost cap; the recommended one costs more
 
     @property
     def ceiling(self) -> Agreement | None:
         return self.full.agreement
+
+
+@dataclass(kw_only=True)
+class CalibrationResult(Summary):
+    """What :func:`calibrate` found (its summary; ``message`` says it in a sentence or two) and where it wrote it."""
+
+    out: Path
+    archs: int
+    snippet: Path | None
+    files: list[Path]
+    runs: dict[str, int]
 
 
 # ==================================================================== entry point
