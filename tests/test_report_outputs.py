@@ -355,6 +355,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["search", "--space", "lowformer", "--describe"]) == 0
     captured = capsys.readouterr()
     assert "depth3" in captured.err and "b15 (ce118cb2cc7a)" in " ".join(captured.err.split())
+    assert "all of 1000 random draws are valid architectures" in " ".join(captured.err.split())
+    assert main(["search", "--space", "wide", "--describe"]) == 0
+    assert "random draws are invalid architectures" in " ".join(capsys.readouterr().err.split())
 
 
 def test_calibrate_takes_cdn_for_its_plot(tmp_path, monkeypatch):

@@ -285,3 +285,14 @@ def test_a_search_config_holds_its_fixed_parameters():
     assert config.search_space().fixed == {"resolution": 224}
     with pytest.raises(ConfigError, match="space_fixed.resolution"):
         SearchConfig.from_dict({"space": "wide", "space_fixed": {"resolution": 100}}).search_space()
+
+
+def test_invalid_draws_counts_what_the_space_lets_conflict():
+    from lowspace.search.space import SearchSpace
+    assert not SearchSpace.load("lowformer").invalid_draws(300)  # every stage has two blocks or more
+    faults = SearchSpace.load("wide").invalid_draws(1000)  # a one-block stage may draw attention on its last two
+    assert set(faults) <= {"stages.2.attention.placement", "stages.3.attention.placement"}
+    assert 5 <= sum(faults.values()) <= 100
+    narrowed = SearchSpace.load("wide").fix({"depth3": 4, "depth4": 4})
+    assert not narrowed.invalid_draws(300)
+    assert SearchSpace.load("wide").invalid_draws(1000) == faults  # the same draws for the same seed

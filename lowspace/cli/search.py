@@ -178,6 +178,12 @@ def _describe(console, space) -> None:
     console.print(table)
     if space.points:
         console.print("points: " + ", ".join(f"{n} ({space.build(v).arch_id})" for n, v in space.points.items()))
+    n, faults = 1000, space.invalid_draws(1000)
+    if faults:
+        console.print(f"{sum(faults.values())} of {n} random draws are invalid architectures (their trials fail "
+                      "at once), by field: " + ", ".join(f"{k} {v}" for k, v in faults.most_common()), highlight=False)
+    else:
+        console.print(f"all of {n} random draws are valid architectures", highlight=False)
 
 
 def _print_front(console, study) -> None:
