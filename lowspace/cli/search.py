@@ -178,7 +178,8 @@ def _describe(console, space) -> None:
     console.print(table)
     if space.points:
         console.print("points: " + ", ".join(f"{n} ({space.build(v).arch_id})" for n, v in space.points.items()))
-    n, faults = 1000, space.invalid_draws(1000)
+    n = 1000
+    faults = space.invalid_draws(n)
     if faults:
         console.print(f"{sum(faults.values())} of {n} random draws are invalid architectures (their trials fail "
                       "at once), by field: " + ", ".join(f"{k} {v}" for k, v in faults.most_common()), highlight=False)
