@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..errors import LowspaceError
 
 DUPLICATE = "duplicate"
+FAILED = "failed"  # the status a worker sets on a trial it ends as failed (an error of its own)
 EVALUATED = ("complete", "rejected", "stopped")  # statuses whose results a duplicate may point to
 CHECKING = "dedup"  # the stage of a trial while it looks for an original
 WAITING = "dedup-wait"  # ... and while it waits for an original running elsewhere to end
@@ -41,7 +42,7 @@ def abandoned(trial: FrozenTrial) -> bool:
     machine gone): FAIL, neither a duplicate nor failed by lowspace itself. Its finish time is when the
     study noticed, not when it stopped running; the seconds it recorded are what it ran."""
     return (trial.state == TrialState.FAIL and not is_duplicate(trial)
-            and trial.user_attrs.get("status") != "failed")
+            and trial.user_attrs.get("status") != FAILED)
 
 
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:

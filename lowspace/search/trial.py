@@ -38,7 +38,7 @@ import optuna
 from ..arch.config import ArchConfig
 from ..errors import ConfigError, LowspaceError
 from ._resume import SPLIT_ATTR
-from ._accounting import CHECKING, DUPLICATE, DuplicateTrial, find_original
+from ._accounting import CHECKING, DUPLICATE, FAILED, DuplicateTrial, find_original
 from ._promotion import RUNG, RUNG_ACCURACY, Climb, build_ladder
 from .halving import HalvingSettings, ParetoHalving
 from .settings import SearchConfig
@@ -504,7 +504,7 @@ class TrialPipeline:
 
     def _fail(self, trial, stage: str, message: str, timings: dict, start: float) -> None:
         try:
-            trial.set_user_attr("status", "failed")
+            trial.set_user_attr("status", FAILED)
             trial.set_user_attr("failed_stage", stage)
             trial.set_user_attr("error", message[:2000])
             self._finish(trial, timings, start)
