@@ -253,6 +253,18 @@ def test_front_shards_other_than_the_first_wait_for_its_timing(load_experiment, 
     assert proof.wait_for_rows(rows, proof.Clock(None, "1/2"), poll_s=0.01)
 
 
+def test_timing_phases_refuse_a_cuda_device_the_machine_lacks(load_experiment, monkeypatch):
+    import torch
+    proof = load_experiment("proof/proof.py")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rules = dict(speed=dict(device="cuda"))
+    for phase in ("speed", "front"):
+        with pytest.raises(SystemExit, match=f"phase {phase}: rules.yaml speed.device is 'cuda' and this machine"):
+            proof.check_timing_device(phase, rules)
+    proof.check_timing_device("report", rules)  # reads files only
+    proof.check_timing_device("front", dict(speed=dict(device="cpu")))
+
+
 def test_front_members_wait_until_every_study_has_its_gpu_seconds(load_experiment, tmp_path):
     import optuna
     proof = load_experiment("proof/proof.py")

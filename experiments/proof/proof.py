@@ -764,6 +764,15 @@ def phase_report(rules: dict, out: Path, device: str, png: bool) -> None:
 
 
 # ======================================================================== entry point
+def check_timing_device(phase: str, rules: dict) -> None:
+    """Phases speed and front time models on rules.yaml's speed.device: refuse, before any work, a CUDA device
+    that this machine lacks."""
+    import torch
+    if phase in ("speed", "front") and rules["speed"]["device"] == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"phase {phase}: rules.yaml speed.device is 'cuda' and this machine has no CUDA device; "
+                         "run it on a GPU machine (SMOKE=1 runs every phase at toy scale on the CPU)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("phase", choices=("speed", "train", "search", "front", "report"))
@@ -782,6 +791,7 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data or rules["data"]
     out, png = args.results, not args.smoke
     device = args.device or ("cpu" if args.smoke else None)
+    check_timing_device(args.phase, rules)
     if args.phase == "speed":
         phase_speed(rules, out, clock, png)
     elif args.phase == "train":
