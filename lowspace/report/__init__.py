@@ -49,7 +49,8 @@ def _as_list(studies) -> list:
 
 def _baseline_label(study) -> str:
     """What a baseline study is called in reports: "random baseline", or its sampler's name ("nsga2 baseline")."""
-    config = study.user_attrs.get("lowspace_config") or {}
+    from ..search._resume import stored_config
+    config = stored_config(study)
     if config.get("mode") == "random":
         return "random baseline"
     return f"{config['sampler']} baseline" if config.get("sampler") else "baseline"

@@ -77,7 +77,8 @@ def study_data(study, dataset: str | None = None):
     """The data set a study searched on (``dataset`` replaces its name), loaded with its test split whole: a
     ``val_per_class`` cap in the study's data options is not applied to the test split."""
     from ..data import get_dataset
-    options = dict((study.user_attrs.get("lowspace_config") or {}).get("data") or {})
+    from ..search._resume import stored_config
+    options = dict(stored_config(study).get("data") or {})
     spec = dataset or options.pop("dataset", None) or "fashion_mnist"
     options.pop("dataset", None)
     options.pop("val_per_class", None)

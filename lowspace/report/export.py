@@ -40,8 +40,9 @@ def trial_config(trial: optuna.trial.FrozenTrial) -> ArchConfig:
 
 def describe_trial(study, trial: optuna.trial.FrozenTrial) -> str:
     """A one-paragraph note: where the architecture comes from and what it measured."""
+    from ..search._resume import stored_config
     a = trial.user_attrs
-    cfg = study.user_attrs.get("lowspace_config") or {}
+    cfg = stored_config(study)
     status = a.get("status", trial.state.name.lower())
     parts = [f"lowspace search: study {study.study_name!r}, trial {trial.number} ({status})"]
     if a.get("preset"):
@@ -81,9 +82,9 @@ def searched_recipe(study) -> dict | None:
     """The recipe the study's proxy trained every candidate with, as ``load_recipe`` reads it (``base: proxy``
     and its fields), or None for a study that recorded no proxy. Fields today's recipe does not know (from a
     study made by an older lowspace) are left out and listed under ``dropped``."""
-    from ..search._resume import CONFIG_ATTR, PROXY_ATTR
+    from ..search._resume import PROXY_ATTR, stored_config
     from ..train.recipe import Recipe
-    fields = study.user_attrs.get(PROXY_ATTR) or (study.user_attrs.get(CONFIG_ATTR) or {}).get("proxy")
+    fields = study.user_attrs.get(PROXY_ATTR) or stored_config(study).get("proxy")
     if fields is None:
         return None
     known = {f.name for f in dataclasses.fields(Recipe)}
@@ -117,7 +118,8 @@ _DATA_FLAGS = {"classes": "--classes", "train_per_class": "--train-per-class"}
 
 def train_command(study, config_path: Path, recipe_path: Path | None) -> str:
     """A complete ``lowspace train`` command for an exported config: the recipe and the study's data."""
-    data = dict((study.user_attrs.get("lowspace_config") or {}).get("data") or {})
+    from ..search._resume import stored_config
+    data = dict(stored_config(study).get("data") or {})
     words = ["lowspace", "train", str(config_path)]
     if recipe_path is not None:
         words += ["--recipe", str(recipe_path)]

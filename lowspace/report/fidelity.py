@@ -23,8 +23,9 @@ COLUMNS = ("rung", "label", "number", "arch_id", "preset", "accuracy", "latency_
 def rung_labels(study) -> list[str]:
     """A label per rung (``epochs=2 train_per_class=1500``, ..., ``full``), from what the study recorded."""
     from ..search._promotion import rung_label, rung_specs
+    from ..search._resume import stored_config
     from ..search.settings import PromotionSettings
-    stored = study.user_attrs.get("lowspace_config") or {}
+    stored = stored_config(study)
     epochs = (study.user_attrs.get("proxy_resolved") or stored.get("proxy") or {}).get("epochs") or 1
     settings = PromotionSettings.from_dict(stored.get("promotion") or {})
     return [rung_label(r) for r in rung_specs(settings, int(epochs))]

@@ -37,6 +37,11 @@ SPLIT_FIELDS = ("split_seed", "eval_split")
 PROTOCOL_BEFORE_RECORDED = {"cudnn_benchmark": True}
 
 
+def stored_config(study) -> dict:
+    """The search config a study recorded when it was created (empty for a study lowspace did not make)."""
+    return study.user_attrs.get(CONFIG_ATTR) or {}
+
+
 def stored_form(value):
     """``value`` as it reads back from JSON (tuples become lists, unknown objects their str)."""
     return json.loads(json.dumps(value, default=str))
