@@ -142,3 +142,14 @@ def test_final_plot_draws_trained_peers_beside_presets_and_front_members():
     assert [t.name for t in fig.data] == ["front members", "presets", "trained peers"]
     assert list(fig.data[2].text) == ["shvit_s3"] and fig.data[2].x[0] == 3.0
     assert fig.layout.xaxis.title.text == "deploy latency, batch 256 (ms)"
+
+
+def test_final_report_compares_front_members_with_presets_only_when_it_has_both(tmp_path):
+    runs = [dict(top1=v, images=1000) for v in (90, 91)]
+    front = evaluate.FinalResult(Entry("t1", TINY, latency_ms=1.0), runs)
+    preset = evaluate.FinalResult(Entry("b1", TINY, "preset", latency_ms=2.0), runs)
+    heading = "## Front members against the presets"
+    for results, expected in (([front, preset], True), ([preset], False), ([front], False)):
+        out = tmp_path / str(len(results)) / results[0].entry.name
+        evaluate.write_final_report(results, out, "t", png=False, plotlyjs="cdn")
+        assert (heading in (out / "final.md").read_text()) is expected

@@ -236,9 +236,10 @@ def write_final_report(results: Sequence[FinalResult], out_dir: str | Path, titl
     lines = [f"# {title}", "", f"Each architecture trained with {_seeds_text(frame)}, evaluated once at the end on "
              "the test split. Accuracy: mean ± standard deviation over seeds, the "
              f"{level * 100:g} % confidence interval of the mean, and the test set's binomial standard error.", "",
-             markdown_table(table, ("name", "kind", "trial", "accuracy", "latency ms")),
-             f"## Front members against the presets ({level * 100:g} % level)", ""]
-    lines += [f"- {c}" for c in comparisons] or ["- no front member and preset pair to compare"]
+             markdown_table(table, ("name", "kind", "trial", "accuracy", "latency ms"))]
+    if comparisons:  # a table of presets alone (or of front members alone) has no pair to compare
+        lines += [f"## Front members against the presets ({level * 100:g} % level)", "",
+                  *[f"- {c}" for c in comparisons]]
     if note:
         lines += ["", f"Note: final plot: {note}"]
     atomic_write_text(out / "final.md", "\n".join(lines) + "\n")
