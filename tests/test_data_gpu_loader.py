@@ -198,6 +198,15 @@ def test_loader_processes_give_the_single_process_batches_in_order_for_any_start
     assert spread._pool is None
 
 
+def test_loader_processes_end_with_exit_code_zero_when_closed(data):
+    loader = train_loader(data, batch=2)
+    loader.processes = 2
+    assert len(_batches(loader, 0)) == len(loader)
+    processes = loader._pool.processes
+    loader.close()
+    assert [p.exitcode for p in processes] == [0, 0]  # ended by the close, not terminated
+
+
 def test_loader_processes_stopped_early_start_the_next_epoch_clean(data):
     loader = train_loader(data, batch=2)
     loader.processes = 2

@@ -9,7 +9,9 @@ and serve every later one.
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import traceback
 import weakref
 from collections import deque
@@ -47,6 +49,29 @@ def _serve(part: int, parts: int, make_loader, commands, results, stop) -> None:
             results.put(("error", f"{type(err).__name__}: {err}", traceback.format_exc()[-2000:]))
 
 
+def _run_process(part: int, parts: int, make_loader, commands, results, stop) -> None:
+    """A loader process's entry point: :func:`_serve`, then an exit that skips the C++ exit handlers.
+
+    CUDA IPC keeps each block sent to the training process alive here until it is released; a normal exit frees
+    what is left from C++ exit handlers, which can run after the CUDA driver began shutting down (seen under
+    MPS) and then abort the process with a trace. By then the work is done and the queue flushed, and the
+    driver frees the process's memory itself."""
+    code = 0
+    try:
+        _serve(part, parts, make_loader, commands, results, stop)
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        results.close()
+        results.join_thread()
+    except BaseException:  # noqa: BLE001 - printed, then the exit code says it
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 class LoaderProcesses:
     """``parts`` processes serving a :class:`~.gpu_decode.DeviceFolderLoader` (``loader``, whose copy each
     process gets). :meth:`epoch` yields ``(x, y)`` as the loader's own ``epoch`` does."""
@@ -59,7 +84,7 @@ class LoaderProcesses:
         self.commands = [context.SimpleQueue() for _ in range(parts)]
         self.results = [context.Queue(maxsize=loader.prefetch) for _ in range(parts)]
         make_loader = loader.for_process(parts)
-        self.processes = [context.Process(target=_serve, name=f"lowspace-loader-{k}", daemon=True,
+        self.processes = [context.Process(target=_run_process, name=f"lowspace-loader-{k}", daemon=True,
                                           args=(k, parts, make_loader, self.commands[k], self.results[k], self.stop))
                           for k in range(parts)]
         for p in self.processes:
