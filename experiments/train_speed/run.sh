@@ -21,4 +21,9 @@ done
 # class folders: the CPU loader, the GPU loader and GPU-resident tensors feeding one B1 step; writes (or reuses)
 # 10,000 synthetic JPEGs under JPEG_DIR (default: $TMPDIR/lowspace-jpegs-10000)
 [ -e "$R/part_e.json" ] || "$PY" $T/bench_train.py --part e --out "$R" ${JPEG_DIR:+--jpeg-dir "$JPEG_DIR"}
+# part e again, three times, every feed under a CUDA MPS server of its own (with_mps.sh)
+for n in 1 2 3; do
+    [ -e "$R/mps/run$n/part_e.json" ] || bash $T/with_mps.sh "$PY" $T/bench_train.py --part e --stage-batches 0 \
+        --feeds resident,gpu_loader_processes_taps,cpu_loader --out "$R/mps/run$n" ${JPEG_DIR:+--jpeg-dir "$JPEG_DIR"}
+done
 "$PY" $T/render_curve.py "$R"    # curve.html / curve.png (no GPU needed; PNG export needs Chromium)
