@@ -55,7 +55,7 @@ if [ ! -e "$RESULTS/search_latency/summary.md" ]; then
     for setting in heuristic autotuned; do
         bench=false
         [ "$setting" = autotuned ] && bench=true
-        "$PY" -m lowspace search --config experiments/search_proof/pareto.yaml --storage "sqlite:///$db" \
+        "$PY" -m lowspace search --config experiments/bench_presets/search_latency.yaml --storage "sqlite:///$db" \
             --study-name "$setting" --workers 1 --no-presets --n-trials 40 --timeout 150 \
             --set protocol.deploy=true --set protocol.cudnn_benchmark=$bench --set report.png=false
     done

@@ -22,8 +22,8 @@ def main(argv=None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     studies, lines = {}, []
     lines += ["# The search's latency stage: cuDNN heuristic choice vs autotuning (H100)", "",
-              "Two studies of `experiments/search_proof/pareto.yaml` (seed 0, one worker, no presets, deploy build "
-              "at batch 200 fp16 in a CUDA graph, 150 s each), one per cuDNN setting; commands in "
+              "Two studies of `experiments/bench_presets/search_latency.yaml` (seed 0, one worker, no presets, "
+              "deploy build at batch 200 fp16 in a CUDA graph, 150 s each), one per cuDNN setting; commands in "
               "`experiments/bench_presets/README.md`. `latency s` is the trial's whole latency stage (build and "
               "timing); the first trial of each worker also pays the process's CUDA and cuDNN start-up.", "",
               "| study | trials (complete / stopped) | latency s: first trial | later trials median | max | "
